@@ -1,0 +1,105 @@
+"""An example model server protected by ModelGuard.
+
+    POST /predict  {"features": [64 numbers]}      -> {"label": int, "probabilities": [10 floats]}
+    POST /predict  {"instances": [[64 numbers], ...]} -> {"predictions": [{"label", "probabilities"}, ...]}
+
+Run it with ``python -m example_app`` (development server, demo key printed) or
+``gunicorn -w 4 'example_app:create_app()'``. ``MODELGUARD_*`` environment
+variables configure the guard (values are parsed as JSON when they can be).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from typing import Any
+
+import numpy as np
+from flask import Flask, request
+
+from flask_modelguard import BadRequest, ModelGuard, protect
+
+from .model import N_FEATURES, load_model
+
+MAX_BATCH = 256
+
+guard = ModelGuard()
+
+
+def _env_config(prefix: str = "MODELGUARD_") -> dict[str, Any]:
+    config = {}
+    for name, value in os.environ.items():
+        if name.startswith(prefix):
+            try:
+                config[name] = json.loads(value)
+            except ValueError:
+                config[name] = value
+    return config
+
+
+def _secret_key(instance_path: str) -> str:
+    """A per-installation secret shared by all worker processes (created once)."""
+    path = os.path.join(instance_path, "secret_key")
+    os.makedirs(instance_path, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        with open(path) as fh:
+            return fh.read().strip()
+    with os.fdopen(fd, "w") as fh:
+        key = secrets.token_hex(32)
+        fh.write(key)
+    return key
+
+
+def _vector(value: Any, where: str) -> np.ndarray:
+    if not isinstance(value, list) or len(value) != N_FEATURES:
+        raise BadRequest(f"{where} must be a list of {N_FEATURES} numbers.")
+    try:
+        x = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise BadRequest(f"{where} must be a list of {N_FEATURES} numbers.") from None
+    if x.shape != (N_FEATURES,) or not np.isfinite(x).all():
+        raise BadRequest(f"{where} must be a list of {N_FEATURES} finite numbers.")
+    return x
+
+
+def _prediction(probs: np.ndarray) -> dict[str, Any]:
+    return {"label": int(probs.argmax()), "probabilities": probs.tolist()}
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.update(MODELGUARD_CREATE_TABLES=True)
+    app.config.update(_env_config())
+    if config:
+        app.config.update(config)
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = _secret_key(app.instance_path)
+    model = load_model(app.config.get("MODEL_CACHE_DIR") or app.instance_path)
+    app.extensions["digits_model"] = model
+    guard.init_app(app)
+
+    @app.post("/predict")
+    @protect
+    def predict() -> Any:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise BadRequest('Send a JSON object: {"features": [...]} or {"instances": [[...], ...]}.')
+        if "features" in body:
+            x = _vector(body["features"], "features")
+            return _prediction(model.predict_proba(x[None, :])[0])
+        if "instances" in body:
+            rows = body["instances"]
+            if not isinstance(rows, list) or not 1 <= len(rows) <= MAX_BATCH:
+                raise BadRequest(f"instances must be a list of 1 to {MAX_BATCH} inputs.")
+            X = np.stack([_vector(r, f"instances[{i}]") for i, r in enumerate(rows)])
+            return {"predictions": [_prediction(p) for p in model.predict_proba(X)]}
+        raise BadRequest('The body needs "features" or "instances".')
+
+    @app.get("/health")
+    def health() -> Any:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,48 @@
+"""``python -m example_app``: serve the example with a fresh demo key.
+
+Each start revokes the previous demo keys and issues a new one, so no key is
+ever stored in clear; the new key is printed with a ready-to-run curl command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from flask_modelguard import NotFound
+
+from . import create_app, guard
+from .model import split
+
+
+def demo_key(app) -> str:
+    with app.app_context():
+        try:
+            for key in guard.list_keys("demo"):
+                if key["revoked_at"] is None:
+                    guard.revoke_key(key["prefix"])
+        except NotFound:
+            guard.create_account("demo", tier="free")
+        return guard.issue_key("demo")
+
+
+def main() -> None:
+    app = create_app()
+    host = os.environ.get("HOST", "127.0.0.1")
+    port = int(os.environ.get("PORT", "5000"))
+    key = demo_key(app)
+    _, X_test, _, y_test = split()
+    body = json.dumps({"features": [int(v) for v in X_test[0]]})
+    print(
+        f"\nExample model server protected by ModelGuard on http://{host}:{port}\n"
+        f"Demo API key (shown once, replaced on every start): {key}\n\n"
+        f"Try it (true label {int(y_test[0])}):\n"
+        f"  curl -s -X POST http://{host}:{port}/predict -H 'Authorization: Bearer {key}' \\\n"
+        f"       -H 'Content-Type: application/json' -d '{body}'\n",
+        flush=True,
+    )
+    app.run(host=host, port=port)
+
+
+if __name__ == "__main__":
+    main()

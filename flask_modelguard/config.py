@@ -1,0 +1,121 @@
+"""Configuration: every ``MODELGUARD_*`` key, its default, and how it is resolved.
+
+Values come, in order of precedence, from keyword arguments of
+:class:`~flask_modelguard.ModelGuard` (lower-case names without the prefix:
+``ModelGuard(app, storage_uri="redis://...")``), then ``app.config``, then
+the defaults below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .exc import InvalidValue
+from .quotas import DEFAULT_TIERS, FAIL_MODES
+
+log = logging.getLogger("flask_modelguard")
+
+PREFIX = "MODELGUARD_"
+
+
+@dataclass
+class Settings:
+    #: Turn the guard off: protected views run as if undecorated.
+    enabled: bool = True
+    #: SQLAlchemy URL of the guard's tables; default a SQLite file in the instance folder.
+    database_url: str | None = None
+    #: Extra ``create_engine`` arguments.
+    engine_options: Mapping[str, Any] = field(default_factory=dict)
+    #: Create missing tables when the extension is initialised.
+    create_tables: bool = False
+    #: ``limits`` storage URI: ``memory://`` (one process) or ``redis://host:port`` (shared).
+    storage_uri: str = "memory://"
+    #: Extra arguments of the ``limits`` storage (e.g. ``socket_timeout`` for Redis).
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    #: ``limits`` strategy: ``fixed-window``, ``sliding-window-counter`` or ``moving-window``.
+    strategy: str = "fixed-window"
+    #: Prefix of every rate-limit key in the storage.
+    namespace: str = "modelguard"
+    #: Tier name → limits, as ``"10/second;1000/hour"`` or a list of strings.
+    tiers: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_TIERS))
+    #: Tier of new accounts.
+    default_tier: str = "free"
+    #: ``open``: serve (and count) when the rate-limit storage is down; ``closed``: 503.
+    fail_mode: str = "open"
+    #: Seconds before a down rate-limit storage is tried again.
+    storage_retry: float = 5.0
+    #: Header read as ``Bearer <key>``; None to disable.
+    auth_header: str | None = "Authorization"
+    #: Header read as a bare key; None to disable.
+    api_key_header: str | None = "X-API-Key"
+    #: Seconds a key look-up is cached in each process (revocation delay elsewhere).
+    key_cache_ttl: float = 30.0
+    #: Entries of the key cache.
+    key_cache_size: int = 10_000
+    #: Seconds an old key stays valid after rotation.
+    rotation_grace: float = 86_400.0
+    #: Secret of the input fingerprints (keyed hash); default derived from ``SECRET_KEY``.
+    secret: str | bytes | None = None
+    #: Store raw request bodies in the query log.
+    store_inputs: bool = False
+    #: Bound of the event queue; events beyond it are dropped and counted.
+    queue_size: int = 10_000
+    #: Events written per database transaction.
+    batch_size: int = 500
+    #: Seconds between worker flushes.
+    flush_interval: float = 0.5
+    #: Seconds spent flushing at shutdown.
+    shutdown_timeout: float = 5.0
+    #: Send rate-limit headers on protected responses.
+    headers_enabled: bool = True
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """Every configuration key."""
+        return [PREFIX + f.name.upper() for f in fields(cls)]
+
+    @classmethod
+    def resolve(cls, config: Mapping[str, Any], overrides: Mapping[str, Any]) -> Settings:
+        names = {f.name for f in fields(cls)}
+        unknown = set(overrides) - names
+        if unknown:
+            raise TypeError(f"Unknown ModelGuard option(s): {', '.join(sorted(unknown))}")
+        values = {}
+        for name in names:
+            if name in overrides:
+                values[name] = overrides[name]
+            elif PREFIX + name.upper() in config:
+                values[name] = config[PREFIX + name.upper()]
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.fail_mode not in FAIL_MODES:
+            raise InvalidValue(f"MODELGUARD_FAIL_MODE must be 'open' or 'closed', not {self.fail_mode!r}")
+        if self.default_tier not in self.tiers:
+            raise InvalidValue(f"MODELGUARD_DEFAULT_TIER {self.default_tier!r} is not in MODELGUARD_TIERS")
+        if not (self.auth_header or self.api_key_header):
+            raise InvalidValue("At least one of MODELGUARD_AUTH_HEADER and MODELGUARD_API_KEY_HEADER must be set")
+
+    def fingerprint_key(self, app_secret_key: Any) -> bytes:
+        """The key of input fingerprints: ``secret``, else derived from the app's
+        ``SECRET_KEY``, else random for this process (with a warning: fingerprints
+        then differ between processes)."""
+        if self.secret:
+            raw = self.secret.encode() if isinstance(self.secret, str) else bytes(self.secret)
+        elif app_secret_key:
+            raw = app_secret_key.encode() if isinstance(app_secret_key, str) else bytes(app_secret_key)
+        else:
+            log.warning(
+                "modelguard: neither MODELGUARD_SECRET nor SECRET_KEY is set; input "
+                "fingerprints use a random key of process %d", os.getpid(),
+            )
+            raw = secrets.token_bytes(32)
+        return hashlib.blake2b(raw, person=b"mg-fingerprint", digest_size=32).digest()

@@ -1,0 +1,361 @@
+"""The Flask glue: :class:`ModelGuard`, :func:`protect` and problem responses.
+
+The guard runs inside the wrapper of each protected view, not in global
+``before_request`` hooks, so unprotected routes pay nothing and the view's
+return value can be read before Flask serialises it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flask import Flask, Response, current_app, request
+from sqlalchemy import create_engine
+from sqlalchemy.pool import StaticPool
+
+from .auth import Authenticator
+from .config import Settings
+from .events import QueryEvent
+from .exc import Problem, RateLimitExceeded, StorageUnavailable
+from .keys import parse_key
+from .payload import count_instances
+from .quotas import QuotaEnforcer, Verdict
+from .repository import Repository
+from .worker import EventWorker
+
+log = logging.getLogger("flask_modelguard")
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXTENSION_KEY = "modelguard"
+PROBLEM_MIMETYPE = "application/problem+json"
+
+
+def problem_response(problem: Problem) -> Response:
+    """An RFC 9457 ``application/problem+json`` response for ``problem``."""
+    return Response(
+        json.dumps(problem.to_dict()),
+        status=problem.status,
+        mimetype=PROBLEM_MIMETYPE,
+        headers=problem.headers,
+    )
+
+
+@dataclass(frozen=True)
+class RouteOptions:
+    """Options of one protected route (the keyword arguments of :func:`protect`).
+
+    New options are added as keyword arguments with defaults, so callers
+    written today keep working.
+    """
+
+    #: Units a request consumes from the account's limits: an int, a callable
+    #: of the decoded JSON body, or None for "number of instances" (1 for a
+    #: single input, N for ``{"instances": [...N...]}``).
+    cost: int | Callable[[Any], int] | None = None
+    #: Route name in the query log; default the view's endpoint.
+    name: str | None = None
+
+    def cost_of(self, body: Any) -> int:
+        cost = self.cost
+        if cost is None:
+            return max(1, count_instances(body))
+        if callable(cost):
+            return max(1, int(cost(body)))
+        return max(1, int(cost))
+
+
+class _GuardState:
+    """Everything the guard keeps for one application."""
+
+    def __init__(self, guard: ModelGuard, app: Flask, settings: Settings) -> None:
+        self.guard = guard
+        self.settings = settings
+        self.clock = guard.clock
+        url = settings.database_url or "sqlite:///" + os.path.join(app.instance_path, "modelguard.db")
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+            os.makedirs(os.path.dirname(os.path.abspath(url[len("sqlite:///"):])) or ".", exist_ok=True)
+        engine_options = dict(settings.engine_options)
+        if url in ("sqlite://", "sqlite:///:memory:"):
+            engine_options.setdefault("poolclass", StaticPool)
+            engine_options.setdefault("connect_args", {"check_same_thread": False})
+        self.repository = Repository(create_engine(url, **engine_options))
+        self.enforcer = QuotaEnforcer(
+            settings.storage_uri,
+            tiers=settings.tiers,
+            strategy=settings.strategy,
+            namespace=settings.namespace,
+            fail_mode=settings.fail_mode,
+            retry_interval=settings.storage_retry,
+            storage_options=settings.storage_options,
+        )
+        self.auth = Authenticator(
+            self.repository,
+            auth_header=settings.auth_header,
+            api_key_header=settings.api_key_header,
+            ttl=settings.key_cache_ttl,
+            maxsize=settings.key_cache_size,
+            clock=self.clock,
+        )
+        fingerprint_key = settings.fingerprint_key(app.config.get("SECRET_KEY"))
+        store_inputs = settings.store_inputs
+        self.worker: EventWorker[QueryEvent] = EventWorker(
+            lambda event: event.to_row(fingerprint_key, store_inputs),
+            self.repository.insert_events,
+            max_queue=settings.queue_size,
+            batch_size=settings.batch_size,
+            flush_interval=settings.flush_interval,
+            shutdown_timeout=settings.shutdown_timeout,
+        )
+        #: Requests served without a rate-limit check because the storage was down.
+        self.failed_open = 0
+
+    # -- the request path -------------------------------------------------------
+
+    def guarded_call(self, view: Callable[..., Any], options: RouteOptions, args: Any, kwargs: Any) -> Any:
+        if not self.settings.enabled:
+            return view(*args, **kwargs)
+        started = time.perf_counter()
+        req = request
+        try:
+            principal = self.auth.authenticate(req.headers)
+        except Problem as problem:
+            return problem_response(problem)
+        body = req.get_json(silent=True) if req.is_json else None
+        cost = options.cost_of(body)
+        limits = self.enforcer.limits_for(principal.tier, principal.limits)
+        verdict = self.enforcer.hit(principal.account_id, limits, cost)
+        now = self.clock()
+        headers = self._headers(verdict, limits, now)
+        if not verdict.allowed:
+            response = problem_response(self._refusal(verdict, cost, now, headers))
+            rv: Any = None
+        else:
+            if verdict.failed_open:
+                self.failed_open += 1
+            try:
+                rv = view(*args, **kwargs)
+            except Problem as problem:
+                rv, problem.headers = None, {**headers, **problem.headers}
+                response = problem_response(problem)
+            except BaseException as exc:
+                self._record(principal, options, now, getattr(exc, "code", 500), started, cost, body, None)
+                raise
+            else:
+                response = current_app.make_response(rv)
+                if headers:
+                    response.headers.update(headers)
+                if isinstance(rv, tuple):
+                    rv = rv[0]
+                if not isinstance(rv, (dict, list)):
+                    rv = response.get_data() if response.is_json and not response.is_streamed else None
+        self._record(principal, options, now, response.status_code, started, cost, body, rv)
+        return response
+
+    def _record(
+        self, principal: Any, options: RouteOptions, now: float, status: Any,
+        started: float, cost: int, body: Any, answer: Any,
+    ) -> None:
+        self.worker.submit(
+            QueryEvent(
+                principal.account_id, principal.key_id,
+                options.name or request.endpoint or request.path, now,
+                status if isinstance(status, int) else 500,
+                (time.perf_counter() - started) * 1000.0, cost, body, answer,
+            )
+        )
+
+    def _headers(self, verdict: Verdict, limits: Any, now: float) -> dict[str, str]:
+        if not self.settings.headers_enabled or verdict.limit is None:
+            return {}
+        return QuotaEnforcer.headers(verdict, limits, now)
+
+    @staticmethod
+    def _refusal(verdict: Verdict, cost: int, now: float, headers: dict[str, str]) -> Problem:
+        retry_after = str(max(1, int(-(-(verdict.reset - now) // 1))))
+        if verdict.unavailable:
+            return StorageUnavailable(
+                "The rate-limit storage is unreachable; try again shortly.",
+                headers={"Retry-After": retry_after},
+            )
+        item = verdict.limit
+        assert item is not None
+        return RateLimitExceeded(
+            f"Over the limit of {item.amount} per {item.multiples} {item.GRANULARITY.name}"
+            f" (this request costs {cost}).",
+            headers={**headers, "Retry-After": retry_after},
+            limit=str(item), cost=cost, retry_after=int(retry_after),
+        )
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.repository.engine.dispose()
+
+
+class ModelGuard:
+    """The extension. ``ModelGuard(app)`` or ``guard = ModelGuard(); guard.init_app(app)``.
+
+    Keyword arguments override ``MODELGUARD_*`` configuration keys (see
+    :class:`~flask_modelguard.config.Settings`); ``clock`` replaces
+    ``time.time`` for event times and key expiry (simulations).
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        **options: Any,
+    ) -> None:
+        Settings.resolve({}, options)  # unknown options fail here, not at init_app
+        self.options = options
+        self.clock = clock
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        settings = Settings.resolve(app.config, self.options)
+        state = _GuardState(self, app, settings)
+        app.extensions[EXTENSION_KEY] = state
+        app.register_error_handler(Problem, problem_response)
+        if settings.create_tables:
+            state.repository.create_all()
+        from .cli import modelguard_cli
+
+        app.cli.add_command(modelguard_cli)
+
+    # -- decorating views -------------------------------------------------------
+
+    def protect(self, view: F | None = None, /, **options: Any) -> Any:
+        """Protect a prediction view: ``@guard.protect`` or ``@guard.protect(cost=...)``."""
+        return protect(view, **options)
+
+    # -- per-app state ----------------------------------------------------------
+
+    @staticmethod
+    def state(app: Flask | None = None) -> _GuardState:
+        app = app or current_app
+        try:
+            return app.extensions[EXTENSION_KEY]
+        except KeyError:
+            raise RuntimeError(
+                "ModelGuard is not initialised on this app; call ModelGuard(app) or guard.init_app(app)."
+            ) from None
+
+    def init_db(self, app: Flask | None = None) -> None:
+        """Create the guard's tables if they are missing."""
+        self.state(app).repository.create_all()
+
+    def flush(self, app: Flask | None = None, timeout: float | None = None) -> bool:
+        """Write every queued event now; True if nothing is left."""
+        return self.state(app).worker.flush(timeout)
+
+    def stats(self, app: Flask | None = None) -> dict[str, Any]:
+        """Worker and storage counters of this process."""
+        state = self.state(app)
+        return {
+            **state.worker.stats(),
+            "limits_storage_errors": state.enforcer.storage_errors,
+            "limits_storage_down": state.enforcer.storage_down,
+            "failed_open": state.failed_open,
+        }
+
+    def close(self, app: Flask | None = None) -> None:
+        """Flush, stop the worker and release the database connections."""
+        self.state(app).close()
+
+    # -- accounts and keys (invalidate this process's cache at once) -----------
+
+    def create_account(
+        self, name: str, tier: str | None = None, limits: str | None = None, app: Flask | None = None
+    ) -> dict[str, Any]:
+        state = self.state(app)
+        tier = tier or state.settings.default_tier
+        state.enforcer.check_tier(tier)
+        if limits is not None:
+            state.enforcer.limits_for(tier, limits)  # validates
+        return state.repository.create_account(name, tier, limits)
+
+    def update_account(
+        self,
+        name: str,
+        *,
+        status: str | None = None,
+        tier: str | None = None,
+        limits: str | None | object = ...,
+        app: Flask | None = None,
+    ) -> dict[str, Any]:
+        """Change status, tier or limits override (``limits=None`` removes the override)."""
+        state = self.state(app)
+        values: dict[str, Any] = {}
+        if status is not None:
+            values["status"] = status
+        if tier is not None:
+            state.enforcer.check_tier(tier)
+            values["tier"] = tier
+        if limits is not ...:
+            if limits is not None:
+                state.enforcer.limits_for("", str(limits))
+            values["limits"] = limits
+        account = state.repository.update_account(name, **values)
+        state.auth.invalidate(account_id=account["id"])
+        return account
+
+    def issue_key(self, account: str, app: Flask | None = None) -> str:
+        """A new key for ``account``. The returned token is the only copy: show it once."""
+        new, _ = self.state(app).repository.issue_key(account)
+        return new.token
+
+    def rotate_key(self, key: str, grace: float | None = None, app: Flask | None = None) -> str:
+        """A new key for the owner of ``key`` (a prefix or a whole key); the old
+        one stays valid for ``grace`` seconds (default ``MODELGUARD_ROTATION_GRACE``)."""
+        state = self.state(app)
+        prefix = _prefix(key)
+        grace = state.settings.rotation_grace if grace is None else grace
+        new, _ = state.repository.rotate_key(prefix, grace)
+        state.auth.invalidate(prefix=prefix)
+        return new.token
+
+    def revoke_key(self, key: str, app: Flask | None = None) -> dict[str, Any]:
+        state = self.state(app)
+        prefix = _prefix(key)
+        row = state.repository.revoke_key(prefix)
+        state.auth.invalidate(prefix=prefix)
+        return row
+
+    def list_accounts(self, status: str | None = None, app: Flask | None = None) -> list[dict[str, Any]]:
+        return self.state(app).repository.list_accounts(status)
+
+    def list_keys(self, account: str, app: Flask | None = None) -> list[dict[str, Any]]:
+        return self.state(app).repository.list_keys(account)
+
+
+def _prefix(key: str) -> str:
+    """A key prefix from a prefix or a whole key."""
+    return parse_key(key).prefix if key.count("_") == 2 else key
+
+
+def protect(view: F | None = None, /, **options: Any) -> Any:
+    """Mark a view as a protected prediction route.
+
+    Usable as ``@protect`` or ``@protect(cost=..., name=...)``, before or after
+    the app's guard exists: the wrapper finds the guard of ``current_app`` at
+    request time. See :class:`RouteOptions` for the options.
+    """
+    route_options = RouteOptions(**options)
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return ModelGuard.state().guarded_call(fn, route_options, args, kwargs)
+
+        wrapper.__modelguard__ = route_options  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate(view) if view is not None else decorate

@@ -1,0 +1,79 @@
+"""API keys: generation, parsing and constant-time verification.
+
+A key looks like ``mg_<prefix>_<secret>``. The prefix (10 characters) is
+stored in clear and used to look the key up; the secret (32 characters, about
+190 bits of entropy) is stored only as a SHA-256 digest. A fast hash is the
+right tool here: the secret is random, not a password, so there is nothing to
+brute-force and no reason to make each request pay for a slow KDF.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import string
+from typing import NamedTuple
+
+from .exc import MalformedKey
+
+KEY_SCHEME = "mg"
+PREFIX_LENGTH = 10
+SECRET_LENGTH = 32
+_ALPHABET = string.ascii_lowercase + string.digits
+_ALPHABET_SET = frozenset(_ALPHABET)
+
+
+class ParsedKey(NamedTuple):
+    prefix: str
+    secret: str
+
+
+class NewKey(NamedTuple):
+    """A freshly generated key: ``token`` is shown to the user once, the rest is stored."""
+
+    token: str
+    prefix: str
+    secret_hash: str
+
+
+def _random(n: int) -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(n))
+
+
+def hash_secret(prefix: str, secret: str) -> str:
+    """The stored digest of a key's secret, bound to its prefix."""
+    return hashlib.sha256(f"{prefix}:{secret}".encode()).hexdigest()
+
+
+def generate_key() -> NewKey:
+    prefix, secret = _random(PREFIX_LENGTH), _random(SECRET_LENGTH)
+    token = f"{KEY_SCHEME}_{prefix}_{secret}"
+    return NewKey(token, prefix, hash_secret(prefix, secret))
+
+
+def parse_key(token: str) -> ParsedKey:
+    """Split a presented key into prefix and secret, or raise :class:`MalformedKey`."""
+    parts = token.split("_")
+    if (
+        len(parts) != 3
+        or parts[0] != KEY_SCHEME
+        or len(parts[1]) != PREFIX_LENGTH
+        or len(parts[2]) != SECRET_LENGTH
+        or not _ALPHABET_SET.issuperset(parts[1])
+        or not _ALPHABET_SET.issuperset(parts[2])
+    ):
+        raise MalformedKey(
+            f"API keys look like '{KEY_SCHEME}_<{PREFIX_LENGTH} chars>_<{SECRET_LENGTH} chars>'."
+        )
+    return ParsedKey(parts[1], parts[2])
+
+
+def verify_secret(parsed: ParsedKey, secret_hash: str) -> bool:
+    """Compare a presented secret with a stored digest in constant time."""
+    return hmac.compare_digest(hash_secret(parsed.prefix, parsed.secret), secret_hash)
+
+
+def key_hint(prefix: str) -> str:
+    """What may be shown or logged about a key: its scheme and prefix, never the secret."""
+    return f"{KEY_SCHEME}_{prefix}_…"

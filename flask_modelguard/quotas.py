@@ -1,0 +1,204 @@
+"""Rate limits and quotas on top of the ``limits`` library. Framework-free.
+
+A *tier* is a named list of limits (``"10/second"``, ``"1000/hour"``,
+``"10000/day"``); an account uses its tier's limits unless it has an override.
+Every limit is hit with the request's cost (a batch of N instances costs N),
+shortest window first, so a request refused by a short burst limit does not
+eat the daily quota.
+
+The storage is chosen by URI (``memory://``, ``redis://host:port``, anything
+``limits`` supports). When it is unreachable the :class:`QuotaEnforcer` fails
+open or closed, as configured, and tries the storage again after
+``retry_interval`` seconds, so it recovers by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+
+from limits import RateLimitItem, parse_many
+from limits.errors import StorageError
+from limits.storage import Storage, storage_from_string
+from limits.strategies import STRATEGIES, RateLimiter
+
+from .exc import InvalidValue
+
+log = logging.getLogger("flask_modelguard")
+
+#: Tiers used when the application configures none.
+DEFAULT_TIERS: dict[str, str] = {
+    "free": "10/second;1000/hour;10000/day",
+    "pro": "100/second;100000/hour;1000000/day",
+    "unlimited": "",
+}
+
+FAIL_MODES = ("open", "closed")
+
+
+@lru_cache(maxsize=1024)
+def parse_limits(spec: str) -> tuple[RateLimitItem, ...]:
+    """Parse ``"10/second;1000/hour"`` (``;`` or ``,`` separated), shortest window first."""
+    spec = spec.strip()
+    if not spec:
+        return ()
+    try:
+        items = parse_many(spec.replace(",", ";"))
+    except ValueError as exc:
+        raise InvalidValue(f"Invalid limit string {spec!r}: {exc}") from None
+    return tuple(sorted(items, key=lambda item: item.get_expiry()))
+
+
+def _normalise_tier(spec: str | Iterable[str]) -> str:
+    return spec if isinstance(spec, str) else ";".join(spec)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of hitting an account's limits once."""
+
+    allowed: bool
+    #: The limit that refused the request, or the one closest to refusing.
+    limit: RateLimitItem | None = None
+    remaining: int = 0
+    reset: float = 0.0  # epoch seconds
+    #: True when the storage was unreachable and the request was let through.
+    failed_open: bool = False
+    #: True when the storage was unreachable and the request must be refused.
+    unavailable: bool = False
+
+
+def policy_name(item: RateLimitItem) -> str:
+    return f"{item.amount}/{item.multiples}{item.GRANULARITY.name}"
+
+
+class QuotaEnforcer:
+    """Hits an account's limits in a ``limits`` storage and reports the result."""
+
+    def __init__(
+        self,
+        storage_uri: str = "memory://",
+        *,
+        tiers: Mapping[str, str | Iterable[str]] | None = None,
+        strategy: str = "fixed-window",
+        namespace: str = "modelguard",
+        fail_mode: str = "open",
+        retry_interval: float = 5.0,
+        storage_options: Mapping[str, object] | None = None,
+    ) -> None:
+        if fail_mode not in FAIL_MODES:
+            raise InvalidValue(f"fail mode must be 'open' or 'closed', not {fail_mode!r}")
+        if strategy not in STRATEGIES:
+            raise InvalidValue(f"Unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+        self.tiers = {name: _normalise_tier(spec) for name, spec in (tiers or DEFAULT_TIERS).items()}
+        for spec in self.tiers.values():
+            parse_limits(spec)  # fail at start-up, not on the first request
+        self.storage: Storage = storage_from_string(
+            storage_uri, wrap_exceptions=True, **dict(storage_options or {})
+        )
+        self.limiter: RateLimiter = STRATEGIES[strategy](self.storage)
+        self.namespace = namespace
+        self.fail_mode = fail_mode
+        self.retry_interval = retry_interval
+        self._down_until = 0.0
+        self._lock = threading.Lock()
+        #: Requests served or refused while the storage was unreachable.
+        self.storage_errors = 0
+
+    # -- configuration ----------------------------------------------------------
+
+    def check_tier(self, tier: str) -> None:
+        if tier not in self.tiers:
+            raise InvalidValue(f"Unknown tier {tier!r}; known: {', '.join(self.tiers)}")
+
+    def limits_for(self, tier: str, override: str | None = None) -> tuple[RateLimitItem, ...]:
+        """The limits of an account: its override if it has one, else its tier's."""
+        if override is not None:
+            return parse_limits(override)
+        return parse_limits(self.tiers.get(tier, ""))
+
+    # -- the request path -------------------------------------------------------
+
+    @property
+    def storage_down(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def _storage_failed(self, exc: BaseException) -> Verdict:
+        with self._lock:
+            self.storage_errors += 1
+            first = not self.storage_down
+            self._down_until = time.monotonic() + self.retry_interval
+        if first:
+            log.warning(
+                "modelguard: rate-limit storage unreachable (%s); failing %s, retrying in %.0fs",
+                exc, self.fail_mode, self.retry_interval,
+            )
+        return self._degraded()
+
+    def _degraded(self) -> Verdict:
+        if self.fail_mode == "open":
+            return Verdict(True, failed_open=True)
+        return Verdict(False, unavailable=True, reset=time.time() + self.retry_interval)
+
+    def hit(self, account_id: int, limits: tuple[RateLimitItem, ...], cost: int = 1) -> Verdict:
+        """Consume ``cost`` from every limit; stop at the first that refuses."""
+        if not limits:
+            return Verdict(True)
+        if self._down_until and self.storage_down:
+            with self._lock:
+                self.storage_errors += 1
+            return self._degraded()
+        ident = (self.namespace, str(account_id))
+        limiter = self.limiter
+        try:
+            for item in limits:
+                if not limiter.hit(item, *ident, cost=cost):
+                    reset, remaining = limiter.get_window_stats(item, *ident)
+                    return Verdict(False, item, max(0, remaining), reset)
+            best: Verdict | None = None
+            for item in limits:
+                reset, remaining = limiter.get_window_stats(item, *ident)
+                if best is None or remaining < best.remaining:
+                    best = Verdict(True, item, max(0, remaining), reset)
+        except StorageError as exc:
+            return self._storage_failed(exc.storage_error)
+        if self._down_until:
+            self._down_until = 0.0
+            log.warning("modelguard: rate-limit storage reachable again")
+        assert best is not None
+        return best
+
+    def reset_account(self, account_id: int, limits: tuple[RateLimitItem, ...]) -> None:
+        """Forget an account's counters (an operator lifting a quota)."""
+        for item in limits:
+            self.limiter.clear(item, self.namespace, str(account_id))
+
+    # -- headers ----------------------------------------------------------------
+
+    @staticmethod
+    @lru_cache(maxsize=1024)
+    def policy_header(limits: tuple[RateLimitItem, ...]) -> str:
+        """``RateLimit-Policy`` (IETF httpapi draft): every limit with quota and window."""
+        return ", ".join(
+            f'"{policy_name(i)}";q={i.amount};w={i.get_expiry()}' for i in limits
+        )
+
+    @staticmethod
+    def headers(verdict: Verdict, limits: tuple[RateLimitItem, ...], now: float) -> dict[str, str]:
+        """Rate-limit headers for a response, in both the draft and the classic form."""
+        item = verdict.limit
+        if item is None:
+            return {}
+        reset_in = max(0, math.ceil(verdict.reset - now))
+        return {
+            "RateLimit-Policy": QuotaEnforcer.policy_header(limits),
+            "RateLimit": f'"{policy_name(item)}";r={verdict.remaining};t={reset_in}',
+            "X-RateLimit-Limit": str(item.amount),
+            "X-RateLimit-Remaining": str(verdict.remaining),
+            "X-RateLimit-Reset": str(math.ceil(verdict.reset)),
+        }

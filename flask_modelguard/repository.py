@@ -1,0 +1,243 @@
+"""Reading and writing the guard's tables. Framework-free: takes an Engine."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, event, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from . import models as m
+from .exc import InvalidValue, NotFound
+from .keys import NewKey, generate_key
+
+STATUSES = ("active", "suspended", "blocked")
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands back naive datetimes: they were written as UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value
+
+
+def _epoch(value: dt.datetime | None) -> float | None:
+    value = _utc(value)
+    return None if value is None else value.timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Everything the request path needs to know about a presented key, cached as one object."""
+
+    key_id: int
+    prefix: str
+    secret_hash: str
+    expires_at: float | None
+    revoked: bool
+    account_id: int
+    account: str
+    tier: str
+    status: str
+    limits: str | None
+
+
+def _enable_sqlite_concurrency(engine: Engine) -> None:
+    """WAL and a busy timeout let the worker write while requests read."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+
+class Repository:
+    """Accounts, keys and query events in SQL."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        if engine.dialect.name == "sqlite":
+            _enable_sqlite_concurrency(engine)
+
+    @staticmethod
+    def now() -> dt.datetime:
+        return dt.datetime.now(dt.timezone.utc)
+
+    def create_all(self) -> None:
+        m.metadata.create_all(self.engine)
+
+    def drop_all(self) -> None:
+        m.metadata.drop_all(self.engine)
+
+    # -- accounts ---------------------------------------------------------------
+
+    def create_account(self, name: str, tier: str, limits: str | None = None) -> dict[str, Any]:
+        now = self.now()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(m.accounts).values(
+                        name=name, tier=tier, status="active", limits=limits,
+                        created_at=now, updated_at=now,
+                    )
+                )
+        except IntegrityError:
+            raise InvalidValue(f"An account named {name!r} already exists.") from None
+        return self.get_account(name)
+
+    def get_account(self, name: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(m.accounts).where(m.accounts.c.name == name)).first()
+        if row is None:
+            raise NotFound(f"No account named {name!r}.")
+        return dict(row._mapping)
+
+    def list_accounts(self, status: str | None = None) -> list[dict[str, Any]]:
+        keys = (
+            select(m.api_keys.c.account_id, func.count().label("n"))
+            .where(m.api_keys.c.revoked_at.is_(None))
+            .group_by(m.api_keys.c.account_id)
+            .subquery()
+        )
+        query = (
+            select(m.accounts, func.coalesce(keys.c.n, 0).label("active_keys"))
+            .outerjoin(keys, keys.c.account_id == m.accounts.c.id)
+            .order_by(m.accounts.c.name)
+        )
+        if status is not None:
+            query = query.where(m.accounts.c.status == status)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def update_account(self, name: str, **values: Any) -> dict[str, Any]:
+        """Set ``status``, ``tier`` or ``limits`` of an account."""
+        if "status" in values and values["status"] not in STATUSES:
+            raise InvalidValue(f"Status must be one of {', '.join(STATUSES)}.")
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(m.accounts)
+                .where(m.accounts.c.name == name)
+                .values(updated_at=self.now(), **values)
+            )
+        if result.rowcount == 0:
+            raise NotFound(f"No account named {name!r}.")
+        return self.get_account(name)
+
+    # -- keys -------------------------------------------------------------------
+
+    def issue_key(self, account: str) -> tuple[NewKey, dict[str, Any]]:
+        """Create a key for ``account``; the returned token is the only copy of the secret."""
+        account_id = self.get_account(account)["id"]
+        new = generate_key()
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(m.api_keys).values(
+                    account_id=account_id, prefix=new.prefix,
+                    secret_hash=new.secret_hash, created_at=self.now(),
+                )
+            )
+        return new, self.get_key(new.prefix)
+
+    def get_key(self, prefix: str) -> dict[str, Any]:
+        query = (
+            select(m.api_keys, m.accounts.c.name.label("account"))
+            .join(m.accounts, m.accounts.c.id == m.api_keys.c.account_id)
+            .where(m.api_keys.c.prefix == prefix)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            raise NotFound(f"No key with prefix {prefix!r}.")
+        return dict(row._mapping)
+
+    def list_keys(self, account: str) -> list[dict[str, Any]]:
+        account_id = self.get_account(account)["id"]
+        query = (
+            select(m.api_keys.c.prefix, m.api_keys.c.created_at,
+                   m.api_keys.c.expires_at, m.api_keys.c.revoked_at)
+            .where(m.api_keys.c.account_id == account_id)
+            .order_by(m.api_keys.c.created_at, m.api_keys.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def rotate_key(self, prefix: str, grace: float) -> tuple[NewKey, dict[str, Any]]:
+        """Issue a new key for the owner of ``prefix``; the old key expires after ``grace`` seconds."""
+        old = self.get_key(prefix)
+        if old["revoked_at"] is not None:
+            raise InvalidValue(f"Key {prefix!r} is revoked and cannot be rotated.")
+        new, row = self.issue_key(old["account"])
+        expires = self.now() + dt.timedelta(seconds=grace)
+        current = _utc(old["expires_at"])
+        if current is None or expires < current:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(m.api_keys).where(m.api_keys.c.prefix == prefix).values(expires_at=expires)
+                )
+        return new, row
+
+    def revoke_key(self, prefix: str) -> dict[str, Any]:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(m.api_keys)
+                .where(m.api_keys.c.prefix == prefix, m.api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=self.now())
+            )
+        key = self.get_key(prefix)  # raises NotFound for an unknown prefix
+        if result.rowcount == 0:
+            raise InvalidValue(f"Key {prefix!r} is already revoked.")
+        return key
+
+    def lookup(self, prefix: str) -> Principal | None:
+        """The key and its account in one round trip, or None."""
+        query = (
+            select(
+                m.api_keys.c.id, m.api_keys.c.secret_hash, m.api_keys.c.expires_at,
+                m.api_keys.c.revoked_at, m.accounts.c.id.label("account_id"),
+                m.accounts.c.name, m.accounts.c.tier, m.accounts.c.status, m.accounts.c.limits,
+            )
+            .join(m.accounts, m.accounts.c.id == m.api_keys.c.account_id)
+            .where(m.api_keys.c.prefix == prefix)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return Principal(
+            key_id=row.id, prefix=prefix, secret_hash=row.secret_hash,
+            expires_at=_epoch(row.expires_at), revoked=row.revoked_at is not None,
+            account_id=row.account_id, account=row.name, tier=row.tier,
+            status=row.status, limits=row.limits,
+        )
+
+    def account_prefixes(self, name: str) -> list[str]:
+        return [k["prefix"] for k in self.list_keys(name)]
+
+    # -- query events -----------------------------------------------------------
+
+    def insert_events(self, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(insert(m.query_events), list(rows))
+
+    def count_events(self, account_id: int | None = None) -> int:
+        query = select(func.count()).select_from(m.query_events)
+        if account_id is not None:
+            query = query.where(m.query_events.c.account_id == account_id)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def events(self, account_id: int) -> Iterable[dict[str, Any]]:
+        query = (
+            select(m.query_events)
+            .where(m.query_events.c.account_id == account_id)
+            .order_by(m.query_events.c.ts, m.query_events.c.id)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]

@@ -1,0 +1,197 @@
+"""The in-process worker: a bounded queue and one background thread that writes
+query events in batches. Framework-free.
+
+- The request path calls :meth:`EventWorker.submit`, which appends to a deque
+  (no lock, no I/O) or, when the queue is full, counts the event as dropped.
+- The thread starts lazily on the first submit in each process, so it is safe
+  under gunicorn's pre-fork model: a forked child starts its own thread and
+  does not inherit the parent's queued events.
+- A failed write is retried with exponential backoff; the batch stays in memory
+  (bounded by ``max_queue``) until it is written.
+- :meth:`flush` writes everything now; it runs at interpreter exit too.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+log = logging.getLogger("flask_modelguard")
+
+E = TypeVar("E")
+Row = dict[str, Any]
+
+_live: weakref.WeakSet[EventWorker[Any]] = weakref.WeakSet()
+
+
+class EventWorker(Generic[E]):
+    """Batches items from the request path into ``write`` on a background thread."""
+
+    def __init__(
+        self,
+        prepare: Callable[[E], Row],
+        write: Callable[[Sequence[Row]], None],
+        *,
+        max_queue: int = 10_000,
+        batch_size: int = 500,
+        flush_interval: float = 0.5,
+        max_backoff: float = 30.0,
+        shutdown_timeout: float = 5.0,
+        name: str = "modelguard-worker",
+    ) -> None:
+        self.prepare = prepare
+        self.write = write
+        self.max_queue = max_queue
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.max_backoff = max_backoff
+        self.shutdown_timeout = shutdown_timeout
+        self.name = name
+        #: Items refused because the queue was full, or lost to a bad item.
+        self.dropped = 0
+        #: Rows written to storage.
+        self.written = 0
+        #: Failed write attempts (each retried).
+        self.failures = 0
+        self._init_process_state()
+        _live.add(self)
+
+    def _init_process_state(self) -> None:
+        self._queue: deque[E] = deque()
+        self._pending: list[Row] = []  # prepared rows whose write failed
+        self._pid: int | None = None
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._start_lock = threading.Lock()
+        self._drain_lock = threading.Lock()
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self._stopping = False
+
+    # -- request path -----------------------------------------------------------
+
+    def submit(self, item: E) -> bool:
+        """Queue ``item``; False (and counted in :attr:`dropped`) if the queue is full."""
+        if self._pid != os.getpid():
+            self._start()
+        if len(self._queue) + len(self._pending) >= self.max_queue:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("modelguard: event queue full, %d events dropped so far", self.dropped)
+            return False
+        self._queue.append(item)
+        return True
+
+    # -- thread -----------------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue) + len(self._pending)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._pid == os.getpid()
+
+    def _start(self) -> None:
+        if self._pid is not None and self._pid != os.getpid():
+            # A forked child: the parent's thread and queued events are not ours.
+            self._init_process_state()
+        with self._start_lock:
+            if self._pid == os.getpid():
+                return
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._pid = os.getpid()
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            try:
+                self._drain()
+            except Exception:  # pragma: no cover - _drain already guards writes
+                log.exception("modelguard: worker loop error")
+
+    def _drain(self, force: bool = False) -> bool:
+        """Write queued items in batches; True when everything was written."""
+        with self._drain_lock:
+            while True:
+                if not force and time.monotonic() < self._retry_at:
+                    return False
+                batch = self._pending
+                queue = self._queue
+                while len(batch) < self.batch_size and queue:
+                    item = queue.popleft()
+                    try:
+                        batch.append(self.prepare(item))
+                    except Exception:
+                        self.dropped += 1
+                        log.exception("modelguard: could not prepare an event; dropped")
+                self._pending = batch
+                if not batch:
+                    return True
+                try:
+                    self.write(batch)
+                except Exception as exc:
+                    self.failures += 1
+                    self._backoff = min(self.max_backoff, max(0.1, self._backoff * 2))
+                    self._retry_at = time.monotonic() + self._backoff
+                    log.warning(
+                        "modelguard: writing %d events failed (%s); retrying in %.1fs",
+                        len(batch), exc, self._backoff,
+                    )
+                    return False
+                self.written += len(batch)
+                self._pending = []
+                self._backoff = 0.0
+                self._retry_at = 0.0
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Write everything queued now, retrying until ``timeout`` (default
+        ``shutdown_timeout``) seconds; True if nothing is left."""
+        deadline = time.monotonic() + (self.shutdown_timeout if timeout is None else timeout)
+        while True:
+            if self._drain(force=True):
+                return True
+            if time.monotonic() >= deadline:
+                log.error("modelguard: %d events not written at flush", self.depth)
+                return False
+            time.sleep(min(self._backoff or 0.1, max(0.0, deadline - time.monotonic())))
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Flush and stop the thread (it restarts on the next submit)."""
+        self._stopping = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=1.0)
+        ok = self.flush(timeout)
+        self._stopping = False
+        self._pid = None
+        self._thread = None
+        return ok
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "alive": self.alive,
+            "queue_depth": self.depth,
+            "dropped": self.dropped,
+            "written": self.written,
+            "write_failures": self.failures,
+        }
+
+
+def _flush_all_at_exit() -> None:
+    for worker in list(_live):
+        if worker.depth and worker._pid == os.getpid():
+            worker.flush()
+
+
+atexit.register(_flush_all_at_exit)
