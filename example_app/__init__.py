@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from flask import Flask, request
 
-from flask_modelguard import BadRequest, ModelGuard, protect
+from flask_modelguard import BadRequest, ModelGuard, Problem, problem_response, protect
 
 from .model import N_FEATURES, load_model
 
@@ -69,20 +69,9 @@ def _prediction(probs: np.ndarray) -> dict[str, Any]:
     return {"label": int(probs.argmax()), "probabilities": probs.tolist()}
 
 
-def create_app(config: dict[str, Any] | None = None) -> Flask:
-    app = Flask(__name__, instance_relative_config=True)
-    app.config.update(MODELGUARD_CREATE_TABLES=True)
-    app.config.update(_env_config())
-    if config:
-        app.config.update(config)
-    if not app.config.get("SECRET_KEY"):
-        app.config["SECRET_KEY"] = _secret_key(app.instance_path)
-    model = load_model(app.config.get("MODEL_CACHE_DIR") or app.instance_path)
-    app.extensions["digits_model"] = model
-    guard.init_app(app)
+def predict_view(model: Any) -> Any:
+    """The ``/predict`` view of ``model``, unprotected."""
 
-    @app.post("/predict")
-    @protect
     def predict() -> Any:
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
@@ -97,6 +86,29 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             X = np.stack([_vector(r, f"instances[{i}]") for i, r in enumerate(rows)])
             return {"predictions": [_prediction(p) for p in model.predict_proba(X)]}
         raise BadRequest('The body needs "features" or "instances".')
+
+    return predict
+
+
+def create_app(config: dict[str, Any] | None = None, *, guarded: bool = True) -> Flask:
+    """The example server; ``guarded=False`` builds the same app without ModelGuard
+    (the baseline of ``benchmarks/overhead.py``)."""
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.update(MODELGUARD_CREATE_TABLES=True)
+    app.config.update(_env_config())
+    if config:
+        app.config.update(config)
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = _secret_key(app.instance_path)
+    model = load_model(app.config.get("MODEL_CACHE_DIR") or app.instance_path)
+    app.extensions["digits_model"] = model
+    view = predict_view(model)
+    if guarded:
+        guard.init_app(app)
+        view = protect(view)
+    else:
+        app.register_error_handler(Problem, problem_response)
+    app.add_url_rule("/predict", view_func=view, methods=["POST"])
 
     @app.get("/health")
     def health() -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,24 +18,48 @@ from typing import Any
 from .payload import read_predictions
 
 
-def canonical(value: Any) -> Any:
-    """A canonical form of decoded JSON: numbers as floats (``1`` and ``1.0`` are
-    the same model input), mappings with sorted keys."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, Mapping):
-        return {str(k): canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-    if isinstance(value, (list, tuple)):
-        return [canonical(v) for v in value]
-    return str(value)
+_NUMBER_TYPES = frozenset((int, float))
+
+
+def _feed(update: Any, value: Any) -> None:
+    """Feed a canonical, unambiguous byte encoding of decoded JSON to ``update``.
+
+    Numbers are encoded as IEEE doubles (``1`` and ``1.0`` are the same model
+    input), mappings in sorted key order; every item carries a type tag and
+    every container its length, so distinct values never share an encoding.
+    """
+    kind = type(value)
+    if kind is list or kind is tuple:
+        if all(type(v) in _NUMBER_TYPES for v in value):
+            update(b"n%d:" % len(value))
+            update(array("d", value).tobytes())
+            return
+        update(b"l%d:" % len(value))
+        for item in value:
+            _feed(update, item)
+    elif kind is dict or isinstance(value, Mapping):
+        items = sorted((str(k), v) for k, v in value.items())
+        update(b"d%d:" % len(items))
+        for key, item in items:
+            _feed(update, key)
+            _feed(update, item)
+    elif kind is str:
+        data = value.encode()
+        update(b"s%d:" % len(data))
+        update(data)
+    elif kind is bool or value is None:
+        update(b"T" if value is True else b"F" if value is False else b"N")
+    elif kind in _NUMBER_TYPES:
+        update(b"f" + array("d", (value,)).tobytes())
+    else:
+        _feed(update, str(value))
 
 
 def fingerprint(value: Any, key: bytes) -> str:
-    """Keyed BLAKE2b (128 bits, hex) of the canonical JSON of ``value``."""
-    data = json.dumps(canonical(value), separators=(",", ":"), sort_keys=True).encode()
-    return hashlib.blake2b(data, key=key[:64], digest_size=16).hexdigest()
+    """Keyed BLAKE2b (128 bits, hex) of the canonical encoding of decoded JSON."""
+    hasher = hashlib.blake2b(key=key[:64], digest_size=16)
+    _feed(hasher.update, value)
+    return hasher.hexdigest()
 
 
 @dataclass(slots=True)

@@ -71,6 +71,17 @@ class RouteOptions:
         return max(1, int(cost))
 
 
+def _add_headers(response: Response, headers: list[tuple[str, str]]) -> None:
+    """Append headers we built ourselves (ASCII names, digits and quoted policy
+    names, never user input) without werkzeug's per-value validation, which
+    costs more than building them."""
+    raw = getattr(response.headers, "_list", None)
+    if isinstance(raw, list):
+        raw.extend(headers)
+    else:  # pragma: no cover - a future werkzeug without _list
+        response.headers.extend(headers)
+
+
 class _GuardState:
     """Everything the guard keeps for one application."""
 
@@ -122,12 +133,13 @@ class _GuardState:
         if not self.settings.enabled:
             return view(*args, **kwargs)
         started = time.perf_counter()
-        req = request
+        req = request._get_current_object()  # type: ignore[attr-defined]
         try:
             principal = self.auth.authenticate(req.headers)
         except Problem as problem:
             return problem_response(problem)
         body = req.get_json(silent=True) if req.is_json else None
+        route = options.name or req.endpoint or req.path
         cost = options.cost_of(body)
         limits = self.enforcer.limits_for(principal.tier, principal.limits)
         verdict = self.enforcer.hit(principal.account_id, limits, cost)
@@ -142,42 +154,43 @@ class _GuardState:
             try:
                 rv = view(*args, **kwargs)
             except Problem as problem:
-                rv, problem.headers = None, {**headers, **problem.headers}
+                rv = None
+                problem.headers = {**dict(headers), **problem.headers}
                 response = problem_response(problem)
             except BaseException as exc:
-                self._record(principal, options, now, getattr(exc, "code", 500), started, cost, body, None)
+                self._record(principal, route, now, getattr(exc, "code", 500), started, cost, body, None)
                 raise
             else:
                 response = current_app.make_response(rv)
                 if headers:
-                    response.headers.update(headers)
+                    _add_headers(response, headers)
                 if isinstance(rv, tuple):
                     rv = rv[0]
                 if not isinstance(rv, (dict, list)):
                     rv = response.get_data() if response.is_json and not response.is_streamed else None
-        self._record(principal, options, now, response.status_code, started, cost, body, rv)
+        self._record(principal, route, now, response.status_code, started, cost, body, rv)
         return response
 
     def _record(
-        self, principal: Any, options: RouteOptions, now: float, status: Any,
+        self, principal: Any, route: str, now: float, status: Any,
         started: float, cost: int, body: Any, answer: Any,
     ) -> None:
         self.worker.submit(
             QueryEvent(
                 principal.account_id, principal.key_id,
-                options.name or request.endpoint or request.path, now,
+                route, now,
                 status if isinstance(status, int) else 500,
                 (time.perf_counter() - started) * 1000.0, cost, body, answer,
             )
         )
 
-    def _headers(self, verdict: Verdict, limits: Any, now: float) -> dict[str, str]:
+    def _headers(self, verdict: Verdict, limits: Any, now: float) -> list[tuple[str, str]]:
         if not self.settings.headers_enabled or verdict.limit is None:
-            return {}
+            return []
         return QuotaEnforcer.headers(verdict, limits, now)
 
     @staticmethod
-    def _refusal(verdict: Verdict, cost: int, now: float, headers: dict[str, str]) -> Problem:
+    def _refusal(verdict: Verdict, cost: int, now: float, headers: list[tuple[str, str]]) -> Problem:
         retry_after = str(max(1, int(-(-(verdict.reset - now) // 1))))
         if verdict.unavailable:
             return StorageUnavailable(
@@ -189,7 +202,7 @@ class _GuardState:
         return RateLimitExceeded(
             f"Over the limit of {item.amount} per {item.multiples} {item.GRANULARITY.name}"
             f" (this request costs {cost}).",
-            headers={**headers, "Retry-After": retry_after},
+            headers={**dict(headers), "Retry-After": retry_after},
             limit=str(item), cost=cost, retry_after=int(retry_after),
         )
 

@@ -102,6 +102,8 @@ class QuotaEnforcer:
             storage_uri, wrap_exceptions=True, **dict(storage_options or {})
         )
         self.limiter: RateLimiter = STRATEGIES[strategy](self.storage)
+        self._fixed_window = strategy == "fixed-window"
+        self._key_cache: dict[tuple[int, tuple[RateLimitItem, ...]], tuple[str, ...]] = {}
         self.namespace = namespace
         self.fail_mode = fail_mode
         self.retry_interval = retry_interval
@@ -153,24 +155,55 @@ class QuotaEnforcer:
             with self._lock:
                 self.storage_errors += 1
             return self._degraded()
-        ident = (self.namespace, str(account_id))
-        limiter = self.limiter
         try:
-            for item in limits:
-                if not limiter.hit(item, *ident, cost=cost):
-                    reset, remaining = limiter.get_window_stats(item, *ident)
-                    return Verdict(False, item, max(0, remaining), reset)
-            best: Verdict | None = None
-            for item in limits:
-                reset, remaining = limiter.get_window_stats(item, *ident)
-                if best is None or remaining < best.remaining:
-                    best = Verdict(True, item, max(0, remaining), reset)
+            if self._fixed_window:
+                verdict = self._hit_fixed_window(account_id, limits, cost)
+            else:
+                verdict = self._hit_strategy(account_id, limits, cost)
         except StorageError as exc:
             return self._storage_failed(exc.storage_error)
         if self._down_until:
             self._down_until = 0.0
             log.warning("modelguard: rate-limit storage reachable again")
-        assert best is not None
+        return verdict
+
+    def _keys(self, account_id: int, limits: tuple[RateLimitItem, ...]) -> tuple[str, ...]:
+        """Storage keys of an account's limits, cached (``key_for`` costs µs per call)."""
+        keys = self._key_cache.get((account_id, limits))
+        if keys is None:
+            if len(self._key_cache) > 100_000:
+                self._key_cache.clear()
+            ident = (self.namespace, str(account_id))
+            keys = self._key_cache[(account_id, limits)] = tuple(i.key_for(*ident) for i in limits)
+        return keys
+
+    def _hit_fixed_window(self, account_id: int, limits: tuple[RateLimitItem, ...], cost: int) -> Verdict:
+        # The fixed-window strategy's own hit() is ``storage.incr(key) <= amount``;
+        # calling the storage directly also yields the count, so the headers need
+        # one get_expiry for the binding limit instead of a get and a get_expiry
+        # per limit.
+        storage = self.storage
+        best_item, best_key, best_remaining = None, "", 0
+        for item, key in zip(limits, self._keys(account_id, limits)):
+            remaining = item.amount - storage.incr(key, item.get_expiry(), amount=cost)
+            if remaining < 0:
+                return Verdict(False, item, 0, storage.get_expiry(key))
+            if best_item is None or remaining < best_remaining:
+                best_item, best_key, best_remaining = item, key, remaining
+        return Verdict(True, best_item, best_remaining, storage.get_expiry(best_key))
+
+    def _hit_strategy(self, account_id: int, limits: tuple[RateLimitItem, ...], cost: int) -> Verdict:
+        ident = (self.namespace, str(account_id))
+        limiter = self.limiter
+        for item in limits:
+            if not limiter.hit(item, *ident, cost=cost):
+                reset, remaining = limiter.get_window_stats(item, *ident)
+                return Verdict(False, item, max(0, remaining), reset)
+        best = Verdict(False)
+        for item in limits:
+            reset, remaining = limiter.get_window_stats(item, *ident)
+            if best.limit is None or remaining < best.remaining:
+                best = Verdict(True, item, max(0, remaining), reset)
         return best
 
     def reset_account(self, account_id: int, limits: tuple[RateLimitItem, ...]) -> None:
@@ -189,16 +222,17 @@ class QuotaEnforcer:
         )
 
     @staticmethod
-    def headers(verdict: Verdict, limits: tuple[RateLimitItem, ...], now: float) -> dict[str, str]:
+    def headers(verdict: Verdict, limits: tuple[RateLimitItem, ...], now: float) -> list[tuple[str, str]]:
         """Rate-limit headers for a response, in both the draft and the classic form."""
         item = verdict.limit
         if item is None:
-            return {}
+            return []
         reset_in = max(0, math.ceil(verdict.reset - now))
-        return {
-            "RateLimit-Policy": QuotaEnforcer.policy_header(limits),
-            "RateLimit": f'"{policy_name(item)}";r={verdict.remaining};t={reset_in}',
-            "X-RateLimit-Limit": str(item.amount),
-            "X-RateLimit-Remaining": str(verdict.remaining),
-            "X-RateLimit-Reset": str(math.ceil(verdict.reset)),
-        }
+        remaining = str(verdict.remaining)
+        return [
+            ("RateLimit-Policy", QuotaEnforcer.policy_header(limits)),
+            ("RateLimit", f'"{policy_name(item)}";r={remaining};t={reset_in}'),
+            ("X-RateLimit-Limit", str(item.amount)),
+            ("X-RateLimit-Remaining", remaining),
+            ("X-RateLimit-Reset", str(math.ceil(verdict.reset))),
+        ]

@@ -1,0 +1,90 @@
+"""What the guard costs on the request path, measured in one run.
+
+Times the example ``POST /predict`` through Flask's test client in three apps:
+bare (no guard), guarded (ModelGuard: key auth, three limits, event enqueue,
+rate-limit headers) and Flask-Limiter alone (memory storage, one limit). The
+apps receive identical requests (the key header too) and are timed in interleaved rounds so drift on a shared machine hits all
+three alike; the figures to read are the ratios, not the absolute times.
+
+    python benchmarks/overhead.py [--requests 2000] [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flask_limiter import Limiter  # noqa: E402
+from flask_limiter.util import get_remote_address  # noqa: E402
+
+from example_app import create_app, guard  # noqa: E402
+from example_app.model import split  # noqa: E402
+
+HIGH_LIMITS = "1000000/second;100000000/hour;1000000000/day"
+
+
+def build(tmp: str) -> dict[str, tuple]:
+    config = {"MODEL_CACHE_DIR": tmp, "SECRET_KEY": "bench"}
+    bare = create_app(config, guarded=False)
+    limited = create_app(config, guarded=False)
+    Limiter(get_remote_address, app=limited, default_limits=["1000000/second"], storage_uri="memory://")
+    guarded = create_app({**config, "MODELGUARD_DATABASE_URL": f"sqlite:///{tmp}/mg.db"})
+    with guarded.app_context():
+        guard.create_account("bench", limits=HIGH_LIMITS)
+        key = guard.issue_key("bench")
+    # Every app gets the same request, key header included: the test client's
+    # cost of building a header is the client's, not the guard's.
+    headers = {"Authorization": f"Bearer {key}"}
+    return {
+        "bare": (bare.test_client(), headers),
+        "guarded": (guarded.test_client(), headers),
+        "flask-limiter": (limited.test_client(), headers),
+    }
+
+
+def time_requests(client, headers, bodies) -> float:
+    """Median seconds per request over ``bodies``."""
+    samples = []
+    perf = time.perf_counter
+    for body in bodies:
+        t0 = perf()
+        response = client.post("/predict", json=body, headers=headers)
+        samples.append(perf() - t0)
+        assert response.status_code == 200, response.get_data(as_text=True)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    _, X_test, _, _ = split()
+    bodies = [{"features": X_test[i % len(X_test)].tolist()} for i in range(args.requests)]
+    with tempfile.TemporaryDirectory() as tmp:
+        apps = build(tmp)
+        for client, headers in apps.values():  # warm-up: caches, lazy worker start
+            time_requests(client, headers, bodies[:200])
+        medians: dict[str, list[float]] = {name: [] for name in apps}
+        for _ in range(args.rounds):
+            for name, (client, headers) in apps.items():
+                medians[name].append(time_requests(client, headers, bodies))
+        guard.flush(apps["guarded"][0].application)
+    m = {name: statistics.median(v) for name, v in medians.items()}
+    bare, guarded, limiter = m["bare"], m["guarded"], m["flask-limiter"]
+    print(f"requests per round: {args.requests}, rounds: {args.rounds} (median of round medians)")
+    for name, value in m.items():
+        print(f"  {name:<14} {value * 1e6:8.1f} µs/request   {value / bare:5.3f}× bare")
+    print(f"guarded / bare:                      {guarded / bare:.3f}  (target ≤ 1.15)")
+    print(f"(guarded − bare) / (limiter − bare): {(guarded - bare) / (limiter - bare):.3f}  (target < 0.5)")
+    print(f"guard added: {(guarded - bare) * 1e6:.1f} µs; Flask-Limiter added: {(limiter - bare) * 1e6:.1f} µs")
+
+
+if __name__ == "__main__":
+    main()
