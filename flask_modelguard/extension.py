@@ -96,7 +96,7 @@ class _GuardState:
         if url in ("sqlite://", "sqlite:///:memory:"):
             engine_options.setdefault("poolclass", StaticPool)
             engine_options.setdefault("connect_args", {"check_same_thread": False})
-        self.repository = Repository(create_engine(url, **engine_options))
+        self.repository = Repository(create_engine(url, **engine_options), clock=self.clock)
         self.enforcer = QuotaEnforcer(
             settings.storage_uri,
             tiers=settings.tiers,
@@ -144,9 +144,10 @@ class _GuardState:
         limits = self.enforcer.limits_for(principal.tier, principal.limits)
         verdict = self.enforcer.hit(principal.account_id, limits, cost)
         now = self.clock()
-        headers = self._headers(verdict, limits, now)
+        wall = time.time()  # limit windows run on the limits library's clock
+        headers = self._headers(verdict, limits, wall)
         if not verdict.allowed:
-            response = problem_response(self._refusal(verdict, cost, now, headers))
+            response = problem_response(self._refusal(verdict, cost, wall, headers))
             rv: Any = None
         else:
             if verdict.failed_open:

@@ -3,8 +3,8 @@
 A *tier* is a named list of limits (``"10/second"``, ``"1000/hour"``,
 ``"10000/day"``); an account uses its tier's limits unless it has an override.
 Every limit is hit with the request's cost (a batch of N instances costs N),
-shortest window first, so a request refused by a short burst limit does not
-eat the daily quota.
+shortest window first; a refused request consumes nothing, so a client
+hammering a burst limit does not eat its daily quota.
 
 The storage is chosen by URI (``memory://``, ``redis://host:port``, anything
 ``limits`` supports). When it is unreachable the :class:`QuotaEnforcer` fails
@@ -182,12 +182,19 @@ class QuotaEnforcer:
         # calling the storage directly also yields the count, so the headers need
         # one get_expiry for the binding limit instead of a get and a get_expiry
         # per limit.
+        # A refused request is refunded (``incr`` by ``-cost``, which the memory
+        # and Redis storages support) on every limit it was counted in, so it
+        # consumes nothing; meanwhile a concurrent request may see the count
+        # briefly high and be refused at the edge of a window.
         storage = self.storage
         best_item, best_key, best_remaining = None, "", 0
-        for item, key in zip(limits, self._keys(account_id, limits)):
+        keys = self._keys(account_id, limits)
+        for n, (item, key) in enumerate(zip(limits, keys)):
             remaining = item.amount - storage.incr(key, item.get_expiry(), amount=cost)
             if remaining < 0:
-                return Verdict(False, item, 0, storage.get_expiry(key))
+                for refund_item, refund_key in zip(limits[: n + 1], keys[: n + 1]):
+                    storage.incr(refund_key, refund_item.get_expiry(), amount=-cost)
+                return Verdict(False, item, max(0, remaining + cost), storage.get_expiry(key))
             if best_item is None or remaining < best_remaining:
                 best_item, best_key, best_remaining = item, key, remaining
         return Verdict(True, best_item, best_remaining, storage.get_expiry(best_key))

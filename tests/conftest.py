@@ -1,0 +1,188 @@
+"""Shared fixtures: real backends (SQLite file, PostgreSQL, memory, Redis),
+parametrised; PostgreSQL and Redis are skipped with a reason when unreachable."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from flask import Flask, request
+from sqlalchemy import create_engine, text
+
+from flask_modelguard import ModelGuard, models
+
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+REDIS_URI = "redis://127.0.0.1:6379/0"
+
+
+def reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _postgres_ready() -> str | None:
+    if not reachable("127.0.0.1", 5432):
+        return "PostgreSQL is not listening on 127.0.0.1:5432"
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "psycopg is not installed (pip install '.[postgres]')"
+    return None
+
+
+def _redis_ready() -> str | None:
+    if not reachable("127.0.0.1", 6379):
+        return "Redis is not listening on 127.0.0.1:6379"
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        return "redis is not installed (pip install '.[redis]')"
+    return None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """A clean database for the guard's tables: a SQLite file, or PostgreSQL's ``test``."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/modelguard.db"
+        return
+    reason = _postgres_ready()
+    if reason:
+        pytest.skip(reason)
+    engine = create_engine(POSTGRES_URL)
+    models.metadata.drop_all(engine)
+    engine.dispose()
+    yield POSTGRES_URL
+    engine = create_engine(POSTGRES_URL)
+    models.metadata.drop_all(engine)
+    engine.dispose()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def storage_uri(request: pytest.FixtureRequest) -> str:
+    if request.param == "memory":
+        return "memory://"
+    reason = _redis_ready()
+    if reason:
+        pytest.skip(reason)
+    return REDIS_URI
+
+
+@pytest.fixture
+def redis_uri() -> str:
+    reason = _redis_ready()
+    if reason:
+        pytest.skip(reason)
+    return REDIS_URI
+
+
+PROBS = [0.05, 0.7, 0.05, 0.05, 0.05, 0.02, 0.02, 0.02, 0.02, 0.02]
+
+
+def model_app(guard: ModelGuard, **config: Any) -> Flask:
+    """A small model server: ``/predict`` (protected), ``/open`` (not)."""
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="test-secret", MODELGUARD_CREATE_TABLES=True)
+    app.config.update(config)
+    guard.init_app(app)
+
+    @app.post("/predict")
+    @guard.protect
+    def predict() -> Any:
+        body = request.get_json()
+        if "instances" in body:
+            return {"predictions": [{"label": 1, "probabilities": PROBS} for _ in body["instances"]]}
+        return {"label": 1, "probabilities": PROBS}
+
+    @app.get("/open")
+    def open_route() -> Any:
+        return {"ok": True}
+
+    return app
+
+
+@dataclass
+class Guarded:
+    app: Flask
+    guard: ModelGuard
+    clock: Any
+
+    @property
+    def client(self) -> Any:
+        return self.app.test_client()
+
+    def account(self, name: str | None = None, **kwargs: Any) -> tuple[str, str]:
+        """Create an account and a key; returns (name, key)."""
+        name = name or f"acct-{uuid.uuid4().hex[:8]}"
+        with self.app.app_context():
+            self.guard.create_account(name, **kwargs)
+            return name, self.guard.issue_key(name)
+
+    def predict(self, key: str | None, body: Any = None, **headers: str) -> Any:
+        if key is not None:
+            headers.setdefault("Authorization", f"Bearer {key}")
+        return self.client.post("/predict", json=body or {"features": [1, 2, 3]}, headers=headers)
+
+    def rows(self, name: str) -> list[dict[str, Any]]:
+        state = ModelGuard.state(self.app)
+        self.guard.flush(self.app)
+        account_id = state.repository.get_account(name)["id"]
+        return list(state.repository.events(account_id))
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def make_guarded(db_url: str) -> Iterator[Callable[..., Guarded]]:
+    """Build guarded apps on the parametrised database; closed after the test."""
+    made: list[Guarded] = []
+
+    def make(clock: Any = None, **config: Any) -> Guarded:
+        clock = clock or FakeClock()
+        config.setdefault("MODELGUARD_DATABASE_URL", db_url)
+        config.setdefault("MODELGUARD_NAMESPACE", f"t-{uuid.uuid4().hex}")
+        guard = ModelGuard(clock=clock)
+        g = Guarded(model_app(guard, **config), guard, clock)
+        made.append(g)
+        return g
+
+    yield make
+    for g in made:
+        g.guard.close(g.app)
+
+
+@pytest.fixture
+def guarded(make_guarded: Callable[..., Guarded]) -> Guarded:
+    return make_guarded()
+
+
+def problem_of(response: Any) -> dict[str, Any]:
+    """The problem+json body of ``response``, checked for RFC 9457 members."""
+    assert response.mimetype == "application/problem+json", response.get_data(as_text=True)
+    body = response.get_json(force=True)
+    assert set(body) >= {"type", "title", "status", "detail"}
+    assert body["status"] == response.status_code
+    assert body["type"].startswith("https://")
+    return body
+
+
+def sql(url: str, statement: str) -> Any:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text(statement)).all()
+    finally:
+        engine.dispose()
