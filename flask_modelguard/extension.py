@@ -24,7 +24,7 @@ from .auth import Authenticator
 from .config import Settings
 from .events import QueryEvent
 from .exc import Problem, RateLimitExceeded, StorageUnavailable
-from .keys import parse_key
+from .keys import KEY_SCHEME, parse_key
 from .payload import count_instances
 from .quotas import QuotaEnforcer, Verdict
 from .repository import Repository
@@ -352,7 +352,7 @@ class ModelGuard:
 
 def _prefix(key: str) -> str:
     """A key prefix from a prefix or a whole key."""
-    return parse_key(key).prefix if key.count("_") == 2 else key
+    return parse_key(key).prefix if key.startswith(KEY_SCHEME + "_") else key
 
 
 def protect(view: F | None = None, /, **options: Any) -> Any:

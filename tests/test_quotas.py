@@ -1,0 +1,162 @@
+"""QuotaEnforcer on real storages, and what happens when the storage goes away."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+
+from flask_modelguard import ModelGuard, QuotaEnforcer
+from flask_modelguard.exc import InvalidValue
+from flask_modelguard.quotas import parse_limits
+
+from .conftest import model_app, problem_of
+
+
+def enforcer(uri: str, **kwargs) -> QuotaEnforcer:
+    return QuotaEnforcer(uri, namespace=f"t-{uuid.uuid4().hex}", **kwargs)
+
+
+def test_parse_limits_sorts_by_window_and_rejects_garbage():
+    items = parse_limits("1000/hour;10/second,5/minute")
+    assert [i.amount for i in items] == [10, 5, 1000]
+    assert parse_limits("") == ()
+    with pytest.raises(InvalidValue):
+        parse_limits("ten per second")
+
+
+@pytest.mark.parametrize("strategy", ["fixed-window", "sliding-window-counter", "moving-window"])
+def test_hit_counts_cost_and_refuses_over_limit(storage_uri, strategy):
+    e = enforcer(storage_uri, strategy=strategy)
+    limits = parse_limits("5/minute;100/day")
+    v = e.hit(1, limits, cost=3)
+    assert v.allowed and v.remaining == 2 and v.limit.amount == 5
+    refused = e.hit(1, limits, cost=3)
+    assert not refused.allowed and refused.limit.amount == 5 and refused.reset > time.time()
+    v = e.hit(1, limits, cost=2)  # the refused request consumed nothing
+    assert v.allowed and v.remaining == 0
+    assert e.hit(2, limits).allowed  # accounts are counted apart
+    e.reset_account(1, limits)
+    assert e.hit(1, limits).remaining == 4
+
+
+def test_unknown_strategy_and_fail_mode_are_rejected():
+    with pytest.raises(InvalidValue):
+        QuotaEnforcer("memory://", strategy="leaky")
+    with pytest.raises(InvalidValue):
+        QuotaEnforcer("memory://", fail_mode="sideways")
+
+
+def test_redis_limits_are_shared_between_enforcers(redis_uri):
+    """Two enforcers (two processes' worth) on one Redis count together."""
+    namespace = f"t-{uuid.uuid4().hex}"
+    a = QuotaEnforcer(redis_uri, namespace=namespace)
+    b = QuotaEnforcer(redis_uri, namespace=namespace)
+    limits = parse_limits("4/minute")
+    assert [a.hit(7, limits).allowed, b.hit(7, limits).allowed] == [True, True]
+    assert b.hit(7, limits, cost=2).remaining == 0
+    assert not a.hit(7, limits).allowed
+
+
+class ToggleProxy:
+    """A TCP proxy on loopback to a real server that can be switched off and on."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener: socket.socket | None = None
+        self.port = 0
+        self.conns: list[socket.socket] = []
+        self.up()
+
+    def up(self) -> None:
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", self.port))
+        self.port = self.listener.getsockname()[1]
+        self.listener.listen()
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def down(self) -> None:
+        assert self.listener is not None
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
+        self.listener.close()
+        for conn in self.conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+        self.conns.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            self.conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+
+@pytest.mark.parametrize("fail_mode, down_status", [("open", 200), ("closed", 503)])
+def test_storage_down_fails_open_or_closed_and_recovers(redis_uri, tmp_path, fail_mode, down_status):
+    proxy = ToggleProxy(("127.0.0.1", 6379))
+    guard = ModelGuard()
+    app = model_app(
+        guard,
+        MODELGUARD_DATABASE_URL=f"sqlite:///{tmp_path}/mg.db",
+        MODELGUARD_STORAGE_URI=f"redis://127.0.0.1:{proxy.port}/0",
+        MODELGUARD_STORAGE_OPTIONS={"socket_timeout": 0.5, "socket_connect_timeout": 0.5},
+        MODELGUARD_FAIL_MODE=fail_mode,
+        MODELGUARD_STORAGE_RETRY=0.3,
+        MODELGUARD_NAMESPACE=f"t-{uuid.uuid4().hex}",
+    )
+    with app.app_context():
+        guard.create_account("a", limits="100/minute")
+        key = guard.issue_key("a")
+    client = app.test_client()
+
+    def call():
+        return client.post("/predict", json={"features": [1]}, headers={"X-API-Key": key})
+
+    assert call().status_code == 200
+    proxy.down()
+    r = call()
+    assert r.status_code == down_status
+    if fail_mode == "closed":
+        assert problem_of(r)["type"].endswith("limits-storage-unavailable") and "Retry-After" in r.headers
+    else:
+        assert "RateLimit" not in r.headers
+    assert call().status_code == down_status  # within the retry interval: storage not asked
+    stats = guard.stats(app)
+    assert stats["limits_storage_errors"] >= 2 and stats["limits_storage_down"]
+    assert stats["failed_open"] == (2 if fail_mode == "open" else 0)
+    proxy.up()
+    time.sleep(0.4)
+    r = call()
+    assert r.status_code == 200 and r.headers["X-RateLimit-Limit"] == "100"
+    assert not guard.stats(app)["limits_storage_down"]
+    proxy.down()
+    guard.close(app)

@@ -1,0 +1,134 @@
+"""The event worker: batching, bounded queue, retries, fork safety, exit flush."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from flask_modelguard import EventWorker
+
+from .conftest import sql
+
+
+def make(write, **kwargs) -> EventWorker:
+    kwargs.setdefault("flush_interval", 60.0)  # the thread only drains when told to
+    return EventWorker(lambda item: {"n": item}, write, **kwargs)
+
+
+def test_flush_writes_everything_in_batches():
+    batches = []
+    worker = make(lambda rows: batches.append([r["n"] for r in rows]), batch_size=4)
+    for i in range(10):
+        assert worker.submit(i)
+    assert worker.flush(timeout=2)
+    assert batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert worker.stats() | {"alive": True} == {
+        "alive": True, "queue_depth": 0, "dropped": 0, "written": 10, "write_failures": 0,
+    }
+    worker.stop()
+
+
+def test_thread_drains_on_its_own():
+    done = threading.Event()
+    worker = make(lambda rows: done.set(), flush_interval=0.05)
+    worker.submit(1)
+    assert done.wait(2)
+    assert worker.alive
+    worker.stop()
+
+
+def test_full_queue_drops_and_counts():
+    worker = make(lambda rows: None, max_queue=3)
+    results = [worker.submit(i) for i in range(10)]
+    assert results == [True] * 3 + [False] * 7
+    assert worker.dropped == 7 and worker.depth == 3
+    assert worker.flush(timeout=2) and worker.written == 3
+    worker.stop()
+
+
+def test_failed_writes_are_retried_with_backoff():
+    calls = {"n": 0}
+    written = []
+
+    def flaky(rows):
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise ConnectionError("database away")
+        written.extend(r["n"] for r in rows)
+
+    worker = make(flaky)
+    for i in range(5):
+        worker.submit(i)
+    assert worker.flush(timeout=5)
+    assert written == [0, 1, 2, 3, 4]
+    assert worker.failures == 2 and worker.dropped == 0
+    worker.stop()
+
+
+def test_bad_item_is_dropped_not_fatal():
+    written = []
+    worker = EventWorker(lambda item: {"n": 1 / item}, lambda rows: written.extend(rows), flush_interval=60)
+    for item in (1, 0, 2):
+        worker.submit(item)
+    assert worker.flush(timeout=2)
+    assert [r["n"] for r in written] == [1.0, 0.5] and worker.dropped == 1
+    worker.stop()
+
+
+def test_flush_gives_up_after_timeout_and_keeps_rows():
+    worker = make(lambda rows: (_ for _ in ()).throw(ConnectionError("down")), shutdown_timeout=0.1)
+    worker.submit(1)
+    assert worker.flush(timeout=0.3) is False
+    assert worker.depth == 1  # still held for the next attempt
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_starts_its_own_thread_and_queue(tmp_path):
+    out = tmp_path / "rows.txt"
+
+    def write(rows):
+        with open(out, "a") as fh:
+            for r in rows:
+                fh.write(f"{os.getpid()} {r['n']}\n")
+
+    worker = make(write)
+    worker.submit("parent-before-fork")
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            worker.submit("child")
+            worker.flush(timeout=2)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    worker.flush(timeout=2)
+    lines = out.read_text().split("\n")[:-1]
+    assert sorted(line.split()[1] for line in lines) == ["child", "parent-before-fork"]
+    assert f"{os.getpid()} parent-before-fork" in lines
+    worker.stop()
+
+
+def test_events_queued_at_exit_are_flushed(tmp_path):
+    """A server process that exits without calling flush() loses nothing."""
+    db = tmp_path / "exit.db"
+    script = textwrap.dedent(f"""
+        from flask_modelguard import ModelGuard
+        from tests.conftest import model_app
+        guard = ModelGuard()
+        app = model_app(guard, MODELGUARD_DATABASE_URL="sqlite:///{db}", MODELGUARD_FLUSH_INTERVAL=3600)
+        with app.app_context():
+            guard.create_account("a", limits="1000/minute")
+            key = guard.issue_key("a")
+        client = app.test_client()
+        for i in range(40):
+            assert client.post("/predict", json={{"features": [i]}}, headers={{"X-API-Key": key}}).status_code == 200
+        assert guard.stats(app)["written"] == 0
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=root, timeout=60)
+    assert sql(f"sqlite:///{db}", "select count(*) from modelguard_query_events")[0][0] == 40
