@@ -28,9 +28,6 @@ from .exc import (
 from .keys import key_hint, parse_key, verify_secret
 from .repository import Principal, Repository
 
-_MISSING = object()
-
-
 class Authenticator:
     def __init__(
         self,
@@ -70,10 +67,11 @@ class Authenticator:
         raise MissingKey(f"Send your API key in {where}.")
 
     def lookup(self, prefix: str) -> Principal | None:
-        with self._lock:
-            found = self._cache.get(prefix, _MISSING)
-        if found is not _MISSING:
-            return found  # type: ignore[return-value]
+        try:
+            with self._lock:
+                return self._cache[prefix]
+        except KeyError:
+            pass
         try:
             principal = self.repository.lookup(prefix)
         except SQLAlchemyError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import string
 from typing import NamedTuple
@@ -21,7 +22,6 @@ KEY_SCHEME = "mg"
 PREFIX_LENGTH = 10
 SECRET_LENGTH = 32
 _ALPHABET = string.ascii_lowercase + string.digits
-_ALPHABET_SET = frozenset(_ALPHABET)
 
 
 class ParsedKey(NamedTuple):
@@ -52,21 +52,17 @@ def generate_key() -> NewKey:
     return NewKey(token, prefix, hash_secret(prefix, secret))
 
 
+_KEY_RE = re.compile(rf"{KEY_SCHEME}_([a-z0-9]{{{PREFIX_LENGTH}}})_([a-z0-9]{{{SECRET_LENGTH}}})")
+
+
 def parse_key(token: str) -> ParsedKey:
     """Split a presented key into prefix and secret, or raise :class:`MalformedKey`."""
-    parts = token.split("_")
-    if (
-        len(parts) != 3
-        or parts[0] != KEY_SCHEME
-        or len(parts[1]) != PREFIX_LENGTH
-        or len(parts[2]) != SECRET_LENGTH
-        or not _ALPHABET_SET.issuperset(parts[1])
-        or not _ALPHABET_SET.issuperset(parts[2])
-    ):
+    match = _KEY_RE.fullmatch(token)
+    if match is None:
         raise MalformedKey(
             f"API keys look like '{KEY_SCHEME}_<{PREFIX_LENGTH} chars>_<{SECRET_LENGTH} chars>'."
         )
-    return ParsedKey(parts[1], parts[2])
+    return ParsedKey(match[1], match[2])
 
 
 def verify_secret(parsed: ParsedKey, secret_hash: str) -> bool:

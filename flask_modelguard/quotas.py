@@ -98,6 +98,7 @@ class QuotaEnforcer:
         self.tiers = {name: _normalise_tier(spec) for name, spec in (tiers or DEFAULT_TIERS).items()}
         for spec in self.tiers.values():
             parse_limits(spec)  # fail at start-up, not on the first request
+        # Backend errors arrive as limits' StorageError, translated in hit().
         self.storage: Storage = storage_from_string(
             storage_uri, wrap_exceptions=True, **dict(storage_options or {})
         )

@@ -54,6 +54,8 @@ class EventWorker(Generic[E]):
         self.max_backoff = max_backoff
         self.shutdown_timeout = shutdown_timeout
         self.name = name
+        #: Queue depth at which submit() starts yielding to the worker thread.
+        self._behind = max(1, min(batch_size, max_queue // 4))
         #: Items refused because the queue was full, or lost to a bad item.
         self.dropped = 0
         #: Rows written to storage.
@@ -81,12 +83,19 @@ class EventWorker(Generic[E]):
         """Queue ``item``; False (and counted in :attr:`dropped`) if the queue is full."""
         if self._pid != os.getpid():
             self._start()
-        if len(self._queue) + len(self._pending) >= self.max_queue:
+        depth = len(self._queue) + len(self._pending)
+        if depth >= self.max_queue:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("modelguard: event queue full, %d events dropped so far", self.dropped)
             return False
         self._queue.append(item)
+        if depth >= self._behind:
+            # Backpressure. A request thread that never blocks (and releases the
+            # GIL only briefly, in numpy or the database driver) can starve this
+            # thread for seconds; yielding the GIL here lets it run.
+            self._wake.set()
+            time.sleep(0)
         return True
 
     # -- thread -----------------------------------------------------------------

@@ -26,7 +26,8 @@ def test_flush_writes_everything_in_batches():
     for i in range(10):
         assert worker.submit(i)
     assert worker.flush(timeout=2)
-    assert batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [n for batch in batches for n in batch] == list(range(10))
+    assert max(len(batch) for batch in batches) == 4
     assert worker.stats() | {"alive": True} == {
         "alive": True, "queue_depth": 0, "dropped": 0, "written": 10, "write_failures": 0,
     }
@@ -43,10 +44,12 @@ def test_thread_drains_on_its_own():
 
 
 def test_full_queue_drops_and_counts():
-    worker = make(lambda rows: None, max_queue=3)
-    results = [worker.submit(i) for i in range(10)]
-    assert results == [True] * 3 + [False] * 7
+    release = threading.Event()
+    worker = make(lambda rows: release.wait(5), max_queue=3, batch_size=1)
+    results = [worker.submit(i) for i in range(10)]  # the thread is stuck writing
+    assert results.count(True) == 3 and results[-7:] == [False] * 7
     assert worker.dropped == 7 and worker.depth == 3
+    release.set()
     assert worker.flush(timeout=2) and worker.written == 3
     worker.stop()
 
@@ -85,6 +88,8 @@ def test_flush_gives_up_after_timeout_and_keeps_rows():
     worker.submit(1)
     assert worker.flush(timeout=0.3) is False
     assert worker.depth == 1  # still held for the next attempt
+    worker.write = lambda rows: None  # the database is back
+    assert worker.flush(timeout=2) and worker.written == 1
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -132,3 +137,31 @@ def test_events_queued_at_exit_are_flushed(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", script], check=True, cwd=root, timeout=60)
     assert sql(f"sqlite:///{db}", "select count(*) from modelguard_query_events")[0][0] == 40
+
+
+def test_worker_keeps_up_with_a_busy_request_thread(tmp_path):
+    """A request thread that never waits (the test client, no network) starves
+    a background thread of the GIL; the worker must still keep up, not drop."""
+    from flask_modelguard import ModelGuard
+
+    from .conftest import model_app
+
+    guard = ModelGuard()
+    app = model_app(
+        guard,
+        MODELGUARD_DATABASE_URL=f"sqlite:///{tmp_path}/busy.db",
+        MODELGUARD_QUEUE_SIZE=1000,
+        MODELGUARD_BATCH_SIZE=100,
+        MODELGUARD_FLUSH_INTERVAL=0.05,
+    )
+    with app.app_context():
+        guard.create_account("busy", limits="100000/minute")
+        key = guard.issue_key("busy")
+    client = app.test_client()
+    body = {"features": list(range(64))}
+    for _ in range(4000):
+        client.post("/predict", json=body, headers={"X-API-Key": key})
+    stats = guard.stats(app)
+    assert stats["dropped"] == 0, stats
+    assert stats["written"] >= 4000 - 1000, stats
+    guard.close(app)
