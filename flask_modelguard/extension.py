@@ -138,7 +138,7 @@ class _GuardState:
             principal = self.auth.authenticate(req.headers)
         except Problem as problem:
             return problem_response(problem)
-        body = req.get_json(silent=True) if req.is_json else None
+        body = req.get_json(silent=True)  # None unless a JSON body; cached for the view
         route = options.name or req.endpoint or req.path
         cost = options.cost_of(body)
         limits = self.enforcer.limits_for(principal.tier, principal.limits)
