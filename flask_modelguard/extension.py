@@ -25,7 +25,7 @@ from .config import Settings
 from .events import QueryEvent
 from .exc import Problem, RateLimitExceeded, StorageUnavailable
 from .keys import KEY_SCHEME, parse_key
-from .payload import count_instances
+from .payload import instances
 from .quotas import QuotaEnforcer, Verdict
 from .repository import Repository
 from .worker import EventWorker
@@ -65,7 +65,7 @@ class RouteOptions:
     def cost_of(self, body: Any) -> int:
         cost = self.cost
         if cost is None:
-            return max(1, count_instances(body))
+            return max(1, len(instances(body)))
         if callable(cost):
             return max(1, int(cost(body)))
         return max(1, int(cost))

@@ -1,75 +1,246 @@
-"""Reading predictions out of JSON responses. Framework-free.
+"""JSON payloads: where the probabilities are in an answer, how to write
+transformed ones back, and what a request's inputs are. Framework-free.
 
-This is the minimal reader the query log needs (label and top confidence per
-instance); it understands the common shapes:
+:class:`AutoAdapter` (the default) understands
 
 - ``{"label": 3, "probabilities": [...]}`` and ``{"probabilities": [...]}``
 - ``{"predictions": [{"label": ..., "probabilities": [...]}, ...]}``
-- ``{"scores": {"cat": 0.9, "dog": 0.1}}``
-- a top-level list of probability vectors or of the objects above.
+- ``{"scores": {"cat": 0.9, "dog": 0.1}}`` (class names), alone or per prediction
+- a top-level list of probability vectors, or of the objects above
+- a top-level probability vector.
 
-Anything else yields no predictions; it never raises.
+:class:`PathAdapter` reads one dotted path (``"result.probs"``) holding a vector
+or a list of vectors. Any object with a ``read(payload)`` method returning a
+:class:`Reading` (or None) is an adapter too. A payload an adapter does not
+recognise is returned untouched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from .transforms import Answer
 
 
-class Prediction(NamedTuple):
-    label: Any  # class index or name; None when the response has only scores
-    confidence: float | None
+@dataclass
+class Reading:
+    """What an adapter found: the answer, and how to write a transformed one back."""
+
+    answer: Answer
+    #: Class names by index, when the payload names classes (``scores``).
+    classes: list[Any] | None
+    write: Callable[[Answer], Any]
+
+    def label_value(self, index: int) -> Any:
+        return self.classes[index] if self.classes is not None else int(index)
+
+
+class PayloadAdapter(Protocol):
+    def read(self, payload: Any) -> Reading | None: ...
 
 
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _from_vector(probs: Any) -> tuple[int, float] | None:
-    if isinstance(probs, list) and probs and all(_is_number(p) for p in probs):
-        best = max(range(len(probs)), key=probs.__getitem__)
-        return best, float(probs[best])
+def _is_vector(x: Any) -> bool:
+    return isinstance(x, list) and len(x) > 0 and all(_is_number(v) for v in x)
+
+
+def _is_scores(x: Any) -> bool:
+    return isinstance(x, Mapping) and len(x) > 0 and all(_is_number(v) for v in x.values())
+
+
+def _sent(answer: Answer, i: int) -> np.ndarray:
+    """Indices of the entries of row i that are sent."""
+    if answer.keep is None:
+        return np.arange(answer.probs.shape[1])
+    return np.flatnonzero(answer.keep[i])
+
+
+def _write_item(item: Mapping[str, Any] | None, answer: Answer, i: int, classes: list[Any] | None, key: str) -> Any:
+    """Row ``i`` of ``answer`` in the shape of ``item`` (a dict, or None for a bare vector)."""
+    label = int(answer.labels[i])
+    label_value = classes[label] if classes is not None else label
+    row = answer.probs[i]
+    if item is None:  # a bare vector
+        if answer.label_only:
+            return label_value
+        if answer.keep is not None:
+            idx = _sent(answer, i)
+            return {"probabilities": row[idx].tolist(), "classes": idx.tolist()}
+        return row.tolist()
+    out = dict(item)
+    if answer.label_only:
+        out.pop(key, None)
+        out["label"] = label_value
+        return out
+    if "label" in out:
+        out["label"] = label_value
+    idx = _sent(answer, i)
+    if key == "scores":
+        assert classes is not None
+        out["scores"] = {classes[j]: float(row[j]) for j in idx}
+    elif answer.keep is not None:
+        out[key] = row[idx].tolist()
+        out["classes"] = idx.tolist()
+    else:
+        out[key] = row.tolist()
+    return out
+
+
+def _item_vector(item: Any) -> tuple[list[float], list[Any] | None, str] | None:
+    """(vector, class names, key) of one prediction object or bare vector."""
+    if _is_vector(item):
+        return item, None, ""
+    if isinstance(item, Mapping):
+        probs = item.get("probabilities")
+        if _is_vector(probs):
+            return probs, None, "probabilities"
+        scores = item.get("scores")
+        if _is_scores(scores):
+            names = list(scores)
+            return [scores[n] for n in names], names, "scores"
     return None
 
 
-def _one(obj: Any) -> Prediction | None:
-    if isinstance(obj, list):
-        top = _from_vector(obj)
-        return Prediction(*top) if top else None
-    if not isinstance(obj, Mapping):
-        return None
-    label = obj.get("label")
-    scores = obj.get("scores")
-    if isinstance(scores, Mapping) and scores and all(_is_number(v) for v in scores.values()):
-        name = max(scores, key=scores.__getitem__)
-        return Prediction(name if label is None else label, float(scores[name]))
-    top = _from_vector(obj.get("probabilities"))
-    if top is not None:
-        return Prediction(top[0] if label is None else label, top[1])
-    if label is not None and isinstance(label, (int, str)) and not isinstance(label, bool):
+class AutoAdapter:
+    """Recognises the common shapes listed in the module docstring."""
+
+    def read(self, payload: Any) -> Reading | None:
+        if isinstance(payload, Mapping) and isinstance(payload.get("predictions"), list):
+            items, wrap = payload["predictions"], lambda rows: {**payload, "predictions": rows}
+        elif isinstance(payload, list) and payload and not _is_number(payload[0]):
+            items, wrap = payload, lambda rows: rows
+        else:
+            items, wrap = [payload], lambda rows: rows[0]
+        found = [_item_vector(item) for item in items]
+        if not found or any(f is None for f in found):
+            return None
+        vectors = [f[0] for f in found]  # type: ignore[index]
+        names, key = found[0][1], found[0][2]  # type: ignore[index]
+        if any(len(v) != len(vectors[0]) for v in vectors) or any(f[1] != names for f in found):  # type: ignore[index]
+            return None
+        probs = np.asarray(vectors, dtype=np.float64)
+        labels = probs.argmax(axis=1)
+        shaped = [item if isinstance(item, Mapping) else None for item in items]
+
+        def write(answer: Answer) -> Any:
+            return wrap([_write_item(shaped[i], answer, i, names, key) for i in range(len(items))])
+
+        return Reading(Answer(probs, labels), names, write)
+
+
+class PathAdapter:
+    """The probabilities at a dotted path: a vector (one instance) or a list of vectors."""
+
+    def __init__(self, path: str) -> None:
+        self.keys = [int(k) if k.isdigit() else k for k in path.split(".")]
+
+    def read(self, payload: Any) -> Reading | None:
+        try:
+            value = payload
+            for key in self.keys:
+                value = value[key]
+        except (KeyError, IndexError, TypeError):
+            return None
+        single = _is_vector(value)
+        vectors = [value] if single else value
+        if not isinstance(vectors, list) or not vectors or not all(_is_vector(v) for v in vectors):
+            return None
+        if any(len(v) != len(vectors[0]) for v in vectors):
+            return None
+        probs = np.asarray(vectors, dtype=np.float64)
+
+        def write(answer: Answer) -> Any:
+            rows = [_write_item(None, answer, i, None, "") for i in range(len(vectors))]
+            return _set_path(payload, self.keys, rows[0] if single else rows)
+
+        return Reading(Answer(probs, probs.argmax(axis=1)), None, write)
+
+
+def _set_path(payload: Any, keys: list[Any], value: Any) -> Any:
+    """A copy of ``payload`` with ``value`` at ``keys`` (containers on the path copied)."""
+    if not keys:
+        return value
+    head, rest = keys[0], keys[1:]
+    copy = list(payload) if isinstance(payload, list) else dict(payload)
+    copy[head] = _set_path(payload[head], rest, value)
+    return copy
+
+
+class CallableAdapter:
+    """An adapter from two functions: ``read(payload) -> probabilities (n, k) or
+    None`` and ``write(payload, answer) -> new payload``."""
+
+    def __init__(self, read: Callable[[Any], Any], write: Callable[[Any, Answer], Any]) -> None:
+        self._read, self._write = read, write
+
+    def read(self, payload: Any) -> Reading | None:
+        probs = self._read(payload)
+        if probs is None:
+            return None
+        answer = Answer.of(probs)
+        return Reading(answer, None, lambda new: self._write(payload, new))
+
+
+def make_adapter(spec: Any) -> PayloadAdapter:
+    """An adapter from a setting: None (auto), a dotted path, a (read, write)
+    pair of callables, or an adapter object."""
+    if spec is None:
+        return AutoAdapter()
+    if isinstance(spec, str):
+        return PathAdapter(spec)
+    if isinstance(spec, tuple) and len(spec) == 2 and all(callable(f) for f in spec):
+        return CallableAdapter(*spec)
+    if hasattr(spec, "read"):
+        return spec  # type: ignore[no-any-return]
+    raise TypeError(f"Not a payload adapter: {spec!r}")
+
+
+class Prediction(NamedTuple):
+    """One served prediction, as the query log records it."""
+
+    label: Any  # class index or name
+    confidence: float | None
+
+
+def _prediction(item: Any) -> Prediction | None:
+    found = _item_vector(item)
+    label = item.get("label") if isinstance(item, Mapping) else None
+    if found is not None:
+        vector, names, _ = found
+        best = max(range(len(vector)), key=vector.__getitem__)
+        served = label if label is not None else (names[best] if names else best)
+        return Prediction(served, float(vector[best]))
+    if isinstance(label, (int, str)) and not isinstance(label, bool):
         return Prediction(label, None)
     return None
 
 
 def read_predictions(payload: Any) -> list[Prediction]:
-    """Every prediction found in a decoded JSON response, in order."""
+    """Every prediction found in a decoded JSON answer (labels-only ones too), in order."""
     if isinstance(payload, Mapping) and isinstance(payload.get("predictions"), list):
         items = payload["predictions"]
     elif isinstance(payload, list) and payload and not _is_number(payload[0]):
         items = payload
     else:
         items = [payload]
-    found = [_one(item) for item in items]
-    return [p for p in found if p is not None]
+    return [p for p in map(_prediction, items) if p is not None]
 
 
-def count_instances(body: Any) -> int:
-    """How many model inputs a request body holds: the length of ``instances``
-    (or ``inputs``) when it is a list, else 1."""
+def instances(body: Any) -> list[Any]:
+    """The model inputs of a request body: ``instances`` or ``inputs`` when a
+    list, else ``[features]`` when present, else ``[body]``."""
     if isinstance(body, Mapping):
         for name in ("instances", "inputs"):
             value = body.get(name)
             if isinstance(value, list):
-                return len(value)
-    return 1
+                return value
+        if "features" in body:
+            return [body["features"]]
+    return [body]

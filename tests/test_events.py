@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flask_modelguard.events import QueryEvent, fingerprint
-from flask_modelguard.payload import count_instances, read_predictions
+from flask_modelguard.payload import instances, read_predictions
 
 KEY = b"k" * 32
 json_values = st.recursive(
@@ -43,11 +43,11 @@ def test_read_predictions_understands_common_shapes():
     assert read_predictions("text") == []
 
 
-def test_count_instances():
-    assert count_instances({"instances": [[1], [2], [3]]}) == 3
-    assert count_instances({"inputs": []}) == 0
-    assert count_instances({"features": [1, 2]}) == 1
-    assert count_instances(None) == 1
+def test_instances():
+    assert instances({"instances": [[1], [2], [3]]}) == [[1], [2], [3]]
+    assert instances({"inputs": []}) == []
+    assert instances({"features": [1, 2]}) == [[1, 2]]
+    assert instances(None) == [None]
 
 
 def test_event_row_reads_raw_json_response_bytes():

@@ -1,0 +1,421 @@
+"""Output transforms: framework-free functions of a batch of answers.
+
+An :class:`Answer` holds, for ``n`` instances and ``k`` classes, the
+probability matrix, the served labels and what of it is sent. A transform maps
+an answer (and a :class:`KeyedRandom`) to a new answer; a list of transforms is
+applied in order by :func:`apply`.
+
+Randomness is deterministic per (secret, account, input): the same account
+asking the same question twice gets the same answer, so averaging repeated
+queries does not remove the noise, and two accounts get different noise.
+
+Transforms are also written as short strings, parsed by :func:`parse`:
+``"round(2)"``, ``"top_k(3, mode='drop')"``, ``"label_only"``,
+``"gaussian(0.05)"``, ``"reverse_sigmoid(beta=0.7, gamma=0.2)"``, ...
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .exc import InvalidValue
+
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A batch of answers as the client will see them."""
+
+    #: (n, k) probabilities (or scores).
+    probs: np.ndarray
+    #: (n,) served class indices.
+    labels: np.ndarray
+    #: (n, k) mask of the entries sent, or None for all of them.
+    keep: np.ndarray | None = None
+    #: Send labels only.
+    label_only: bool = False
+    #: (n,) instances whose answer is a watermark (deliberately wrong).
+    watermarked: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, probs: Any) -> Answer:
+        p = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+        return cls(p, p.argmax(axis=1))
+
+
+class KeyedRandom:
+    """Uniform numbers in (0, 1) derived from a keyed hash per instance.
+
+    ``seeds[i]`` identifies instance ``i`` (secret, account and input
+    fingerprint hashed together); ``uniform(purpose, k)`` is a pure function of
+    the seed, the purpose and k, so answers are reproducible.
+    """
+
+    def __init__(self, seeds: Sequence[bytes], score: float = 0.0) -> None:
+        self.seeds = list(seeds)
+        #: The account's malicious score in [0, 1] (poisoning may grow with it).
+        self.score = score
+
+    @classmethod
+    def for_inputs(cls, key: bytes, account: int | str, fingerprints: Sequence[str], score: float = 0.0) -> KeyedRandom:
+        prefix = f"{account}:".encode()
+        return cls(
+            [hashlib.blake2b(prefix + fp.encode(), key=key[:64], digest_size=32).digest() for fp in fingerprints],
+            score,
+        )
+
+    def uniform(self, purpose: str, k: int) -> np.ndarray:
+        """(n, k) uniforms in (0, 1), a pure function of (seed, purpose, k)."""
+        tag = purpose.encode()
+        blocks = -(-k // 16)  # 16 uint32 per 64-byte digest
+        out = np.empty((len(self.seeds), blocks * 16), dtype=np.float64)
+        for i, seed in enumerate(self.seeds):
+            data = b"".join(
+                hashlib.blake2b(tag + bytes((b,)), key=seed, digest_size=64).digest() for b in range(blocks)
+            )
+            out[i] = np.frombuffer(data, dtype="<u4")
+        return (out[:, :k] + 0.5) / 4294967296.0
+
+    def normal(self, purpose: str, k: int) -> np.ndarray:
+        u1, u2 = self.uniform(purpose + "/1", k), self.uniform(purpose + "/2", k)
+        return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+
+    def laplace(self, purpose: str, k: int) -> np.ndarray:
+        u = self.uniform(purpose, k) - 0.5
+        return -np.sign(u) * np.log1p(-2.0 * np.abs(u))
+
+
+def renormalise(p: np.ndarray) -> np.ndarray:
+    """Rows scaled to sum 1; an all-zero row becomes uniform."""
+    p = np.clip(p, 0.0, None)
+    total = p.sum(axis=1, keepdims=True)
+    k = p.shape[1]
+    return np.where(total > _EPS, p / np.where(total > _EPS, total, 1.0), 1.0 / k)
+
+
+def _restore_argmax(p: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Swap entries so that ``labels`` are the row maxima again (the multiset of
+    values in each row is unchanged, so a distribution stays one)."""
+    p = p.copy()
+    rows = np.arange(len(p))
+    top = p.argmax(axis=1)
+    moved = top != labels
+    if moved.any():
+        r, a, b = rows[moved], labels[moved], top[moved]
+        high, low = p[r, b].copy(), p[r, a].copy()
+        p[r, a], p[r, b] = high, low
+    return p
+
+
+class Transform:
+    """Base class: ``transform(answer, rng) -> answer``."""
+
+    #: Name used in strings (``"round(2)"``).
+    name: ClassVar[str] = ""
+    #: Whether the served labels are kept (property tests rely on it).
+    keeps_argmax: ClassVar[bool] = True
+
+    def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:  # pragma: no cover
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Round(Transform):
+    """Round probabilities to ``decimals`` places (ART's ``Rounded``)."""
+
+    decimals: int = 2
+    name: ClassVar[str] = "round"
+
+    def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
+        return replace(answer, probs=np.round(answer.probs, self.decimals))
+
+
+@dataclass(frozen=True)
+class TopK(Transform):
+    """Send only the k largest entries: the others zeroed (``mode="zero"``) or
+    left out of the response (``mode="drop"``); ``renormalise`` rescales the kept ones."""
+
+    k: int = 1
+    mode: str = "zero"
+    renormalise: bool = False
+    name: ClassVar[str] = "top_k"
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.mode not in ("zero", "drop"):
+            raise InvalidValue("top_k needs k >= 1 and mode 'zero' or 'drop'")
+
+    def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
+        p = answer.probs
+        k = min(self.k, p.shape[1])
+        # Ties broken so that the served label is always kept.
+        order = np.argsort(-p, axis=1, kind="stable")[:, :k]
+        keep = np.zeros_like(p, dtype=bool)
+        np.put_along_axis(keep, order, True, axis=1)
+        keep[np.arange(len(p)), answer.labels] = True
+        out = np.where(keep, p, 0.0)
+        if self.renormalise:
+            out = renormalise(out)
+        if answer.keep is not None:
+            keep &= answer.keep
+        return replace(answer, probs=out, keep=keep if self.mode == "drop" else answer.keep)
+
+
+@dataclass(frozen=True)
+class LabelOnly(Transform):
+    """Send the label only (ART's ``ClassLabels``)."""
+
+    name: ClassVar[str] = "label_only"
+
+    def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
+        return replace(answer, label_only=True)
+
+
+@dataclass(frozen=True)
+class HighConfidence(Transform):
+    """Zero every probability below ``cutoff`` (ART's ``HighConfidence``); the
+    served label's entry is kept."""
+
+    cutoff: float = 0.25
+    name: ClassVar[str] = "high_confidence"
+
+    def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
+        p = answer.probs
+        keep = p >= self.cutoff
+        keep[np.arange(len(p)), answer.labels] = True
+        return replace(answer, probs=np.where(keep, p, 0.0))
+
+
+@dataclass(frozen=True)
+class _Noise(Transform):
+    scale: float = 0.05
+    keep_argmax: bool = True
+
+    def _noise(self, rng: KeyedRandom, k: int) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
+        p = answer.probs
+        noisy = renormalise(p + self.scale * self._noise(rng, p.shape[1]))
+        if self.keep_argmax:
+            noisy = _restore_argmax(noisy, answer.labels)
+            return replace(answer, probs=noisy)
+        return replace(answer, probs=noisy, labels=noisy.argmax(axis=1))
+
+
+@dataclass(frozen=True)
+class GaussianNoise(_Noise):
+    """Add N(0, scale²) noise, clip at 0, renormalise; keeps the argmax by default."""
+
+    name: ClassVar[str] = "gaussian"
+
+    def _noise(self, rng: KeyedRandom, k: int) -> np.ndarray:
+        return rng.normal("gaussian", k)
+
+
+@dataclass(frozen=True)
+class LaplaceNoise(_Noise):
+    """Add Laplace(0, scale) noise, clip at 0, renormalise; keeps the argmax by default."""
+
+    name: ClassVar[str] = "laplace"
+
+    def _noise(self, rng: KeyedRandom, k: int) -> np.ndarray:
+        return rng.laplace("laplace", k)
+
+
+@dataclass(frozen=True)
+class ReverseSigmoid(Transform):
+    """Reverse sigmoid perturbation (Lee et al. 2019), in the form of IBM ART's
+    postprocessor: ``p - beta * (sigmoid(gamma * logit(p)) - 1/2)``, clipped to
+    [0, 1] and renormalised. It can reorder classes; ``keep_argmax`` (default)
+    swaps the served label back on top."""
+
+    beta: float = 1.0
+    gamma: float = 0.1
+    keep_argmax: bool = True
+    name: ClassVar[str] = "reverse_sigmoid"
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0 or self.gamma <= 0:
+            raise InvalidValue("reverse_sigmoid needs beta > 0 and gamma > 0")
+
+    def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
+        p = answer.probs
+        clipped = np.clip(p, 1e-9, 1.0 - 1e-9)
+        r = self.beta * (1.0 / (1.0 + np.exp(-self.gamma * np.log(clipped / (1.0 - clipped)))) - 0.5)
+        out = renormalise(np.clip(p - r, 0.0, 1.0))
+        if self.keep_argmax:
+            return replace(answer, probs=_restore_argmax(out, answer.labels))
+        return replace(answer, probs=out, labels=out.argmax(axis=1))
+
+
+@dataclass(frozen=True)
+class Renormalise(Transform):
+    """Scale each row to sum 1 (after transforms that break the simplex)."""
+
+    name: ClassVar[str] = "renormalise"
+
+    def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
+        return replace(answer, probs=renormalise(answer.probs))
+
+
+@dataclass(frozen=True)
+class RandomPoison(Transform):
+    """D-ADD-style poisoning: each answer is replaced, with probability
+    ``p + (p_max - p) * score``, by a random probability vector (uniform on the
+    simplex) and its argmax as label. Meant for flagged accounts only."""
+
+    p: float = 1.0
+    p_max: float | None = None
+    name: ClassVar[str] = "poison"
+    keeps_argmax: ClassVar[bool] = False
+
+    def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
+        n, k = answer.probs.shape
+        rate = self.p if self.p_max is None else self.p + (self.p_max - self.p) * rng.score
+        hit = rng.uniform("poison/select", 1)[:, 0] < rate
+        if not hit.any():
+            return answer
+        random = -np.log(rng.uniform("poison/vector", k))  # Exp(1): normalised, Dirichlet(1,...,1)
+        random /= random.sum(axis=1, keepdims=True)
+        probs = np.where(hit[:, None], random, answer.probs)
+        labels = np.where(hit, random.argmax(axis=1), answer.labels)
+        return replace(answer, probs=probs, labels=labels)
+
+
+@dataclass(frozen=True)
+class Misinformation(Transform):
+    """Wrong but plausible answers, in the spirit of Adaptive Misinformation
+    (Kariyappa and Qureshi 2020): blend towards a distribution that moves the
+    top class's mass to the others in proportion to their own probability,
+    ``(1 - a) p + a q`` with ``a = strength`` (grown towards 1 by the score when
+    ``adaptive``). With ``a`` above about 1/2 the served label is the runner-up
+    class: consistent, confident-looking, wrong. Meant for flagged accounts only."""
+
+    strength: float = 1.0
+    adaptive: bool = False
+    name: ClassVar[str] = "misinformation"
+    keeps_argmax: ClassVar[bool] = False
+
+    def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
+        p = answer.probs
+        rows = np.arange(len(p))
+        q = p.copy()
+        q[rows, answer.labels] = 0.0
+        q = renormalise(q)
+        # Make the runner-up clearly on top, as a confident model would be.
+        runner_up = q.argmax(axis=1)
+        q = 0.5 * q
+        q[rows, runner_up] += 0.5
+        a = self.strength
+        if self.adaptive:
+            a = a + (1.0 - a) * rng.score
+        out = (1.0 - a) * p + a * q
+        return replace(answer, probs=out, labels=out.argmax(axis=1))
+
+
+@dataclass(frozen=True)
+class Watermark(Transform):
+    """DAWN-style watermark answers (Szyller et al. 2021): a keyed hash of the
+    account and input selects about ``fraction`` of the inputs; for them the
+    served label is a keyed choice among the other classes, and its probability
+    swaps places with the top one (a matching, confident-looking vector). The
+    same input from the same account is always marked, or never."""
+
+    fraction: float = 0.005
+    name: ClassVar[str] = "watermark"
+    keeps_argmax: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction <= 1.0:
+            raise InvalidValue("watermark fraction must be in [0, 1]")
+
+    def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
+        n, k = answer.probs.shape
+        marked = (rng.uniform("watermark/select", 1)[:, 0] < self.fraction) & (k > 1)
+        if answer.watermarked is not None:
+            marked |= answer.watermarked
+        if not marked.any():
+            return replace(answer, watermarked=marked)
+        # A keyed offset in 1..k-1: any class but the model's own, uniformly.
+        offset = 1 + np.minimum((rng.uniform("watermark/label", 1)[:, 0] * (k - 1)).astype(np.int64), k - 2)
+        labels = np.where(marked, (answer.labels + offset) % k, answer.labels)
+        return replace(answer, probs=_restore_argmax(answer.probs, labels), labels=labels, watermarked=marked)
+
+
+#: Transforms by name, for strings and configuration.
+REGISTRY: dict[str, type[Transform]] = {
+    cls.name: cls
+    for cls in (Round, TopK, LabelOnly, HighConfidence, GaussianNoise, LaplaceNoise,
+                ReverseSigmoid, Renormalise, RandomPoison, Misinformation, Watermark)
+}
+REGISTRY["renormalize"] = Renormalise
+
+
+def parse(spec: str | Transform) -> Transform:
+    """A transform from ``"name"`` or ``"name(arg, key=value)"`` (literals only)."""
+    if isinstance(spec, Transform):
+        return spec
+    try:
+        node = ast.parse(spec.strip(), mode="eval").body
+        if isinstance(node, ast.Name):
+            name, args, kwargs = node.id, [], {}
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            name = node.func.id
+            args = [ast.literal_eval(a) for a in node.args]
+            kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg}
+        else:
+            raise ValueError("not a call")
+        cls = REGISTRY[name]
+        return cls(*args, **kwargs)
+    except InvalidValue:
+        raise
+    except (SyntaxError, ValueError, KeyError, TypeError) as exc:
+        known = ", ".join(sorted(REGISTRY))
+        raise InvalidValue(f"Cannot read transform {spec!r} ({exc}); known: {known}") from None
+
+
+def parse_all(specs: Iterable[str | Transform] | str | Transform | None) -> tuple[Transform, ...]:
+    if specs is None:
+        return ()
+    if isinstance(specs, (str, Transform)):
+        specs = [specs]
+    return tuple(parse(s) for s in specs)
+
+
+def apply(transforms: Sequence[Transform], answer: Answer, rng: KeyedRandom) -> Answer:
+    """Apply ``transforms`` in order."""
+    for transform in transforms:
+        answer = transform(answer, rng)
+    return answer
+
+
+@dataclass(frozen=True)
+class OutputPolicy:
+    """What a route does to answers: transforms for everyone, transforms for
+    flagged accounts (applied instead), and the watermark fraction."""
+
+    transforms: tuple[Transform, ...] = ()
+    suspicious: tuple[Transform, ...] = ()
+    watermark: float = 0.0
+    _cache: dict[bool, tuple[Transform, ...]] = field(default_factory=dict, compare=False, repr=False)
+
+    def pipeline(self, flagged: bool) -> tuple[Transform, ...]:
+        """The transforms of one answer: watermark first (so later steps treat
+        the mark like any answer), then the account's transforms."""
+        cached = self._cache.get(flagged)
+        if cached is None:
+            marks: tuple[Transform, ...] = (Watermark(self.watermark),) if self.watermark > 0 else ()
+            cached = self._cache[flagged] = marks + (self.suspicious if flagged else self.transforms)
+        return cached
+
+    @property
+    def active(self) -> bool:
+        return bool(self.transforms or self.suspicious or self.watermark > 0)
+
