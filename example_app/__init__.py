@@ -5,7 +5,8 @@
 
 Run it with ``python -m example_app`` (development server, demo key printed) or
 ``gunicorn -w 4 'example_app:create_app()'``. ``MODELGUARD_*`` environment
-variables configure the guard (values are parsed as JSON when they can be).
+variables configure the guard (values are parsed as JSON when they can be);
+``SECRET_KEY`` and ``MODEL_CACHE_DIR`` are read from the environment too.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
 from flask import Flask, request
 
-from flask_modelguard import BadRequest, ModelGuard, Problem, problem_response, protect
+from flask_modelguard import BadRequest, ModelGuard, Problem, Settings, problem_response, protect
 
 from .model import N_FEATURES, load_model
 
@@ -28,29 +30,41 @@ guard = ModelGuard()
 
 
 def _env_config(prefix: str = "MODELGUARD_") -> dict[str, Any]:
-    config = {}
+    """``MODELGUARD_*`` environment variables: text settings as given, the others
+    parsed as JSON (numbers, booleans, objects)."""
+    text = {f"{prefix}{f.name.upper()}" for f in fields(Settings) if "str" in str(f.type)}
+    config: dict[str, Any] = {}
     for name, value in os.environ.items():
-        if name.startswith(prefix):
-            try:
-                config[name] = json.loads(value)
-            except ValueError:
-                config[name] = value
+        if not name.startswith(prefix):
+            continue
+        if name in text and not value.startswith(("{", "[")):
+            config[name] = value
+            continue
+        try:
+            config[name] = json.loads(value)
+        except ValueError:
+            config[name] = value
     return config
 
 
 def _secret_key(instance_path: str) -> str:
-    """A per-installation secret shared by all worker processes (created once)."""
+    """A per-installation secret shared by all worker processes (created once:
+    written to a temporary file, then linked into place, so a concurrent
+    reader never sees a half-written key)."""
     path = os.path.join(instance_path, "secret_key")
     os.makedirs(instance_path, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        with open(path) as fh:
-            return fh.read().strip()
-    with os.fdopen(fd, "w") as fh:
-        key = secrets.token_hex(32)
-        fh.write(key)
-    return key
+    if not os.path.exists(path):
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+            fh.write(secrets.token_hex(32))
+        try:
+            os.link(tmp, path)  # fails if another process got there first
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    with open(path) as fh:
+        return fh.read().strip()
 
 
 def _vector(value: Any, where: str) -> np.ndarray:
@@ -96,6 +110,9 @@ def create_app(config: dict[str, Any] | None = None, *, guarded: bool = True) ->
     app = Flask(__name__, instance_relative_config=True)
     app.config.update(MODELGUARD_CREATE_TABLES=True)
     app.config.update(_env_config())
+    for name in ("SECRET_KEY", "MODEL_CACHE_DIR"):
+        if os.environ.get(name):
+            app.config[name] = os.environ[name]
     if config:
         app.config.update(config)
     if not app.config.get("SECRET_KEY"):

@@ -23,6 +23,7 @@ from .exc import (
     ExpiredKey,
     InvalidKey,
     MissingKey,
+    Problem,
     RevokedKey,
 )
 from .keys import key_hint, parse_key, verify_secret
@@ -43,7 +44,11 @@ class Authenticator:
         self.auth_header = auth_header
         self.api_key_header = api_key_header
         self.clock = clock
-        self._cache: TTLCache[str, Principal | None] = TTLCache(maxsize=maxsize, ttl=ttl)
+        self._cache: TTLCache[str, Principal] = TTLCache(maxsize=maxsize, ttl=ttl)
+        # Unknown prefixes are remembered apart, briefly, so a flood of made-up
+        # keys neither evicts real ones nor costs a query each.
+        self._unknown: TTLCache[str, bool] = TTLCache(maxsize=min(maxsize, 10_000), ttl=min(ttl, 5.0))
+        self._generation = 0  # bumped by invalidate(): a look-up in flight must not re-cache stale data
         self._lock = threading.Lock()
 
     def extract(self, headers: Mapping[str, str]) -> str:
@@ -72,6 +77,10 @@ class Authenticator:
                 return self._cache[prefix]
         except KeyError:
             pass
+        with self._lock:
+            if prefix in self._unknown:
+                return None
+            generation = self._generation
         try:
             principal = self.repository.lookup(prefix)
         except SQLAlchemyError as exc:
@@ -79,7 +88,11 @@ class Authenticator:
                 "The account database is unreachable; try again shortly."
             ) from exc
         with self._lock:
-            self._cache[prefix] = principal
+            if generation == self._generation:
+                if principal is None:
+                    self._unknown[prefix] = True
+                else:
+                    self._cache[prefix] = principal
         return principal
 
     def authenticate(self, headers: Mapping[str, str]) -> Principal:
@@ -88,26 +101,32 @@ class Authenticator:
         principal = self.lookup(parsed.prefix)
         if principal is None or not verify_secret(parsed, principal.secret_hash):
             raise InvalidKey("This API key is not known.")
+        problem: Problem | None = None
         if principal.revoked:
-            raise RevokedKey(f"The key {key_hint(principal.prefix)} has been revoked.")
-        if principal.expires_at is not None and self.clock() >= principal.expires_at:
-            raise ExpiredKey(
+            problem = RevokedKey(f"The key {key_hint(principal.prefix)} has been revoked.")
+        elif principal.expires_at is not None and self.clock() >= principal.expires_at:
+            problem = ExpiredKey(
                 f"The key {key_hint(principal.prefix)} was rotated and its grace period is over; use the new key."
             )
-        if principal.status == "blocked":
-            raise AccountBlocked(f"The account {principal.account!r} is blocked.")
-        if principal.status == "suspended":
-            raise AccountSuspended(f"The account {principal.account!r} is suspended.")
+        elif principal.status == "blocked":
+            problem = AccountBlocked(f"The account {principal.account!r} is blocked.")
+        elif principal.status == "suspended":
+            problem = AccountSuspended(f"The account {principal.account!r} is suspended.")
+        if problem is not None:
+            problem.principal = principal
+            raise problem
         return principal
 
     def invalidate(self, *, prefix: str | None = None, account_id: int | None = None) -> None:
         """Drop cached look-ups of one key, of every key of an account, or all."""
         with self._lock:
+            self._generation += 1
             if prefix is None and account_id is None:
                 self._cache.clear()
+                self._unknown.clear()
                 return
+            if prefix is not None:
+                self._unknown.pop(prefix, None)
             for cached_prefix, principal in list(self._cache.items()):
-                if cached_prefix == prefix or (
-                    principal is not None and principal.account_id == account_id
-                ):
+                if cached_prefix == prefix or principal.account_id == account_id:
                     self._cache.pop(cached_prefix, None)

@@ -81,11 +81,15 @@ class Settings:
         return [PREFIX + f.name.upper() for f in fields(cls)]
 
     @classmethod
-    def resolve(cls, config: Mapping[str, Any], overrides: Mapping[str, Any]) -> Settings:
-        names = {f.name for f in fields(cls)}
-        unknown = set(overrides) - names
+    def check_names(cls, overrides: Mapping[str, Any]) -> None:
+        unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown:
             raise TypeError(f"Unknown ModelGuard option(s): {', '.join(sorted(unknown))}")
+
+    @classmethod
+    def resolve(cls, config: Mapping[str, Any], overrides: Mapping[str, Any]) -> Settings:
+        cls.check_names(overrides)
+        names = {f.name for f in fields(cls)}
         values = {}
         for name in names:
             if name in overrides:
@@ -97,6 +101,24 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        kinds: dict[str, Any] = {
+            "enabled": bool, "create_tables": bool, "store_inputs": bool, "headers_enabled": bool,
+            "storage_uri": str, "strategy": str, "namespace": str, "default_tier": str, "fail_mode": str,
+            "database_url": (str, type(None)), "secret": (str, bytes, type(None)),
+            "auth_header": (str, type(None)), "api_key_header": (str, type(None)),
+            "engine_options": Mapping, "storage_options": Mapping, "tiers": Mapping,
+        }
+        for name, kind in kinds.items():
+            if not isinstance(getattr(self, name), kind):
+                raise InvalidValue(f"{PREFIX}{name.upper()} has the wrong type: {getattr(self, name)!r}")
+        for name in ("storage_retry", "key_cache_ttl", "rotation_grace", "flush_interval", "shutdown_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise InvalidValue(f"{PREFIX}{name.upper()} must be a number >= 0, not {value!r}")
+        for name in ("key_cache_size", "queue_size", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidValue(f"{PREFIX}{name.upper()} must be an integer >= 1, not {value!r}")
         if self.fail_mode not in FAIL_MODES:
             raise InvalidValue(f"MODELGUARD_FAIL_MODE must be 'open' or 'closed', not {self.fail_mode!r}")
         if self.default_tier not in self.tiers:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,9 +32,14 @@ def _feed(update: Any, value: Any) -> None:
     kind = type(value)
     if kind is list or kind is tuple:
         if all(type(v) in _NUMBER_TYPES for v in value):
-            update(b"n%d:" % len(value))
-            update(array("d", value).tobytes())
-            return
+            try:
+                packed = array("d", value).tobytes()
+            except OverflowError:  # an integer beyond a double: the slow path below
+                pass
+            else:
+                update(b"n%d:" % len(value))
+                update(packed)
+                return
         update(b"l%d:" % len(value))
         for item in value:
             _feed(update, item)
@@ -50,9 +56,24 @@ def _feed(update: Any, value: Any) -> None:
     elif kind is bool or value is None:
         update(b"T" if value is True else b"F" if value is False else b"N")
     elif kind in _NUMBER_TYPES:
-        update(b"f" + array("d", (value,)).tobytes())
+        try:
+            update(b"f" + array("d", (value,)).tobytes())
+        except OverflowError:
+            update(b"i%d:" % len(str(value)) + str(value).encode())
     else:
         _feed(update, str(value))
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None: they are not JSON,
+    and PostgreSQL refuses them in a JSON column."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
 
 
 def fingerprint(value: Any, key: bytes) -> str:
@@ -85,6 +106,10 @@ class QueryEvent:
             except ValueError:
                 response = None
         predictions = read_predictions(response) if response is not None else []
+        try:
+            fp = None if self.request_json is None else fingerprint(self.request_json, key)
+        except (RecursionError, ValueError):  # pathological bodies still get a row
+            fp = None
         return {
             "account_id": self.account_id,
             "key_id": self.key_id,
@@ -93,8 +118,8 @@ class QueryEvent:
             "status": self.status,
             "latency_ms": self.latency_ms,
             "n_instances": self.n_instances,
-            "fingerprint": None if self.request_json is None else fingerprint(self.request_json, key),
+            "fingerprint": fp,
             "labels": [p.label for p in predictions] or None,
-            "top_confidences": [p.confidence for p in predictions] or None,
-            "input": self.request_json if store_inputs else None,
+            "top_confidences": [_finite(p.confidence) for p in predictions] or None,
+            "input": _finite(self.request_json) if store_inputs else None,
         }

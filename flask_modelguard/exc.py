@@ -45,6 +45,8 @@ class Problem(ModelGuardError):
         self.detail = detail
         self.headers = dict(headers or {})
         self.extensions = extensions
+        #: The authenticated key's principal, when the refusal concerns a known account.
+        self.principal: Any = None
 
     @property
     def type(self) -> str:
@@ -93,6 +95,10 @@ class AccountBlocked(Problem):
     status, slug, title = 403, "account-blocked", "Account blocked"
 
 
+class CostExceedsLimit(Problem):
+    status, slug, title = 413, "cost-exceeds-limit", "Request exceeds the account's limit"
+
+
 class RateLimitExceeded(Problem):
     status, slug, title = 429, "rate-limit-exceeded", "Rate limit exceeded"
 
@@ -103,3 +109,13 @@ class StorageUnavailable(Problem):
 
 class DatabaseUnavailable(Problem):
     status, slug, title = 503, "database-unavailable", "Service unavailable"
+
+
+class HTTPProblem(Problem):
+    """A werkzeug ``HTTPException`` raised by a protected view, as a problem."""
+
+    def __init__(self, status: int, title: str, detail: str, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.status = status  # type: ignore[misc]
+        self.title = title  # type: ignore[misc]
+        self.slug = title.lower().replace(" ", "-").replace("'", "")  # type: ignore[misc]

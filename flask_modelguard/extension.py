@@ -12,22 +12,25 @@ import json
 import logging
 import os
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flask import Flask, Response, current_app, request
+from werkzeug.exceptions import HTTPException
 from sqlalchemy import create_engine
+from sqlalchemy.exc import InterfaceError, OperationalError, StatementError
 from sqlalchemy.pool import StaticPool
 
 from .auth import Authenticator
 from .config import Settings
 from .events import QueryEvent
-from .exc import Problem, RateLimitExceeded, StorageUnavailable
+from .exc import BadRequest, CostExceedsLimit, HTTPProblem, Problem, RateLimitExceeded, StorageUnavailable
 from .keys import KEY_SCHEME, parse_key
 from .payload import instances
 from .quotas import QuotaEnforcer, Verdict
-from .repository import Repository
+from .repository import Principal, Repository
 from .worker import EventWorker
 
 log = logging.getLogger("flask_modelguard")
@@ -71,6 +74,25 @@ class RouteOptions:
         return max(1, int(cost))
 
 
+def _bad_data(exc: BaseException) -> bool:
+    """A write error retrying cannot fix: the rows are at fault, not the database."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return False  # connection lost, database down, locked: transient
+    return isinstance(exc, (StatementError, TypeError, ValueError))
+
+
+def _dispose_in_child(engine: Any) -> Callable[[], None]:
+    """Forget, without closing, connections inherited through fork (gunicorn --preload)."""
+    ref = weakref.ref(engine)
+
+    def dispose() -> None:
+        alive = ref()
+        if alive is not None:
+            alive.dispose(close=False)
+
+    return dispose
+
+
 def _add_headers(response: Response, headers: list[tuple[str, str]]) -> None:
     """Append headers we built ourselves (ASCII names, digits and quoted policy
     names, never user input) without werkzeug's per-value validation, which
@@ -92,14 +114,18 @@ class _GuardState:
         url = settings.database_url or "sqlite:///" + os.path.join(app.instance_path, "modelguard.db")
         if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
             os.makedirs(os.path.dirname(os.path.abspath(url[len("sqlite:///"):])) or ".", exist_ok=True)
-        engine_options = dict(settings.engine_options)
+        engine_options = {"hide_parameters": True, **settings.engine_options}
         if url in ("sqlite://", "sqlite:///:memory:"):
             engine_options.setdefault("poolclass", StaticPool)
             engine_options.setdefault("connect_args", {"check_same_thread": False})
-        self.repository = Repository(create_engine(url, **engine_options), clock=self.clock)
+        engine = create_engine(url, **engine_options)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_dispose_in_child(engine))
+        self.repository = Repository(engine, clock=self.clock)
         self.enforcer = QuotaEnforcer(
             settings.storage_uri,
             tiers=settings.tiers,
+            default_tier=settings.default_tier,
             strategy=settings.strategy,
             namespace=settings.namespace,
             fail_mode=settings.fail_mode,
@@ -123,6 +149,7 @@ class _GuardState:
             batch_size=settings.batch_size,
             flush_interval=settings.flush_interval,
             shutdown_timeout=settings.shutdown_timeout,
+            permanent=_bad_data,
         )
         #: Requests served without a rate-limit check because the storage was down.
         self.failed_open = 0
@@ -134,53 +161,73 @@ class _GuardState:
             return view(*args, **kwargs)
         started = time.perf_counter()
         req = request._get_current_object()  # type: ignore[attr-defined]
+        route = options.name or req.endpoint or req.path
+        now = self.clock()
         try:
             principal = self.auth.authenticate(req.headers)
         except Problem as problem:
+            if problem.principal is not None:  # a known account refused: logged
+                self._record(problem.principal, route, now, problem.status, started, 0, None, None)
             return problem_response(problem)
         body = req.get_json(silent=True)  # None unless a JSON body; cached for the view
-        route = options.name or req.endpoint or req.path
-        cost = options.cost_of(body)
         limits = self.enforcer.limits_for(principal.tier, principal.limits)
+        try:
+            cost = options.cost_of(body)
+        except Exception as exc:
+            return self._refuse(BadRequest(f"Cannot work out the cost of this request ({exc.__class__.__name__})."),
+                                principal, route, now, started, 1, body)
+        max_cost = QuotaEnforcer.max_cost(limits)
+        if max_cost is not None and cost > max_cost:
+            return self._refuse(CostExceedsLimit(
+                f"This request costs {cost} and the account's smallest limit allows {max_cost}"
+                " per window; send smaller batches.", cost=cost, max_cost=max_cost,
+            ), principal, route, now, started, cost, body)
         verdict = self.enforcer.hit(principal.account_id, limits, cost)
-        now = self.clock()
         wall = time.time()  # limit windows run on the limits library's clock
         headers = self._headers(verdict, limits, wall)
         if not verdict.allowed:
-            response = problem_response(self._refusal(verdict, cost, wall, headers))
-            rv: Any = None
-        else:
-            if verdict.failed_open:
-                self.failed_open += 1
-            try:
-                rv = view(*args, **kwargs)
-            except Problem as problem:
-                rv = None
-                problem.headers = {**dict(headers), **problem.headers}
-                response = problem_response(problem)
-            except BaseException as exc:
-                self._record(principal, route, now, getattr(exc, "code", 500), started, cost, body, None)
-                raise
+            return self._refuse(self._refusal(verdict, cost, wall, headers), principal, route, now, started, cost, body)
+        if verdict.failed_open:
+            self.failed_open += 1
+        try:
+            rv = view(*args, **kwargs)
+            response = current_app.make_response(rv)
+        except (Problem, HTTPException) as exc:
+            if isinstance(exc, HTTPException):
+                if exc.code is None or exc.code < 400:
+                    raise
+                problem: Problem = HTTPProblem(exc.code, exc.name, exc.description or exc.name)
             else:
-                response = current_app.make_response(rv)
-                if headers:
-                    _add_headers(response, headers)
-                if isinstance(rv, tuple):
-                    rv = rv[0]
-                if not isinstance(rv, (dict, list)):
-                    rv = response.get_data() if response.is_json and not response.is_streamed else None
+                problem = exc
+            problem.headers = {**dict(headers), **problem.headers}
+            response, rv = problem_response(problem), None
+        except BaseException:
+            self._record(principal, route, now, 500, started, cost, body, None)
+            raise
+        else:
+            if headers:
+                _add_headers(response, headers)
+            if isinstance(rv, tuple):
+                rv = rv[0]
+            if not isinstance(rv, (dict, list)):
+                rv = response.get_data() if response.is_json and not response.is_streamed else None
         self._record(principal, route, now, response.status_code, started, cost, body, rv)
         return response
 
+    def _refuse(
+        self, problem: Problem, principal: Principal, route: str, now: float,
+        started: float, cost: int, body: Any,
+    ) -> Response:
+        self._record(principal, route, now, problem.status, started, cost, body, None)
+        return problem_response(problem)
+
     def _record(
-        self, principal: Any, route: str, now: float, status: Any,
+        self, principal: Principal, route: str, now: float, status: int,
         started: float, cost: int, body: Any, answer: Any,
     ) -> None:
         self.worker.submit(
             QueryEvent(
-                principal.account_id, principal.key_id,
-                route, now,
-                status if isinstance(status, int) else 500,
+                principal.account_id, principal.key_id, route, now, status,
                 (time.perf_counter() - started) * 1000.0, cost, body, answer,
             )
         )
@@ -227,7 +274,7 @@ class ModelGuard:
         clock: Callable[[], float] = time.time,
         **options: Any,
     ) -> None:
-        Settings.resolve({}, options)  # unknown options fail here, not at init_app
+        Settings.check_names(options)  # a misspelt option fails here; values are checked in init_app
         self.options = options
         self.clock = clock
         if app is not None:

@@ -85,6 +85,7 @@ class QuotaEnforcer:
         storage_uri: str = "memory://",
         *,
         tiers: Mapping[str, str | Iterable[str]] | None = None,
+        default_tier: str | None = None,
         strategy: str = "fixed-window",
         namespace: str = "modelguard",
         fail_mode: str = "open",
@@ -98,6 +99,9 @@ class QuotaEnforcer:
         self.tiers = {name: _normalise_tier(spec) for name, spec in (tiers or DEFAULT_TIERS).items()}
         for spec in self.tiers.values():
             parse_limits(spec)  # fail at start-up, not on the first request
+        self.default_tier = default_tier or next(iter(self.tiers))
+        self.check_tier(self.default_tier)
+        self._unknown_tiers: set[str] = set()
         # Backend errors arrive as limits' StorageError, translated in hit().
         self.storage: Storage = storage_from_string(
             storage_uri, wrap_exceptions=True, **dict(storage_options or {})
@@ -120,10 +124,23 @@ class QuotaEnforcer:
             raise InvalidValue(f"Unknown tier {tier!r}; known: {', '.join(self.tiers)}")
 
     def limits_for(self, tier: str, override: str | None = None) -> tuple[RateLimitItem, ...]:
-        """The limits of an account: its override if it has one, else its tier's."""
+        """The limits of an account: its override if it has one, else its tier's
+        (an account on a tier no longer configured gets the default tier's)."""
         if override is not None:
             return parse_limits(override)
-        return parse_limits(self.tiers.get(tier, ""))
+        spec = self.tiers.get(tier)
+        if spec is None:
+            if tier not in self._unknown_tiers:
+                self._unknown_tiers.add(tier)
+                log.warning("modelguard: tier %r is not configured; using %r", tier, self.default_tier)
+            spec = self.tiers[self.default_tier]
+        return parse_limits(spec)
+
+    @staticmethod
+    @lru_cache(maxsize=1024)
+    def max_cost(limits: tuple[RateLimitItem, ...]) -> int | None:
+        """The largest cost any request can have under ``limits`` (None: no limit)."""
+        return min((item.amount for item in limits), default=None)
 
     # -- the request path -------------------------------------------------------
 
@@ -201,8 +218,15 @@ class QuotaEnforcer:
         return Verdict(True, best_item, best_remaining, storage.get_expiry(best_key))
 
     def _hit_strategy(self, account_id: int, limits: tuple[RateLimitItem, ...], cost: int) -> Verdict:
+        # These strategies have no refund: test every limit first, so a refused
+        # request consumes nothing (a race between test and hit can still
+        # count a refused request in the limits hit before the refusing one).
         ident = (self.namespace, str(account_id))
         limiter = self.limiter
+        for item in limits:
+            if not limiter.test(item, *ident, cost=cost):
+                reset, remaining = limiter.get_window_stats(item, *ident)
+                return Verdict(False, item, max(0, remaining), reset)
         for item in limits:
             if not limiter.hit(item, *ident, cost=cost):
                 reset, remaining = limiter.get_window_stats(item, *ident)

@@ -147,7 +147,11 @@ class Repository:
 
     def get_key(self, prefix: str) -> dict[str, Any]:
         query = (
-            select(m.api_keys, m.accounts.c.name.label("account"))
+            select(
+                m.api_keys.c.id, m.api_keys.c.prefix, m.api_keys.c.account_id,
+                m.api_keys.c.created_at, m.api_keys.c.expires_at, m.api_keys.c.revoked_at,
+                m.accounts.c.name.label("account"),
+            )
             .join(m.accounts, m.accounts.c.id == m.api_keys.c.account_id)
             .where(m.api_keys.c.prefix == prefix)
         )

@@ -8,6 +8,8 @@ query events in batches. Framework-free.
   does not inherit the parent's queued events.
 - A failed write is retried with exponential backoff; the batch stays in memory
   (bounded by ``max_queue``) until it is written.
+- A batch the storage refuses for good (bad data, not an outage) is halved
+  until the offending rows are found; they are dropped and counted.
 - :meth:`flush` writes everything now; it runs at interpreter exit too.
 """
 
@@ -44,10 +46,13 @@ class EventWorker(Generic[E]):
         flush_interval: float = 0.5,
         max_backoff: float = 30.0,
         shutdown_timeout: float = 5.0,
+        permanent: Callable[[BaseException], bool] = lambda exc: False,
         name: str = "modelguard-worker",
     ) -> None:
         self.prepare = prepare
         self.write = write
+        #: Whether a write error is the data's fault (retrying cannot help).
+        self.permanent = permanent
         self.max_queue = max_queue
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -109,9 +114,7 @@ class EventWorker(Generic[E]):
         return self._thread is not None and self._thread.is_alive() and self._pid == os.getpid()
 
     def _start(self) -> None:
-        if self._pid is not None and self._pid != os.getpid():
-            # A forked child: the parent's thread and queued events are not ours.
-            self._init_process_state()
+        self._check_process()
         with self._start_lock:
             if self._pid == os.getpid():
                 return
@@ -128,9 +131,35 @@ class EventWorker(Generic[E]):
             except Exception:  # pragma: no cover - _drain already guards writes
                 log.exception("modelguard: worker loop error")
 
-    def _drain(self, force: bool = False) -> bool:
+    def _check_process(self) -> None:
+        if self._pid is not None and self._pid != os.getpid():
+            # A forked child: the parent's thread and queued events are not ours.
+            self._init_process_state()
+
+    def _write(self, batch: list[Row]) -> None:
+        """Write ``batch``; rows the storage refuses for good (``permanent``
+        errors: bad data, not an outage) are isolated by halving, dropped and
+        counted, and the rest is written."""
+        try:
+            self.write(batch)
+        except Exception as exc:
+            if not self.permanent(exc):
+                raise
+            if len(batch) == 1:
+                self.dropped += 1
+                log.error("modelguard: an event was refused by the database and dropped (%s)", _brief(exc))
+                return
+            half = len(batch) // 2
+            self._write(batch[:half])
+            self._write(batch[half:])
+            return
+        self.written += len(batch)
+
+    def _drain(self, force: bool = False, timeout: float = -1) -> bool:
         """Write queued items in batches; True when everything was written."""
-        with self._drain_lock:
+        if not self._drain_lock.acquire(timeout=timeout):
+            return False
+        try:
             while True:
                 if not force and time.monotonic() < self._retry_at:
                     return False
@@ -147,27 +176,29 @@ class EventWorker(Generic[E]):
                 if not batch:
                     return True
                 try:
-                    self.write(batch)
+                    self._write(batch)
                 except Exception as exc:
                     self.failures += 1
                     self._backoff = min(self.max_backoff, max(0.1, self._backoff * 2))
                     self._retry_at = time.monotonic() + self._backoff
                     log.warning(
                         "modelguard: writing %d events failed (%s); retrying in %.1fs",
-                        len(batch), exc, self._backoff,
+                        len(batch), _brief(exc), self._backoff,
                     )
                     return False
-                self.written += len(batch)
                 self._pending = []
                 self._backoff = 0.0
                 self._retry_at = 0.0
+        finally:
+            self._drain_lock.release()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Write everything queued now, retrying until ``timeout`` (default
         ``shutdown_timeout``) seconds; True if nothing is left."""
+        self._check_process()
         deadline = time.monotonic() + (self.shutdown_timeout if timeout is None else timeout)
         while True:
-            if self._drain(force=True):
+            if self._drain(force=True, timeout=max(0.0, deadline - time.monotonic())):
                 return True
             if time.monotonic() >= deadline:
                 log.error("modelguard: %d events not written at flush", self.depth)
@@ -195,6 +226,21 @@ class EventWorker(Generic[E]):
             "written": self.written,
             "write_failures": self.failures,
         }
+
+
+def _brief(exc: BaseException) -> str:
+    """An exception in one line, without the statement's parameters."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{exc.__class__.__name__}: {first[:200]}"
+
+
+def _reset_in_child() -> None:
+    for worker in list(_live):
+        worker._init_process_state()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_child)
 
 
 def _flush_all_at_exit() -> None:

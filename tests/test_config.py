@@ -39,3 +39,30 @@ def test_fingerprint_key_sources():
     assert s.fingerprint_key("app-secret") == s.fingerprint_key(b"app-secret")
     assert Settings(secret="own").fingerprint_key("app-secret") != s.fingerprint_key("app-secret")
     assert s.fingerprint_key(None) != s.fingerprint_key(None)  # random per call when nothing is set
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"MODELGUARD_SECRET": 123456},
+        {"MODELGUARD_QUEUE_SIZE": 0},
+        {"MODELGUARD_KEY_CACHE_TTL": "soon"},
+        {"MODELGUARD_TIERS": ["free"]},
+        {"MODELGUARD_ENABLED": "yes"},
+    ],
+)
+def test_settings_of_the_wrong_type_are_refused(config):
+    with pytest.raises(InvalidValue):
+        Settings.resolve(config, {})
+
+
+def test_constructor_checks_names_and_leaves_values_to_the_app(tmp_path):
+    from flask_modelguard import ModelGuard
+
+    from .conftest import model_app
+
+    guard = ModelGuard(default_tier="internal")  # a tier only the app's config defines
+    app = model_app(guard, MODELGUARD_TIERS={"internal": ""}, MODELGUARD_DATABASE_URL=f"sqlite:///{tmp_path}/c.db")
+    with app.app_context():
+        assert guard.create_account("x")["tier"] == "internal"
+    guard.close(app)

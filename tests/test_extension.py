@@ -266,3 +266,94 @@ def test_database_down_is_503_not_500(make_guarded, tmp_path):
     state.repository.engine = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
     r = g.predict(key)
     assert r.status_code == 503 and problem_of(r)["type"].endswith("database-unavailable")
+
+
+def test_refusals_of_known_accounts_are_logged(guarded):
+    name, key = guarded.account()
+    with guarded.app.app_context():
+        guarded.guard.update_account(name, status="blocked")
+    assert guarded.predict(key).status_code == 403
+    rows = guarded.rows(name)
+    assert [(r["status"], r["n_instances"]) for r in rows] == [(403, 0)]
+
+
+def test_x_api_key_is_used_when_authorization_is_not_bearer(guarded):
+    _, key = guarded.account()
+    r = guarded.predict(None, Authorization="Basic dXNlcjpwYXNz", **{"X-API-Key": key})
+    assert r.status_code == 200
+
+
+def test_http_errors_from_the_view_become_problems_with_headers(make_guarded):
+    from flask import abort
+
+    g = make_guarded()
+
+    @g.app.post("/gone")
+    @g.guard.protect
+    def gone():
+        abort(404)
+
+    name, key = g.account(limits="9/minute")
+    r = g.client.post("/gone", json={}, headers={"X-API-Key": key})
+    assert r.status_code == 404 and problem_of(r)["title"] == "Not Found"
+    assert r.headers["X-RateLimit-Remaining"] == "8"
+    assert [row["status"] for row in g.rows(name)] == [404]
+
+
+def test_unsupported_media_type_from_the_view_is_a_problem(guarded):
+    _, key = guarded.account()
+    r = guarded.client.post("/predict", data="features=1", headers={"X-API-Key": key})
+    assert r.status_code == 415 and problem_of(r)["status"] == 415
+
+
+def test_cost_function_errors_are_400(make_guarded):
+    g = make_guarded()
+
+    @g.app.post("/images")
+    @protect(cost=lambda body: len(body["images"]))
+    def images():
+        return {"ok": True}
+
+    name, key = g.account()
+    r = g.client.post("/images", json={"other": 1}, headers={"X-API-Key": key})
+    assert r.status_code == 400 and "cost" in problem_of(r)["detail"]
+    assert [row["status"] for row in g.rows(name)] == [400]
+
+
+def test_batch_larger_than_the_limit_is_413_not_429(guarded):
+    _, key = guarded.account(limits="5/second;100/day")
+    r = guarded.predict(key, {"instances": [[0]] * 6})
+    body = problem_of(r)
+    assert r.status_code == 413 and body["max_cost"] == 5 and "Retry-After" not in r.headers
+    assert guarded.predict(key, {"instances": [[0]] * 5}).status_code == 200  # nothing was consumed
+
+
+def test_account_on_a_removed_tier_gets_the_default_tier(make_guarded):
+    g = make_guarded(MODELGUARD_TIERS={"old": "100/minute", "basic": "3/minute"}, MODELGUARD_DEFAULT_TIER="basic")
+    name, key = g.account(tier="old")
+    url = g.app.config["MODELGUARD_DATABASE_URL"]
+    later = make_guarded(MODELGUARD_DATABASE_URL=url, MODELGUARD_TIERS={"basic": "3/minute"}, MODELGUARD_DEFAULT_TIER="basic")
+    assert later.predict(key).headers["X-RateLimit-Limit"] == "3"
+
+
+@pytest.mark.parametrize("strategy", ["sliding-window-counter", "moving-window"])
+def test_other_strategies_through_the_extension(make_guarded, strategy):
+    g = make_guarded(MODELGUARD_STRATEGY=strategy)
+    _, key = g.account(limits="3/hour;2/day")
+    statuses = [g.predict(key).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    r = g.predict(key)
+    assert r.headers["X-RateLimit-Limit"] == "2" and r.headers["X-RateLimit-Remaining"] == "0"
+    assert r.headers["RateLimit"].startswith('"2/1day";r=0')
+
+
+def test_non_finite_and_huge_numbers_are_logged_on_every_database(make_guarded):
+    g = make_guarded(MODELGUARD_STORE_INPUTS=True)
+    name, key = g.account()
+    for data in ('{"features": [NaN, 1]}', '{"features": [Infinity]}', '{"features": [%s]}' % ("9" * 400)):
+        r = g.client.post("/predict", data=data, content_type="application/json", headers={"X-API-Key": key})
+        assert r.status_code == 200
+    rows = g.rows(name)
+    assert len(rows) == 3 and rows[0]["input"] == {"features": [None, 1]}
+    assert all(row["fingerprint"] for row in rows)
+    assert g.guard.stats(g.app)["dropped"] == 0

@@ -165,3 +165,19 @@ def test_storage_down_fails_open_or_closed_and_recovers(redis_uri, tmp_path, fai
     assert not guard.stats(app)["limits_storage_down"]
     proxy.down()
     guard.close(app)
+
+
+@pytest.mark.parametrize("strategy", ["fixed-window", "sliding-window-counter", "moving-window"])
+def test_refusal_by_a_later_limit_consumes_nothing(storage_uri, strategy):
+    e = enforcer(storage_uri, strategy=strategy)
+    limits = parse_limits("100/hour;2/day")
+    assert [e.hit(1, limits).allowed for _ in range(3)] == [True, True, False]
+    hourly = limits[0]
+    assert e.limiter.get_window_stats(hourly, e.namespace, "1").remaining == 98
+
+
+def test_unknown_tier_falls_back_to_the_default_tier():
+    e = QuotaEnforcer("memory://", tiers={"a": "1/second", "b": "2/second"}, default_tier="b")
+    assert e.limits_for("gone") == parse_limits("2/second")
+    with pytest.raises(InvalidValue):
+        QuotaEnforcer("memory://", tiers={"a": "1/second"}, default_tier="zzz")

@@ -165,3 +165,42 @@ def test_worker_keeps_up_with_a_busy_request_thread(tmp_path):
     assert stats["dropped"] == 0, stats
     assert stats["written"] >= 4000 - 1000, stats
     guard.close(app)
+
+
+def test_rows_refused_for_good_are_isolated_and_dropped():
+    written = []
+
+    def write(rows):
+        if any(r["n"] == "bad" for r in rows):
+            raise ValueError("bad row")
+        written.extend(r["n"] for r in rows)
+
+    worker = make(write, permanent=lambda exc: isinstance(exc, ValueError), batch_size=8)
+    for item in [1, 2, "bad", 3, 4, 5, "bad", 6]:
+        worker.submit(item)
+    assert worker.flush(timeout=2)
+    assert sorted(written) == [1, 2, 3, 4, 5, 6]
+    assert worker.dropped == 2 and worker.written == 6 and worker.failures == 0
+    worker.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_flush_in_a_forked_child_does_not_rewrite_the_parents_events(tmp_path):
+    out = tmp_path / "rows.txt"
+
+    def write(rows):
+        with open(out, "a") as fh:
+            fh.writelines(f"{r['n']}\n" for r in rows)
+
+    worker = make(write)
+    worker.submit("parent")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            worker.flush(timeout=2)  # e.g. a gunicorn worker_exit hook, before any request
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    worker.flush(timeout=2)
+    assert out.read_text().split() == ["parent"]
+    worker.stop()
