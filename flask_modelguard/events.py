@@ -26,20 +26,20 @@ def _feed(update: Any, value: Any) -> None:
     """Feed a canonical, unambiguous byte encoding of decoded JSON to ``update``.
 
     Numbers are encoded as IEEE doubles (``1`` and ``1.0`` are the same model
-    input), mappings in sorted key order; every item carries a type tag and
-    every container its length, so distinct values never share an encoding.
+    input; so are ``true`` and ``1`` inside a list of numbers), mappings in
+    sorted key order; every item carries a type tag and every container its
+    length, so distinct inputs never share an encoding.
     """
     kind = type(value)
     if kind is list or kind is tuple:
-        if all(type(v) in _NUMBER_TYPES for v in value):
-            try:
-                packed = array("d", value).tobytes()
-            except OverflowError:  # an integer beyond a double: the slow path below
-                pass
-            else:
-                update(b"n%d:" % len(value))
-                update(packed)
-                return
+        try:  # the common case, a list of numbers, packed in C
+            packed = array("d", value).tobytes()
+        except (TypeError, OverflowError):  # other items, or an integer beyond a double
+            pass
+        else:
+            update(b"n%d:" % len(value))
+            update(packed)
+            return
         update(b"l%d:" % len(value))
         for item in value:
             _feed(update, item)

@@ -29,7 +29,7 @@ from .events import QueryEvent
 from .exc import BadRequest, CostExceedsLimit, HTTPProblem, Problem, RateLimitExceeded, StorageUnavailable
 from .keys import KEY_SCHEME, parse_key
 from .payload import instances
-from .quotas import QuotaEnforcer, Verdict
+from .quotas import LimitSet, QuotaEnforcer, Verdict
 from .repository import Principal, Repository
 from .worker import EventWorker
 
@@ -176,7 +176,7 @@ class _GuardState:
         except Exception as exc:
             return self._refuse(BadRequest(f"Cannot work out the cost of this request ({exc.__class__.__name__})."),
                                 principal, route, now, started, 1, body)
-        max_cost = QuotaEnforcer.max_cost(limits)
+        max_cost = limits.max_cost
         if max_cost is not None and cost > max_cost:
             return self._refuse(CostExceedsLimit(
                 f"This request costs {cost} and the account's smallest limit allows {max_cost}"
@@ -232,7 +232,7 @@ class _GuardState:
             )
         )
 
-    def _headers(self, verdict: Verdict, limits: Any, now: float) -> list[tuple[str, str]]:
+    def _headers(self, verdict: Verdict, limits: LimitSet, now: float) -> list[tuple[str, str]]:
         if not self.settings.headers_enabled or verdict.limit is None:
             return []
         return QuotaEnforcer.headers(verdict, limits, now)

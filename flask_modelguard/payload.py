@@ -17,6 +17,7 @@ recognise is returned untouched.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -48,7 +49,14 @@ def _is_number(x: Any) -> bool:
 
 
 def _is_vector(x: Any) -> bool:
-    return isinstance(x, list) and len(x) > 0 and all(_is_number(v) for v in x)
+    """A non-empty list of numbers (checked in C by ``array``)."""
+    if type(x) is not list or not x:
+        return False
+    try:
+        array("d", x)
+    except (TypeError, OverflowError):
+        return False
+    return True
 
 
 def _is_scores(x: Any) -> bool:

@@ -54,6 +54,30 @@ def parse_limits(spec: str) -> tuple[RateLimitItem, ...]:
     return tuple(sorted(items, key=lambda item: item.get_expiry()))
 
 
+@dataclass(frozen=True, eq=False)
+class LimitSet:
+    """The limits of an account, parsed once per distinct spec, with what the
+    request path derives from them precomputed. Hashed by identity (cheap)."""
+
+    spec: str
+    items: tuple[RateLimitItem, ...]
+    #: ``RateLimit-Policy`` header value (IETF httpapi draft).
+    policy: str
+    #: The largest cost a request can have (None: no limits).
+    max_cost: int | None
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+
+@lru_cache(maxsize=1024)
+def limit_set(spec: str) -> LimitSet:
+    """The :class:`LimitSet` of a limit string (same object for the same string)."""
+    items = parse_limits(spec)
+    policy = ", ".join(f'"{policy_name(i)}";q={i.amount};w={i.get_expiry()}' for i in items)
+    return LimitSet(spec, items, policy, min((i.amount for i in items), default=None))
+
+
 def _normalise_tier(spec: str | Iterable[str]) -> str:
     return spec if isinstance(spec, str) else ";".join(spec)
 
@@ -108,7 +132,7 @@ class QuotaEnforcer:
         )
         self.limiter: RateLimiter = STRATEGIES[strategy](self.storage)
         self._fixed_window = strategy == "fixed-window"
-        self._key_cache: dict[tuple[int, tuple[RateLimitItem, ...]], tuple[str, ...]] = {}
+        self._key_cache: dict[tuple[int, LimitSet], tuple[str, ...]] = {}
         self.namespace = namespace
         self.fail_mode = fail_mode
         self.retry_interval = retry_interval
@@ -123,24 +147,18 @@ class QuotaEnforcer:
         if tier not in self.tiers:
             raise InvalidValue(f"Unknown tier {tier!r}; known: {', '.join(self.tiers)}")
 
-    def limits_for(self, tier: str, override: str | None = None) -> tuple[RateLimitItem, ...]:
+    def limits_for(self, tier: str, override: str | None = None) -> LimitSet:
         """The limits of an account: its override if it has one, else its tier's
         (an account on a tier no longer configured gets the default tier's)."""
         if override is not None:
-            return parse_limits(override)
+            return limit_set(override)
         spec = self.tiers.get(tier)
         if spec is None:
             if tier not in self._unknown_tiers:
                 self._unknown_tiers.add(tier)
                 log.warning("modelguard: tier %r is not configured; using %r", tier, self.default_tier)
             spec = self.tiers[self.default_tier]
-        return parse_limits(spec)
-
-    @staticmethod
-    @lru_cache(maxsize=1024)
-    def max_cost(limits: tuple[RateLimitItem, ...]) -> int | None:
-        """The largest cost any request can have under ``limits`` (None: no limit)."""
-        return min((item.amount for item in limits), default=None)
+        return limit_set(spec)
 
     # -- the request path -------------------------------------------------------
 
@@ -165,9 +183,9 @@ class QuotaEnforcer:
             return Verdict(True, failed_open=True)
         return Verdict(False, unavailable=True, reset=time.time() + self.retry_interval)
 
-    def hit(self, account_id: int, limits: tuple[RateLimitItem, ...], cost: int = 1) -> Verdict:
+    def hit(self, account_id: int, limits: LimitSet, cost: int = 1) -> Verdict:
         """Consume ``cost`` from every limit; stop at the first that refuses."""
-        if not limits:
+        if not limits.items:
             return Verdict(True)
         if self._down_until and self.storage_down:
             with self._lock:
@@ -185,17 +203,17 @@ class QuotaEnforcer:
             log.warning("modelguard: rate-limit storage reachable again")
         return verdict
 
-    def _keys(self, account_id: int, limits: tuple[RateLimitItem, ...]) -> tuple[str, ...]:
+    def _keys(self, account_id: int, limits: LimitSet) -> tuple[str, ...]:
         """Storage keys of an account's limits, cached (``key_for`` costs µs per call)."""
         keys = self._key_cache.get((account_id, limits))
         if keys is None:
             if len(self._key_cache) > 100_000:
                 self._key_cache.clear()
             ident = (self.namespace, str(account_id))
-            keys = self._key_cache[(account_id, limits)] = tuple(i.key_for(*ident) for i in limits)
+            keys = self._key_cache[(account_id, limits)] = tuple(i.key_for(*ident) for i in limits.items)
         return keys
 
-    def _hit_fixed_window(self, account_id: int, limits: tuple[RateLimitItem, ...], cost: int) -> Verdict:
+    def _hit_fixed_window(self, account_id: int, limits: LimitSet, cost: int) -> Verdict:
         # The fixed-window strategy's own hit() is ``storage.incr(key) <= amount``;
         # calling the storage directly also yields the count, so the headers need
         # one get_expiry for the binding limit instead of a get and a get_expiry
@@ -206,55 +224,47 @@ class QuotaEnforcer:
         # briefly high and be refused at the edge of a window.
         storage = self.storage
         best_item, best_key, best_remaining = None, "", 0
-        keys = self._keys(account_id, limits)
-        for n, (item, key) in enumerate(zip(limits, keys)):
+        items, keys = limits.items, self._keys(account_id, limits)
+        for n, (item, key) in enumerate(zip(items, keys)):
             remaining = item.amount - storage.incr(key, item.get_expiry(), amount=cost)
             if remaining < 0:
-                for refund_item, refund_key in zip(limits[: n + 1], keys[: n + 1]):
+                for refund_item, refund_key in zip(items[: n + 1], keys[: n + 1]):
                     storage.incr(refund_key, refund_item.get_expiry(), amount=-cost)
                 return Verdict(False, item, max(0, remaining + cost), storage.get_expiry(key))
             if best_item is None or remaining < best_remaining:
                 best_item, best_key, best_remaining = item, key, remaining
         return Verdict(True, best_item, best_remaining, storage.get_expiry(best_key))
 
-    def _hit_strategy(self, account_id: int, limits: tuple[RateLimitItem, ...], cost: int) -> Verdict:
+    def _hit_strategy(self, account_id: int, limits: LimitSet, cost: int) -> Verdict:
         # These strategies have no refund: test every limit first, so a refused
         # request consumes nothing (a race between test and hit can still
         # count a refused request in the limits hit before the refusing one).
         ident = (self.namespace, str(account_id))
         limiter = self.limiter
-        for item in limits:
+        for item in limits.items:
             if not limiter.test(item, *ident, cost=cost):
                 reset, remaining = limiter.get_window_stats(item, *ident)
                 return Verdict(False, item, max(0, remaining), reset)
-        for item in limits:
+        for item in limits.items:
             if not limiter.hit(item, *ident, cost=cost):
                 reset, remaining = limiter.get_window_stats(item, *ident)
                 return Verdict(False, item, max(0, remaining), reset)
         best = Verdict(False)
-        for item in limits:
+        for item in limits.items:
             reset, remaining = limiter.get_window_stats(item, *ident)
             if best.limit is None or remaining < best.remaining:
                 best = Verdict(True, item, max(0, remaining), reset)
         return best
 
-    def reset_account(self, account_id: int, limits: tuple[RateLimitItem, ...]) -> None:
+    def reset_account(self, account_id: int, limits: LimitSet) -> None:
         """Forget an account's counters (an operator lifting a quota)."""
-        for item in limits:
+        for item in limits.items:
             self.limiter.clear(item, self.namespace, str(account_id))
 
     # -- headers ----------------------------------------------------------------
 
     @staticmethod
-    @lru_cache(maxsize=1024)
-    def policy_header(limits: tuple[RateLimitItem, ...]) -> str:
-        """``RateLimit-Policy`` (IETF httpapi draft): every limit with quota and window."""
-        return ", ".join(
-            f'"{policy_name(i)}";q={i.amount};w={i.get_expiry()}' for i in limits
-        )
-
-    @staticmethod
-    def headers(verdict: Verdict, limits: tuple[RateLimitItem, ...], now: float) -> list[tuple[str, str]]:
+    def headers(verdict: Verdict, limits: LimitSet, now: float) -> list[tuple[str, str]]:
         """Rate-limit headers for a response, in both the draft and the classic form."""
         item = verdict.limit
         if item is None:
@@ -262,7 +272,7 @@ class QuotaEnforcer:
         reset_in = max(0, math.ceil(verdict.reset - now))
         remaining = str(verdict.remaining)
         return [
-            ("RateLimit-Policy", QuotaEnforcer.policy_header(limits)),
+            ("RateLimit-Policy", limits.policy),
             ("RateLimit", f'"{policy_name(item)}";r={remaining};t={reset_in}'),
             ("X-RateLimit-Limit", str(item.amount)),
             ("X-RateLimit-Remaining", remaining),

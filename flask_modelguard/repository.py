@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, event, func, insert, select, update
+from sqlalchemy import JSON, Engine, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import models as m
@@ -16,6 +17,9 @@ from .exc import InvalidValue, NotFound
 from .keys import NewKey, generate_key
 
 STATUSES = ("active", "suspended", "blocked")
+
+_EVENT_COLUMNS = tuple(c.name for c in m.query_events.columns if c.name != "id")
+_EVENT_JSON_AT = tuple(i for i, name in enumerate(_EVENT_COLUMNS) if isinstance(m.query_events.c[name].type, JSON))
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
@@ -66,6 +70,11 @@ class Repository:
         self.clock = clock
         if engine.dialect.name == "sqlite":
             _enable_sqlite_concurrency(engine)
+        mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(engine.dialect.paramstyle)
+        self._raw_insert = None if mark is None else (
+            f"INSERT INTO {m.query_events.name} ({', '.join(_EVENT_COLUMNS)}) "
+            f"VALUES ({', '.join([mark] * len(_EVENT_COLUMNS))})"
+        )
 
     def now(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc)
@@ -227,9 +236,27 @@ class Repository:
     # -- query events -----------------------------------------------------------
 
     def insert_events(self, rows: Sequence[dict[str, Any]]) -> None:
-        if rows:
-            with self.engine.begin() as conn:
+        """Insert query-event rows in one transaction.
+
+        The worker's hot path: with the common DBAPI parameter styles the rows
+        go straight to the driver's ``executemany`` (JSON columns serialised
+        here), which costs about half of SQLAlchemy's per-row processing.
+        """
+        if not rows:
+            return
+        with self.engine.begin() as conn:
+            if self._raw_insert is None:
                 conn.execute(insert(m.query_events), list(rows))
+                return
+            names, json_at = _EVENT_COLUMNS, _EVENT_JSON_AT
+            params = []
+            for row in rows:
+                values = [row[name] for name in names]
+                for i in json_at:
+                    if values[i] is not None:
+                        values[i] = json.dumps(values[i])
+                params.append(tuple(values))
+            conn.exec_driver_sql(self._raw_insert, params)
 
     def count_events(self, account_id: int | None = None) -> int:
         query = select(func.count()).select_from(m.query_events)

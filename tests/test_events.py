@@ -21,7 +21,7 @@ def test_fingerprint_is_canonical_and_keyed():
     assert fingerprint([1, 2], KEY) != fingerprint([2, 1], KEY)
     assert fingerprint([[1], [2]], KEY) != fingerprint([[1, 2]], KEY)
     assert fingerprint(["1"], KEY) != fingerprint([1], KEY)
-    assert fingerprint([True], KEY) != fingerprint([1], KEY)
+    assert fingerprint([True, None], KEY) != fingerprint([1, None], KEY)
     assert fingerprint([1], KEY) != fingerprint([1], b"other" * 8)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from flask_modelguard import ModelGuard, QuotaEnforcer
 from flask_modelguard.exc import InvalidValue
-from flask_modelguard.quotas import parse_limits
+from flask_modelguard.quotas import limit_set, parse_limits
 
 from .conftest import model_app, problem_of
 
@@ -33,7 +33,7 @@ def test_hit_counts_cost_and_refuses_over_limit(storage_uri, strategy):
     e = enforcer(storage_uri, strategy=strategy)
     # Hour windows: the sliding counter weighs in the previous window, which
     # would make "remaining" inexact if the test straddled a boundary.
-    limits = parse_limits("5/hour;100/day")
+    limits = limit_set("5/hour;100/day")
     v = e.hit(1, limits, cost=3)
     assert v.allowed and v.remaining == 2 and v.limit.amount == 5
     refused = e.hit(1, limits, cost=3)
@@ -60,7 +60,7 @@ def test_redis_limits_are_shared_between_enforcers(redis_uri):
     namespace = f"t-{uuid.uuid4().hex}"
     a = QuotaEnforcer(redis_uri, namespace=namespace)
     b = QuotaEnforcer(redis_uri, namespace=namespace)
-    limits = parse_limits("4/minute")
+    limits = limit_set("4/minute")
     assert [a.hit(7, limits).allowed, b.hit(7, limits).allowed] == [True, True]
     assert b.hit(7, limits, cost=2).remaining == 0
     assert not a.hit(7, limits).allowed
@@ -170,14 +170,15 @@ def test_storage_down_fails_open_or_closed_and_recovers(redis_uri, tmp_path, fai
 @pytest.mark.parametrize("strategy", ["fixed-window", "sliding-window-counter", "moving-window"])
 def test_refusal_by_a_later_limit_consumes_nothing(storage_uri, strategy):
     e = enforcer(storage_uri, strategy=strategy)
-    limits = parse_limits("100/hour;2/day")
+    limits = limit_set("100/hour;2/day")
     assert [e.hit(1, limits).allowed for _ in range(3)] == [True, True, False]
-    hourly = limits[0]
+    hourly = limits.items[0]
     assert e.limiter.get_window_stats(hourly, e.namespace, "1").remaining == 98
 
 
 def test_unknown_tier_falls_back_to_the_default_tier():
     e = QuotaEnforcer("memory://", tiers={"a": "1/second", "b": "2/second"}, default_tier="b")
-    assert e.limits_for("gone") == parse_limits("2/second")
+    assert e.limits_for("gone") is limit_set("2/second")
+    assert limit_set("2/second").max_cost == 2 and limit_set("").max_cost is None
     with pytest.raises(InvalidValue):
         QuotaEnforcer("memory://", tiers={"a": "1/second"}, default_tier="zzz")
