@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .exc import ModelGuardError
 from .extension import ModelGuard
 from .keys import key_hint
+from .ownership import DEFAULT_THRESHOLD_LOG2, file_suspect, http_suspect, verify
 from .repository import STATUSES
 
 
@@ -167,3 +168,81 @@ def set_limits(account: str, limits: str) -> None:
     """Override ACCOUNT's limits ("5/second;100/day"); "tier" restores the tier's."""
     _guard().update_account(account, limits=None if limits == "tier" else limits)
     click.echo(f"Account {account!r} limits: {limits}.")
+
+
+@modelguard_cli.command("flag")
+@click.argument("account")
+@click.option("--off", is_flag=True, help="Remove the flag.")
+@with_appcontext
+@_friendly
+def flag(account: str, off: bool) -> None:
+    """Flag ACCOUNT: its answers follow the suspicious-account policy."""
+    _guard().update_account(account, flagged=not off)
+    click.echo(f"Account {account!r} is {'no longer ' if off else ''}flagged.")
+
+
+@modelguard_cli.command("add-canaries")
+@click.argument("file", type=click.File())
+@click.option("--note", help="Why these inputs are traps (kept with them).")
+@with_appcontext
+@_friendly
+def add_canaries(file: Any, note: str | None) -> None:
+    """Register honey-trap inputs from FILE (a JSON list of model inputs)."""
+    inputs = json.load(file)
+    if not isinstance(inputs, list) or not inputs:
+        raise click.ClickException("FILE must hold a non-empty JSON list of inputs.")
+    added = _guard().add_canaries(inputs, note)
+    click.echo(f"{added} new canary input(s) registered ({len(inputs) - added} already known).")
+
+
+@modelguard_cli.command("export-watermarks")
+@click.argument("account")
+@click.argument("out", type=click.File("w"))
+@click.option("--max-probes", default=250, show_default=True)
+@with_appcontext
+@_friendly
+def export_watermarks(account: str, out: Any, max_probes: int) -> None:
+    """Write ACCOUNT's watermark inputs to OUT (JSON), to run a suspect model on offline."""
+    records = _guard().watermark_records(account, max_probes)
+    json.dump({"account": account, "fingerprints": [r["fingerprint"] for r in records],
+               "inputs": [r["input"] for r in records]}, out)
+    click.echo(f"{len(records)} watermark input(s) written.", err=True)
+
+
+@modelguard_cli.command("verify-watermark")
+@click.argument("account", required=False)
+@click.option("--url", help="Prediction API of the suspect model (takes {\"instances\": [...]}).")
+@click.option("--header", "headers", multiple=True, help='Header for --url, "Name: value" (repeatable).')
+@click.option("--predictions", type=click.Path(exists=True, dir_okay=False),
+              help="The suspect's labels for the exported inputs (JSON list, or fingerprint → label).")
+@click.option("--all", "all_accounts", is_flag=True, help="Test every account with watermarks (attribution; needs --url).")
+@click.option("--max-probes", default=250, show_default=True)
+@click.option("--null-rate", type=float, help="Chance agreement per probe (default 1/(classes-1)).")
+@click.option("--threshold-log2", default=DEFAULT_THRESHOLD_LOG2, show_default=True, help="Claim when log2(p) is below.")
+@with_appcontext
+@_friendly
+def verify_watermark(account: str | None, url: str | None, headers: tuple[str, ...], predictions: str | None,
+                     all_accounts: bool, max_probes: int, null_rate: float | None, threshold_log2: float) -> None:
+    """Test whether a suspect model was trained on ACCOUNT's answers."""
+    if (url is None) == (predictions is None):
+        raise click.UsageError("Give exactly one of --url and --predictions.")
+    if all_accounts == (account is not None):
+        raise click.UsageError("Give an ACCOUNT or --all.")
+    guard = _guard()
+    options = {"max_probes": max_probes, "null_rate": null_rate, "threshold_log2": threshold_log2}
+    if predictions is not None:
+        if all_accounts:
+            raise click.UsageError("--all needs --url (a predictions file answers one account's export).")
+        assert account is not None
+        records = guard.watermark_records(account, max_probes)
+        labels = file_suspect(predictions, records)
+        results = [verify(account, records, labels, null_rate=null_rate, threshold_log2=threshold_log2)]
+    else:
+        parsed = dict(h.split(":", 1) for h in headers)
+        suspect = http_suspect(url, {k.strip(): v.strip() for k, v in parsed.items()})  # type: ignore[arg-type]
+        results = (guard.attribute(suspect, **options) if all_accounts
+                   else [guard.verify_watermark(account, suspect, **options)])  # type: ignore[arg-type]
+    for result in results:
+        click.echo(result.summary())
+    if not any(r.probes for r in results):
+        raise click.ClickException("No watermark answers recorded for this account yet.")

@@ -74,6 +74,14 @@ class Settings:
     shutdown_timeout: float = 5.0
     #: Send rate-limit headers on protected responses.
     headers_enabled: bool = True
+    #: Output transforms of protected routes, in order (``["round(2)"]``); see docs/output-protection.md.
+    output: Any = field(default_factory=list)
+    #: Tier name → output transforms, replacing ``output`` for that tier.
+    tier_output: Mapping[str, Any] = field(default_factory=dict)
+    #: Output transforms for flagged accounts (instead of the others).
+    suspicious_output: Any = field(default_factory=lambda: ["misinformation"])
+    #: Fraction of inputs per account answered with a watermark (deliberately wrong) label.
+    watermark: float = 0.005
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -106,11 +114,13 @@ class Settings:
             "storage_uri": str, "strategy": str, "namespace": str, "default_tier": str, "fail_mode": str,
             "database_url": (str, type(None)), "secret": (str, bytes, type(None)),
             "auth_header": (str, type(None)), "api_key_header": (str, type(None)),
-            "engine_options": Mapping, "storage_options": Mapping, "tiers": Mapping,
+            "engine_options": Mapping, "storage_options": Mapping, "tiers": Mapping, "tier_output": Mapping,
         }
         for name, kind in kinds.items():
             if not isinstance(getattr(self, name), kind):
                 raise InvalidValue(f"{PREFIX}{name.upper()} has the wrong type: {getattr(self, name)!r}")
+        if isinstance(self.watermark, bool) or not isinstance(self.watermark, (int, float)) or not 0 <= self.watermark <= 1:
+            raise InvalidValue(f"{PREFIX}WATERMARK must be a fraction in [0, 1], not {self.watermark!r}")
         for name in ("storage_retry", "key_cache_ttl", "rotation_grace", "flush_interval", "shutdown_timeout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:

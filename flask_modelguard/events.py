@@ -96,6 +96,10 @@ class QueryEvent:
     request_json: Any = None
     #: The view's JSON answer: a decoded object, or the raw bytes of a JSON response.
     response_json: Any = None
+    #: Watermark answers served: (fingerprint, input, served label, model label, classes).
+    marks: list[tuple[str, Any, Any, Any, int]] | None = None
+    #: The request held a registered honey-trap input.
+    canary: bool = False
 
     def to_row(self, key: bytes, store_inputs: bool = False) -> dict[str, Any]:
         """The ``query_events`` row of this event (computed in the worker)."""
@@ -122,4 +126,13 @@ class QueryEvent:
             "labels": [p.label for p in predictions] or None,
             "top_confidences": [_finite(p.confidence) for p in predictions] or None,
             "input": _finite(self.request_json) if store_inputs else None,
+            "canary": self.canary,
+            "watermarks": [
+                {
+                    "account_id": self.account_id, "route": self.route, "ts": self.ts,
+                    "fingerprint": fp, "input": _finite(x), "served_label": served,
+                    "model_label": model, "n_classes": n_classes,
+                }
+                for fp, x, served, model, n_classes in self.marks or ()
+            ],
         }

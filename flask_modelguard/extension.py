@@ -20,15 +20,16 @@ from typing import Any, TypeVar
 from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 from sqlalchemy import create_engine
-from sqlalchemy.exc import InterfaceError, OperationalError, StatementError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError, StatementError
 from sqlalchemy.pool import StaticPool
 
 from .auth import Authenticator
 from .config import Settings
-from .events import QueryEvent
+from .events import QueryEvent, fingerprint
 from .exc import BadRequest, CostExceedsLimit, HTTPProblem, Problem, RateLimitExceeded, StorageUnavailable
 from .keys import KEY_SCHEME, parse_key
-from .payload import instances
+from .ownership import DEFAULT_THRESHOLD_LOG2, Suspect, Verification, http_suspect, verify
+from .protection import OutputProtector, RouteOptions
 from .quotas import LimitSet, QuotaEnforcer, Verdict
 from .repository import Principal, Repository
 from .worker import EventWorker
@@ -48,30 +49,6 @@ def problem_response(problem: Problem) -> Response:
         mimetype=PROBLEM_MIMETYPE,
         headers=problem.headers,
     )
-
-
-@dataclass(frozen=True)
-class RouteOptions:
-    """Options of one protected route (the keyword arguments of :func:`protect`).
-
-    New options are added as keyword arguments with defaults, so callers
-    written today keep working.
-    """
-
-    #: Units a request consumes from the account's limits: an int, a callable
-    #: of the decoded JSON body, or None for "number of instances" (1 for a
-    #: single input, N for ``{"instances": [...N...]}``).
-    cost: int | Callable[[Any], int] | None = None
-    #: Route name in the query log; default the view's endpoint.
-    name: str | None = None
-
-    def cost_of(self, body: Any) -> int:
-        cost = self.cost
-        if cost is None:
-            return max(1, len(instances(body)))
-        if callable(cost):
-            return max(1, int(cost(body)))
-        return max(1, int(cost))
 
 
 def _bad_data(exc: BaseException) -> bool:
@@ -141,18 +118,41 @@ class _GuardState:
             clock=self.clock,
         )
         fingerprint_key = settings.fingerprint_key(app.config.get("SECRET_KEY"))
+        self.fingerprint_key = fingerprint_key
+        self.protector = OutputProtector(
+            fingerprint_key,
+            output=settings.output,
+            tier_output=settings.tier_output,
+            suspicious_output=settings.suspicious_output,
+            watermark=settings.watermark,
+        )
         store_inputs = settings.store_inputs
         self.worker: EventWorker[QueryEvent] = EventWorker(
             lambda event: event.to_row(fingerprint_key, store_inputs),
-            self.repository.insert_events,
+            self._write_events,
             max_queue=settings.queue_size,
             batch_size=settings.batch_size,
             flush_interval=settings.flush_interval,
             shutdown_timeout=settings.shutdown_timeout,
             permanent=_bad_data,
+            on_tick=self.refresh_canaries,
+            tick_interval=settings.key_cache_ttl,
         )
         #: Requests served without a rate-limit check because the storage was down.
         self.failed_open = 0
+
+    def _write_events(self, rows: Any) -> None:
+        self.repository.insert_events(rows)
+        for account_id in {row["account_id"] for row in rows if row["canary"]}:
+            log.warning("modelguard: account %d sent a canary input and is flagged", account_id)
+            self.auth.invalidate(account_id=account_id)
+
+    def refresh_canaries(self, quiet: bool = False) -> None:
+        """Reload the honey-trap fingerprints (the worker does it every key-cache TTL)."""
+        try:
+            self.protector.canaries = self.repository.canary_fingerprints()
+        except SQLAlchemyError as exc:  # tables not created yet, database away
+            (log.debug if quiet else log.warning)("modelguard: could not load canaries (%s)", exc.__class__.__name__)
 
     # -- the request path -------------------------------------------------------
 
@@ -189,8 +189,11 @@ class _GuardState:
             return self._refuse(self._refusal(verdict, cost, wall, headers), principal, route, now, started, cost, body)
         if verdict.failed_open:
             self.failed_open += 1
+        marks: list[Any] = []
+        canary = False
         try:
             rv = view(*args, **kwargs)
+            rv, marks, canary = self._protect(rv, body, principal, options)
             response = current_app.make_response(rv)
         except (Problem, HTTPException) as exc:
             if isinstance(exc, HTTPException):
@@ -211,8 +214,31 @@ class _GuardState:
                 rv = rv[0]
             if not isinstance(rv, (dict, list)):
                 rv = response.get_data() if response.is_json and not response.is_streamed else None
-        self._record(principal, route, now, response.status_code, started, cost, body, rv)
+        self._record(principal, route, now, response.status_code, started, cost, body, rv, marks, canary)
         return response
+
+    def _protect(self, rv: Any, body: Any, principal: Principal, options: RouteOptions) -> tuple[Any, list[Any], bool]:
+        """Apply the route's output policy to a successful JSON answer."""
+        policy = self.protector.policy(options, principal.tier)
+        extra: tuple[Any, ...] = ()
+        if isinstance(rv, tuple):
+            rv, extra = rv[0], rv[1:]
+            if extra and isinstance(extra[0], int) and not 200 <= extra[0] < 300:
+                return (rv, *extra), [], False
+        if isinstance(rv, Response):
+            if not (rv.is_json and 200 <= rv.status_code < 300) or rv.is_streamed:
+                return rv, [], False
+            payload = rv.get_json(silent=True)
+            if payload is None:
+                return rv, [], False
+            new, marks, canary = self.protector.protect(
+                payload, body, principal.account_id, principal.flagged, principal.score, policy, options)
+            if new is not payload:
+                rv.set_data(current_app.json.dumps(new))
+            return rv, marks, canary
+        new, marks, canary = self.protector.protect(
+            rv, body, principal.account_id, principal.flagged, principal.score, policy, options)
+        return ((new, *extra) if extra else new), marks, canary
 
     def _refuse(
         self, problem: Problem, principal: Principal, route: str, now: float,
@@ -224,11 +250,12 @@ class _GuardState:
     def _record(
         self, principal: Principal, route: str, now: float, status: int,
         started: float, cost: int, body: Any, answer: Any,
+        marks: list[Any] | None = None, canary: bool = False,
     ) -> None:
         self.worker.submit(
             QueryEvent(
                 principal.account_id, principal.key_id, route, now, status,
-                (time.perf_counter() - started) * 1000.0, cost, body, answer,
+                (time.perf_counter() - started) * 1000.0, cost, body, answer, marks, canary,
             )
         )
 
@@ -287,6 +314,7 @@ class ModelGuard:
         app.register_error_handler(Problem, problem_response)
         if settings.create_tables:
             state.repository.create_all()
+        state.refresh_canaries(quiet=True)
         from .cli import modelguard_cli
 
         app.cli.add_command(modelguard_cli)
@@ -350,13 +378,17 @@ class ModelGuard:
         status: str | None = None,
         tier: str | None = None,
         limits: str | None | object = ...,
+        flagged: bool | None = None,
         app: Flask | None = None,
     ) -> dict[str, Any]:
-        """Change status, tier or limits override (``limits=None`` removes the override)."""
+        """Change status, tier, limits override (``limits=None`` removes it) or
+        the flag that selects the suspicious-account output policy."""
         state = self.state(app)
         values: dict[str, Any] = {}
         if status is not None:
             values["status"] = status
+        if flagged is not None:
+            values["flagged"] = bool(flagged)
         if tier is not None:
             state.enforcer.check_tier(tier)
             values["tier"] = tier
@@ -395,6 +427,50 @@ class ModelGuard:
 
     def list_keys(self, account: str, app: Flask | None = None) -> list[dict[str, Any]]:
         return self.state(app).repository.list_keys(account)
+
+
+    # -- output protection: canaries and watermarks ------------------------------
+
+    def add_canaries(self, inputs: list[Any], note: str | None = None, app: Flask | None = None) -> int:
+        """Register honey-trap inputs (as a request's model inputs, e.g. the
+        ``features`` lists); any account that sends one is flagged. Returns how
+        many were new."""
+        state = self.state(app)
+        fingerprints = [fingerprint(x, state.fingerprint_key) for x in inputs]
+        added = state.repository.add_canaries(fingerprints, note)
+        state.protector.add_canaries(fingerprints)
+        return added
+
+    def watermark_records(self, account: str, limit: int | None = 250, app: Flask | None = None) -> list[dict[str, Any]]:
+        """The watermark answers ``account`` received (one per distinct input, oldest first)."""
+        return self.state(app).repository.watermark_records(account, limit)
+
+    def verify_watermark(
+        self,
+        account: str,
+        suspect: Suspect | str,
+        *,
+        max_probes: int = 250,
+        null_rate: float | None = None,
+        threshold_log2: float = DEFAULT_THRESHOLD_LOG2,
+        app: Flask | None = None,
+    ) -> Verification:
+        """Test whether ``suspect`` (a function of a list of inputs returning
+        labels, or the URL of a prediction API) was trained on ``account``'s
+        answers, from at most ``max_probes`` watermark inputs."""
+        records = self.watermark_records(account, max_probes, app=app)
+        predict = http_suspect(suspect) if isinstance(suspect, str) else suspect
+        labels = list(predict([r["input"] for r in records])) if records else []
+        return verify(account, records, labels, null_rate=null_rate, threshold_log2=threshold_log2)
+
+    def attribute(
+        self, suspect: Suspect | str, *, max_probes: int = 250, app: Flask | None = None, **kwargs: Any
+    ) -> list[Verification]:
+        """Verify ``suspect`` against every account that received watermarks;
+        most significant first. Claimed entries name the accounts it came from."""
+        accounts = self.state(app).repository.accounts_with_watermarks()
+        results = [self.verify_watermark(a, suspect, max_probes=max_probes, app=app, **kwargs) for a in accounts]
+        return sorted(results, key=lambda v: v.log2_p)
 
 
 def _prefix(key: str) -> str:

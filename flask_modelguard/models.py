@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -34,6 +35,10 @@ accounts = Table(
     Column("status", String(16), nullable=False, default="active"),
     # ";"-separated limit strings ("5/second;100/day") replacing the tier's, or NULL.
     Column("limits", Text, nullable=True),
+    # Flagged accounts get the routes' suspicious-account output policy.
+    Column("flagged", Boolean, nullable=False, default=False),
+    # Malicious score in [0, 1] (poisoning may grow with it).
+    Column("score", Float, nullable=False, default=0.0),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
@@ -74,5 +79,30 @@ query_events = Table(
     Column("labels", JSON, nullable=True),
     Column("top_confidences", JSON, nullable=True),
     Column("input", JSON, nullable=True),  # only with MODELGUARD_STORE_INPUTS
+    Column("canary", Boolean, nullable=False, default=False),  # the request held a honey-trap input
 )
 Index("ix_modelguard_query_events_account_ts", query_events.c.account_id, query_events.c.ts)
+
+#: Watermark answers served (DAWN): the input is kept, since verification needs it.
+watermarks = Table(
+    "modelguard_watermarks",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("account_id", Integer, nullable=False, index=True),
+    Column("route", String(255), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("fingerprint", String(32), nullable=False),
+    Column("input", JSON, nullable=False),
+    Column("served_label", JSON, nullable=False),  # class index or name, deliberately wrong
+    Column("model_label", JSON, nullable=False),  # what the model answered
+    Column("n_classes", Integer, nullable=False),
+)
+
+#: Honey-trap inputs registered by the owner: any account sending one is flagged.
+canaries = Table(
+    "modelguard_canaries",
+    metadata,
+    Column("fingerprint", String(32), primary_key=True),
+    Column("note", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)

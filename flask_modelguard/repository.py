@@ -48,6 +48,8 @@ class Principal:
     tier: str
     status: str
     limits: str | None
+    flagged: bool = False
+    score: float = 0.0
 
 
 def _enable_sqlite_concurrency(engine: Engine) -> None:
@@ -94,7 +96,7 @@ class Repository:
                 conn.execute(
                     insert(m.accounts).values(
                         name=name, tier=tier, status="active", limits=limits,
-                        created_at=now, updated_at=now,
+                        flagged=False, score=0.0, created_at=now, updated_at=now,
                     )
                 )
         except IntegrityError:
@@ -215,6 +217,7 @@ class Repository:
                 m.api_keys.c.id, m.api_keys.c.secret_hash, m.api_keys.c.expires_at,
                 m.api_keys.c.revoked_at, m.accounts.c.id.label("account_id"),
                 m.accounts.c.name, m.accounts.c.tier, m.accounts.c.status, m.accounts.c.limits,
+                m.accounts.c.flagged, m.accounts.c.score,
             )
             .join(m.accounts, m.accounts.c.id == m.api_keys.c.account_id)
             .where(m.api_keys.c.prefix == prefix)
@@ -227,7 +230,7 @@ class Repository:
             key_id=row.id, prefix=prefix, secret_hash=row.secret_hash,
             expires_at=_epoch(row.expires_at), revoked=row.revoked_at is not None,
             account_id=row.account_id, account=row.name, tier=row.tier,
-            status=row.status, limits=row.limits,
+            status=row.status, limits=row.limits, flagged=bool(row.flagged), score=float(row.score or 0.0),
         )
 
     def account_prefixes(self, name: str) -> list[str]:
@@ -236,27 +239,79 @@ class Repository:
     # -- query events -----------------------------------------------------------
 
     def insert_events(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert query-event rows in one transaction.
+        """Insert query-event rows, their watermark records, and flag the
+        accounts that sent a canary, in one transaction.
 
-        The worker's hot path: with the common DBAPI parameter styles the rows
-        go straight to the driver's ``executemany`` (JSON columns serialised
-        here), which costs about half of SQLAlchemy's per-row processing.
+        The worker's hot path: with the common DBAPI parameter styles the event
+        rows go straight to the driver's ``executemany`` (JSON columns
+        serialised here), which costs about half of SQLAlchemy's per-row
+        processing.
         """
         if not rows:
             return
+        marks = [mark for row in rows for mark in row.get("watermarks") or ()]
+        caught = {row["account_id"] for row in rows if row["canary"]}
         with self.engine.begin() as conn:
             if self._raw_insert is None:
-                conn.execute(insert(m.query_events), list(rows))
-                return
-            names, json_at = _EVENT_COLUMNS, _EVENT_JSON_AT
-            params = []
-            for row in rows:
-                values = [row[name] for name in names]
-                for i in json_at:
-                    if values[i] is not None:
-                        values[i] = json.dumps(values[i])
-                params.append(tuple(values))
-            conn.exec_driver_sql(self._raw_insert, params)
+                conn.execute(insert(m.query_events), [{c: r[c] for c in _EVENT_COLUMNS} for r in rows])
+            else:
+                params = []
+                for row in rows:
+                    values = [row[name] for name in _EVENT_COLUMNS]
+                    for i in _EVENT_JSON_AT:
+                        if values[i] is not None:
+                            values[i] = json.dumps(values[i])
+                    params.append(tuple(values))
+                conn.exec_driver_sql(self._raw_insert, params)
+            if marks:
+                conn.execute(insert(m.watermarks), marks)
+            if caught:
+                conn.execute(
+                    update(m.accounts).where(m.accounts.c.id.in_(caught)).values(flagged=True, updated_at=self.now())
+                )
+
+    # -- watermarks and canaries --------------------------------------------------
+
+    def watermark_records(self, account: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """An account's watermark records, one per distinct input, oldest first."""
+        account_id = self.get_account(account)["id"]
+        query = (
+            select(m.watermarks)
+            .where(m.watermarks.c.account_id == account_id)
+            .order_by(m.watermarks.c.ts, m.watermarks.c.id)
+        )
+        seen: set[str] = set()
+        records = []
+        with self.engine.connect() as conn:
+            for row in conn.execute(query):
+                if row.fingerprint not in seen:
+                    seen.add(row.fingerprint)
+                    records.append(dict(row._mapping))
+                    if limit is not None and len(records) >= limit:
+                        break
+        return records
+
+    def accounts_with_watermarks(self) -> list[str]:
+        query = (
+            select(m.accounts.c.name)
+            .where(m.accounts.c.id.in_(select(m.watermarks.c.account_id).distinct()))
+            .order_by(m.accounts.c.name)
+        )
+        with self.engine.connect() as conn:
+            return [r.name for r in conn.execute(query)]
+
+    def add_canaries(self, fingerprints: Sequence[str], note: str | None = None) -> int:
+        """Register honey-trap fingerprints; returns how many were new."""
+        known = self.canary_fingerprints()
+        new = [fp for fp in dict.fromkeys(fingerprints) if fp not in known]
+        if new:
+            with self.engine.begin() as conn:
+                conn.execute(insert(m.canaries), [{"fingerprint": fp, "note": note, "created_at": self.now()} for fp in new])
+        return len(new)
+
+    def canary_fingerprints(self) -> frozenset[str]:
+        with self.engine.connect() as conn:
+            return frozenset(r.fingerprint for r in conn.execute(select(m.canaries.c.fingerprint)))
 
     def count_events(self, account_id: int | None = None) -> int:
         query = select(func.count()).select_from(m.query_events)

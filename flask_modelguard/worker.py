@@ -47,12 +47,17 @@ class EventWorker(Generic[E]):
         max_backoff: float = 30.0,
         shutdown_timeout: float = 5.0,
         permanent: Callable[[BaseException], bool] = lambda exc: False,
+        on_tick: Callable[[], None] | None = None,
+        tick_interval: float = 30.0,
         name: str = "modelguard-worker",
     ) -> None:
         self.prepare = prepare
         self.write = write
         #: Whether a write error is the data's fault (retrying cannot help).
         self.permanent = permanent
+        #: Called from the thread every ``tick_interval`` seconds (refreshing caches).
+        self.on_tick = on_tick
+        self.tick_interval = tick_interval
         self.max_queue = max_queue
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -123,12 +128,16 @@ class EventWorker(Generic[E]):
             self._thread.start()
 
     def _run(self) -> None:
+        next_tick = time.monotonic() + self.tick_interval
         while not self._stopping:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
             try:
                 self._drain()
-            except Exception:  # pragma: no cover - _drain already guards writes
+                if self.on_tick is not None and time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + self.tick_interval
+                    self.on_tick()
+            except Exception:
                 log.exception("modelguard: worker loop error")
 
     def _check_process(self) -> None:

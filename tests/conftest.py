@@ -89,7 +89,8 @@ PROBS = [0.05, 0.7, 0.05, 0.05, 0.05, 0.02, 0.02, 0.02, 0.02, 0.02]
 def model_app(guard: ModelGuard, **config: Any) -> Flask:
     """A small model server: ``/predict`` (protected), ``/open`` (not)."""
     app = Flask(__name__)
-    app.config.update(SECRET_KEY="test-secret", MODELGUARD_CREATE_TABLES=True)
+    # Watermarks off unless a test asks: they would change 0.5% of the answers.
+    app.config.update(SECRET_KEY="test-secret", MODELGUARD_CREATE_TABLES=True, MODELGUARD_WATERMARK=0.0)
     app.config.update(config)
     guard.init_app(app)
 

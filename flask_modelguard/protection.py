@@ -1,0 +1,165 @@
+"""Route options and output protection. Framework-free.
+
+:class:`RouteOptions` are the keyword arguments of ``@protect``;
+:class:`OutputProtector` rewrites a view's JSON answer according to the
+route's :class:`~flask_modelguard.transforms.OutputPolicy`: watermark answers
+for everyone, the route's transforms for ordinary accounts, the suspicious
+policy for flagged ones. It also spots honey-trap (canary) inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .events import fingerprint
+from .payload import PayloadAdapter, instances, make_adapter
+from .transforms import KeyedRandom, OutputPolicy, Transform, apply, parse_all
+
+log = logging.getLogger("flask_modelguard")
+
+#: A watermark answer to record: (fingerprint, input, served label, model label, number of classes).
+Mark = tuple[str, Any, Any, Any, int]
+
+
+@dataclass(frozen=True, eq=False)
+class RouteOptions:
+    """Options of one protected route (the keyword arguments of :func:`protect`).
+
+    Every option is keyword-only with a default, so callers written today keep
+    working when later releases add more. ``None`` means "from configuration".
+    """
+
+    #: Units a request consumes from the account's limits: an int, a callable
+    #: of the decoded JSON body, or None for "number of instances" (1 for a
+    #: single input, N for ``{"instances": [...N...]}``).
+    cost: int | Callable[[Any], int] | None = None
+    #: Route name in the query log; default the view's endpoint.
+    name: str | None = None
+    #: Output transforms for ordinary accounts (strings or Transform objects);
+    #: default ``MODELGUARD_TIER_OUTPUT`` for the account's tier, else ``MODELGUARD_OUTPUT``.
+    output: Any = None
+    #: Output transforms for flagged accounts; default ``MODELGUARD_SUSPICIOUS_OUTPUT``.
+    suspicious_output: Any = None
+    #: Watermark fraction; default ``MODELGUARD_WATERMARK`` (0 turns it off).
+    watermark: float | None = None
+    #: Where the probabilities are: None (common shapes), a dotted path, a
+    #: ``(read, write)`` pair of functions, or an adapter object.
+    adapter: Any = None
+    #: The model inputs of a request body (for fingerprints, watermarks and
+    #: canaries): a function of the decoded body; default ``instances``,
+    #: ``inputs``, ``[features]`` or ``[body]``.
+    inputs: Callable[[Any], list[Any]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.output is not None:
+            object.__setattr__(self, "output", parse_all(self.output))
+        if self.suspicious_output is not None:
+            object.__setattr__(self, "suspicious_output", parse_all(self.suspicious_output))
+        object.__setattr__(self, "adapter", make_adapter(self.adapter))
+
+    def cost_of(self, body: Any) -> int:
+        cost = self.cost
+        if cost is None:
+            return max(1, len(instances(body)))
+        if callable(cost):
+            return max(1, int(cost(body)))
+        return max(1, int(cost))
+
+
+class OutputProtector:
+    """Applies output policies to answers; keeps the canary set of this process."""
+
+    def __init__(
+        self,
+        key: bytes,
+        *,
+        output: Any = (),
+        tier_output: Mapping[str, Any] | None = None,
+        suspicious_output: Any = ("misinformation",),
+        watermark: float = 0.005,
+    ) -> None:
+        self.key = key
+        self.output: tuple[Transform, ...] = parse_all(output)
+        self.tier_output = {tier: parse_all(spec) for tier, spec in (tier_output or {}).items()}
+        self.suspicious: tuple[Transform, ...] = parse_all(suspicious_output)
+        self.watermark = watermark
+        self.canaries: frozenset[str] = frozenset()
+        self._policies: dict[tuple[RouteOptions, str], OutputPolicy] = {}
+        self._lock = threading.Lock()
+        #: Answers whose shape no adapter recognised (passed through untouched).
+        self.unrecognised = 0
+        #: Answers a transform failed on (passed through untouched, logged).
+        self.errors = 0
+
+    def policy(self, options: RouteOptions, tier: str) -> OutputPolicy:
+        found = self._policies.get((options, tier))
+        if found is None:
+            found = OutputPolicy(
+                transforms=options.output if options.output is not None else self.tier_output.get(tier, self.output),
+                suspicious=options.suspicious_output if options.suspicious_output is not None else self.suspicious,
+                watermark=options.watermark if options.watermark is not None else self.watermark,
+            )
+            with self._lock:
+                if len(self._policies) > 10_000:
+                    self._policies.clear()
+                self._policies[(options, tier)] = found
+        return found
+
+    def add_canaries(self, fingerprints: list[str]) -> None:
+        with self._lock:
+            self.canaries = self.canaries | frozenset(fingerprints)
+
+    def protect(
+        self,
+        payload: Any,
+        body: Any,
+        account_id: int,
+        flagged: bool,
+        score: float,
+        policy: OutputPolicy,
+        options: RouteOptions,
+    ) -> tuple[Any, list[Mark], bool]:
+        """The answer to send, the watermark answers in it, and whether the
+        request held a canary (the account is then treated as flagged)."""
+        pipeline = policy.pipeline(flagged)
+        canaries = self.canaries
+        if not pipeline and not canaries:
+            return payload, [], False
+        adapter: PayloadAdapter = options.adapter
+        try:
+            inputs = options.inputs(body) if options.inputs is not None else instances(body)
+            fingerprints = [fingerprint(x, self.key) for x in inputs]
+            canary = bool(canaries) and not canaries.isdisjoint(fingerprints)
+            if canary and not flagged:
+                pipeline = policy.pipeline(True)
+            if not pipeline:
+                return payload, [], canary
+            reading = adapter.read(payload)
+            if reading is None:
+                self.unrecognised += 1
+                return payload, [], canary
+            n = len(reading.answer.labels)
+            if len(fingerprints) != n:  # inputs and answers do not pair up: key on the body and position
+                whole = fingerprint(body, self.key)
+                fingerprints, inputs = [f"{whole}:{i}" for i in range(n)], [body] * n
+            rng = KeyedRandom.for_inputs(self.key, account_id, fingerprints, score)
+            answer = apply(pipeline, reading.answer, rng)
+            marks: list[Mark] = []
+            if answer.watermarked is not None:
+                k = reading.answer.probs.shape[1]
+                for i in np.flatnonzero(answer.watermarked & (answer.labels != reading.answer.labels)):
+                    marks.append((
+                        fingerprints[i], inputs[i], reading.label_value(int(answer.labels[i])),
+                        reading.label_value(int(reading.answer.labels[i])), k,
+                    ))
+            return reading.write(answer), marks, canary
+        except Exception:
+            self.errors += 1
+            log.exception("modelguard: output protection failed; answer sent unchanged")
+            return payload, [], False
