@@ -77,7 +77,7 @@ def _write_item(item: Mapping[str, Any] | None, answer: Answer, i: int, classes:
     row = answer.probs[i]
     if item is None:  # a bare vector
         if answer.label_only:
-            return label_value
+            return {"label": label_value}  # not a bare number: a list of them would read as a vector
         if answer.keep is not None:
             idx = _sent(answer, i)
             return {"probabilities": row[idx].tolist(), "classes": idx.tolist()}
@@ -131,8 +131,11 @@ class AutoAdapter:
             return None
         vectors = [f[0] for f in found]  # type: ignore[index]
         names, key = found[0][1], found[0][2]  # type: ignore[index]
-        if any(len(v) != len(vectors[0]) for v in vectors) or any(f[1] != names for f in found):  # type: ignore[index]
-            return None
+        if (
+            any(len(v) != len(vectors[0]) for v in vectors)
+            or any(f[1] != names or f[2] != key for f in found)  # type: ignore[index]
+        ):
+            return None  # mixed shapes: better untouched than half-protected
         probs = np.asarray(vectors, dtype=np.float64)
         labels = probs.argmax(axis=1)
         shaped = [item if isinstance(item, Mapping) else None for item in items]
@@ -222,6 +225,9 @@ def _prediction(item: Any) -> Prediction | None:
     label = item.get("label") if isinstance(item, Mapping) else None
     if found is not None:
         vector, names, _ = found
+        classes = item.get("classes") if isinstance(item, Mapping) else None
+        if isinstance(classes, list) and len(classes) == len(vector):  # a top-k "drop" answer
+            names = classes
         best = max(range(len(vector)), key=vector.__getitem__)
         served = label if label is not None else (names[best] if names else best)
         return Prediction(served, float(vector[best]))

@@ -92,6 +92,16 @@ class KeyedRandom:
         return -np.sign(u) * np.log1p(-2.0 * np.abs(u))
 
 
+def _number(value: Any, name: str, low: float = 0.0, high: float = float("inf")) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise InvalidValue(f"{name} must be a number in [{low}, {high}], not {value!r}")
+
+
+def _integer(value: Any, name: str, low: int = 0) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InvalidValue(f"{name} must be an integer >= {low}, not {value!r}")
+
+
 def renormalise(p: np.ndarray) -> np.ndarray:
     """Rows scaled to sum 1; an all-zero row becomes uniform."""
     p = np.clip(p, 0.0, None)
@@ -133,6 +143,9 @@ class Round(Transform):
     decimals: int = 2
     name: ClassVar[str] = "round"
 
+    def __post_init__(self) -> None:
+        _integer(self.decimals, "round decimals")
+
     def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
         return replace(answer, probs=np.round(answer.probs, self.decimals))
 
@@ -148,17 +161,19 @@ class TopK(Transform):
     name: ClassVar[str] = "top_k"
 
     def __post_init__(self) -> None:
-        if self.k < 1 or self.mode not in ("zero", "drop"):
-            raise InvalidValue("top_k needs k >= 1 and mode 'zero' or 'drop'")
+        _integer(self.k, "top_k k", 1)
+        if self.mode not in ("zero", "drop"):
+            raise InvalidValue("top_k mode must be 'zero' or 'drop'")
 
     def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
         p = answer.probs
         k = min(self.k, p.shape[1])
-        # Ties broken so that the served label is always kept.
-        order = np.argsort(-p, axis=1, kind="stable")[:, :k]
+        # The served label ranks first, whatever the ties, so it is always kept.
+        ranking = p.copy()
+        ranking[np.arange(len(p)), answer.labels] = np.inf
+        order = np.argsort(-ranking, axis=1, kind="stable")[:, :k]
         keep = np.zeros_like(p, dtype=bool)
         np.put_along_axis(keep, order, True, axis=1)
-        keep[np.arange(len(p)), answer.labels] = True
         out = np.where(keep, p, 0.0)
         if self.renormalise:
             out = renormalise(out)
@@ -185,6 +200,9 @@ class HighConfidence(Transform):
     cutoff: float = 0.25
     name: ClassVar[str] = "high_confidence"
 
+    def __post_init__(self) -> None:
+        _number(self.cutoff, "high_confidence cutoff", 0.0, 1.0)
+
     def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
         p = answer.probs
         keep = p >= self.cutoff
@@ -196,6 +214,9 @@ class HighConfidence(Transform):
 class _Noise(Transform):
     scale: float = 0.05
     keep_argmax: bool = True
+
+    def __post_init__(self) -> None:
+        _number(self.scale, f"{self.name} scale")
 
     def _noise(self, rng: KeyedRandom, k: int) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
@@ -242,6 +263,8 @@ class ReverseSigmoid(Transform):
     name: ClassVar[str] = "reverse_sigmoid"
 
     def __post_init__(self) -> None:
+        _number(self.beta, "reverse_sigmoid beta")
+        _number(self.gamma, "reverse_sigmoid gamma")
         if self.beta <= 0 or self.gamma <= 0:
             raise InvalidValue("reverse_sigmoid needs beta > 0 and gamma > 0")
 
@@ -276,6 +299,11 @@ class RandomPoison(Transform):
     name: ClassVar[str] = "poison"
     keeps_argmax: ClassVar[bool] = False
 
+    def __post_init__(self) -> None:
+        _number(self.p, "poison p", 0.0, 1.0)
+        if self.p_max is not None:
+            _number(self.p_max, "poison p_max", 0.0, 1.0)
+
     def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
         n, k = answer.probs.shape
         rate = self.p if self.p_max is None else self.p + (self.p_max - self.p) * rng.score
@@ -303,12 +331,20 @@ class Misinformation(Transform):
     name: ClassVar[str] = "misinformation"
     keeps_argmax: ClassVar[bool] = False
 
+    def __post_init__(self) -> None:
+        _number(self.strength, "misinformation strength", 0.0, 1.0)
+
     def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
         p = answer.probs
         rows = np.arange(len(p))
-        q = p.copy()
+        k = p.shape[1]
+        q = np.clip(p, 0.0, None)
         q[rows, answer.labels] = 0.0
-        q = renormalise(q)
+        total = q.sum(axis=1, keepdims=True)
+        # Rows with no mass outside the top class: spread it over the others.
+        others = np.full_like(q, 1.0 / max(1, k - 1))
+        others[rows, answer.labels] = 0.0
+        q = np.where(total > _EPS, q / np.where(total > _EPS, total, 1.0), others)
         # Make the runner-up clearly on top, as a confident model would be.
         runner_up = q.argmax(axis=1)
         q = 0.5 * q
@@ -362,6 +398,8 @@ def parse(spec: str | Transform) -> Transform:
     """A transform from ``"name"`` or ``"name(arg, key=value)"`` (literals only)."""
     if isinstance(spec, Transform):
         return spec
+    if not isinstance(spec, str):
+        raise InvalidValue(f"A transform is a string like 'round(2)' or a Transform, not {spec!r}")
     try:
         node = ast.parse(spec.strip(), mode="eval").body
         if isinstance(node, ast.Name):

@@ -1,0 +1,201 @@
+"""Output protection through the extension: route policies, flagged accounts,
+watermark records, canaries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flask import jsonify
+
+from flask_modelguard import ModelGuard
+
+from .conftest import PROBS
+
+
+def probs_of(r):
+    return r.get_json()["probabilities"]
+
+
+def test_route_transforms_apply_to_ordinary_accounts(make_guarded):
+    g = make_guarded(MODELGUARD_OUTPUT=["round(1)"])
+    _, key = g.account()
+    body = g.predict(key).get_json()
+    assert body["label"] == 1 and body["probabilities"] == np.round(PROBS, 1).tolist()
+
+
+def test_tier_output_replaces_the_default(make_guarded):
+    g = make_guarded(MODELGUARD_OUTPUT=["round(1)"], MODELGUARD_TIER_OUTPUT={"pro": ["label_only"]})
+    _, free = g.account(tier="free")
+    _, pro = g.account(tier="pro")
+    assert "probabilities" in g.predict(free).get_json()
+    assert g.predict(pro).get_json() == {"label": 1}
+
+
+def test_route_option_wins_and_batches_are_transformed(make_guarded):
+    g = make_guarded(MODELGUARD_OUTPUT=["round(1)"])
+
+    @g.app.post("/top")
+    @g.guard.protect(output=["top_k(2, mode='drop')"])
+    def top():
+        return {"predictions": [{"label": 1, "probabilities": PROBS}] * 2}
+
+    _, key = g.account()
+    r = g.client.post("/top", json={"instances": [[1], [2]]}, headers={"X-API-Key": key})
+    preds = r.get_json()["predictions"]
+    assert [p["classes"] for p in preds] == [[0, 1], [0, 1]]
+    assert preds[0]["probabilities"] == [0.05, 0.7]
+
+
+def test_noise_is_deterministic_per_account_and_input(make_guarded):
+    g = make_guarded(MODELGUARD_OUTPUT=["gaussian(0.05)"])
+    _, a = g.account()
+    _, b = g.account()
+    first, again, other = probs_of(g.predict(a)), probs_of(g.predict(a)), probs_of(g.predict(b))
+    assert first == again and first != other and first != PROBS
+    assert max(range(10), key=first.__getitem__) == 1  # argmax kept
+    assert probs_of(g.predict(a, {"features": [9, 9, 9]})) != first
+
+
+def test_flagged_accounts_get_the_suspicious_policy_and_others_never(make_guarded):
+    g = make_guarded(MODELGUARD_SUSPICIOUS_OUTPUT=["poison(1.0)"])
+    name, flagged = g.account(limits="1000/second")
+    _, benign = g.account(limits="1000/second")
+    with g.app.app_context():
+        g.guard.update_account(name, flagged=True)
+    bodies = [{"features": [i]} for i in range(30)]
+    poisoned = [g.predict(flagged, b).get_json() for b in bodies]
+    clean = [g.predict(benign, b).get_json() for b in bodies]
+    assert all(c == {"label": 1, "probabilities": PROBS} for c in clean)
+    assert all(p["probabilities"] != PROBS for p in poisoned)
+    assert {p["label"] for p in poisoned} != {1}  # random labels
+    with g.app.app_context():
+        g.guard.update_account(name, flagged=False)
+    assert g.predict(flagged).get_json() == {"label": 1, "probabilities": PROBS}
+
+
+def test_misinformation_is_the_default_for_flagged_accounts(make_guarded):
+    g = make_guarded()
+    name, key = g.account()
+    with g.app.app_context():
+        g.guard.update_account(name, flagged=True)
+    body = g.predict(key).get_json()
+    assert body["label"] != 1 and abs(sum(body["probabilities"]) - 1) < 1e-9
+
+
+def test_jsonify_responses_and_tuples_are_protected(make_guarded):
+    g = make_guarded(MODELGUARD_OUTPUT=["label_only"])
+
+    @g.app.post("/jsonified")
+    @g.guard.protect
+    def jsonified():
+        return jsonify(label=1, probabilities=PROBS)
+
+    @g.app.post("/tuple")
+    @g.guard.protect
+    def tupled():
+        return {"label": 1, "probabilities": PROBS}, 201
+
+    @g.app.post("/error")
+    @g.guard.protect
+    def error():
+        return {"label": 1, "probabilities": PROBS}, 500
+
+    _, key = g.account()
+    h = {"X-API-Key": key}
+    assert g.client.post("/jsonified", json={}, headers=h).get_json() == {"label": 1}
+    r = g.client.post("/tuple", json={}, headers=h)
+    assert r.status_code == 201 and r.get_json() == {"label": 1}
+    assert "probabilities" in g.client.post("/error", json={}, headers=h).get_json()
+
+
+def test_unrecognised_answers_pass_through_and_are_counted(make_guarded):
+    g = make_guarded(MODELGUARD_OUTPUT=["round(1)"])
+
+    @g.app.post("/odd")
+    @g.guard.protect
+    def odd():
+        return {"answer": "forty-two"}
+
+    _, key = g.account()
+    r = g.client.post("/odd", json={}, headers={"X-API-Key": key})
+    assert r.status_code == 200 and r.get_json() == {"answer": "forty-two"}
+    assert ModelGuard.state(g.app).protector.unrecognised == 1
+
+
+def test_path_adapter_option(make_guarded):
+    g = make_guarded(MODELGUARD_OUTPUT=["top_k(1)"])
+
+    @g.app.post("/nested")
+    @g.guard.protect(adapter="result.scores")
+    def nested():
+        return {"result": {"scores": PROBS}, "model": "v1"}
+
+    _, key = g.account()
+    out = g.client.post("/nested", json={}, headers={"X-API-Key": key}).get_json()
+    assert out["model"] == "v1" and out["result"]["scores"] == [0.0, 0.7] + [0.0] * 8
+
+
+def test_watermark_answers_are_recorded_with_their_inputs(make_guarded):
+    g = make_guarded(MODELGUARD_WATERMARK=0.2)
+    name, key = g.account(limits="1000/second")
+    served = {i: g.predict(key, {"features": [i, 0.5]}).get_json()["label"] for i in range(100)}
+    wrong = {i for i, label in served.items() if label != 1}
+    assert 5 <= len(wrong) <= 40
+    with g.app.app_context():
+        g.guard.flush()
+        records = g.guard.watermark_records(name, limit=None)
+    assert {tuple(r["input"]) for r in records} == {(i, 0.5) for i in wrong}
+    assert all(r["served_label"] == served[r["input"][0]] and r["model_label"] == 1 for r in records)
+    assert all(r["n_classes"] == 10 for r in records)
+    # the same question from the same account gets the same watermark answer
+    assert all(g.predict(key, {"features": [i, 0.5]}).get_json()["label"] == served[i] for i in wrong)
+
+
+def test_canary_input_flags_the_account(make_guarded):
+    g = make_guarded(MODELGUARD_SUSPICIOUS_OUTPUT=["label_only"])
+    name, key = g.account()
+    _, other = g.account()
+    with g.app.app_context():
+        assert g.guard.add_canaries([[6, 6, 6], [7, 7, 7]], note="trap") == 2
+        assert g.guard.add_canaries([[6, 6, 6]]) == 0
+    assert "probabilities" in g.predict(key, {"features": [1, 2, 3]}).get_json()
+    assert g.predict(key, {"features": [6, 6, 6]}).get_json() == {"label": 1}  # caught at once
+    rows = g.rows(name)  # flushes: the worker flags the account
+    assert [r["canary"] for r in rows] == [False, True]
+    with g.app.app_context():
+        account = ModelGuard.state(g.app).repository.get_account(name)
+    assert account["flagged"] is True
+    assert g.predict(key, {"features": [1, 2, 3]}).get_json() == {"label": 1}
+    assert "probabilities" in g.predict(other, {"features": [1, 2, 3]}).get_json()
+
+
+def test_canaries_reach_other_processes(make_guarded):
+    g = make_guarded()
+    other = make_guarded(MODELGUARD_DATABASE_URL=g.app.config["MODELGUARD_DATABASE_URL"])
+    with g.app.app_context():
+        g.guard.add_canaries([[5, 5]])
+    assert not ModelGuard.state(other.app).protector.canaries
+    ModelGuard.state(other.app).refresh_canaries()  # the worker does this every key-cache TTL
+    assert len(ModelGuard.state(other.app).protector.canaries) == 1
+
+
+def test_transform_failure_never_500s(make_guarded):
+    from flask_modelguard.transforms import Transform
+
+    class Broken(Transform):
+        def __call__(self, answer, rng):
+            raise RuntimeError("boom")
+
+    g = make_guarded(MODELGUARD_OUTPUT=[Broken()])
+    _, key = g.account()
+    r = g.predict(key)
+    assert r.status_code == 200 and r.get_json()["probabilities"] == PROBS
+    assert ModelGuard.state(g.app).protector.errors == 1
+
+
+@pytest.mark.parametrize("spec", ["nonsense(1)", "round(", "top_k(k=0)"])
+def test_bad_transform_settings_fail_at_init(make_guarded, spec):
+    from flask_modelguard.exc import InvalidValue
+
+    with pytest.raises(InvalidValue):
+        make_guarded(MODELGUARD_OUTPUT=[spec])
