@@ -1,10 +1,11 @@
 """What the guard costs on the request path, measured in one run.
 
-Times the example ``POST /predict`` through Flask's test client in four apps:
-bare (no guard); guarded (ModelGuard: key auth, three limits, event enqueue and
-the worker writing to SQLite in the same process, rate-limit headers);
-guarded-1 (the same with one limit); Flask-Limiter alone (memory storage, one
-limit). The
+Times the example ``POST /predict`` through Flask's test client in several
+apps: bare (no guard); guarded (ModelGuard with its defaults: key auth, three
+limits, rate-limit headers, 0.5% watermark answers, event enqueue and the
+worker writing to SQLite in the same process); guarded-1 (the same with one
+limit); guarded without output protection; guarded with two output transforms;
+Flask-Limiter alone (memory storage, one limit). The
 apps receive identical requests (the key header too) and are timed in interleaved rounds so drift on a shared machine hits all
 three alike; the figures to read are the ratios, not the absolute times.
 
@@ -46,6 +47,16 @@ def build(tmp: str) -> dict[str, tuple]:
     with guarded_one.app_context():
         guard.create_account("bench", limits=ONE_LIMIT)
         key_one = guard.issue_key("bench")
+    variants = {
+        "no-output": {"MODELGUARD_WATERMARK": 0.0},
+        "+transforms": {"MODELGUARD_OUTPUT": ["round(2)", "gaussian(0.02)"]},
+    }
+    extra = {}
+    for name, settings in variants.items():
+        app = create_app({**config, **settings, "MODELGUARD_DATABASE_URL": f"sqlite:///{tmp}/{name}.db"})
+        with app.app_context():
+            guard.create_account("bench", limits=THREE_LIMITS)
+            extra[f"guarded{name}"] = (app.test_client(), {"Authorization": f"Bearer {guard.issue_key('bench')}"})
     # Every app gets the same request, key header included: the test client's
     # cost of building a header is the client's, not the guard's.
     headers = {"Authorization": f"Bearer {key}"}
@@ -53,6 +64,7 @@ def build(tmp: str) -> dict[str, tuple]:
         "bare": (bare.test_client(), headers),
         "guarded": (guarded.test_client(), headers),
         "guarded-1": (guarded_one.test_client(), {"Authorization": f"Bearer {key_one}"}),
+        **extra,
         "flask-limiter": (limited.test_client(), headers),
     }
 
@@ -84,7 +96,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, (client, headers) in apps.items():
                 medians[name].append(time_requests(client, headers, bodies))
-        for name in ("guarded", "guarded-1"):
+        for name in [n for n in apps if n.startswith("guarded")]:
             app = apps[name][0].application
             guard.flush(app)
             stats = guard.stats(app)
@@ -94,8 +106,10 @@ def main() -> None:
     print(f"requests per round: {args.requests}, rounds: {args.rounds} (median of round medians)")
     for name, value in m.items():
         print(f"  {name:<14} {value * 1e6:8.1f} µs/request   {value / bare:5.3f}× bare")
-    print("guarded = three limits (the default tiers' shape); guarded-1 = one limit, like Flask-Limiter here")
-    for name in ("guarded", "guarded-1"):
+    print("guarded: defaults (three limits like the default tiers, 0.5% watermark answers);"
+          " guarded-1: one limit, like Flask-Limiter here; guardedno-output: no watermark, no transforms;"
+          " guarded+transforms: round(2) and gaussian(0.02) on every answer")
+    for name in [n for n in m if n.startswith("guarded")]:
         guarded = m[name]
         print(
             f"{name:<10} / bare: {guarded / bare:.3f} (target ≤ 1.15);"

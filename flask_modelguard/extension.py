@@ -26,7 +26,15 @@ from sqlalchemy.pool import StaticPool
 from .auth import Authenticator
 from .config import Settings
 from .events import QueryEvent, fingerprint
-from .exc import BadRequest, CostExceedsLimit, HTTPProblem, Problem, RateLimitExceeded, StorageUnavailable
+from .exc import (
+    BadRequest,
+    CostExceedsLimit,
+    HTTPProblem,
+    InvalidValue,
+    Problem,
+    RateLimitExceeded,
+    StorageUnavailable,
+)
 from .keys import KEY_SCHEME, parse_key
 from .ownership import DEFAULT_THRESHOLD_LOG2, Suspect, Verification, http_suspect, verify
 from .protection import OutputProtector, RouteOptions
@@ -379,12 +387,18 @@ class ModelGuard:
         tier: str | None = None,
         limits: str | None | object = ...,
         flagged: bool | None = None,
+        score: float | None = None,
         app: Flask | None = None,
     ) -> dict[str, Any]:
-        """Change status, tier, limits override (``limits=None`` removes it) or
-        the flag that selects the suspicious-account output policy."""
+        """Change status, tier, limits override (``limits=None`` removes it),
+        the flag that selects the suspicious-account output policy, or the
+        malicious score in [0, 1] (poisoning can grow with it)."""
         state = self.state(app)
         values: dict[str, Any] = {}
+        if score is not None:
+            if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0.0 <= score <= 1.0:
+                raise InvalidValue(f"score must be in [0, 1], not {score!r}")
+            values["score"] = float(score)
         if status is not None:
             values["status"] = status
         if flagged is not None:

@@ -140,6 +140,9 @@ class OutputProtector:
                 pipeline = policy.pipeline(True)
             if not pipeline:
                 return payload, [], canary
+            rng = KeyedRandom.for_inputs(self.key, account_id, fingerprints, score)
+            if all(t.skips(rng) for t in pipeline):  # e.g. no input of this request carries a watermark
+                return payload, [], canary
             reading = adapter.read(payload)
             if reading is None:
                 self.unrecognised += 1
@@ -148,7 +151,7 @@ class OutputProtector:
             if len(fingerprints) != n:  # inputs and answers do not pair up: key on the body and position
                 whole = fingerprint(body, self.key)
                 fingerprints, inputs = [f"{whole}:{i}" for i in range(n)], [body] * n
-            rng = KeyedRandom.for_inputs(self.key, account_id, fingerprints, score)
+                rng = KeyedRandom.for_inputs(self.key, account_id, fingerprints, score)
             answer = apply(pipeline, reading.answer, rng)
             marks: list[Mark] = []
             if answer.watermarked is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ast
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -43,6 +43,16 @@ class Answer:
     label_only: bool = False
     #: (n,) instances whose answer is a watermark (deliberately wrong).
     watermarked: np.ndarray | None = None
+
+    def but(self, **changes: Any) -> Answer:
+        """A copy with some fields changed (``dataclasses.replace`` costs
+        several µs per call, which the request path notices)."""
+        values = {
+            "probs": self.probs, "labels": self.labels, "keep": self.keep,
+            "label_only": self.label_only, "watermarked": self.watermarked,
+        }
+        values.update(changes)
+        return Answer(**values)
 
     @classmethod
     def of(cls, probs: Any) -> Answer:
@@ -83,9 +93,19 @@ class KeyedRandom:
             out[i] = np.frombuffer(data, dtype="<u4")
         return (out[:, :k] + 0.5) / 4294967296.0
 
+    def first(self, purpose: str) -> list[float]:
+        """``uniform(purpose, 1)[:, 0]`` as Python floats, without numpy (the
+        request path's fast check)."""
+        tag = purpose.encode() + b"\x00"
+        return [
+            (int.from_bytes(hashlib.blake2b(tag, key=seed, digest_size=64).digest()[:4], "little") + 0.5)
+            / 4294967296.0
+            for seed in self.seeds
+        ]
+
     def normal(self, purpose: str, k: int) -> np.ndarray:
-        u1, u2 = self.uniform(purpose + "/1", k), self.uniform(purpose + "/2", k)
-        return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+        u = self.uniform(purpose, 2 * k)  # Box-Muller from one stream
+        return np.sqrt(-2.0 * np.log(u[:, :k])) * np.cos(2.0 * np.pi * u[:, k:])
 
     def laplace(self, purpose: str, k: int) -> np.ndarray:
         u = self.uniform(purpose, k) - 0.5
@@ -104,23 +124,25 @@ def _integer(value: Any, name: str, low: int = 0) -> None:
 
 def renormalise(p: np.ndarray) -> np.ndarray:
     """Rows scaled to sum 1; an all-zero row becomes uniform."""
-    p = np.clip(p, 0.0, None)
+    p = np.maximum(p, 0.0)
     total = p.sum(axis=1, keepdims=True)
-    k = p.shape[1]
-    return np.where(total > _EPS, p / np.where(total > _EPS, total, 1.0), 1.0 / k)
+    if (total > _EPS).all():
+        p /= total
+        return p
+    return np.where(total > _EPS, p / np.where(total > _EPS, total, 1.0), 1.0 / p.shape[1])
 
 
 def _restore_argmax(p: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Swap entries so that ``labels`` are the row maxima again (the multiset of
     values in each row is unchanged, so a distribution stays one)."""
-    p = p.copy()
-    rows = np.arange(len(p))
     top = p.argmax(axis=1)
     moved = top != labels
-    if moved.any():
-        r, a, b = rows[moved], labels[moved], top[moved]
-        high, low = p[r, b].copy(), p[r, a].copy()
-        p[r, a], p[r, b] = high, low
+    if not moved.any():
+        return p
+    p = p.copy()
+    r, a, b = np.flatnonzero(moved), labels[moved], top[moved]
+    high, low = p[r, b].copy(), p[r, a].copy()
+    p[r, a], p[r, b] = high, low
     return p
 
 
@@ -135,6 +157,11 @@ class Transform:
     def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:  # pragma: no cover
         raise NotImplementedError
 
+    def skips(self, rng: KeyedRandom) -> bool:
+        """True when this transform would leave every answer of ``rng``'s
+        inputs unchanged (lets the request path skip reading the answer)."""
+        return False
+
 
 @dataclass(frozen=True)
 class Round(Transform):
@@ -147,7 +174,7 @@ class Round(Transform):
         _integer(self.decimals, "round decimals")
 
     def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
-        return replace(answer, probs=np.round(answer.probs, self.decimals))
+        return answer.but(probs=np.round(answer.probs, self.decimals))
 
 
 @dataclass(frozen=True)
@@ -179,7 +206,7 @@ class TopK(Transform):
             out = renormalise(out)
         if answer.keep is not None:
             keep &= answer.keep
-        return replace(answer, probs=out, keep=keep if self.mode == "drop" else answer.keep)
+        return answer.but(probs=out, keep=keep if self.mode == "drop" else answer.keep)
 
 
 @dataclass(frozen=True)
@@ -189,7 +216,7 @@ class LabelOnly(Transform):
     name: ClassVar[str] = "label_only"
 
     def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
-        return replace(answer, label_only=True)
+        return answer.but(label_only=True)
 
 
 @dataclass(frozen=True)
@@ -207,7 +234,7 @@ class HighConfidence(Transform):
         p = answer.probs
         keep = p >= self.cutoff
         keep[np.arange(len(p)), answer.labels] = True
-        return replace(answer, probs=np.where(keep, p, 0.0))
+        return answer.but(probs=np.where(keep, p, 0.0))
 
 
 @dataclass(frozen=True)
@@ -226,8 +253,8 @@ class _Noise(Transform):
         noisy = renormalise(p + self.scale * self._noise(rng, p.shape[1]))
         if self.keep_argmax:
             noisy = _restore_argmax(noisy, answer.labels)
-            return replace(answer, probs=noisy)
-        return replace(answer, probs=noisy, labels=noisy.argmax(axis=1))
+            return answer.but(probs=noisy)
+        return answer.but(probs=noisy, labels=noisy.argmax(axis=1))
 
 
 @dataclass(frozen=True)
@@ -274,8 +301,8 @@ class ReverseSigmoid(Transform):
         r = self.beta * (1.0 / (1.0 + np.exp(-self.gamma * np.log(clipped / (1.0 - clipped)))) - 0.5)
         out = renormalise(np.clip(p - r, 0.0, 1.0))
         if self.keep_argmax:
-            return replace(answer, probs=_restore_argmax(out, answer.labels))
-        return replace(answer, probs=out, labels=out.argmax(axis=1))
+            return answer.but(probs=_restore_argmax(out, answer.labels))
+        return answer.but(probs=out, labels=out.argmax(axis=1))
 
 
 @dataclass(frozen=True)
@@ -285,7 +312,7 @@ class Renormalise(Transform):
     name: ClassVar[str] = "renormalise"
 
     def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
-        return replace(answer, probs=renormalise(answer.probs))
+        return answer.but(probs=renormalise(answer.probs))
 
 
 @dataclass(frozen=True)
@@ -314,7 +341,7 @@ class RandomPoison(Transform):
         random /= random.sum(axis=1, keepdims=True)
         probs = np.where(hit[:, None], random, answer.probs)
         labels = np.where(hit, random.argmax(axis=1), answer.labels)
-        return replace(answer, probs=probs, labels=labels)
+        return answer.but(probs=probs, labels=labels)
 
 
 @dataclass(frozen=True)
@@ -353,7 +380,7 @@ class Misinformation(Transform):
         if self.adaptive:
             a = a + (1.0 - a) * rng.score
         out = (1.0 - a) * p + a * q
-        return replace(answer, probs=out, labels=out.argmax(axis=1))
+        return answer.but(probs=out, labels=out.argmax(axis=1))
 
 
 @dataclass(frozen=True)
@@ -369,8 +396,10 @@ class Watermark(Transform):
     keeps_argmax: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.fraction <= 1.0:
-            raise InvalidValue("watermark fraction must be in [0, 1]")
+        _number(self.fraction, "watermark fraction", 0.0, 1.0)
+
+    def skips(self, rng: KeyedRandom) -> bool:
+        return all(u >= self.fraction for u in rng.first("watermark/select"))
 
     def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
         n, k = answer.probs.shape
@@ -378,11 +407,11 @@ class Watermark(Transform):
         if answer.watermarked is not None:
             marked |= answer.watermarked
         if not marked.any():
-            return replace(answer, watermarked=marked)
+            return answer.but(watermarked=marked)
         # A keyed offset in 1..k-1: any class but the model's own, uniformly.
         offset = 1 + np.minimum((rng.uniform("watermark/label", 1)[:, 0] * (k - 1)).astype(np.int64), k - 2)
         labels = np.where(marked, (answer.labels + offset) % k, answer.labels)
-        return replace(answer, probs=_restore_argmax(answer.probs, labels), labels=labels, watermarked=marked)
+        return answer.but(probs=_restore_argmax(answer.probs, labels), labels=labels, watermarked=marked)
 
 
 #: Transforms by name, for strings and configuration.

@@ -199,3 +199,17 @@ def test_bad_transform_settings_fail_at_init(make_guarded, spec):
 
     with pytest.raises(InvalidValue):
         make_guarded(MODELGUARD_OUTPUT=[spec])
+
+
+def test_poisoning_grows_with_the_account_score(make_guarded):
+    g = make_guarded(MODELGUARD_SUSPICIOUS_OUTPUT=["poison(0.0, p_max=1.0)"])
+    name, key = g.account(limits="1000/second")
+    with g.app.app_context():
+        g.guard.update_account(name, flagged=True, score=0.0)
+    bodies = [{"features": [i, 1]} for i in range(40)]
+    assert all(g.predict(key, b).get_json()["probabilities"] == PROBS for b in bodies)
+    with g.app.app_context():
+        g.guard.update_account(name, score=1.0)
+        with pytest.raises(Exception, match="score"):
+            g.guard.update_account(name, score=2.0)
+    assert all(g.predict(key, b).get_json()["probabilities"] != PROBS for b in bodies)
