@@ -1,0 +1,154 @@
+"""Mergeable statistics. Framework-free.
+
+Every statistic here can be updated one batch at a time and merged with
+another built from different events, giving exactly (up to floating-point
+rounding) what one pass over all the events would give. That is what lets many
+processes on many hosts keep partial account state and combine it.
+
+- :class:`Moments`: count, mean and covariance of vectors (Chan et al.'s
+  parallel update of the co-moment matrix);
+- :class:`Histogram`: counts over fixed bin edges or over labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Moments:
+    """Count, mean and co-moment matrix of ``dim``-dimensional vectors.
+
+    ``cov()`` is the sample covariance. With ``diagonal=True`` only variances
+    are kept (``dim`` floats instead of ``dim²``).
+    """
+
+    dim: int
+    diagonal: bool = False
+    n: int = 0
+    mean: np.ndarray = field(default=None)  # type: ignore[assignment]
+    m2: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.mean is None:
+            self.mean = np.zeros(self.dim)
+        if self.m2 is None:
+            self.m2 = np.zeros(self.dim if self.diagonal else (self.dim, self.dim))
+
+    def update(self, X: Any) -> Moments:
+        """Add a batch of vectors (rows of ``X``)."""
+        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        if X.shape[0] == 0:
+            return self
+        if X.shape[1] != self.dim:
+            raise ValueError(f"expected {self.dim} features, got {X.shape[1]}")
+        batch = Moments(self.dim, self.diagonal, X.shape[0], X.mean(axis=0))
+        centred = X - batch.mean
+        batch.m2 = (centred**2).sum(axis=0) if self.diagonal else centred.T @ centred
+        return self.merge(batch)
+
+    def merge(self, other: Moments) -> Moments:
+        """Combine with ``other`` in place (Chan's parallel formula); returns self."""
+        if other.dim != self.dim or other.diagonal != self.diagonal:
+            raise ValueError("cannot merge moments of different shapes")
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            self.n, self.mean, self.m2 = other.n, other.mean.copy(), other.m2.copy()
+            return self
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * (other.n / n)
+        correction = self.n * other.n / n
+        if self.diagonal:
+            self.m2 = self.m2 + other.m2 + delta**2 * correction
+        else:
+            self.m2 = self.m2 + other.m2 + np.outer(delta, delta) * correction
+        self.n = n
+        return self
+
+    def cov(self) -> np.ndarray:
+        """Sample covariance (a diagonal matrix when ``diagonal``); zeros below two samples."""
+        if self.n < 2:
+            return np.zeros((self.dim, self.dim))
+        m2 = np.diag(self.m2) if self.diagonal else self.m2
+        return m2 / (self.n - 1)
+
+    def var(self) -> np.ndarray:
+        if self.n < 2:
+            return np.zeros(self.dim)
+        return (self.m2 if self.diagonal else np.diag(self.m2)) / (self.n - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        m2 = self.m2 if self.diagonal else self.m2[np.triu_indices(self.dim)]
+        return {"dim": self.dim, "diagonal": self.diagonal, "n": self.n,
+                "mean": self.mean.tolist(), "m2": m2.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Moments:
+        dim, diagonal = int(data["dim"]), bool(data["diagonal"])
+        m2 = np.asarray(data["m2"], dtype=np.float64)
+        if not diagonal:
+            full = np.zeros((dim, dim))
+            full[np.triu_indices(dim)] = m2
+            m2 = full + np.triu(full, 1).T
+        return cls(dim, diagonal, int(data["n"]), np.asarray(data["mean"], dtype=np.float64), m2)
+
+
+@dataclass
+class Histogram:
+    """Counts per key (labels) or per bin (``edges`` given: values are binned,
+    the first and last bins open-ended)."""
+
+    edges: tuple[float, ...] | None = None
+    counts: dict[Any, int] = field(default_factory=dict)
+
+    def update(self, values: Iterable[Any]) -> Histogram:
+        counts = self.counts
+        if self.edges is None:
+            for value in values:
+                counts[value] = counts.get(value, 0) + 1
+        else:
+            bins = np.searchsorted(np.asarray(self.edges), np.asarray(list(values), dtype=float), side="right")
+            for b in bins.tolist():
+                counts[b] = counts.get(b, 0) + 1
+        return self
+
+    def merge(self, other: Histogram) -> Histogram:
+        if other.edges != self.edges:
+            raise ValueError("cannot merge histograms with different bins")
+        for key, count in other.counts.items():
+            self.counts[key] = self.counts.get(key, 0) + count
+        return self
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def probabilities(self) -> dict[Any, float]:
+        total = self.total
+        return {k: c / total for k, c in self.counts.items()} if total else {}
+
+    def entropy(self) -> float:
+        """Shannon entropy in bits of the counted distribution."""
+        p = np.asarray([c for c in self.counts.values() if c > 0], dtype=float)
+        if p.size == 0:
+            return 0.0
+        p /= p.sum()
+        return float(-(p * np.log2(p)).sum())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"edges": list(self.edges) if self.edges is not None else None,
+                "counts": [[k, c] for k, c in self.counts.items()]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Histogram:
+        edges = tuple(data["edges"]) if data.get("edges") is not None else None
+        counts: dict[Any, int] = {}
+        for key, count in data["counts"]:
+            counts[key if isinstance(key, Hashable) else str(key)] = int(count)
+        return cls(edges, counts)

@@ -1,0 +1,107 @@
+"""Detectors on constructed data where the right answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.linalg import sqrtm
+
+from flask_modelguard.detectors import Prada, frechet_distance, sqrtm_psd
+
+
+def direct_frechet(mu1, c1, mu2, c2):
+    cross = sqrtm(c1 @ c2)
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(c1 + c2 - 2 * np.real(cross)))
+
+
+def random_cov(rng, d, rank=None):
+    A = rng.normal(size=(d, rank or d))
+    return A @ A.T
+
+
+def test_frechet_matches_the_direct_formula():
+    rng = np.random.default_rng(1)
+    for d in (2, 5, 16):
+        mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+        c1, c2 = random_cov(rng, d), random_cov(rng, d)
+        assert frechet_distance(mu1, c1, mu2, c2) == pytest.approx(direct_frechet(mu1, c1, mu2, c2), rel=1e-6)
+
+
+def test_frechet_is_zero_for_identical_gaussians_and_sound_when_singular():
+    rng = np.random.default_rng(2)
+    c = random_cov(rng, 8)
+    assert frechet_distance(np.ones(8), c, np.ones(8), c) == pytest.approx(0.0, abs=1e-8)
+    singular = random_cov(rng, 8, rank=2)  # a window of 3 queries in 8 dimensions
+    value = frechet_distance(np.zeros(8), singular, np.zeros(8), c)
+    assert np.isfinite(value) and value >= 0
+    assert value == pytest.approx(direct_frechet(np.zeros(8), singular, np.zeros(8), c), rel=1e-5)
+    # mean shift only: the squared distance of the means
+    assert frechet_distance(np.zeros(3), np.eye(3), np.full(3, 2.0), np.eye(3)) == pytest.approx(12.0)
+
+
+def test_sqrtm_psd_squares_back_and_clips_rounding_noise():
+    rng = np.random.default_rng(3)
+    c = random_cov(rng, 6, rank=3)
+    root = sqrtm_psd(c - 1e-12 * np.eye(6))
+    assert np.all(np.isreal(root))
+    np.testing.assert_allclose(root @ root, c, atol=1e-8)
+
+
+def natural(rng, n):
+    """Digits-like natural queries: the held-out digits, as a benign user sends them."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    idx = rng.permutation(len(X))[:n]
+    return X[idx], y[idx]
+
+
+def test_prada_passes_natural_queries_and_flags_synthetic_ones():
+    rng = np.random.default_rng(0)
+    X, y = natural(rng, 600)
+    benign = Prada()
+    for x, label in zip(X, y):
+        benign.update(x, label)
+    assert not benign.flagged() and benign.statistic() > 0.9
+
+    # Jacobian-augmentation-like thief: 20 seeds, each round adds a signed step
+    # of 0.1 × range from every point so far (Papernot et al.'s set growth).
+    seeds, seed_labels = natural(rng, 20)
+    jbda = Prada()
+    points = list(zip(seeds, seed_labels))
+    for x, label in points:
+        jbda.update(x, label)
+    while jbda.queries < 600:
+        grown = [(np.clip(x + 1.6 * rng.choice([-1, 1], size=64), 0, 16), label) for x, label in points]
+        for x, label in grown:
+            jbda.update(x, label)
+        points += grown
+    # Gaussian-perturbed copies of a few natural samples
+    perturbed = Prada()
+    for i in range(600):
+        perturbed.update(np.clip(seeds[i % 20] + rng.normal(0, 1.0, 64), 0, 16), seed_labels[i % 20])
+    for thief in (jbda, perturbed):
+        assert thief.flagged() and thief.statistic() < 0.9
+
+
+def test_prada_misses_uniform_random_queries():
+    """A known limit of PRADA (documented): independent uniform noise gives
+    normally distributed minimum distances, so it is not flagged."""
+    rng = np.random.default_rng(0)
+    p = Prada()
+    for _ in range(600):
+        p.update(rng.uniform(0, 16, 64), int(rng.integers(0, 10)))
+    assert not p.flagged()
+
+
+def test_prada_needs_enough_distances_and_bounds_memory():
+    rng = np.random.default_rng(5)
+    p = Prada(max_set=16, max_distances=50)
+    assert p.update(np.zeros(64), 0) is None
+    for _ in range(30):
+        p.update(rng.normal(size=64), 0)
+    assert p.statistic() is None  # 30 distances, fewer than 100
+    for _ in range(2000):
+        p.update(rng.normal(size=64) * 5, int(rng.integers(0, 10)))
+    assert all(len(c.vectors) <= 16 and len(c.distances) <= 50 for c in p.classes.values())
+    assert p.memory_bytes() <= 10 * (16 * 64 * 4 + 8 * 100)
