@@ -1,0 +1,63 @@
+"""Query features: the vector a detector sees for one model input. Framework-free.
+
+The default maps an input to its numbers, flattened (for the example app, the
+64 pixels). An application can pass its own function, e.g. the model's
+penultimate layer, which ADD expects. A fixed random projection caps the
+dimension (default 64) so state and cost stay bounded; it is the same in every
+process (a fixed seed), so states built on different hosts can be merged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+FeatureFunction = Callable[[Any], np.ndarray]
+
+
+def flatten(value: Any) -> np.ndarray:
+    """The numbers of a decoded JSON input, depth-first, as float64 (others skipped)."""
+    out: list[float] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, bool):
+            out.append(float(v))
+        elif isinstance(v, (int, float)):
+            out.append(float(v))
+        elif isinstance(v, (list, tuple)):
+            for item in v:
+                walk(item)
+        elif isinstance(v, Mapping):
+            for key in sorted(v, key=str):
+                walk(v[key])
+
+    if isinstance(value, list) and value and all(type(v) in (int, float) for v in value):
+        return np.asarray(value, dtype=np.float64)
+    walk(value)
+    return np.asarray(out, dtype=np.float64)
+
+
+@lru_cache(maxsize=64)
+def projection(source_dim: int, target_dim: int, seed: int = 20191) -> np.ndarray:
+    """A fixed Gaussian random projection (Johnson–Lindenstrauss), scaled so
+    distances are preserved in expectation."""
+    rng = np.random.default_rng(seed + 7919 * source_dim + target_dim)
+    return rng.normal(0.0, 1.0 / np.sqrt(target_dim), size=(source_dim, target_dim))
+
+
+class Featurizer:
+    """Maps model inputs to fixed-size feature vectors."""
+
+    def __init__(self, function: FeatureFunction | None = None, max_dim: int = 64) -> None:
+        self.function = function or flatten
+        self.max_dim = max_dim
+
+    def __call__(self, value: Any) -> np.ndarray:
+        x = np.asarray(self.function(value), dtype=np.float64).ravel()
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        if x.size > self.max_dim:
+            x = x @ projection(x.size, self.max_dim)
+        return x

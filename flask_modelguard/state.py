@@ -1,0 +1,206 @@
+"""Per-account state: mergeable statistics of an account's queries. Framework-free.
+
+Every part merges exactly (counts, minute buckets, histograms, Chan moments,
+a unique-input counter), so the state of an account can be built in several
+processes and combined: ``a.merge(b)`` equals the state of one process that
+saw both streams. PRADA's growing sets depend on query order and are not
+part of it (see :mod:`flask_modelguard.detectors.prada`).
+
+:data:`BEHAVIOUR` is the registry of the named account features computed from
+a state (the input of the anomaly models and of reports).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .features import projection
+from .sketch import UniqueCounter
+from .stats import Histogram, Moments
+
+#: Confidence histogram bins (top-1 probability).
+CONFIDENCE_EDGES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+#: Dimension of the class-wise statistics ADD compares (a fixed projection of the features).
+CLASS_DIM = 16
+
+
+def class_features(X: np.ndarray) -> np.ndarray:
+    """Features projected to :data:`CLASS_DIM` dimensions (identity below it)."""
+    X = np.atleast_2d(X)
+    return X if X.shape[1] <= CLASS_DIM else X @ projection(X.shape[1], CLASS_DIM, seed=4051)
+
+
+@dataclass
+class Observation:
+    """What the worker extracts from one request for the state."""
+
+    ts: float
+    fingerprints: Sequence[str]
+    features: np.ndarray  # (n, dim)
+    labels: Sequence[Any]
+    confidences: Sequence[float | None]
+
+
+@dataclass
+class AccountState:
+    dim: int
+    #: Minute buckets kept for rates (a day by default).
+    window_minutes: int = 1440
+    requests: int = 0
+    queries: int = 0
+    first_ts: float = math.inf
+    last_ts: float = -math.inf
+    minutes: dict[int, int] = field(default_factory=dict)
+    labels: Histogram = field(default_factory=Histogram)
+    confidences: Histogram = field(default_factory=lambda: Histogram(CONFIDENCE_EDGES))
+    unique: UniqueCounter = field(default_factory=UniqueCounter)
+    moments: Moments = field(default=None)  # type: ignore[assignment]
+    by_class: dict[str, Moments] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.moments is None:
+            self.moments = Moments(self.dim, diagonal=True)
+
+    # -- building -----------------------------------------------------------------
+
+    def update(self, obs: Observation) -> AccountState:
+        n = len(obs.labels)
+        self.requests += 1
+        self.queries += n
+        self.first_ts = min(self.first_ts, obs.ts)
+        self.last_ts = max(self.last_ts, obs.ts)
+        minute = int(obs.ts // 60)
+        self.minutes[minute] = self.minutes.get(minute, 0) + n
+        self._trim()
+        self.labels.update(str(label) for label in obs.labels)
+        self.confidences.update(c for c in obs.confidences if c is not None)
+        self.unique.add(obs.fingerprints)
+        if len(obs.features):
+            X = np.atleast_2d(np.asarray(obs.features, dtype=np.float64))
+            self.moments.update(X)
+            Z = class_features(X)
+            for label in set(map(str, obs.labels)):
+                rows = [i for i, lab in enumerate(obs.labels) if str(lab) == label]
+                self.by_class.setdefault(label, Moments(Z.shape[1])).update(Z[rows])
+        return self
+
+    def _trim(self) -> None:
+        if len(self.minutes) > self.window_minutes:
+            newest = max(self.minutes)
+            for minute in [m for m in self.minutes if m <= newest - self.window_minutes]:
+                del self.minutes[minute]
+
+    def merge(self, other: AccountState) -> AccountState:
+        if other.dim != self.dim:
+            raise ValueError("cannot merge states of different feature dimensions")
+        self.requests += other.requests
+        self.queries += other.queries
+        self.first_ts = min(self.first_ts, other.first_ts)
+        self.last_ts = max(self.last_ts, other.last_ts)
+        for minute, count in other.minutes.items():
+            self.minutes[minute] = self.minutes.get(minute, 0) + count
+        self._trim()
+        self.labels.merge(other.labels)
+        self.confidences.merge(other.confidences)
+        self.unique.merge(other.unique)
+        self.moments.merge(other.moments)
+        for label, moments in other.by_class.items():
+            mine = self.by_class.get(label)
+            if mine is None:
+                self.by_class[label] = Moments.from_dict(moments.to_dict())
+            else:
+                mine.merge(moments)
+        return self
+
+    # -- serialisation ------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dim": self.dim, "window_minutes": self.window_minutes,
+            "requests": self.requests, "queries": self.queries,
+            "first_ts": self.first_ts if self.queries else None,
+            "last_ts": self.last_ts if self.queries else None,
+            "minutes": [[m, c] for m, c in sorted(self.minutes.items())],
+            "labels": self.labels.to_dict(), "confidences": self.confidences.to_dict(),
+            "unique": self.unique.to_dict(), "moments": self.moments.to_dict(),
+            "by_class": {label: m.to_dict() for label, m in self.by_class.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AccountState:
+        state = cls(int(data["dim"]), int(data["window_minutes"]))
+        state.requests, state.queries = int(data["requests"]), int(data["queries"])
+        state.first_ts = math.inf if data["first_ts"] is None else float(data["first_ts"])
+        state.last_ts = -math.inf if data["last_ts"] is None else float(data["last_ts"])
+        state.minutes = {int(m): int(c) for m, c in data["minutes"]}
+        state.labels = Histogram.from_dict(data["labels"])
+        state.confidences = Histogram.from_dict(data["confidences"])
+        state.unique = UniqueCounter.from_dict(data["unique"])
+        state.moments = Moments.from_dict(data["moments"])
+        state.by_class = {label: Moments.from_dict(m) for label, m in data["by_class"].items()}
+        return state
+
+    def memory_bytes(self) -> int:
+        """Approximate bytes held (arrays, buckets, sets), for the memory budget."""
+        total = self.moments.mean.nbytes + self.moments.m2.nbytes
+        total += sum(m.mean.nbytes + m.m2.nbytes for m in self.by_class.values())
+        total += 72 * len(self.minutes) + 64 * (len(self.labels.counts) + len(self.confidences.counts))
+        total += 36 * len(self.unique.exact) if self.unique.exact is not None else len(self.unique.registers or b"")
+        return total
+
+
+# -- the account behaviour vector ------------------------------------------------------
+
+
+def _burstiness(state: AccountState) -> float:
+    """Coefficient of variation of per-minute counts over the active span."""
+    if not state.minutes:
+        return 0.0
+    first, last = min(state.minutes), max(state.minutes)
+    counts = np.zeros(last - first + 1)
+    for minute, count in state.minutes.items():
+        counts[minute - first] = count
+    mean = counts.mean()
+    return float(counts.std() / mean) if mean > 0 else 0.0
+
+
+def _label_entropy(state: AccountState) -> float:
+    k = max(2, len(state.labels.counts))
+    return state.labels.entropy() / math.log2(k) if state.labels.total else 0.0
+
+
+def _share_below(state: AccountState, bins: int) -> float:
+    """Share of answers whose top-1 confidence falls in the lowest ``bins`` bins."""
+    total = state.confidences.total
+    return sum(c for b, c in state.confidences.counts.items() if int(b) < bins) / total if total else 0.0
+
+
+#: Named account features: name → (function of a state, description).
+BEHAVIOUR: dict[str, tuple[Callable[[AccountState], float], str]] = {
+    "log_queries": (lambda s: math.log1p(s.queries), "log(1 + inputs sent)"),
+    "rate_per_minute": (
+        lambda s: s.queries / max(1.0, (s.last_ts - s.first_ts) / 60.0) if s.queries else 0.0,
+        "inputs per minute over the account's active span",
+    ),
+    "burstiness": (_burstiness, "coefficient of variation of per-minute counts"),
+    "unique_ratio": (lambda s: s.unique.estimate() / s.queries if s.queries else 0.0, "distinct inputs / inputs"),
+    "label_entropy": (_label_entropy, "entropy of predicted labels / log2(classes seen)"),
+    "classes_seen": (lambda s: float(len(s.labels.counts)), "distinct predicted labels"),
+    "low_confidence_share": (lambda s: _share_below(s, 1), "share of answers with top-1 < 0.5"),
+    "margin_share": (lambda s: _share_below(s, 2), "share of answers with top-1 < 0.6 (boundary probing)"),
+    "high_confidence_share": (
+        lambda s: 1.0 - _share_below(s, len(CONFIDENCE_EDGES)) if s.confidences.total else 0.0,
+        "share of answers with top-1 >= 0.99",
+    ),
+    "feature_spread": (lambda s: float(np.sqrt(s.moments.var()).mean()), "mean per-feature standard deviation"),
+}
+
+
+def behaviour(state: AccountState) -> dict[str, float]:
+    """The behaviour vector of an account, by feature name."""
+    return {name: float(fn(state)) for name, (fn, _) in BEHAVIOUR.items()}

@@ -1,0 +1,79 @@
+"""AccountState: merge equivalence, serialisation, memory budget, behaviour vector."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import numpy as np
+import pytest
+
+from flask_modelguard.state import BEHAVIOUR, AccountState, Observation, behaviour
+
+
+def observations(rng, n, dim=64, classes=10, start=1_800_000_000.0):
+    out = []
+    ts = start
+    for _ in range(n):
+        ts += float(rng.exponential(2.0))
+        k = int(rng.integers(1, 4))
+        labels = rng.integers(0, classes, k).tolist()
+        out.append(Observation(
+            ts, [secrets.token_hex(16) if rng.random() > 0.2 else "ab" * 16 for _ in range(k)],
+            rng.normal(size=(k, dim)) + np.asarray(labels)[:, None], labels, rng.uniform(0.3, 1.0, k).tolist(),
+        ))
+    return out
+
+
+def test_merging_process_states_equals_one_state():
+    rng = np.random.default_rng(0)
+    obs = observations(rng, 600)
+    whole = AccountState(64)
+    for o in obs:
+        whole.update(o)
+    parts = [AccountState(64) for _ in range(3)]
+    for i, o in enumerate(obs):  # round-robin, as a load balancer would
+        parts[i % 3].update(o)
+    merged = parts[0].merge(parts[1]).merge(parts[2])
+    assert merged.queries == whole.queries and merged.requests == whole.requests
+    assert merged.minutes == whole.minutes and merged.labels.counts == whole.labels.counts
+    assert merged.confidences.counts == whole.confidences.counts
+    assert merged.unique.estimate() == whole.unique.estimate()
+    np.testing.assert_allclose(merged.moments.cov(), whole.moments.cov(), rtol=1e-9, atol=1e-12)
+    for label, m in whole.by_class.items():
+        np.testing.assert_allclose(merged.by_class[label].cov(), m.cov(), rtol=1e-9, atol=1e-12)
+    assert behaviour(merged) == pytest.approx(behaviour(whole))
+
+
+def test_state_round_trips_through_json():
+    rng = np.random.default_rng(1)
+    state = AccountState(64)
+    for o in observations(rng, 200):
+        state.update(o)
+    again = AccountState.from_dict(json.loads(json.dumps(state.to_dict())))
+    assert behaviour(again) == pytest.approx(behaviour(state))
+    assert again.to_dict() == json.loads(json.dumps(state.to_dict()))
+
+
+def test_memory_stays_within_budget():
+    rng = np.random.default_rng(2)
+    state = AccountState(64)
+    for o in observations(rng, 5000):
+        state.update(o)
+    assert state.queries > 5000
+    assert state.memory_bytes() <= 64 * 1024, state.memory_bytes()
+    assert len(json.dumps(state.to_dict())) <= 256 * 1024
+
+
+def test_behaviour_vector_is_complete_and_meaningful():
+    rng = np.random.default_rng(3)
+    state = AccountState(64)
+    for o in observations(rng, 300):
+        state.update(o)
+    vector = behaviour(state)
+    assert set(vector) == set(BEHAVIOUR)
+    assert all(np.isfinite(v) for v in vector.values())
+    assert 0.7 < vector["unique_ratio"] < 0.95  # one in five inputs repeats the same fingerprint
+    assert vector["classes_seen"] == 10 and vector["label_entropy"] > 0.9
+    empty = behaviour(AccountState(64))
+    assert empty["log_queries"] == 0 and empty["unique_ratio"] == 0
