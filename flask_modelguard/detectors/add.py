@@ -1,0 +1,136 @@
+"""ADD: account-aware distribution discrepancy (Mei et al.). Framework-free.
+
+Each class ``c`` of the model is a Gaussian ``N(μ_c, Σ_c)`` fitted on
+reference data the owner provides (features of known-good inputs and the
+model's labels). For an account, the features of its queries predicted as
+``c`` are summarised by their mean and covariance (mergeable moments in
+:class:`~flask_modelguard.state.AccountState`); the malicious score is the
+sum over classes of the squared Fréchet distance between the account's class
+statistics and the reference, weighted by the class's share of the account's
+queries. Natural queries sit near the reference; synthetic, noised or
+out-of-distribution ones do not.
+
+The score of a benign account shrinks as it sends more queries (its class
+covariances stop being rank-deficient), so the threshold depends on the
+account's size: :meth:`Reference.fit` calibrates it on simulated benign
+accounts drawn from held-back reference data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..state import AccountState, Observation, class_features
+from ..stats import Moments
+from .frechet import frechet_distance
+
+#: Account sizes at which benign thresholds are calibrated (log-interpolated between).
+CALIBRATION_SIZES = (20, 50, 100, 200, 500, 1000, 5000)
+
+
+def add_score(state: AccountState, reference: Reference, min_class_queries: int = 2) -> float | None:
+    """Σ_c share_c · d²_Fréchet(account_c, reference_c) over the account's classes
+    with at least ``min_class_queries`` queries (None when there are none). A
+    class missing from the reference counts with the largest distance seen."""
+    parts: list[tuple[int, float | None]] = []
+    for label, moments in state.by_class.items():
+        if moments.n < min_class_queries:
+            continue
+        ref = reference.classes.get(label)
+        if ref is None:
+            parts.append((moments.n, None))
+            continue
+        parts.append((moments.n, frechet_distance(moments.mean, moments.cov(), ref.mean, ref.cov())))
+    if not parts:
+        return None
+    worst = max((d for _, d in parts if d is not None), default=0.0)
+    total = sum(n for n, _ in parts)
+    return float(sum(n * (worst if d is None else d) for n, d in parts) / total)
+
+
+@dataclass
+class Reference:
+    """Class-wise Gaussians of known-good data, in the state's class feature
+    space, and benign thresholds of the ADD score by account size."""
+
+    classes: dict[str, Moments]
+    #: (account size, threshold) pairs, increasing sizes.
+    thresholds: list[tuple[int, float]] = field(default_factory=list)
+
+    @classmethod
+    def fit(cls, X: np.ndarray, labels: Sequence[Any], *, calibration: float = 0.3, seed: int = 0,
+            **calibrate_options: Any) -> Reference:
+        """From feature vectors (as the featurizer makes them) and the model's
+        labels: the class Gaussians are fitted on ``1 - calibration`` of the
+        data, and the thresholds calibrated on simulated accounts drawn from
+        the rest (so they include the gap between the fitted data and new
+        natural data). ``calibration=0`` fits on everything, without thresholds."""
+        X = np.asarray(X, dtype=np.float64)
+        names = np.asarray([str(label) for label in labels])
+        order = np.random.default_rng(seed).permutation(len(X))
+        cut = int(round(len(X) * (1.0 - calibration)))
+        fit_rows, cal_rows = order[:cut], order[cut:]
+        Z = class_features(X[fit_rows])
+        classes = {}
+        for name in np.unique(names[fit_rows]):
+            rows = Z[names[fit_rows] == name]
+            if len(rows) >= 2:
+                classes[str(name)] = Moments(Z.shape[1]).update(rows)
+        if not classes:
+            raise ValueError("the reference needs at least two samples of one class")
+        reference = cls(classes)
+        if len(cal_rows):
+            reference.calibrate(X[cal_rows], names[cal_rows].tolist(), seed=seed, **calibrate_options)
+        return reference
+
+    def calibrate(
+        self,
+        X: np.ndarray,
+        labels: Sequence[Any],
+        *,
+        quantile: float = 0.999,
+        margin: float = 1.5,
+        accounts: int = 200,
+        seed: int = 0,
+    ) -> Reference:
+        """Thresholds from simulated benign accounts: for each size in
+        :data:`CALIBRATION_SIZES`, ``accounts`` accounts drawn (with
+        replacement) from ``X`` are scored; the threshold is the ``quantile``
+        of their scores times ``margin``."""
+        X = np.asarray(X, dtype=np.float64)
+        names = [str(label) for label in labels]
+        rng = np.random.default_rng(seed)
+        self.thresholds = []
+        for size in CALIBRATION_SIZES:
+            scores = []
+            for _ in range(accounts):
+                idx = rng.integers(0, len(X), size)
+                state = AccountState(X.shape[1])
+                state.update(Observation(0.0, [], X[idx], [names[i] for i in idx], []))
+                score = add_score(state, self)
+                if score is not None:
+                    scores.append(score)
+            if scores:
+                self.thresholds.append((size, float(np.quantile(scores, quantile)) * margin))
+        return self
+
+    def threshold(self, queries: int) -> float | None:
+        """The ADD threshold for an account with ``queries`` inputs (log-interpolated)."""
+        if not self.thresholds:
+            return None
+        sizes = np.log([n for n, _ in self.thresholds])
+        values = [t for _, t in self.thresholds]
+        return float(np.interp(np.log(max(1, queries)), sizes, values))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"classes": {name: m.to_dict() for name, m in self.classes.items()},
+                "thresholds": [list(t) for t in self.thresholds]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Reference:
+        return cls({name: Moments.from_dict(m) for name, m in data["classes"].items()},
+                   [(int(n), float(t)) for n, t in data.get("thresholds", [])])
