@@ -82,6 +82,18 @@ class Settings:
     suspicious_output: Any = field(default_factory=lambda: ["misinformation"])
     #: Fraction of inputs per account answered with a watermark (deliberately wrong) label.
     watermark: float = 0.005
+    #: Run the detectors in the worker and flag the accounts they find.
+    detection: bool = True
+    #: Function of one model input returning its feature vector; default its numbers, flattened.
+    features: Any = None
+    #: Feature dimension cap (a fixed random projection beyond it).
+    feature_dim: int = 64
+    #: PRADA flags an account when the Shapiro-Wilk W of its distances falls below this.
+    prada_threshold: float = 0.9
+    #: Queries an account sends before the detectors judge it.
+    detection_min_queries: int = 20
+    #: Detectors run after every this many queries of an account.
+    detection_every: int = 10
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -110,7 +122,7 @@ class Settings:
 
     def validate(self) -> None:
         kinds: dict[str, Any] = {
-            "enabled": bool, "create_tables": bool, "store_inputs": bool, "headers_enabled": bool,
+            "enabled": bool, "create_tables": bool, "store_inputs": bool, "headers_enabled": bool, "detection": bool,
             "storage_uri": str, "strategy": str, "namespace": str, "default_tier": str, "fail_mode": str,
             "database_url": (str, type(None)), "secret": (str, bytes, type(None)),
             "auth_header": (str, type(None)), "api_key_header": (str, type(None)),
@@ -125,7 +137,9 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise InvalidValue(f"{PREFIX}{name.upper()} must be a number >= 0, not {value!r}")
-        for name in ("key_cache_size", "queue_size", "batch_size"):
+        if self.features is not None and not callable(self.features):
+            raise InvalidValue(f"{PREFIX}FEATURES must be a function of one model input")
+        for name in ("key_cache_size", "queue_size", "batch_size", "feature_dim", "detection_min_queries", "detection_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidValue(f"{PREFIX}{name.upper()} must be an integer >= 1, not {value!r}")

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 from sqlalchemy import create_engine
@@ -25,7 +26,9 @@ from sqlalchemy.pool import StaticPool
 
 from .auth import Authenticator
 from .config import Settings
+from .detectors.add import Reference
 from .events import QueryEvent, fingerprint
+from .features import Featurizer
 from .exc import (
     BadRequest,
     CostExceedsLimit,
@@ -37,9 +40,12 @@ from .exc import (
 )
 from .keys import KEY_SCHEME, parse_key
 from .ownership import DEFAULT_THRESHOLD_LOG2, Suspect, Verification, http_suspect, verify
+from .monitor import Monitor
+from .payload import instances
 from .protection import OutputProtector, RouteOptions
 from .quotas import LimitSet, QuotaEnforcer, Verdict
 from .repository import Principal, Repository
+from .state import Observation
 from .worker import EventWorker
 
 log = logging.getLogger("flask_modelguard")
@@ -134,9 +140,15 @@ class _GuardState:
             suspicious_output=settings.suspicious_output,
             watermark=settings.watermark,
         )
-        store_inputs = settings.store_inputs
+        self.featurizer = Featurizer(settings.features, settings.feature_dim)
+        self.monitor = Monitor(
+            settings.feature_dim,
+            prada_threshold=settings.prada_threshold,
+            min_queries=settings.detection_min_queries,
+            every=settings.detection_every,
+        )
         self.worker: EventWorker[QueryEvent] = EventWorker(
-            lambda event: event.to_row(fingerprint_key, store_inputs),
+            self._prepare,
             self._write_events,
             max_queue=settings.queue_size,
             batch_size=settings.batch_size,
@@ -148,12 +160,56 @@ class _GuardState:
         )
         #: Requests served without a rate-limit check because the storage was down.
         self.failed_open = 0
+        #: Events the detectors failed on (logged; the event itself is still written).
+        self.detection_errors = 0
+
+    def _prepare(self, event: QueryEvent) -> dict[str, Any]:
+        """The event's row (worker thread); detection runs here, once per event."""
+        row = event.to_row(self.fingerprint_key, self.settings.store_inputs)
+        if self.settings.detection and 200 <= event.status < 300 and row["labels"]:
+            try:
+                self._detect(event, row)
+            except Exception:  # detection must never cost the query log its row
+                self.detection_errors += 1
+                if self.detection_errors == 1 or self.detection_errors % 1000 == 0:
+                    log.exception("modelguard: detection failed on an event (%d so far)", self.detection_errors)
+        return row
+
+    def _detect(self, event: QueryEvent, row: dict[str, Any]) -> None:
+        """Feed the monitor; attach its evaluation, when one is due, to the row."""
+        inputs = instances(event.request_json)
+        if len(inputs) != len(row["labels"]):
+            return
+        obs = Observation(
+            event.ts, [fingerprint(x, self.fingerprint_key) for x in inputs],
+            np.stack([self.featurizer(x) for x in inputs]), row["labels"], row["top_confidences"],
+        )
+        evaluation = self.monitor.observe(event.account_id, obs)
+        if evaluation is not None:
+            row["evaluation"] = {
+                "account_id": evaluation.account_id, "ts": evaluation.ts, "queries": evaluation.queries,
+                "scores": evaluation.scores, "reasons": evaluation.reasons,
+            }
 
     def _write_events(self, rows: Any) -> None:
         self.repository.insert_events(rows)
-        for account_id in {row["account_id"] for row in rows if row["canary"]}:
-            log.warning("modelguard: account %d sent a canary input and is flagged", account_id)
-            self.auth.invalidate(account_id=account_id)
+        for row in rows:
+            evaluation = row.get("evaluation")
+            if row["canary"]:
+                log.warning("modelguard: account %d sent a canary input and is flagged", row["account_id"])
+            elif evaluation and evaluation["reasons"]:
+                log.warning("modelguard: account %d flagged: %s", row["account_id"], "; ".join(evaluation["reasons"]))
+            else:
+                continue
+            self.auth.invalidate(account_id=row["account_id"])
+
+    def load_reference(self, quiet: bool = False) -> None:
+        try:
+            data = self.repository.load_reference()
+        except SQLAlchemyError as exc:
+            (log.debug if quiet else log.warning)("modelguard: could not load the reference (%s)", exc.__class__.__name__)
+            return
+        self.monitor.reference = None if data is None else Reference.from_dict(data)
 
     def refresh_canaries(self, quiet: bool = False) -> None:
         """Reload the honey-trap fingerprints (the worker does it every key-cache TTL)."""
@@ -323,6 +379,7 @@ class ModelGuard:
         if settings.create_tables:
             state.repository.create_all()
         state.refresh_canaries(quiet=True)
+        state.load_reference(quiet=True)
         from .cli import modelguard_cli
 
         app.cli.add_command(modelguard_cli)
@@ -388,6 +445,7 @@ class ModelGuard:
         limits: str | None | object = ...,
         flagged: bool | None = None,
         score: float | None = None,
+        allowlisted: bool | None = None,
         app: Flask | None = None,
     ) -> dict[str, Any]:
         """Change status, tier, limits override (``limits=None`` removes it),
@@ -403,6 +461,10 @@ class ModelGuard:
             values["status"] = status
         if flagged is not None:
             values["flagged"] = bool(flagged)
+        if allowlisted is not None:
+            values["allowlisted"] = bool(allowlisted)
+            if allowlisted:
+                values.setdefault("flagged", False)
         if tier is not None:
             state.enforcer.check_tier(tier)
             values["tier"] = tier
@@ -442,6 +504,24 @@ class ModelGuard:
     def list_keys(self, account: str, app: Flask | None = None) -> list[dict[str, Any]]:
         return self.state(app).repository.list_keys(account)
 
+
+    # -- detection --------------------------------------------------------------------
+
+    def fit_reference(self, inputs: Any, labels: Any, app: Flask | None = None, **options: Any) -> Reference:
+        """Fit ADD's reference from known-good model inputs (as requests carry
+        them, e.g. the ``features`` lists) and the model's labels for them;
+        stored in the database and used at once in this process (other
+        processes load it at start-up)."""
+        state = self.state(app)
+        X = np.stack([state.featurizer(x) for x in inputs])
+        reference = Reference.fit(X, list(labels), **options)
+        state.repository.save_reference(reference.to_dict())
+        state.monitor.reference = reference
+        return reference
+
+    def score_history(self, account: str, app: Flask | None = None) -> list[dict[str, Any]]:
+        """Every detector evaluation of ``account``, oldest first."""
+        return self.state(app).repository.score_history(account)
 
     # -- output protection: canaries and watermarks ------------------------------
 

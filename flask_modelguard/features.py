@@ -49,7 +49,9 @@ def projection(source_dim: int, target_dim: int, seed: int = 20191) -> np.ndarra
 
 
 class Featurizer:
-    """Maps model inputs to fixed-size feature vectors."""
+    """Maps model inputs to feature vectors of exactly ``max_dim`` numbers:
+    longer ones are projected, shorter ones padded with zeros (which changes
+    no distance)."""
 
     def __init__(self, function: FeatureFunction | None = None, max_dim: int = 64) -> None:
         self.function = function or flatten
@@ -59,5 +61,7 @@ class Featurizer:
         x = np.asarray(self.function(value), dtype=np.float64).ravel()
         x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
         if x.size > self.max_dim:
-            x = x @ projection(x.size, self.max_dim)
+            return x @ projection(x.size, self.max_dim)
+        if x.size < self.max_dim:
+            return np.pad(x, (0, self.max_dim - x.size))
         return x

@@ -39,6 +39,8 @@ accounts = Table(
     Column("flagged", Boolean, nullable=False, default=False),
     # Malicious score in [0, 1] (poisoning may grow with it).
     Column("score", Float, nullable=False, default=0.0),
+    # Allow-listed accounts are never flagged by the detectors (an operator's word wins).
+    Column("allowlisted", Boolean, nullable=False, default=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
@@ -104,5 +106,27 @@ canaries = Table(
     metadata,
     Column("fingerprint", String(32), primary_key=True),
     Column("note", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+#: Detector evaluations of accounts (score history) and their verdicts.
+scores = Table(
+    "modelguard_scores",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("account_id", Integer, nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("queries", Integer, nullable=False),
+    Column("scores", JSON, nullable=False),
+    Column("reasons", JSON, nullable=False),  # empty: nothing found
+)
+Index("ix_modelguard_scores_account_ts", scores.c.account_id, scores.c.ts)
+
+#: The reference data of the ADD detector (class Gaussians and thresholds), one row.
+references = Table(
+    "modelguard_references",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("data", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )

@@ -96,7 +96,7 @@ class Repository:
                 conn.execute(
                     insert(m.accounts).values(
                         name=name, tier=tier, status="active", limits=limits,
-                        flagged=False, score=0.0, created_at=now, updated_at=now,
+                        flagged=False, score=0.0, allowlisted=False, created_at=now, updated_at=now,
                     )
                 )
         except IntegrityError:
@@ -251,6 +251,8 @@ class Repository:
             return
         marks = [mark for row in rows for mark in row.get("watermarks") or ()]
         caught = {row["account_id"] for row in rows if row["canary"]}
+        evaluations = [row["evaluation"] for row in rows if row.get("evaluation")]
+        caught |= {e["account_id"] for e in evaluations if e["reasons"]}
         with self.engine.begin() as conn:
             if self._raw_insert is None:
                 conn.execute(insert(m.query_events), [{c: r[c] for c in _EVENT_COLUMNS} for r in rows])
@@ -265,9 +267,14 @@ class Repository:
                 conn.exec_driver_sql(self._raw_insert, params)
             if marks:
                 conn.execute(insert(m.watermarks), marks)
+            if evaluations:
+                conn.execute(insert(m.scores), evaluations)
             if caught:
                 conn.execute(
-                    update(m.accounts).where(m.accounts.c.id.in_(caught)).values(flagged=True, updated_at=self.now())
+                    update(m.accounts)
+                    .where(m.accounts.c.id.in_(caught), m.accounts.c.allowlisted.is_(False),
+                           m.accounts.c.flagged.is_(False))
+                    .values(flagged=True, updated_at=self.now())
                 )
 
     # -- watermarks and canaries --------------------------------------------------
@@ -308,6 +315,22 @@ class Repository:
             with self.engine.begin() as conn:
                 conn.execute(insert(m.canaries), [{"fingerprint": fp, "note": note, "created_at": self.now()} for fp in new])
         return len(new)
+
+    def score_history(self, account: str) -> list[dict[str, Any]]:
+        account_id = self.get_account(account)["id"]
+        query = select(m.scores).where(m.scores.c.account_id == account_id).order_by(m.scores.c.ts, m.scores.c.id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def save_reference(self, data: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(m.references.delete())
+            conn.execute(insert(m.references).values(id=1, data=data, created_at=self.now()))
+
+    def load_reference(self) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(m.references.c.data).where(m.references.c.id == 1)).first()
+        return None if row is None else row.data
 
     def canary_fingerprints(self) -> frozenset[str]:
         with self.engine.connect() as conn:

@@ -89,8 +89,9 @@ PROBS = [0.05, 0.7, 0.05, 0.05, 0.05, 0.02, 0.02, 0.02, 0.02, 0.02]
 def model_app(guard: ModelGuard, **config: Any) -> Flask:
     """A small model server: ``/predict`` (protected), ``/open`` (not)."""
     app = Flask(__name__)
-    # Watermarks off unless a test asks: they would change 0.5% of the answers.
-    app.config.update(SECRET_KEY="test-secret", MODELGUARD_CREATE_TABLES=True, MODELGUARD_WATERMARK=0.0)
+    # Watermarks and detection off unless a test asks: they would change answers.
+    app.config.update(SECRET_KEY="test-secret", MODELGUARD_CREATE_TABLES=True, MODELGUARD_WATERMARK=0.0,
+                      MODELGUARD_DETECTION=False)
     app.config.update(config)
     guard.init_app(app)
 

@@ -1,0 +1,131 @@
+"""The detection loop of the worker: account states, detectors, verdicts.
+Framework-free.
+
+:class:`Monitor` receives one :class:`~flask_modelguard.state.Observation` per
+answered request (in the worker thread, never in a request), updates the
+account's state and PRADA, and every ``every`` queries evaluates the
+detectors. A verdict lists the reasons an account is malicious, e.g.
+``"PRADA W=0.71 < 0.9"`` or ``"ADD 1121.8 > 652.6 at 100 queries"``; the
+guard turns a non-empty verdict into a flag (the suspicious-account output
+policy) and an alert.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from .detectors.add import Reference, add_score
+from .detectors.prada import Prada
+from .state import AccountState, Observation, behaviour
+
+
+@dataclass
+class Evaluation:
+    """Detector scores of an account at one moment, and the verdict."""
+
+    account_id: int
+    ts: float
+    queries: int
+    scores: dict[str, float | None]
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def malicious(self) -> bool:
+        return bool(self.reasons)
+
+
+class _Account:
+    __slots__ = ("state", "prada", "seen", "since")
+
+    def __init__(self, dim: int, prada_threshold: float) -> None:
+        self.state = AccountState(dim)
+        self.prada = Prada(prada_threshold)
+        self.seen: OrderedDict[str, None] = OrderedDict()  # recent fingerprints: PRADA skips repeats
+        self.since = 0  # queries since the last evaluation
+
+
+class Monitor:
+    """Per-account states and detectors of one process."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        reference: Reference | None = None,
+        prada_threshold: float = 0.9,
+        min_queries: int = 20,
+        every: int = 10,
+        max_accounts: int = 10_000,
+        max_seen: int = 4096,
+    ) -> None:
+        self.dim = dim
+        self.reference = reference
+        self.prada_threshold = prada_threshold
+        self.min_queries = min_queries
+        self.every = every
+        self.max_accounts = max_accounts
+        self.max_seen = max_seen
+        self.accounts: OrderedDict[int, _Account] = OrderedDict()
+
+    def _account(self, account_id: int) -> _Account:
+        found = self.accounts.get(account_id)
+        if found is None:
+            found = self.accounts[account_id] = _Account(self.dim, self.prada_threshold)
+            if len(self.accounts) > self.max_accounts:
+                self.accounts.popitem(last=False)  # least recently active
+        else:
+            self.accounts.move_to_end(account_id)
+        return found
+
+    def observe(self, account_id: int, obs: Observation) -> Evaluation | None:
+        """Add one request's observation; an :class:`Evaluation` when it is time for one."""
+        account = self._account(account_id)
+        account.state.update(obs)
+        for fp, x, label in zip(obs.fingerprints, obs.features, obs.labels):
+            if fp in account.seen:
+                account.seen.move_to_end(fp)
+                continue  # a repeated input is no new probe: PRADA would see distance 0
+            account.seen[fp] = None
+            if len(account.seen) > self.max_seen:
+                account.seen.popitem(last=False)
+            account.prada.update(x, str(label))
+        account.since += len(obs.labels)
+        if account.state.queries < self.min_queries or account.since < self.every:
+            return None
+        account.since = 0
+        return self.evaluate(account_id, obs.ts)
+
+    def evaluate(self, account_id: int, ts: float) -> Evaluation:
+        account = self._account(account_id)
+        state = account.state
+        scores: dict[str, float | None] = dict(behaviour(state))
+        reasons: list[str] = []
+        w = account.prada.statistic()
+        scores["prada_w"] = w
+        if w is not None and w < self.prada_threshold:
+            reasons.append(f"PRADA W={w:.3f} < {self.prada_threshold}")
+        if self.reference is not None:
+            add = add_score(state, self.reference)
+            scores["add"] = add
+            limit = self.reference.threshold(state.queries)
+            scores["add_threshold"] = limit
+            if add is not None and limit is not None and add > limit:
+                reasons.append(f"ADD {add:.1f} > {limit:.1f} at {state.queries} queries")
+        clean = {k: (None if v is None or not math.isfinite(v) else float(v)) for k, v in scores.items()}
+        return Evaluation(account_id, ts, state.queries, clean, reasons)
+
+    def state(self, account_id: int) -> AccountState | None:
+        found = self.accounts.get(account_id)
+        return None if found is None else found.state
+
+    def forget(self, account_id: int) -> None:
+        self.accounts.pop(account_id, None)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "accounts": len(self.accounts),
+            "state_bytes": sum(a.state.memory_bytes() + a.prada.memory_bytes() for a in self.accounts.values()),
+        }
