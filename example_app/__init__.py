@@ -90,6 +90,8 @@ def predict_view(model: Any) -> Any:
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
             raise BadRequest('Send a JSON object: {"features": [...]} or {"instances": [[...], ...]}.')
+        if "features" in body and "instances" in body:
+            raise BadRequest('Send "features" or "instances", not both.')
         if "features" in body:
             x = _vector(body["features"], "features")
             return _prediction(model.predict_proba(x[None, :])[0])

@@ -238,6 +238,8 @@ def verify_watermark(account: str | None, url: str | None, headers: tuple[str, .
         labels = file_suspect(predictions, records)
         results = [verify(account, records, labels, null_rate=null_rate, threshold_log2=threshold_log2)]
     else:
+        if any(":" not in h for h in headers):
+            raise click.UsageError('--header takes "Name: value".')
         parsed = dict(h.split(":", 1) for h in headers)
         suspect = http_suspect(url, {k.strip(): v.strip() for k, v in parsed.items()})  # type: ignore[arg-type]
         results = (guard.attribute(suspect, **options) if all_accounts

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .payload import read_predictions
 
 
@@ -33,12 +35,17 @@ def _feed(update: Any, value: Any) -> None:
     kind = type(value)
     if kind is list or kind is tuple:
         try:  # the common case, a list of numbers, packed in C
-            packed = array("d", value).tobytes()
-        except (TypeError, OverflowError):  # other items, or an integer beyond a double
-            pass
-        else:
+            packed = array("d", value)
+        except (TypeError, OverflowError):  # strings, other items, or an integer beyond a double
+            try:  # numbers written as strings are the same model input ("16" is 16)
+                packed = array("d", np.asarray(value, dtype=np.float64).ravel()) if value else None
+                if packed is not None and len(packed) != len(value):
+                    packed = None
+            except (TypeError, ValueError, OverflowError):
+                packed = None
+        if packed is not None:
             update(b"n%d:" % len(value))
-            update(packed)
+            update((np.frombuffer(packed, dtype=np.float64) + 0.0).tobytes())  # -0.0 is 0.0
             return
         update(b"l%d:" % len(value))
         for item in value:

@@ -99,6 +99,10 @@ class CostExceedsLimit(Problem):
     status, slug, title = 413, "cost-exceeds-limit", "Request exceeds the account's limit"
 
 
+class AnswerWithheld(Problem):
+    status, slug, title = 502, "answer-withheld", "Answer withheld"
+
+
 class RateLimitExceeded(Problem):
     status, slug, title = 429, "rate-limit-exceeded", "Rate limit exceeded"
 

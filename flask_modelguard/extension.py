@@ -233,7 +233,10 @@ class _GuardState:
             if problem.principal is not None:  # a known account refused: logged
                 self._record(problem.principal, route, now, problem.status, started, 0, None, None)
             return problem_response(problem)
-        body = req.get_json(silent=True)  # None unless a JSON body; cached for the view
+        try:
+            body = req.get_json(silent=True)  # None unless a JSON body; cached for the view
+        except RecursionError:
+            return self._refuse(BadRequest("The JSON body is nested too deeply."), principal, route, now, started, 1, None)
         limits = self.enforcer.limits_for(principal.tier, principal.limits)
         try:
             cost = options.cost_of(body)
@@ -473,6 +476,8 @@ class ModelGuard:
                 state.enforcer.limits_for("", str(limits))
             values["limits"] = limits
         account = state.repository.update_account(name, **values)
+        if not account["flagged"]:
+            state.protector.caught.discard(account["id"])
         state.auth.invalidate(account_id=account["id"])
         return account
 

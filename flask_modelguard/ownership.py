@@ -60,6 +60,42 @@ def binomial_tail_log2(k: int, n: int, p: float) -> float:
     return min(0.0, _log2_sum(term(i) for i in range(k, n + 1)))
 
 
+def poisson_binomial_tail_log2(k: int, rates: Sequence[float]) -> float:
+    """log2 ``P[X >= k]`` for ``X`` the number of successes of independent
+    trials with success ``rates`` (probes whose chance agreement differs, e.g.
+    routes with different numbers of classes). Exact dynamic programming in
+    log space; O(n²) for n probes, fine for hundreds."""
+    if k <= 0:
+        return 0.0
+    n = len(rates)
+    if k > n:
+        return -math.inf
+    neg = -math.inf
+    log_dist = [0.0] + [neg] * n  # log2 P[successes = j] after the trials so far
+    for r in rates:
+        lp = math.log2(r) if r > 0 else neg
+        lq = math.log2(1.0 - r) if r < 1 else neg
+        new = [neg] * (n + 1)
+        for j, value in enumerate(log_dist):
+            if value == neg:
+                continue
+            if lq != neg:
+                new[j] = _log2_add(new[j], value + lq)
+            if lp != neg and j + 1 <= n:
+                new[j + 1] = _log2_add(new[j + 1], value + lp)
+        log_dist = new
+    return min(0.0, _log2_sum(log_dist[k:]))
+
+
+def _log2_add(a: float, b: float) -> float:
+    if a == -math.inf:
+        return b
+    if b == -math.inf:
+        return a
+    top = max(a, b)
+    return top + math.log2(2.0 ** (a - top) + 2.0 ** (b - top))
+
+
 def probes_needed(agreement: float, null_rate: float, threshold_log2: float = DEFAULT_THRESHOLD_LOG2,
                   max_probes: int = 100_000) -> int | None:
     """Fewest probes at which a model agreeing on a fraction ``agreement`` of
@@ -100,8 +136,11 @@ class Verification:
 
 
 def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return int(a) == int(b)
+    """Labels equal as served: 3 and 3.0 match (JSON), 3.7 and 3 do not, "3" and 3 do not."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
     return a == b
 
 
@@ -123,13 +162,17 @@ def verify(
     if len(records) != len(suspect_labels):
         raise ValueError(f"{len(records)} watermark inputs but {len(suspect_labels)} suspect labels")
     matches = sum(_same(label, r["served_label"]) for r, label in zip(records, suspect_labels))
-    if null_rate is None:
-        classes = max((int(r["n_classes"]) for r in records), default=2)
-        null_rate = 1.0 / max(1, classes - 1)
-    return Verification(
-        account, len(records), matches, null_rate,
-        binomial_tail_log2(matches, len(records), null_rate), threshold_log2,
-    )
+    if null_rate is not None:
+        return Verification(account, len(records), matches, null_rate,
+                            binomial_tail_log2(matches, len(records), null_rate), threshold_log2)
+    # Each probe's own chance rate: records of routes with different class counts may mix.
+    rates = [1.0 / max(1, int(r["n_classes"]) - 1) for r in records]
+    if len(set(rates)) <= 1:
+        rate = rates[0] if rates else 1.0
+        return Verification(account, len(records), matches, rate,
+                            binomial_tail_log2(matches, len(records), rate), threshold_log2)
+    return Verification(account, len(records), matches, sum(rates) / len(rates),
+                        poisson_binomial_tail_log2(matches, rates), threshold_log2)
 
 
 def empirical_null_rate(records: Sequence[dict[str, Any]], independent: Iterable[Suspect]) -> float:

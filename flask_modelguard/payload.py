@@ -35,6 +35,9 @@ class Reading:
     #: Class names by index, when the payload names classes (``scores``).
     classes: list[Any] | None
     write: Callable[[Answer], Any]
+    #: Whether ``write`` also writes the served labels (a path adapter cannot:
+    #: labels elsewhere in the payload stay as the model gave them).
+    writes_labels: bool = True
 
     def label_value(self, index: int) -> Any:
         return self.classes[index] if self.classes is not None else int(index)
@@ -70,10 +73,17 @@ def _sent(answer: Answer, i: int) -> np.ndarray:
     return np.flatnonzero(answer.keep[i])
 
 
-def _write_item(item: Mapping[str, Any] | None, answer: Answer, i: int, classes: list[Any] | None, key: str) -> Any:
-    """Row ``i`` of ``answer`` in the shape of ``item`` (a dict, or None for a bare vector)."""
+def _write_item(
+    item: Mapping[str, Any] | None, answer: Answer, i: int, classes: list[Any] | None, key: str,
+    original: int | None = None,
+) -> Any:
+    """Row ``i`` of ``answer`` in the shape of ``item`` (a dict, or None for a
+    bare vector). ``original`` is the label the model gave: while the served
+    label is the same, the item's own ``label`` value is kept as it was."""
     label = int(answer.labels[i])
     label_value = classes[label] if classes is not None else label
+    if original is not None and label == original and isinstance(item, Mapping) and "label" in item:
+        label_value = item["label"]
     row = answer.probs[i]
     if item is None:  # a bare vector
         if answer.label_only:
@@ -82,11 +92,9 @@ def _write_item(item: Mapping[str, Any] | None, answer: Answer, i: int, classes:
             idx = _sent(answer, i)
             return {"probabilities": row[idx].tolist(), "classes": idx.tolist()}
         return row.tolist()
-    out = dict(item)
     if answer.label_only:
-        out.pop(key, None)
-        out["label"] = label_value
-        return out
+        return {"label": label_value}  # nothing else: other keys may carry scores
+    out = dict(item)
     if "label" in out:
         out["label"] = label_value
     idx = _sent(answer, i)
@@ -141,7 +149,7 @@ class AutoAdapter:
         shaped = [item if isinstance(item, Mapping) else None for item in items]
 
         def write(answer: Answer) -> Any:
-            return wrap([_write_item(shaped[i], answer, i, names, key) for i in range(len(items))])
+            return wrap([_write_item(shaped[i], answer, i, names, key, int(labels[i])) for i in range(len(items))])
 
         return Reading(Answer(probs, labels), names, write)
 
@@ -171,7 +179,7 @@ class PathAdapter:
             rows = [_write_item(None, answer, i, None, "") for i in range(len(vectors))]
             return _set_path(payload, self.keys, rows[0] if single else rows)
 
-        return Reading(Answer(probs, probs.argmax(axis=1)), None, write)
+        return Reading(Answer(probs, probs.argmax(axis=1)), None, write, writes_labels=False)
 
 
 def _set_path(payload: Any, keys: list[Any], value: Any) -> Any:
@@ -247,14 +255,21 @@ def read_predictions(payload: Any) -> list[Prediction]:
     return [p for p in map(_prediction, items) if p is not None]
 
 
+#: Keys that hold a request's model inputs (at most one may be present).
+INPUT_KEYS = ("instances", "inputs", "features")
+
+
 def instances(body: Any) -> list[Any]:
     """The model inputs of a request body: ``instances`` or ``inputs`` when a
-    list, else ``[features]`` when present, else ``[body]``."""
+    list, ``[features]``, else ``[body]``. A body with more than one of these
+    keys is ambiguous (a view might answer on either) and counts as one input,
+    the whole body, so fingerprints cover whatever the view reads."""
     if isinstance(body, Mapping):
-        for name in ("instances", "inputs"):
-            value = body.get(name)
+        present = [name for name in INPUT_KEYS if name in body]
+        if len(present) == 1:
+            value = body[present[0]]
+            if present[0] == "features":
+                return [value]
             if isinstance(value, list):
                 return value
-        if "features" in body:
-            return [body["features"]]
     return [body]

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from .events import fingerprint
-from .payload import PayloadAdapter, instances, make_adapter
-from .transforms import KeyedRandom, OutputPolicy, Transform, apply, parse_all
+from .exc import AnswerWithheld
+from .payload import Reading, instances, make_adapter
+from .transforms import Answer, KeyedRandom, LabelOnly, OutputPolicy, Transform, apply, parse_all
 
 log = logging.getLogger("flask_modelguard")
 
@@ -90,6 +91,8 @@ class OutputProtector:
         self.suspicious: tuple[Transform, ...] = parse_all(suspicious_output)
         self.watermark = watermark
         self.canaries: frozenset[str] = frozenset()
+        #: Accounts caught by a canary in this process, treated as flagged at once.
+        self.caught: set[int] = set()
         self._policies: dict[tuple[RouteOptions, str], OutputPolicy] = {}
         self._lock = threading.Lock()
         #: Answers whose shape no adapter recognised (passed through untouched).
@@ -126,43 +129,72 @@ class OutputProtector:
         options: RouteOptions,
     ) -> tuple[Any, list[Mark], bool]:
         """The answer to send, the watermark answers in it, and whether the
-        request held a canary (the account is then treated as flagged)."""
+        request held a canary (the account is then treated as flagged).
+
+        Fails closed where it matters: when a flagged account's answer, or an
+        answer of a label-only policy, cannot be read, rewritten with its
+        labels, or transformed, :class:`~flask_modelguard.exc.AnswerWithheld`
+        is raised instead of sending the model's answer. Otherwise an answer
+        that cannot be protected goes out unchanged and is counted.
+        """
+        flagged = flagged or account_id in self.caught
         pipeline = policy.pipeline(flagged)
         canaries = self.canaries
         if not pipeline and not canaries:
             return payload, [], False
-        adapter: PayloadAdapter = options.adapter
+        canary = False
+        strict = flagged
         try:
             inputs = options.inputs(body) if options.inputs is not None else instances(body)
             fingerprints = [fingerprint(x, self.key) for x in inputs]
             canary = bool(canaries) and not canaries.isdisjoint(fingerprints)
             if canary and not flagged:
-                pipeline = policy.pipeline(True)
+                self.caught.add(account_id)  # until the worker has flagged it in the database
+                pipeline, strict = policy.pipeline(True), True
             if not pipeline:
                 return payload, [], canary
+            strict = strict or any(isinstance(t, LabelOnly) for t in pipeline)
             rng = KeyedRandom.for_inputs(self.key, account_id, fingerprints, score)
             if all(t.skips(rng) for t in pipeline):  # e.g. no input of this request carries a watermark
                 return payload, [], canary
-            reading = adapter.read(payload)
+            reading = options.adapter.read(payload)
             if reading is None:
                 self.unrecognised += 1
+                if strict:
+                    raise AnswerWithheld("The answer could not be protected as this account requires.")
                 return payload, [], canary
+            if not reading.writes_labels:
+                if strict:
+                    raise AnswerWithheld("The answer's labels could not be protected as this account requires.")
+                # Labels outside the adapter's reach stay the model's: nothing may change them.
+                pipeline = tuple(t for t in pipeline if t.keeps_argmax)
             n = len(reading.answer.labels)
             if len(fingerprints) != n:  # inputs and answers do not pair up: key on the body and position
-                whole = fingerprint(body, self.key)
-                fingerprints, inputs = [f"{whole}:{i}" for i in range(n)], [body] * n
+                fingerprints = [fingerprint([body, i], self.key) for i in range(n)]
+                inputs = [body] * n
                 rng = KeyedRandom.for_inputs(self.key, account_id, fingerprints, score)
             answer = apply(pipeline, reading.answer, rng)
-            marks: list[Mark] = []
-            if answer.watermarked is not None:
-                k = reading.answer.probs.shape[1]
-                for i in np.flatnonzero(answer.watermarked & (answer.labels != reading.answer.labels)):
-                    marks.append((
-                        fingerprints[i], inputs[i], reading.label_value(int(answer.labels[i])),
-                        reading.label_value(int(reading.answer.labels[i])), k,
-                    ))
-            return reading.write(answer), marks, canary
+            return reading.write(answer), self._marks(reading, answer, fingerprints, inputs), canary
+        except AnswerWithheld:
+            self.errors += 1
+            raise
         except Exception:
             self.errors += 1
-            log.exception("modelguard: output protection failed; answer sent unchanged")
-            return payload, [], False
+            log.exception("modelguard: output protection failed")
+            if strict:
+                raise AnswerWithheld("The answer could not be protected as this account requires.") from None
+            return payload, [], canary
+
+    @staticmethod
+    def _marks(reading: Reading, answer: Answer, fingerprints: list[str], inputs: list[Any]) -> list[Mark]:
+        """Watermark answers to record: served as the watermark chose (a later
+        transform, such as poisoning, may have replaced it) and unlike the model."""
+        if answer.mark_labels is None:
+            return []
+        k = reading.answer.probs.shape[1]
+        model = reading.answer.labels
+        keep = (answer.mark_labels >= 0) & (answer.labels == answer.mark_labels) & (answer.labels != model)
+        return [
+            (fingerprints[i], inputs[i], reading.label_value(int(answer.labels[i])), reading.label_value(int(model[i])), k)
+            for i in np.flatnonzero(keep)
+        ]

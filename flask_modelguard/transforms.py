@@ -43,6 +43,8 @@ class Answer:
     label_only: bool = False
     #: (n,) instances whose answer is a watermark (deliberately wrong).
     watermarked: np.ndarray | None = None
+    #: (n,) the watermark label chosen for each marked instance (-1 elsewhere).
+    mark_labels: np.ndarray | None = None
 
     def but(self, **changes: Any) -> Answer:
         """A copy with some fields changed (``dataclasses.replace`` costs
@@ -50,6 +52,7 @@ class Answer:
         values = {
             "probs": self.probs, "labels": self.labels, "keep": self.keep,
             "label_only": self.label_only, "watermarked": self.watermarked,
+            "mark_labels": self.mark_labels,
         }
         values.update(changes)
         return Answer(**values)
@@ -347,11 +350,14 @@ class RandomPoison(Transform):
 @dataclass(frozen=True)
 class Misinformation(Transform):
     """Wrong but plausible answers, in the spirit of Adaptive Misinformation
-    (Kariyappa and Qureshi 2020): blend towards a distribution that moves the
-    top class's mass to the others in proportion to their own probability,
-    ``(1 - a) p + a q`` with ``a = strength`` (grown towards 1 by the score when
-    ``adaptive``). With ``a`` above about 1/2 the served label is the runner-up
-    class: consistent, confident-looking, wrong. Meant for flagged accounts only."""
+    (Kariyappa and Qureshi 2020). The answer's own values are re-dealt: the
+    top value goes to a wrong class drawn (keyed per account and input) in
+    proportion to the model's probabilities, so usually the runner-up; the
+    other values go to the remaining classes in a keyed random order, so the
+    true class sits at a random rank, not at a tell-tale zero or second place.
+    The result is blended with the true answer, ``(1 - a) p + a q``, with
+    ``a = strength`` (grown towards 1 by the score when ``adaptive``); above
+    about ½ the served label is wrong. Meant for flagged accounts only."""
 
     strength: float = 1.0
     adaptive: bool = False
@@ -363,19 +369,24 @@ class Misinformation(Transform):
 
     def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
         p = answer.probs
-        rows = np.arange(len(p))
-        k = p.shape[1]
-        q = np.clip(p, 0.0, None)
-        q[rows, answer.labels] = 0.0
-        total = q.sum(axis=1, keepdims=True)
-        # Rows with no mass outside the top class: spread it over the others.
-        others = np.full_like(q, 1.0 / max(1, k - 1))
-        others[rows, answer.labels] = 0.0
-        q = np.where(total > _EPS, q / np.where(total > _EPS, total, 1.0), others)
-        # Make the runner-up clearly on top, as a confident model would be.
-        runner_up = q.argmax(axis=1)
-        q = 0.5 * q
-        q[rows, runner_up] += 0.5
+        n, k = p.shape
+        if k < 2:
+            return answer
+        rows = np.arange(n)
+        # The wrong class: a keyed draw among the others, weighted by the model
+        # (a small floor keeps classes with zero mass possible).
+        weights = np.clip(p, 0.0, None) + 1e-3
+        weights[rows, answer.labels] = 0.0
+        cumulative = np.cumsum(weights / weights.sum(axis=1, keepdims=True), axis=1)
+        wrong = np.minimum((cumulative < rng.uniform("misinformation/class", 1)).sum(axis=1), k - 1)
+        # The remaining values, in a keyed random order over the remaining classes.
+        values = -np.sort(-p, axis=1)
+        order = np.argsort(rng.uniform("misinformation/order", k), axis=1)
+        q = np.empty_like(p)
+        for i in range(n):
+            others = [c for c in order[i] if c != wrong[i]]
+            q[i, wrong[i]] = values[i, 0]
+            q[i, others] = values[i, 1:]
         a = self.strength
         if self.adaptive:
             a = a + (1.0 - a) * rng.score
@@ -411,7 +422,8 @@ class Watermark(Transform):
         # A keyed offset in 1..k-1: any class but the model's own, uniformly.
         offset = 1 + np.minimum((rng.uniform("watermark/label", 1)[:, 0] * (k - 1)).astype(np.int64), k - 2)
         labels = np.where(marked, (answer.labels + offset) % k, answer.labels)
-        return answer.but(probs=_restore_argmax(answer.probs, labels), labels=labels, watermarked=marked)
+        return answer.but(probs=_restore_argmax(answer.probs, labels), labels=labels, watermarked=marked,
+                          mark_labels=np.where(marked, labels, -1))
 
 
 #: Transforms by name, for strings and configuration.

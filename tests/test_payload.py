@@ -143,7 +143,7 @@ def test_write_without_label_key_does_not_add_one() -> None:
 
 def test_write_label_only_drops_probabilities() -> None:
     r = read({"label": 1, "probabilities": [0.2, 0.7, 0.1], "model": "v3"})
-    assert served(r, LabelOnly()) == {"label": 1, "model": "v3"}
+    assert served(r, LabelOnly()) == {"label": 1}  # other keys may carry scores: dropped
     r = read({"probabilities": [0.2, 0.1, 0.7]})
     assert served(r, LabelOnly()) == {"label": 2}
 
@@ -176,7 +176,7 @@ def test_write_predictions_keeps_wrapper_and_items() -> None:
     out = r.write(swap_labels(r.answer, [1, 0]))
     assert [p["label"] for p in out["predictions"]] == [1, 0]
     out = served(r, LabelOnly())
-    assert out["predictions"] == [{"label": 0, "id": "a"}, {"label": 1, "id": "b"}]
+    assert out["predictions"] == [{"label": 0}, {"label": 1}]
     assert out["model_version"] == 2
 
 
@@ -199,7 +199,7 @@ def test_write_scores_top_k_drop_removes_keys() -> None:
 
 def test_write_scores_label_only() -> None:
     r = read({"scores": {"cat": 0.2, "dog": 0.5, "bird": 0.3}, "took_ms": 3})
-    assert served(r, LabelOnly()) == {"label": "dog", "took_ms": 3}
+    assert served(r, LabelOnly()) == {"label": "dog"}
 
 
 def test_write_list_of_vectors() -> None:
@@ -215,7 +215,7 @@ def test_write_list_of_vectors() -> None:
 
 def test_write_list_of_dicts() -> None:
     r = read([{"probabilities": [0.12, 0.88], "id": "a"}, {"probabilities": [0.61, 0.39], "id": "b"}])
-    assert served(r, LabelOnly()) == [{"id": "a", "label": 1}, {"id": "b", "label": 0}]
+    assert served(r, LabelOnly()) == [{"label": 1}, {"label": 0}]
     assert served(r, Round(1)) == [{"probabilities": [0.1, 0.9], "id": "a"}, {"probabilities": [0.6, 0.4], "id": "b"}]
 
 
@@ -443,9 +443,13 @@ def test_read_predictions_of_top_k_drop(payload: Any) -> None:
 def test_instances() -> None:
     assert instances({"instances": [[1, 2], [3, 4]]}) == [[1, 2], [3, 4]]
     assert instances({"inputs": [1, 2, 3]}) == [1, 2, 3]
-    assert instances({"instances": [], "inputs": [1]}) == []
-    assert instances({"instances": "not a list", "inputs": [1]}) == [1]
-    assert instances({"instances": {"a": 1}, "features": [1, 2]}) == [[1, 2]]
+    body = {"instances": [], "inputs": [1]}
+    assert instances(body) == [body]  # ambiguous: the whole body is the input
+    body = {"instances": "not a list", "inputs": [1]}
+    assert instances(body) == [body]
+    assert instances({"instances": "not a list"}) == [{"instances": "not a list"}]
+    body = {"instances": {"a": 1}, "features": [1, 2]}
+    assert instances(body) == [body]
     assert instances({"features": [0.5, 0.1]}) == [[0.5, 0.1]]
     assert instances({"features": None}) == [None]
     assert instances({"x": 1}) == [{"x": 1}]
