@@ -165,3 +165,16 @@ def test_cli_export_and_verify_from_a_predictions_file(stolen, tmp_path):
         result = runner.invoke(args=["modelguard", "verify-watermark", "thief", "--predictions", str(tmp_path / "labels.json")])
         assert result.exit_code == 0, result.output
         assert ("CLAIMED" in result.output) is claimed
+
+
+def test_mixed_routes_use_each_probes_own_null_rate():
+    from flask_modelguard.ownership import binomial_tail_log2
+
+    binary = [{"fingerprint": f"b{i}", "input": [i], "served_label": 1, "n_classes": 2} for i in range(40)]
+    ten = [{"fingerprint": f"t{i}", "input": [i], "served_label": 1, "n_classes": 10} for i in range(5)]
+    # an honest binary model that errs on every probe matches every binary watermark:
+    v = verify("a", binary + ten, [1] * 40 + [0] * 5)
+    assert v.log2_p == pytest.approx(0.0, abs=1e-9) and not v.claimed  # binary probes are worth nothing
+    v = verify("a", binary + ten, [1] * 45)
+    assert v.log2_p == pytest.approx(binomial_tail_log2(5, 5, 1 / 9))
+    assert verify("a", records([1, 2]), [1.0, 2.7]).matches == 1

@@ -213,3 +213,92 @@ def test_poisoning_grows_with_the_account_score(make_guarded):
         with pytest.raises(Exception, match="score"):
             g.guard.update_account(name, score=2.0)
     assert all(g.predict(key, b).get_json()["probabilities"] != PROBS for b in bodies)
+
+
+def test_numbers_written_differently_are_the_same_input(make_guarded):
+    g = make_guarded(MODELGUARD_OUTPUT=["gaussian(0.05)"])
+    _, key = g.account()
+    plain = probs_of(g.predict(key, {"features": [1, 0, 2.5]}))
+    assert probs_of(g.predict(key, {"features": ["1", -0.0, "2.5"]})) == plain
+
+
+def test_label_only_never_fails_open(make_guarded):
+    g = make_guarded(MODELGUARD_OUTPUT=["label_only"])
+
+    @g.app.post("/odd")
+    @g.guard.protect
+    def odd():
+        return {"result": {"p": PROBS}, "logits": [1, 2]}
+
+    _, key = g.account()
+    r = g.client.post("/odd", json={}, headers={"X-API-Key": key})
+    assert r.status_code == 502 and problem_of_type(r) == "answer-withheld"
+    body = g.predict(key, {"features": [1]}).get_json()
+    assert body == {"label": 1}
+
+
+def test_flagged_accounts_never_get_unprotected_answers(make_guarded):
+    g = make_guarded()
+
+    @g.app.post("/nested")
+    @g.guard.protect(adapter="result.scores")
+    def nested():
+        return {"result": {"scores": PROBS}, "label": 1}
+
+    name, key = g.account()
+    with g.app.app_context():
+        g.guard.update_account(name, flagged=True)
+    r = g.client.post("/nested", json={}, headers={"X-API-Key": key})
+    assert r.status_code == 502  # the label outside the path cannot be rewritten
+
+
+def test_the_views_own_label_values_are_kept(make_guarded):
+    g = make_guarded(MODELGUARD_OUTPUT=["gaussian(0.05)"])
+
+    @g.app.post("/named")
+    @g.guard.protect
+    def named():
+        return {"label": "dog", "probabilities": PROBS}
+
+    _, key = g.account()
+    out = g.client.post("/named", json={"features": [3]}, headers={"X-API-Key": key}).get_json()
+    assert out["label"] == "dog" and out["probabilities"] != PROBS
+
+
+def test_a_canary_takes_effect_before_the_worker_runs(make_guarded):
+    g = make_guarded(MODELGUARD_SUSPICIOUS_OUTPUT=["label_only"], MODELGUARD_FLUSH_INTERVAL=3600)
+    name, key = g.account()
+    with g.app.app_context():
+        g.guard.add_canaries([[4, 4]])
+    g.predict(key, {"features": [4, 4]})
+    assert g.predict(key, {"features": [1, 2]}).get_json() == {"label": 1}  # not yet flushed
+    with g.app.app_context():
+        g.guard.update_account(name, flagged=False)  # an operator clears it
+    assert "probabilities" in g.predict(key, {"features": [1, 2]}).get_json()
+
+
+def test_ambiguous_bodies_cannot_dodge_canaries(make_guarded):
+    g = make_guarded(MODELGUARD_SUSPICIOUS_OUTPUT=["label_only"])
+    _, key = g.account()
+    with g.app.app_context():
+        g.guard.add_canaries([{"features": [4, 4], "instances": [[9, 9]]}])
+    # the whole ambiguous body is the input: the same body is caught
+    assert g.predict(key, {"features": [4, 4], "instances": [[9, 9]]}).get_json() == {"predictions": [{"label": 1}]}
+
+
+def test_cli_flag_and_canaries(make_guarded, tmp_path):
+    g = make_guarded()
+    name, key = g.account()
+    runner = g.app.test_cli_runner()
+    assert "flagged" in runner.invoke(args=["modelguard", "flag", name]).output
+    assert g.predict(key).get_json()["label"] != 1  # misinformation
+    assert "no longer" in runner.invoke(args=["modelguard", "flag", name, "--off"]).output
+    (tmp_path / "c.json").write_text("[[1, 1], [2, 2]]")
+    result = runner.invoke(args=["modelguard", "add-canaries", str(tmp_path / "c.json"), "--note", "x"])
+    assert result.exit_code == 0 and "2 new" in result.output
+    (tmp_path / "bad.json").write_text("{}")
+    assert runner.invoke(args=["modelguard", "add-canaries", str(tmp_path / "bad.json")]).exit_code == 1
+
+
+def problem_of_type(response):
+    return response.get_json()["type"].rsplit("/", 1)[1]
