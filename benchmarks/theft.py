@@ -85,6 +85,7 @@ def run(name, output, suspicious, flagged, queries, seed, tmp, data):
         "MODELGUARD_DATABASE_URL": f"sqlite:///{tmp}/{abs(hash(name))}.db",
         "MODELGUARD_OUTPUT": output, "MODELGUARD_SUSPICIOUS_OUTPUT": suspicious or ["misinformation"],
         "MODELGUARD_WATERMARK": watermark,
+        "MODELGUARD_DETECTION": False,  # the policies alone; flagged scenarios flag by hand
     })
     with app.app_context():
         for account in ("thief", "benign"):

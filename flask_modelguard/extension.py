@@ -192,16 +192,19 @@ class _GuardState:
             }
 
     def _write_events(self, rows: Any) -> None:
-        self.repository.insert_events(rows)
+        flagged = self.repository.insert_events(rows)
+        if not flagged:
+            return
+        why: dict[int, str] = {}
         for row in rows:
             evaluation = row.get("evaluation")
             if row["canary"]:
-                log.warning("modelguard: account %d sent a canary input and is flagged", row["account_id"])
+                why.setdefault(row["account_id"], "sent a canary input")
             elif evaluation and evaluation["reasons"]:
-                log.warning("modelguard: account %d flagged: %s", row["account_id"], "; ".join(evaluation["reasons"]))
-            else:
-                continue
-            self.auth.invalidate(account_id=row["account_id"])
+                why.setdefault(row["account_id"], "; ".join(evaluation["reasons"]))
+        for account_id in flagged:
+            log.warning("modelguard: account %d flagged: %s", account_id, why.get(account_id, "?"))
+            self.auth.invalidate(account_id=account_id)
 
     def load_reference(self, quiet: bool = False) -> None:
         try:

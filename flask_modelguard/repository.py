@@ -238,17 +238,18 @@ class Repository:
 
     # -- query events -----------------------------------------------------------
 
-    def insert_events(self, rows: Sequence[dict[str, Any]]) -> None:
+    def insert_events(self, rows: Sequence[dict[str, Any]]) -> set[int]:
         """Insert query-event rows, their watermark records, and flag the
         accounts that sent a canary, in one transaction.
 
         The worker's hot path: with the common DBAPI parameter styles the event
         rows go straight to the driver's ``executemany`` (JSON columns
         serialised here), which costs about half of SQLAlchemy's per-row
-        processing.
+        processing. Returns the accounts flagged by this call (not those that
+        were flagged already, nor allow-listed ones).
         """
         if not rows:
-            return
+            return set()
         marks = [mark for row in rows for mark in row.get("watermarks") or ()]
         caught = {row["account_id"] for row in rows if row["canary"]}
         evaluations = [row["evaluation"] for row in rows if row.get("evaluation")]
@@ -269,13 +270,15 @@ class Repository:
                 conn.execute(insert(m.watermarks), marks)
             if evaluations:
                 conn.execute(insert(m.scores), evaluations)
+            flagged: set[int] = set()
             if caught:
-                conn.execute(
-                    update(m.accounts)
-                    .where(m.accounts.c.id.in_(caught), m.accounts.c.allowlisted.is_(False),
-                           m.accounts.c.flagged.is_(False))
-                    .values(flagged=True, updated_at=self.now())
-                )
+                eligible = (m.accounts.c.id.in_(caught), m.accounts.c.allowlisted.is_(False),
+                            m.accounts.c.flagged.is_(False))
+                flagged = set(conn.execute(select(m.accounts.c.id).where(*eligible)).scalars())
+                if flagged:
+                    conn.execute(update(m.accounts).where(m.accounts.c.id.in_(flagged))
+                                 .values(flagged=True, updated_at=self.now()))
+        return flagged
 
     # -- watermarks and canaries --------------------------------------------------
 

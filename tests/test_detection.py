@@ -91,3 +91,24 @@ def test_flagged_thieves_are_served_misinformation(traffic):
         later = slice(flagged_at, None)  # the batch after the one that got it flagged
         agreement = (np.asarray(served[thief])[later] == truth[later]).mean()
         assert agreement < 0.2, (thief, agreement)
+
+
+def test_one_alert_per_flag_and_allow_list_wins(traffic, caplog):
+    app, accounts, history, *_ = traffic
+    alerts = [h for h in history["jbda"] if h["reasons"]]
+    assert len(alerts) >= 2  # evaluated again after the flag: history keeps growing
+    with app.app_context():
+        guard.update_account("jbda", allowlisted=True)
+        account = {a["name"]: a for a in guard.list_accounts()}["jbda"]
+        assert not account["flagged"] and account["allowlisted"]
+        state = guard.state(app)
+        caplog.set_level("WARNING", logger="flask_modelguard")
+        row = {"account_id": account["id"], "canary": False, "watermarks": [],
+               "evaluation": {"account_id": account["id"], "ts": 1.0, "queries": 999,
+                              "scores": {}, "reasons": ["PRADA W=0.1 < 0.9"]}}
+        base = {c: None for c in ("key_id", "route", "ts", "status", "latency_ms", "n_instances",
+                                  "fingerprint", "labels", "top_confidences", "input")}
+        base.update(key_id=1, route="r", ts=1.0, status=200, latency_ms=1.0, n_instances=1)
+        state._write_events([{**base, **row}])
+        assert not {a["name"]: a for a in guard.list_accounts()}["jbda"]["flagged"]
+        assert "flagged" not in caplog.text
