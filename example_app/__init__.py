@@ -121,6 +121,7 @@ def create_app(config: dict[str, Any] | None = None, *, guarded: bool = True) ->
         app.config["SECRET_KEY"] = _secret_key(app.instance_path)
     model = load_model(app.config.get("MODEL_CACHE_DIR") or app.instance_path)
     app.extensions["digits_model"] = model
+    app.config.setdefault("MODELGUARD_FEATURES", model.features)  # detectors compare hidden activations
     view = predict_view(model)
     if guarded:
         guard.init_app(app)

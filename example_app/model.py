@@ -39,6 +39,12 @@ class DigitsModel:
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return self.clf.predict_proba(X / 16.0)
 
+    def features(self, x: object) -> np.ndarray:
+        """The hidden layer's activations for one input: the feature space the
+        guard's ADD detector compares accounts in (``MODELGUARD_FEATURES``)."""
+        z = np.asarray(x, dtype=np.float64).reshape(1, -1) / 16.0
+        return np.maximum(0.0, z @ self.clf.coefs_[0] + self.clf.intercepts_[0])[0]
+
 
 def load_model(cache_dir: str) -> DigitsModel:
     """The trained model, from ``cache_dir`` if a compatible copy is there."""

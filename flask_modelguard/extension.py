@@ -28,7 +28,7 @@ from .auth import Authenticator
 from .config import Settings
 from .detectors.add import Reference
 from .events import QueryEvent, fingerprint
-from .features import Featurizer
+from .features import Featurizer, flatten
 from .exc import (
     BadRequest,
     CostExceedsLimit,
@@ -141,6 +141,7 @@ class _GuardState:
             watermark=settings.watermark,
         )
         self.featurizer = Featurizer(settings.features, settings.feature_dim)
+        self.raw = Featurizer(None, settings.feature_dim)  # PRADA's space: the inputs themselves
         self.monitor = Monitor(
             settings.feature_dim,
             prada_threshold=settings.prada_threshold,
@@ -180,9 +181,11 @@ class _GuardState:
         inputs = instances(event.request_json)
         if len(inputs) != len(row["labels"]):
             return
+        features = np.stack([self.featurizer(x) for x in inputs])
+        raw = features if self.featurizer.function is flatten else np.stack([self.raw(x) for x in inputs])
         obs = Observation(
             event.ts, [fingerprint(x, self.fingerprint_key) for x in inputs],
-            np.stack([self.featurizer(x) for x in inputs]), row["labels"], row["top_confidences"],
+            features, row["labels"], row["top_confidences"], raw,
         )
         evaluation = self.monitor.observe(event.account_id, obs)
         if evaluation is not None:

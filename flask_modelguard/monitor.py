@@ -84,7 +84,8 @@ class Monitor:
         """Add one request's observation; an :class:`Evaluation` when it is time for one."""
         account = self._account(account_id)
         account.state.update(obs)
-        for fp, x, label in zip(obs.fingerprints, obs.features, obs.labels):
+        points = obs.features if obs.raw is None else obs.raw
+        for fp, x, label in zip(obs.fingerprints, points, obs.labels):
             if fp in account.seen:
                 account.seen.move_to_end(fp)
                 continue  # a repeated input is no new probe: PRADA would see distance 0

@@ -44,6 +44,9 @@ class Observation:
     features: np.ndarray  # (n, dim)
     labels: Sequence[Any]
     confidences: Sequence[float | None]
+    #: (n, d) the inputs themselves, flattened, where PRADA measures distances
+    #: (as in the paper); None: PRADA uses ``features``.
+    raw: np.ndarray | None = None
 
 
 @dataclass
