@@ -92,8 +92,8 @@ class Settings:
     prada_threshold: float = 0.9
     #: Queries an account sends before the detectors judge it.
     detection_min_queries: int = 20
-    #: Detectors run after every this many queries of an account.
-    detection_every: int = 10
+    #: Detectors run after every this many queries of an account (and every 5% of its size).
+    detection_every: int = 25
 
     @classmethod
     def keys(cls) -> list[str]:

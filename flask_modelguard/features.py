@@ -34,8 +34,13 @@ def flatten(value: Any) -> np.ndarray:
             for key in sorted(v, key=str):
                 walk(v[key])
 
-    if isinstance(value, list) and value and all(type(v) in (int, float) for v in value):
-        return np.asarray(value, dtype=np.float64)
+    if isinstance(value, list):
+        try:  # the common case, a flat list of numbers, converted in C
+            flat = np.asarray(value, dtype=np.float64)
+            if flat.ndim == 1:
+                return flat
+        except (TypeError, ValueError):
+            pass
     walk(value)
     return np.asarray(out, dtype=np.float64)
 
@@ -59,7 +64,8 @@ class Featurizer:
 
     def __call__(self, value: Any) -> np.ndarray:
         x = np.asarray(self.function(value), dtype=np.float64).ravel()
-        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        if not np.isfinite(x).all():
+            x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
         if x.size > self.max_dim:
             return x @ projection(x.size, self.max_dim)
         if x.size < self.max_dim:

@@ -64,10 +64,14 @@ class AccountState:
     unique: UniqueCounter = field(default_factory=UniqueCounter)
     moments: Moments = field(default=None)  # type: ignore[assignment]
     by_class: dict[str, Moments] = field(default_factory=dict)
+    #: Feature rows buffered before they are folded into the moments.
+    buffer_rows: int = 32
 
     def __post_init__(self) -> None:
         if self.moments is None:
             self.moments = Moments(self.dim, diagonal=True)
+        self._rows: list[np.ndarray] = []
+        self._row_labels: list[str] = []
 
     # -- building -----------------------------------------------------------------
 
@@ -84,12 +88,25 @@ class AccountState:
         self.confidences.update(c for c in obs.confidences if c is not None)
         self.unique.add(obs.fingerprints)
         if len(obs.features):
-            X = np.atleast_2d(np.asarray(obs.features, dtype=np.float64))
-            self.moments.update(X)
-            Z = class_features(X)
-            for label in set(map(str, obs.labels)):
-                rows = [i for i, lab in enumerate(obs.labels) if str(lab) == label]
-                self.by_class.setdefault(label, Moments(Z.shape[1])).update(Z[rows])
+            # Moments take batches: updating them once per request costs more
+            # in numpy calls than in arithmetic, so rows wait in a small buffer.
+            self._rows.append(np.atleast_2d(np.asarray(obs.features, dtype=np.float64)))
+            self._row_labels.extend(str(lab) for lab in obs.labels)
+            if len(self._row_labels) >= self.buffer_rows:
+                self.flush()
+        return self
+
+    def flush(self) -> AccountState:
+        """Fold buffered feature rows into the moments (done before any read)."""
+        if not self._rows:
+            return self
+        X = np.concatenate(self._rows)
+        labels = np.asarray(self._row_labels)
+        self._rows, self._row_labels = [], []
+        self.moments.update(X)
+        Z = class_features(X)
+        for label in np.unique(labels):
+            self.by_class.setdefault(str(label), Moments(Z.shape[1])).update(Z[labels == label])
         return self
 
     def _trim(self) -> None:
@@ -101,6 +118,8 @@ class AccountState:
     def merge(self, other: AccountState) -> AccountState:
         if other.dim != self.dim:
             raise ValueError("cannot merge states of different feature dimensions")
+        self.flush()
+        other.flush()
         self.requests += other.requests
         self.queries += other.queries
         self.first_ts = min(self.first_ts, other.first_ts)
@@ -123,6 +142,7 @@ class AccountState:
     # -- serialisation ------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        self.flush()
         return {
             "dim": self.dim, "window_minutes": self.window_minutes,
             "requests": self.requests, "queries": self.queries,
@@ -150,6 +170,7 @@ class AccountState:
 
     def memory_bytes(self) -> int:
         """Approximate bytes held (arrays, buckets, sets), for the memory budget."""
+        self.flush()
         total = self.moments.mean.nbytes + self.moments.m2.nbytes
         total += sum(m.mean.nbytes + m.m2.nbytes for m in self.by_class.values())
         total += 72 * len(self.minutes) + 64 * (len(self.labels.counts) + len(self.confidences.counts))
@@ -206,4 +227,5 @@ BEHAVIOUR: dict[str, tuple[Callable[[AccountState], float], str]] = {
 
 def behaviour(state: AccountState) -> dict[str, float]:
     """The behaviour vector of an account, by feature name."""
+    state.flush()
     return {name: float(fn(state)) for name, (fn, _) in BEHAVIOUR.items()}

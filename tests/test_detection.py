@@ -53,11 +53,11 @@ def traffic(tmp_path_factory):
     for i in range(8):  # natural held-out digits, each user a different sample
         _send(client, keys[f"benign{i}"], X_test[rng.permutation(len(X_test))[:150]])
     thieves = {
-        "uniform": rng.uniform(0, 16, (150, 64)),
-        "gaussian": np.clip(rng.normal(8, 4, (150, 64)), 0, 16),
-        "jbda": _jbda(rng, X_test[rng.permutation(len(X_test))[:15]], 150),
+        "uniform": rng.uniform(0, 16, (250, 64)),
+        "gaussian": np.clip(rng.normal(8, 4, (250, 64)), 0, 16),
+        "jbda": _jbda(rng, X_test[rng.permutation(len(X_test))[:15]], 250),
         # Knockoff-style natural data from another distribution: digits shifted one pixel right
-        "shifted": np.roll(X_test[rng.permutation(len(X_test))[:150]].reshape(-1, 8, 8), 1, axis=2).reshape(-1, 64),
+        "shifted": np.roll(X_test[rng.permutation(len(X_test))[:250]].reshape(-1, 8, 8), 1, axis=2).reshape(-1, 64),
     }
     served = {name: _send(client, keys[name], X, app=app) for name, X in thieves.items()}
     with app.app_context():

@@ -103,5 +103,5 @@ def test_prada_needs_enough_distances_and_bounds_memory():
     assert p.statistic() is None  # 30 distances, fewer than 100
     for _ in range(2000):
         p.update(rng.normal(size=64) * 5, int(rng.integers(0, 10)))
-    assert all(len(c.vectors) <= 16 and len(c.distances) <= 50 for c in p.classes.values())
+    assert all(c.size <= 16 and len(c.vectors) == 16 and len(c.distances) <= 50 for c in p.classes.values())
     assert p.memory_bytes() <= 10 * (16 * 64 * 4 + 8 * 100)

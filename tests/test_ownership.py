@@ -108,7 +108,8 @@ def stolen(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("ownership")
     app = create_app({"MODEL_CACHE_DIR": str(tmp), "SECRET_KEY": "ownership-test",
-                      "MODELGUARD_DATABASE_URL": f"sqlite:///{tmp}/o.db"})
+                      "MODELGUARD_DATABASE_URL": f"sqlite:///{tmp}/o.db",
+                      "MODELGUARD_DETECTION": False})  # flagging the thief mid-way would change its answers
     X_train, X_test, y_train, _ = split()
     rng = np.random.default_rng(7)
     with app.app_context():

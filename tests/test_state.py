@@ -35,6 +35,7 @@ def test_merging_process_states_equals_one_state():
     for i, o in enumerate(obs):  # round-robin, as a load balancer would
         parts[i % 3].update(o)
     merged = parts[0].merge(parts[1]).merge(parts[2])
+    whole.flush()  # feature rows wait in a small buffer until read
     assert merged.queries == whole.queries and merged.requests == whole.requests
     assert merged.minutes == whole.minutes and merged.labels.counts == whole.labels.counts
     assert merged.confidences.counts == whole.confidences.counts

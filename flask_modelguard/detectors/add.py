@@ -26,7 +26,7 @@ import numpy as np
 
 from ..state import AccountState, Observation, class_features
 from ..stats import Moments
-from .frechet import frechet_distance
+from .frechet import frechet_distance, sqrtm_psd
 
 #: Account sizes at which benign thresholds are calibrated (log-interpolated between).
 CALIBRATION_SIZES = (20, 50, 100, 200, 500, 1000, 5000)
@@ -37,6 +37,7 @@ def add_score(state: AccountState, reference: Reference, min_class_queries: int 
     with at least ``min_class_queries`` queries (None when there are none). A
     class missing from the reference counts with the largest distance seen."""
     parts: list[tuple[int, float | None]] = []
+    state.flush()
     for label, moments in state.by_class.items():
         if moments.n < min_class_queries:
             continue
@@ -44,7 +45,8 @@ def add_score(state: AccountState, reference: Reference, min_class_queries: int 
         if ref is None:
             parts.append((moments.n, None))
             continue
-        parts.append((moments.n, frechet_distance(moments.mean, moments.cov(), ref.mean, ref.cov())))
+        parts.append((moments.n, frechet_distance(moments.mean, moments.cov(), ref.mean, ref.cov(),
+                                                  root2=reference.root(label))))
     if not parts:
         return None
     worst = max((d for _, d in parts if d is not None), default=0.0)
@@ -60,6 +62,14 @@ class Reference:
     classes: dict[str, Moments]
     #: (account size, threshold) pairs, increasing sizes.
     thresholds: list[tuple[int, float]] = field(default_factory=list)
+    _roots: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def root(self, label: str) -> np.ndarray:
+        """The PSD square root of a class covariance (computed once)."""
+        found = self._roots.get(label)
+        if found is None:
+            found = self._roots[label] = sqrtm_psd(self.classes[label].cov())
+        return found
 
     @classmethod
     def fit(cls, X: np.ndarray, labels: Sequence[Any], *, calibration: float = 0.3, seed: int = 0,

@@ -20,11 +20,16 @@ def sqrtm_psd(matrix: np.ndarray) -> np.ndarray:
     return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
 
 
-def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
-    """Squared Fréchet distance between N(mu1, cov1) and N(mu2, cov2); never negative."""
+def frechet_distance(
+    mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray, root2: np.ndarray | None = None
+) -> float:
+    """Squared Fréchet distance between N(mu1, cov1) and N(mu2, cov2); never
+    negative. ``root2``, the square root of ``cov2``, may be given when it is
+    reused (a reference class compared with many accounts)."""
     mu1, mu2 = np.asarray(mu1, dtype=np.float64), np.asarray(mu2, dtype=np.float64)
     cov1, cov2 = np.asarray(cov1, dtype=np.float64), np.asarray(cov2, dtype=np.float64)
-    root2 = sqrtm_psd(cov2)
+    if root2 is None:
+        root2 = sqrtm_psd(cov2)
     cross = sqrtm_psd(root2 @ cov1 @ root2)
     value = float(np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2.0 * np.trace(cross))
     return max(0.0, value)

@@ -31,10 +31,24 @@ from scipy.stats import shapiro
 
 @dataclass
 class _ClassSet:
-    vectors: deque[np.ndarray]
+    vectors: np.ndarray  # the growing set: rows [0, size), a ring once at max_set
+    max_set: int
+    size: int = 1
+    next: int = 1
     joined: list[float] = field(default_factory=lambda: [0.0])  # DG_c
     threshold: float = 0.0
     distances: deque[float] = field(default_factory=deque)
+
+    def add(self, x: np.ndarray) -> None:
+        """Join the growing set; the oldest member leaves when it is full."""
+        capacity = len(self.vectors)
+        if self.size == capacity < self.max_set:  # grow by doubling, up to max_set
+            grown = np.zeros((min(2 * capacity, self.max_set), self.vectors.shape[1]), dtype=self.vectors.dtype)
+            grown[:capacity] = self.vectors
+            self.vectors, self.next = grown, capacity
+        self.vectors[self.next] = x
+        self.next = (self.next + 1) % len(self.vectors) if len(self.vectors) == self.max_set else self.next + 1
+        self.size = min(self.size + 1, self.max_set)
 
 
 class Prada:
@@ -62,15 +76,17 @@ class Prada:
         self.queries += 1
         found = self.classes.get(label)
         if found is None:
-            self.classes[label] = _ClassSet(deque([x], maxlen=self.max_set))
+            vectors = np.zeros((min(4, self.max_set), x.size), dtype=np.float32)
+            vectors[0] = x
+            self.classes[label] = _ClassSet(vectors, self.max_set)
             return None
-        dists = np.sqrt(((np.stack(found.vectors) - x) ** 2).sum(axis=1))
-        dmin = float(dists.min())
+        diff = found.vectors[: found.size] - x
+        dmin = float(np.sqrt(np.einsum("ij,ij->i", diff, diff).min()))
         found.distances.append(dmin)
         if len(found.distances) > self.max_distances:
             found.distances.popleft()
         if dmin > found.threshold:
-            found.vectors.append(x)
+            found.add(x)
             found.joined.append(dmin)
             if len(found.joined) > self.max_distances:
                 del found.joined[0]
@@ -103,5 +119,5 @@ class Prada:
         """Bytes held by the vectors and distance series (the dominant part)."""
         total = 0
         for c in self.classes.values():
-            total += sum(v.nbytes for v in c.vectors) + 8 * (len(c.distances) + len(c.joined))
+            total += c.vectors.nbytes + 8 * (len(c.distances) + len(c.joined))
         return total

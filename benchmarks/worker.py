@@ -1,0 +1,70 @@
+"""What the worker costs per event, and how many events a process can take.
+
+Feeds events, as the example app's request path makes them, straight to the
+worker's two stages (prepare: fingerprint, prediction read, detection; write:
+the SQLite batch insert) and times each, with detection off and on (PRADA on
+the inputs, ADD on the example model's hidden layer, evaluations every 10
+queries). Also reports the memory of one account's state.
+
+    python benchmarks/worker.py [--events 5000] [--accounts 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from example_app import create_app, guard  # noqa: E402
+from example_app.model import split  # noqa: E402
+from flask_modelguard.events import QueryEvent  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=5000)
+    parser.add_argument("--accounts", type=int, default=50)
+    args = parser.parse_args()
+    X_train, X_test, _, _ = split()
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        for detection in (False, True):
+            app = create_app({"MODEL_CACHE_DIR": tmp, "SECRET_KEY": "w", "MODELGUARD_DETECTION": detection,
+                              "MODELGUARD_DATABASE_URL": f"sqlite:///{tmp}/w{detection}.db"})
+            model = app.extensions["digits_model"]
+            state = guard.state(app)
+            if detection:
+                with app.app_context():
+                    guard.fit_reference(X_train.tolist(), model.predict_proba(X_train).argmax(axis=1))
+            events = []
+            for i in range(args.events):
+                x = X_test[rng.integers(0, len(X_test))]
+                p = model.predict_proba(x[None])[0]
+                events.append(QueryEvent(1 + i % args.accounts, 1, "predict", 1.8e9 + i, 200, 1.0, 1,
+                                         {"features": x.tolist()}, {"label": int(p.argmax()), "probabilities": p.tolist()}))
+            t0 = time.perf_counter()
+            rows = [state._prepare(e) for e in events]
+            t1 = time.perf_counter()
+            for start in range(0, len(rows), 500):
+                state.repository.insert_events(rows[start : start + 500])
+            t2 = time.perf_counter()
+            prepare, write = (t1 - t0) / len(events), (t2 - t1) / len(events)
+            print(f"detection {'on ' if detection else 'off'}: prepare {prepare * 1e6:6.1f} µs/event, "
+                  f"write {write * 1e6:5.1f} µs/event -> {1 / (prepare + write):7.0f} events/s per process")
+            if detection:
+                monitor = state.monitor
+                one = monitor.accounts[1]
+                print(f"  {monitor.stats()['accounts']} accounts, {args.events // args.accounts} events each: "
+                      f"state {one.state.memory_bytes() / 1024:.1f} KiB + PRADA {one.prada.memory_bytes() / 1024:.1f} KiB "
+                      "per account")
+            guard.close(app)
+
+
+if __name__ == "__main__":
+    main()
