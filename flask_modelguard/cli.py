@@ -248,3 +248,28 @@ def verify_watermark(account: str | None, url: str | None, headers: tuple[str, .
         click.echo(result.summary())
     if not any(r.probes for r in results):
         raise click.ClickException("No watermark answers recorded for this account yet.")
+
+
+@modelguard_cli.command("fit-reference")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@with_appcontext
+@_friendly
+def fit_reference(file: str) -> None:
+    """Fit ADD's reference from FILE: JSON {"inputs": [...], "labels": [...]}
+    (model inputs as requests carry them, and the model's labels), or .npz with X and y."""
+    if file.endswith(".npz"):
+        import numpy as np
+
+        with np.load(file) as data:
+            inputs, labels = data["X"].tolist(), data["y"].tolist()
+    else:
+        with open(file) as fh:
+            data = json.load(fh)
+        if not isinstance(data, dict) or "inputs" not in data or "labels" not in data:
+            raise click.ClickException('FILE must hold {"inputs": [...], "labels": [...]}.')
+        inputs, labels = data["inputs"], data["labels"]
+    if len(inputs) != len(labels) or len(inputs) < 20:
+        raise click.ClickException("Give as many labels as inputs, and at least 20 of each.")
+    reference = _guard().fit_reference(inputs, labels)
+    sizes = ", ".join(f"{n}: {t:.1f}" for n, t in reference.thresholds)
+    click.echo(f"Reference of {len(reference.classes)} classes stored; ADD thresholds by account size: {sizes}")

@@ -7,6 +7,7 @@ return value can be read before Flask serialises it.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import logging
@@ -45,7 +46,7 @@ from .payload import instances
 from .protection import OutputProtector, RouteOptions
 from .quotas import LimitSet, QuotaEnforcer, Verdict
 from .repository import Principal, Repository
-from .state import Observation
+from .state import AccountState, Observation
 from .worker import EventWorker
 
 log = logging.getLogger("flask_modelguard")
@@ -70,6 +71,28 @@ def _bad_data(exc: BaseException) -> bool:
     if isinstance(exc, (OperationalError, InterfaceError)):
         return False  # connection lost, database down, locked: transient
     return isinstance(exc, (StatementError, TypeError, ValueError))
+
+
+_live_states: weakref.WeakSet[_GuardState] = weakref.WeakSet()
+
+
+def _reset_in_child() -> None:
+    for state in list(_live_states):
+        state.monitor.reset()  # the parent merges what it saw; the child starts afresh
+        state._pid = os.getpid()
+
+
+def _persist_at_exit() -> None:
+    """Write queued events, then merge the account states they fed."""
+    for state in list(_live_states):
+        if state._pid == os.getpid():
+            state.worker.flush()
+            state._persist_quietly()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_child)
+atexit.register(_persist_at_exit)
 
 
 def _dispose_in_child(engine: Any) -> Callable[[], None]:
@@ -112,6 +135,7 @@ class _GuardState:
         engine = create_engine(url, **engine_options)
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=_dispose_in_child(engine))
+        self._pid = os.getpid()
         self.repository = Repository(engine, clock=self.clock)
         self.enforcer = QuotaEnforcer(
             settings.storage_uri,
@@ -147,6 +171,7 @@ class _GuardState:
             prada_threshold=settings.prada_threshold,
             min_queries=settings.detection_min_queries,
             every=settings.detection_every,
+            loader=self._load_state,
         )
         self.worker: EventWorker[QueryEvent] = EventWorker(
             self._prepare,
@@ -156,9 +181,10 @@ class _GuardState:
             flush_interval=settings.flush_interval,
             shutdown_timeout=settings.shutdown_timeout,
             permanent=_bad_data,
-            on_tick=self.refresh_canaries,
+            on_tick=self._tick,
             tick_interval=settings.key_cache_ttl,
         )
+        _live_states.add(self)
         #: Requests served without a rate-limit check because the storage was down.
         self.failed_open = 0
         #: Events the detectors failed on (logged; the event itself is still written).
@@ -187,7 +213,8 @@ class _GuardState:
             event.ts, [fingerprint(x, self.fingerprint_key) for x in inputs],
             features, row["labels"], row["top_confidences"], raw,
         )
-        evaluation = self.monitor.observe(event.account_id, obs)
+        with self.monitor.lock:
+            evaluation = self.monitor.observe(event.account_id, obs)
         if evaluation is not None:
             row["evaluation"] = {
                 "account_id": evaluation.account_id, "ts": evaluation.ts, "queries": evaluation.queries,
@@ -208,6 +235,39 @@ class _GuardState:
         for account_id in flagged:
             log.warning("modelguard: account %d flagged: %s", account_id, why.get(account_id, "?"))
             self.auth.invalidate(account_id=account_id)
+
+    def _load_state(self, account_id: int) -> AccountState | None:
+        try:
+            data = self.repository.load_state(account_id)
+        except SQLAlchemyError as exc:
+            log.warning("modelguard: could not load the state of account %d (%s)", account_id, exc.__class__.__name__)
+            return None
+        return None if data is None else AccountState.from_dict(data)
+
+    def persist_states(self) -> int:
+        """Merge this process's account deltas into the stored states (the
+        worker does it every key-cache TTL, and at flush and shutdown);
+        returns how many accounts were merged."""
+        with self.monitor.lock:
+            pending = self.monitor.deltas()
+            for account_id, delta in pending:
+                data = delta.to_dict()
+
+                def merge(stored: dict[str, Any] | None, data: dict[str, Any] = data) -> dict[str, Any]:
+                    if stored is None:
+                        return data
+                    return AccountState.from_dict(stored).merge(AccountState.from_dict(data)).to_dict()
+
+                merged = self.repository.merge_state(account_id, merge)
+                self.monitor.merged(account_id, AccountState.from_dict(merged))
+        return len(pending)
+
+    def _tick(self) -> None:
+        self.refresh_canaries()
+        try:
+            self.persist_states()
+        except SQLAlchemyError as exc:
+            log.warning("modelguard: could not store account states (%s); retrying later", exc.__class__.__name__)
 
     def load_reference(self, quiet: bool = False) -> None:
         try:
@@ -356,7 +416,14 @@ class _GuardState:
 
     def close(self) -> None:
         self.worker.stop()
+        self._persist_quietly()
         self.repository.engine.dispose()
+
+    def _persist_quietly(self) -> None:
+        try:
+            self.persist_states()
+        except SQLAlchemyError as exc:
+            log.error("modelguard: account states not stored (%s)", exc.__class__.__name__)
 
 
 class ModelGuard:
@@ -416,8 +483,12 @@ class ModelGuard:
         self.state(app).repository.create_all()
 
     def flush(self, app: Flask | None = None, timeout: float | None = None) -> bool:
-        """Write every queued event now; True if nothing is left."""
-        return self.state(app).worker.flush(timeout)
+        """Write every queued event now, and merge account states into the
+        database; True if no event is left."""
+        state = self.state(app)
+        done = state.worker.flush(timeout)
+        state._persist_quietly()
+        return done
 
     def stats(self, app: Flask | None = None) -> dict[str, Any]:
         """Worker and storage counters of this process."""

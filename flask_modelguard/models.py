@@ -130,3 +130,12 @@ references = Table(
     Column("data", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
+
+#: Account states merged from every process (see state.AccountState.merge).
+account_states = Table(
+    "modelguard_account_states",
+    metadata,
+    Column("account_id", Integer, primary_key=True),
+    Column("state", JSON, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

@@ -15,7 +15,9 @@ policy) and an alert.
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,10 +42,13 @@ class Evaluation:
 
 
 class _Account:
-    __slots__ = ("state", "prada", "seen", "since")
+    __slots__ = ("state", "delta", "prada", "seen", "since")
 
-    def __init__(self, dim: int, prada_threshold: float) -> None:
-        self.state = AccountState(dim)
+    def __init__(self, dim: int, prada_threshold: float, state: AccountState | None = None) -> None:
+        #: Everything known: the merged state from storage plus this process's delta.
+        self.state = state or AccountState(dim)
+        #: What this process saw since it last merged into storage.
+        self.delta = AccountState(dim)
         self.prada = Prada(prada_threshold)
         self.seen: OrderedDict[str, None] = OrderedDict()  # recent fingerprints: PRADA skips repeats
         self.since = 0  # queries since the last evaluation
@@ -62,6 +67,7 @@ class Monitor:
         every: int = 10,
         max_accounts: int = 10_000,
         max_seen: int = 4096,
+        loader: Callable[[int], AccountState | None] | None = None,
     ) -> None:
         self.dim = dim
         self.reference = reference
@@ -71,13 +77,23 @@ class Monitor:
         self.max_accounts = max_accounts
         self.max_seen = max_seen
         self.accounts: OrderedDict[int, _Account] = OrderedDict()
+        #: Reads an account's merged state from storage when it first shows up.
+        self.loader = loader
+        #: Deltas of accounts evicted from memory before they were merged.
+        self.evicted: list[tuple[int, AccountState]] = []
+        #: Held by observe() and the merge into storage (worker thread vs flush()).
+        self.lock = threading.Lock()
 
     def _account(self, account_id: int) -> _Account:
         found = self.accounts.get(account_id)
         if found is None:
-            found = self.accounts[account_id] = _Account(self.dim, self.prada_threshold)
+            stored = self.loader(account_id) if self.loader is not None else None
+            found = self.accounts[account_id] = _Account(self.dim, self.prada_threshold, stored)
             if len(self.accounts) > self.max_accounts:
-                self.accounts.popitem(last=False)  # least recently active
+                # The least recently active goes; its unmerged delta waits for the next merge.
+                gone_id, gone = self.accounts.popitem(last=False)
+                if gone.delta.queries:
+                    self.evicted.append((gone_id, gone.delta))
         else:
             self.accounts.move_to_end(account_id)
         return found
@@ -86,6 +102,7 @@ class Monitor:
         """Add one request's observation; an :class:`Evaluation` when it is time for one."""
         account = self._account(account_id)
         account.state.update(obs)
+        account.delta.update(obs)
         points = obs.features if obs.raw is None else obs.raw
         for fp, x, label in zip(obs.fingerprints, points, obs.labels):
             if fp in account.seen:
@@ -120,6 +137,24 @@ class Monitor:
                 reasons.append(f"ADD {add:.1f} > {limit:.1f} at {state.queries} queries")
         clean = {k: (None if v is None or not math.isfinite(v) else float(v)) for k, v in scores.items()}
         return Evaluation(account_id, ts, state.queries, clean, reasons)
+
+    def reset(self) -> None:
+        """Forget everything (a forked child: the parent merges its own deltas)."""
+        self.accounts = OrderedDict()
+        self.evicted = []
+        self.lock = threading.Lock()
+
+    def deltas(self) -> list[tuple[int, AccountState]]:
+        """Accounts with queries not yet merged into storage, and those deltas
+        (evicted ones included, and forgotten: call with :attr:`lock` held)."""
+        pending, self.evicted = self.evicted, []
+        return pending + [(a, acc.delta) for a, acc in self.accounts.items() if acc.delta.queries]
+
+    def merged(self, account_id: int, state: AccountState) -> None:
+        """Storage now holds ``state``, which includes this process's delta."""
+        account = self.accounts.get(account_id)
+        if account is not None:
+            account.state, account.delta = state, AccountState(self.dim)
 
     def state(self, account_id: int) -> AccountState | None:
         found = self.accounts.get(account_id)

@@ -325,6 +325,33 @@ class Repository:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
+    def load_state(self, account_id: int) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(m.account_states.c.state).where(m.account_states.c.account_id == account_id)
+            ).first()
+        return None if row is None else row.state
+
+    def merge_state(
+        self, account_id: int, merge: Callable[[dict[str, Any] | None], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Replace an account's stored state by ``merge(stored)`` in one
+        transaction, the row locked (``SELECT ... FOR UPDATE`` where the
+        database has it; SQLite serialises writers anyway), so processes merging
+        at the same time do not lose each other's deltas."""
+        table = m.account_states
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(table.c.state).where(table.c.account_id == account_id).with_for_update()
+            ).first()
+            merged = merge(None if row is None else row.state)
+            if row is None:
+                conn.execute(insert(table).values(account_id=account_id, state=merged, updated_at=self.now()))
+            else:
+                conn.execute(update(table).where(table.c.account_id == account_id)
+                             .values(state=merged, updated_at=self.now()))
+        return merged
+
     def save_reference(self, data: dict[str, Any]) -> None:
         with self.engine.begin() as conn:
             conn.execute(m.references.delete())

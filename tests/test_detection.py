@@ -115,3 +115,63 @@ def test_one_alert_per_flag_and_allow_list_wins(traffic, caplog):
         state._write_events([{**base, **row}])
         assert not {a["name"]: a for a in guard.list_accounts()}["jbda"]["flagged"]
         assert "flagged" not in caplog.text
+
+
+def test_states_from_several_processes_merge_into_one(make_guarded_pair):
+    """Two apps (two processes' worth) on one database, an account's requests
+    split between them round-robin: the stored state equals the state of one
+    process that saw every request, and each process then judges the account
+    on all of it."""
+    from flask_modelguard import ModelGuard
+    from flask_modelguard.state import AccountState, Observation, behaviour
+
+    a, b = make_guarded_pair
+    name, key = a.account(limits="100000/minute")
+    rng = np.random.default_rng(3)
+    bodies = [{"features": rng.uniform(0, 16, 8).round(2).tolist()} for _ in range(60)]
+    for i, body in enumerate(bodies):
+        assert (a if i % 2 == 0 else b).predict(key, body).status_code == 200
+    for g in (a, b):
+        g.guard.flush(g.app)
+    state_a = ModelGuard.state(a.app)
+    account_id = state_a.repository.get_account(name)["id"]
+    stored = AccountState.from_dict(state_a.repository.load_state(account_id))
+    single = AccountState(64)
+    for body in bodies:
+        x = state_a.featurizer(body["features"])
+        single.update(Observation(0.0, [__import__("flask_modelguard").fingerprint(body["features"], state_a.fingerprint_key)],
+                                  x[None], ["1"], [0.7]))
+    assert stored.queries == single.queries == 60
+    assert stored.labels.counts == single.labels.counts
+    assert stored.unique.estimate() == single.unique.estimate() == 60
+    np.testing.assert_allclose(stored.moments.cov(), single.flush().moments.cov(), rtol=1e-9, atol=1e-12)
+    # a process learns the others' queries when it next merges its own
+    assert a.predict(key, {"features": [1.0] * 8}).status_code == 200
+    a.guard.flush(a.app)
+    assert behaviour(state_a.monitor.state(account_id))["log_queries"] == pytest.approx(np.log1p(61))
+
+
+@pytest.fixture
+def make_guarded_pair(make_guarded):
+    a = make_guarded(MODELGUARD_DETECTION=True, MODELGUARD_FLUSH_INTERVAL=3600)
+    b = make_guarded(MODELGUARD_DETECTION=True, MODELGUARD_FLUSH_INTERVAL=3600,
+                     MODELGUARD_DATABASE_URL=a.app.config["MODELGUARD_DATABASE_URL"])
+    return a, b
+
+
+def test_cli_fit_reference(tmp_path):
+    from example_app.model import split as digits
+
+    X_train, _, y_train, _ = digits()
+    app = create_app({"MODEL_CACHE_DIR": str(tmp_path), "SECRET_KEY": "cli",
+                      "MODELGUARD_DATABASE_URL": f"sqlite:///{tmp_path}/r.db"})
+    (tmp_path / "ref.json").write_text(__import__("json").dumps({"inputs": X_train.tolist(), "labels": y_train.tolist()}))
+    np.savez(tmp_path / "ref.npz", X=X_train, y=y_train)
+    runner = app.test_cli_runner()
+    for name in ("ref.json", "ref.npz"):
+        result = runner.invoke(args=["modelguard", "fit-reference", str(tmp_path / name)])
+        assert result.exit_code == 0 and "10 classes" in result.output, result.output
+    (tmp_path / "bad.json").write_text('{"inputs": [[1]], "labels": []}')
+    assert runner.invoke(args=["modelguard", "fit-reference", str(tmp_path / "bad.json")]).exit_code == 1
+    assert guard.state(app).monitor.reference is not None
+    guard.close(app)
