@@ -94,6 +94,13 @@ class Settings:
     detection_min_queries: int = 20
     #: Detectors run after every this many queries of an account (and every 5% of its size).
     detection_every: int = 25
+    #: Behaviour anomaly models to fit on benign accounts' stored states:
+    #: any of "isolation_forest", "one_class_svm", "lof" (none by default).
+    anomaly_models: Any = field(default_factory=list)
+    #: Seconds between refits of the anomaly models in the worker.
+    anomaly_refit: float = 3600.0
+    #: Benign false-positive rate the anomaly models' thresholds are set for.
+    anomaly_fpr: float = 0.005
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -133,7 +140,14 @@ class Settings:
                 raise InvalidValue(f"{PREFIX}{name.upper()} has the wrong type: {getattr(self, name)!r}")
         if isinstance(self.watermark, bool) or not isinstance(self.watermark, (int, float)) or not 0 <= self.watermark <= 1:
             raise InvalidValue(f"{PREFIX}WATERMARK must be a fraction in [0, 1], not {self.watermark!r}")
-        for name in ("storage_retry", "key_cache_ttl", "rotation_grace", "flush_interval", "shutdown_timeout"):
+        from .detectors.anomaly import KINDS
+
+        if not isinstance(self.anomaly_models, (list, tuple)) or not set(self.anomaly_models) <= set(KINDS):
+            raise InvalidValue(f"{PREFIX}ANOMALY_MODELS must list some of {', '.join(KINDS)}")
+        if isinstance(self.anomaly_fpr, bool) or not isinstance(self.anomaly_fpr, float) or not 0 < self.anomaly_fpr < 1:
+            raise InvalidValue(f"{PREFIX}ANOMALY_FPR must be a fraction in (0, 1)")
+        for name in ("storage_retry", "key_cache_ttl", "rotation_grace", "flush_interval", "shutdown_timeout",
+                     "anomaly_refit"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise InvalidValue(f"{PREFIX}{name.upper()} must be a number >= 0, not {value!r}")

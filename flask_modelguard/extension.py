@@ -28,6 +28,7 @@ from sqlalchemy.pool import StaticPool
 from .auth import Authenticator
 from .config import Settings
 from .detectors.add import Reference
+from .detectors.anomaly import AnomalyModel
 from .events import QueryEvent, fingerprint
 from .features import Featurizer, flatten
 from .exc import (
@@ -189,6 +190,7 @@ class _GuardState:
         self.failed_open = 0
         #: Events the detectors failed on (logged; the event itself is still written).
         self.detection_errors = 0
+        self._next_refit = 0.0
 
     def _prepare(self, event: QueryEvent) -> dict[str, Any]:
         """The event's row (worker thread); detection runs here, once per event."""
@@ -266,8 +268,29 @@ class _GuardState:
         self.refresh_canaries()
         try:
             self.persist_states()
+            if self.settings.anomaly_models and time.monotonic() >= self._next_refit:
+                self._next_refit = time.monotonic() + self.settings.anomaly_refit
+                self.refit_anomaly_models()
         except SQLAlchemyError as exc:
             log.warning("modelguard: could not store account states (%s); retrying later", exc.__class__.__name__)
+
+    def refit_anomaly_models(self, kinds: Any = None, vectors: list[dict[str, Any]] | None = None) -> int:
+        """Fit the anomaly models on benign behaviour ``vectors`` (default: the
+        stored states of active, unflagged accounts, each scored as the
+        monitor scores accounts). Runs in the worker on a schedule; returns how
+        many accounts it was fitted on (0: too few, models left as they were)."""
+        kinds = list(kinds or self.settings.anomaly_models)
+        if vectors is None:
+            vectors = []
+            for data in self.repository.benign_states(self.settings.detection_min_queries):
+                vectors.append(self.monitor.score_state(AccountState.from_dict(data)))
+        if len(vectors) < 10:
+            log.info("modelguard: %d benign accounts, too few to fit anomaly models", len(vectors))
+            return 0
+        models = [AnomalyModel(kind, fpr=self.settings.anomaly_fpr).fit(vectors) for kind in kinds]
+        with self.monitor.lock:
+            self.monitor.anomaly = models
+        return len(vectors)
 
     def load_reference(self, quiet: bool = False) -> None:
         try:

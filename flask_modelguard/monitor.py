@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .detectors.add import Reference, add_score
+from .detectors.anomaly import AnomalyModel
 from .detectors.prada import Prada
 from .state import AccountState, Observation, behaviour
 
@@ -83,6 +84,8 @@ class Monitor:
         self.evicted: list[tuple[int, AccountState]] = []
         #: Held by observe() and the merge into storage (worker thread vs flush()).
         self.lock = threading.Lock()
+        #: Fitted behaviour anomaly models (refitted by the guard on a schedule).
+        self.anomaly: list[AnomalyModel] = []
 
     def _account(self, account_id: int) -> _Account:
         found = self.accounts.get(account_id)
@@ -119,22 +122,34 @@ class Monitor:
         account.since = 0
         return self.evaluate(account_id, obs.ts)
 
+    def score_state(self, state: AccountState) -> dict[str, float | None]:
+        """The behaviour vector of a state with ADD's score, threshold and ratio."""
+        scores: dict[str, float | None] = dict(behaviour(state))
+        if self.reference is not None:
+            add = add_score(state, self.reference)
+            limit = self.reference.threshold(state.queries)
+            scores["add"], scores["add_threshold"] = add, limit
+            if add is not None and limit:
+                scores["add_ratio"] = add / limit
+        return scores
+
     def evaluate(self, account_id: int, ts: float) -> Evaluation:
         account = self._account(account_id)
         state = account.state
-        scores: dict[str, float | None] = dict(behaviour(state))
+        scores = self.score_state(state)
         reasons: list[str] = []
         w = account.prada.statistic()
         scores["prada_w"] = w
         if w is not None and w < self.prada_threshold:
             reasons.append(f"PRADA W={w:.3f} < {self.prada_threshold}")
-        if self.reference is not None:
-            add = add_score(state, self.reference)
-            scores["add"] = add
-            limit = self.reference.threshold(state.queries)
-            scores["add_threshold"] = limit
-            if add is not None and limit is not None and add > limit:
-                reasons.append(f"ADD {add:.1f} > {limit:.1f} at {state.queries} queries")
+        add, limit = scores.get("add"), scores.get("add_threshold")
+        if add is not None and limit is not None and add > limit:
+            reasons.append(f"ADD {add:.1f} > {limit:.1f} at {state.queries} queries")
+        for model in self.anomaly:
+            value = model.score(scores)
+            scores[model.kind] = value
+            if value > model.threshold:
+                reasons.append(f"{model.kind} {value:.3f} > {model.threshold:.3f}")
         clean = {k: (None if v is None or not math.isfinite(v) else float(v)) for k, v in scores.items()}
         return Evaluation(account_id, ts, state.queries, clean, reasons)
 

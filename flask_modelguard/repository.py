@@ -352,6 +352,18 @@ class Repository:
                              .values(state=merged, updated_at=self.now()))
         return merged
 
+    def benign_states(self, min_queries: int = 1) -> list[dict[str, Any]]:
+        """Stored states of accounts that are active and not flagged (the
+        anomaly models' picture of normal), with at least ``min_queries``."""
+        query = (
+            select(m.account_states.c.state)
+            .join(m.accounts, m.accounts.c.id == m.account_states.c.account_id)
+            .where(m.accounts.c.flagged.is_(False), m.accounts.c.status == "active")
+        )
+        with self.engine.connect() as conn:
+            states = [r.state for r in conn.execute(query)]
+        return [s for s in states if int(s["queries"]) >= min_queries]
+
     def save_reference(self, data: dict[str, Any]) -> None:
         with self.engine.begin() as conn:
             conn.execute(m.references.delete())

@@ -175,3 +175,19 @@ def test_cli_fit_reference(tmp_path):
     assert runner.invoke(args=["modelguard", "fit-reference", str(tmp_path / "bad.json")]).exit_code == 1
     assert guard.state(app).monitor.reference is not None
     guard.close(app)
+
+
+def test_anomaly_models_fitted_on_benign_states_single_out_the_thieves(traffic):
+    app, accounts, history, *_ = traffic
+    state = guard.state(app)
+    with app.app_context():
+        guard.flush()  # merge the account states into the database
+    benign = [{k: v for k, v in history[f"benign{i}"][-1]["scores"].items()} for i in range(8)]
+    # eight benign accounts are too few to calibrate a 0.5% false-positive rate: refused
+    assert state.refit_anomaly_models(["isolation_forest"]) == 0
+    fitted = state.refit_anomaly_models(["isolation_forest", "lof"], vectors=benign * 2)
+    assert fitted == 16 and [m.kind for m in state.monitor.anomaly] == ["isolation_forest", "lof"]
+    thief_scores = [state.monitor.anomaly[0].score(history[t][-1]["scores"]) for t in ("uniform", "gaussian", "shifted")]
+    benign_scores = [state.monitor.anomaly[0].score(v) for v in benign]
+    assert min(thief_scores) > max(benign_scores)
+    state.monitor.anomaly = []

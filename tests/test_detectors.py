@@ -105,3 +105,23 @@ def test_prada_needs_enough_distances_and_bounds_memory():
         p.update(rng.normal(size=64) * 5, int(rng.integers(0, 10)))
     assert all(c.size <= 16 and len(c.vectors) == 16 and len(c.distances) <= 50 for c in p.classes.values())
     assert p.memory_bytes() <= 10 * (16 * 64 * 4 + 8 * 100)
+
+
+@pytest.mark.parametrize("kind", ["isolation_forest", "one_class_svm", "lof"])
+def test_anomaly_models_keep_their_false_positive_rate_and_catch_outliers(kind):
+    from flask_modelguard.detectors.anomaly import DEFAULT_FEATURES, AnomalyModel
+
+    rng = np.random.default_rng(0)
+
+    def benign(n):
+        return [dict(zip(DEFAULT_FEATURES, row)) for row in rng.normal([0.95, 0.9, 0.02, 0.04, 0.8, 0.3, 1.0, 0.5],
+                                                                        [0.02, 0.03, 0.01, 0.01, 0.05, 0.03, 0.2, 0.1], (n, 8))]
+
+    model = AnomalyModel(kind, fpr=0.02).fit(benign(400))
+    fresh = benign(500)
+    fpr = np.mean([model.flags(v) for v in fresh])
+    assert fpr < 0.06, fpr  # calibrated on held-out folds: near the 2% asked for
+    thief = dict(zip(DEFAULT_FEATURES, [1.0, 0.99, 0.3, 0.5, 0.1, 0.8, 0.1, 3.0]))  # synthetic queries: low confidence
+    assert model.flags(thief) and model.score(thief) > model.threshold
+    with pytest.raises(ValueError):
+        AnomalyModel(kind).fit(benign(5))
