@@ -94,6 +94,12 @@ class Settings:
     detection_min_queries: int = 20
     #: Detectors run after every this many queries of an account (and every 5% of its size).
     detection_every: int = 25
+    #: What a detector verdict does: "observe" (record and alert only, answers
+    #: untouched), "degrade" (flag: the suspicious-account output policy),
+    #: "throttle" (flag and move to ``throttle_tier``), "block" (flag and block: 403).
+    action: str = "degrade"
+    #: Tier of throttled accounts.
+    throttle_tier: str = "free"
     #: Behaviour anomaly models to fit on benign accounts' stored states:
     #: any of "isolation_forest", "one_class_svm", "lof" (none by default).
     anomaly_models: Any = field(default_factory=list)
@@ -159,6 +165,10 @@ class Settings:
                 raise InvalidValue(f"{PREFIX}{name.upper()} must be an integer >= 1, not {value!r}")
         if self.fail_mode not in FAIL_MODES:
             raise InvalidValue(f"MODELGUARD_FAIL_MODE must be 'open' or 'closed', not {self.fail_mode!r}")
+        if self.action not in ("observe", "degrade", "throttle", "block"):
+            raise InvalidValue(f"{PREFIX}ACTION must be observe, degrade, throttle or block, not {self.action!r}")
+        if self.action == "throttle" and self.throttle_tier not in self.tiers:
+            raise InvalidValue(f"{PREFIX}THROTTLE_TIER {self.throttle_tier!r} is not in MODELGUARD_TIERS")
         if self.default_tier not in self.tiers:
             raise InvalidValue(f"MODELGUARD_DEFAULT_TIER {self.default_tier!r} is not in MODELGUARD_TIERS")
         if not (self.auth_header or self.api_key_header):

@@ -191,6 +191,10 @@ class _GuardState:
         #: Events the detectors failed on (logged; the event itself is still written).
         self.detection_errors = 0
         self._next_refit = 0.0
+        self._action: dict[str, Any] = {
+            "observe": {"observe": True}, "degrade": {},
+            "throttle": {"tier": settings.throttle_tier}, "block": {"status": "blocked"},
+        }[settings.action]
 
     def _prepare(self, event: QueryEvent) -> dict[str, Any]:
         """The event's row (worker thread); detection runs here, once per event."""
@@ -224,7 +228,7 @@ class _GuardState:
             }
 
     def _write_events(self, rows: Any) -> None:
-        flagged = self.repository.insert_events(rows)
+        flagged = self.repository.insert_events(rows, self._action)
         if not flagged:
             return
         why: dict[int, str] = {}
@@ -235,7 +239,9 @@ class _GuardState:
             elif evaluation and evaluation["reasons"]:
                 why.setdefault(row["account_id"], "; ".join(evaluation["reasons"]))
         for account_id in flagged:
-            log.warning("modelguard: account %d flagged: %s", account_id, why.get(account_id, "?"))
+            log.warning("modelguard: account %d flagged (%s): %s", account_id,
+                        "canary" if why.get(account_id, "").startswith("sent a canary") else self.settings.action,
+                        why.get(account_id, "?"))
             self.auth.invalidate(account_id=account_id)
 
     def _load_state(self, account_id: int) -> AccountState | None:

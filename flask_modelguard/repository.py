@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -238,7 +238,7 @@ class Repository:
 
     # -- query events -----------------------------------------------------------
 
-    def insert_events(self, rows: Sequence[dict[str, Any]]) -> set[int]:
+    def insert_events(self, rows: Sequence[dict[str, Any]], action: Mapping[str, Any] | None = None) -> set[int]:
         """Insert query-event rows, their watermark records, and flag the
         accounts that sent a canary, in one transaction.
 
@@ -246,14 +246,20 @@ class Repository:
         rows go straight to the driver's ``executemany`` (JSON columns
         serialised here), which costs about half of SQLAlchemy's per-row
         processing. Returns the accounts flagged by this call (not those that
-        were flagged already, nor allow-listed ones).
+        were flagged already, nor allow-listed ones). ``action`` holds the
+        account columns to set besides ``flagged`` when the *detectors* find
+        an account (e.g. ``{"status": "blocked"}``), or ``{"observe": True}``
+        to record verdicts without acting on them; a canary always flags.
         """
+        action = dict(action or {})
+        observe = action.pop("observe", False)
         if not rows:
             return set()
         marks = [mark for row in rows for mark in row.get("watermarks") or ()]
-        caught = {row["account_id"] for row in rows if row["canary"]}
+        canaries = {row["account_id"] for row in rows if row["canary"]}
         evaluations = [row["evaluation"] for row in rows if row.get("evaluation")]
-        caught |= {e["account_id"] for e in evaluations if e["reasons"]}
+        detected = set() if observe else {e["account_id"] for e in evaluations if e["reasons"]}
+        caught = canaries | detected
         with self.engine.begin() as conn:
             if self._raw_insert is None:
                 conn.execute(insert(m.query_events), [{c: r[c] for c in _EVENT_COLUMNS} for r in rows])
@@ -278,6 +284,9 @@ class Repository:
                 if flagged:
                     conn.execute(update(m.accounts).where(m.accounts.c.id.in_(flagged))
                                  .values(flagged=True, updated_at=self.now()))
+                    acted = flagged & detected
+                    if acted and action:
+                        conn.execute(update(m.accounts).where(m.accounts.c.id.in_(acted)).values(**action))
         return flagged
 
     # -- watermarks and canaries --------------------------------------------------

@@ -191,3 +191,29 @@ def test_anomaly_models_fitted_on_benign_states_single_out_the_thieves(traffic):
     benign_scores = [state.monitor.anomaly[0].score(v) for v in benign]
     assert min(thief_scores) > max(benign_scores)
     state.monitor.anomaly = []
+
+
+@pytest.mark.parametrize("action, expect", [
+    ("observe", {"flagged": False, "status": "active", "tier": "pro"}),
+    ("degrade", {"flagged": True, "status": "active", "tier": "pro"}),
+    ("throttle", {"flagged": True, "status": "active", "tier": "free"}),
+    ("block", {"flagged": True, "status": "blocked", "tier": "pro"}),
+])
+def test_graduated_actions(make_guarded, action, expect):
+    from flask_modelguard import ModelGuard
+
+    g = make_guarded(MODELGUARD_ACTION=action)
+    name, key = g.account(tier="pro")
+    state = ModelGuard.state(g.app)
+    account_id = state.repository.get_account(name)["id"]
+    row = {"account_id": account_id, "key_id": 1, "route": "predict", "ts": 1.0, "status": 200,
+           "latency_ms": 1.0, "n_instances": 1, "fingerprint": None, "labels": [1], "top_confidences": [0.9],
+           "input": None, "canary": False, "watermarks": [],
+           "evaluation": {"account_id": account_id, "ts": 1.0, "queries": 100, "scores": {"add": 9.0},
+                          "reasons": ["ADD 9.0 > 1.0 at 100 queries"]}}
+    state._write_events([row])
+    account = state.repository.get_account(name)
+    assert {k: account[k] for k in expect} == expect
+    assert len(state.repository.score_history(name)) == 1  # recorded in every mode
+    status = g.predict(key).status_code
+    assert status == (403 if action == "block" else 200)
