@@ -107,6 +107,9 @@ class QueryEvent:
     marks: list[tuple[str, Any, Any, Any, int]] | None = None
     #: The request held a registered honey-trap input.
     canary: bool = False
+    #: The model's own answer when output protection changed it (the detectors
+    #: judge accounts on what the model said, not on what was served).
+    model_json: Any = None
 
     def to_row(self, key: bytes, store_inputs: bool = False) -> dict[str, Any]:
         """The ``query_events`` row of this event (computed in the worker)."""

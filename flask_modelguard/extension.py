@@ -43,7 +43,7 @@ from .exc import (
 from .keys import KEY_SCHEME, parse_key
 from .ownership import DEFAULT_THRESHOLD_LOG2, Suspect, Verification, http_suspect, verify
 from .monitor import Monitor
-from .payload import instances
+from .payload import instances, read_predictions
 from .protection import OutputProtector, RouteOptions
 from .quotas import LimitSet, QuotaEnforcer, Verdict
 from .repository import Principal, Repository
@@ -190,6 +190,8 @@ class _GuardState:
         self.failed_open = 0
         #: Events the detectors failed on (logged; the event itself is still written).
         self.detection_errors = 0
+        #: Events the detectors could not judge (inputs and answers do not pair up).
+        self.detection_skipped = 0
         self._next_refit = 0.0
         self._action: dict[str, Any] = {
             "observe": {"observe": True}, "degrade": {},
@@ -211,13 +213,19 @@ class _GuardState:
     def _detect(self, event: QueryEvent, row: dict[str, Any]) -> None:
         """Feed the monitor; attach its evaluation, when one is due, to the row."""
         inputs = instances(event.request_json)
-        if len(inputs) != len(row["labels"]):
+        if event.model_json is not None:
+            found = read_predictions(event.model_json)
+            labels, confidences = [p.label for p in found], [p.confidence for p in found]
+        else:
+            labels, confidences = row["labels"], row["top_confidences"]
+        if len(inputs) != len(labels):
+            self.detection_skipped += 1  # inputs and answers do not pair up: counted, not judged
             return
         features = np.stack([self.featurizer(x) for x in inputs])
         raw = features if self.featurizer.function is flatten else np.stack([self.raw(x) for x in inputs])
         obs = Observation(
             event.ts, [fingerprint(x, self.fingerprint_key) for x in inputs],
-            features, row["labels"], row["top_confidences"], raw,
+            features, labels, confidences, raw,
         )
         with self.monitor.lock:
             evaluation = self.monitor.observe(event.account_id, obs)
@@ -250,25 +258,36 @@ class _GuardState:
         except SQLAlchemyError as exc:
             log.warning("modelguard: could not load the state of account %d (%s)", account_id, exc.__class__.__name__)
             return None
-        return None if data is None else AccountState.from_dict(data)
+        if data is None or data.get("dim") != self.settings.feature_dim:
+            return None  # nothing stored, or a state of another feature space
+        return AccountState.from_dict(data)
 
     def persist_states(self) -> int:
         """Merge this process's account deltas into the stored states (the
         worker does it every key-cache TTL, and at flush and shutdown);
         returns how many accounts were merged."""
+        done = 0
         with self.monitor.lock:
             pending = self.monitor.deltas()
-            for account_id, delta in pending:
+            for n, (account_id, delta) in enumerate(pending):
                 data = delta.to_dict()
 
                 def merge(stored: dict[str, Any] | None, data: dict[str, Any] = data) -> dict[str, Any]:
-                    if stored is None:
-                        return data
+                    if stored is None or stored.get("dim") != data["dim"]:
+                        return data  # nothing stored, or another feature space: start over
                     return AccountState.from_dict(stored).merge(AccountState.from_dict(data)).to_dict()
 
-                merged = self.repository.merge_state(account_id, merge)
+                try:
+                    merged = self.repository.merge_state(account_id, merge)
+                except Exception:
+                    # Keep every delta not merged yet, for the next attempt.
+                    for later_id, later in pending[n:]:
+                        if self.monitor.state(later_id) is None:
+                            self.monitor.evicted.append((later_id, later))
+                    raise
                 self.monitor.merged(account_id, AccountState.from_dict(merged))
-        return len(pending)
+                done += 1
+        return done
 
     def _tick(self) -> None:
         self.refresh_canaries()
@@ -277,8 +296,9 @@ class _GuardState:
             if self.settings.anomaly_models and time.monotonic() >= self._next_refit:
                 self._next_refit = time.monotonic() + self.settings.anomaly_refit
                 self.refit_anomaly_models()
-        except SQLAlchemyError as exc:
-            log.warning("modelguard: could not store account states (%s); retrying later", exc.__class__.__name__)
+        except Exception as exc:
+            log.warning("modelguard: could not store account states or refit (%s); retrying later",
+                        exc.__class__.__name__)
 
     def refit_anomaly_models(self, kinds: Any = None, vectors: list[dict[str, Any]] | None = None) -> int:
         """Fit the anomaly models on benign behaviour ``vectors`` (default: the
@@ -353,8 +373,9 @@ class _GuardState:
             self.failed_open += 1
         marks: list[Any] = []
         canary = False
+        model_rv: Any = None
         try:
-            rv = view(*args, **kwargs)
+            rv = model_rv = view(*args, **kwargs)
             rv, marks, canary = self._protect(rv, body, principal, options)
             response = current_app.make_response(rv)
         except (Problem, HTTPException) as exc:
@@ -376,7 +397,12 @@ class _GuardState:
                 rv = rv[0]
             if not isinstance(rv, (dict, list)):
                 rv = response.get_data() if response.is_json and not response.is_streamed else None
-        self._record(principal, route, now, response.status_code, started, cost, body, rv, marks, canary)
+        model_answer = None
+        if model_rv is not None and model_rv is not rv and self.settings.detection:
+            model_answer = model_rv[0] if isinstance(model_rv, tuple) else model_rv
+            if not isinstance(model_answer, (dict, list)):
+                model_answer = None
+        self._record(principal, route, now, response.status_code, started, cost, body, rv, marks, canary, model_answer)
         return response
 
     def _protect(self, rv: Any, body: Any, principal: Principal, options: RouteOptions) -> tuple[Any, list[Any], bool]:
@@ -412,12 +438,12 @@ class _GuardState:
     def _record(
         self, principal: Principal, route: str, now: float, status: int,
         started: float, cost: int, body: Any, answer: Any,
-        marks: list[Any] | None = None, canary: bool = False,
+        marks: list[Any] | None = None, canary: bool = False, model_answer: Any = None,
     ) -> None:
         self.worker.submit(
             QueryEvent(
                 principal.account_id, principal.key_id, route, now, status,
-                (time.perf_counter() - started) * 1000.0, cost, body, answer, marks, canary,
+                (time.perf_counter() - started) * 1000.0, cost, body, answer, marks, canary, model_answer,
             )
         )
 
@@ -527,6 +553,9 @@ class ModelGuard:
             "limits_storage_errors": state.enforcer.storage_errors,
             "limits_storage_down": state.enforcer.storage_down,
             "failed_open": state.failed_open,
+            "detection_errors": state.detection_errors,
+            "detection_skipped": state.detection_skipped,
+            **state.monitor.stats(),
         }
 
     def close(self, app: Flask | None = None) -> None:
@@ -570,6 +599,10 @@ class ModelGuard:
             values["status"] = status
         if flagged is not None:
             values["flagged"] = bool(flagged)
+            if not flagged:  # the detectors need new evidence to act again
+                stored = state.repository.get_account(name)
+                data = state.repository.load_state(stored["id"])
+                values["reviewed_queries"] = int(data["queries"]) if data else 0
         if allowlisted is not None:
             values["allowlisted"] = bool(allowlisted)
             if allowlisted:

@@ -41,6 +41,9 @@ accounts = Table(
     Column("score", Float, nullable=False, default=0.0),
     # Allow-listed accounts are never flagged by the detectors (an operator's word wins).
     Column("allowlisted", Boolean, nullable=False, default=False),
+    # Queries the account had sent when an operator last cleared its flag: the
+    # detectors act again only on 100 queries of new evidence.
+    Column("reviewed_queries", Integer, nullable=False, default=0),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )

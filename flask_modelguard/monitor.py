@@ -21,10 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .detectors.add import Reference, add_score
 from .detectors.anomaly import AnomalyModel
 from .detectors.prada import Prada
-from .state import AccountState, Observation, behaviour
+from .state import AccountState, Observation, behaviour, label_key
 
 
 @dataclass
@@ -67,7 +69,7 @@ class Monitor:
         min_queries: int = 20,
         every: int = 10,
         max_accounts: int = 10_000,
-        max_seen: int = 4096,
+        max_seen: int = 1024,
         loader: Callable[[int], AccountState | None] | None = None,
     ) -> None:
         self.dim = dim
@@ -104,17 +106,24 @@ class Monitor:
     def observe(self, account_id: int, obs: Observation) -> Evaluation | None:
         """Add one request's observation; an :class:`Evaluation` when it is time for one."""
         account = self._account(account_id)
+        new = []
+        for fp in obs.fingerprints:
+            if fp in account.seen:
+                account.seen.move_to_end(fp)
+                new.append(False)  # a repeat: no new probe (PRADA would see distance 0)
+            else:
+                account.seen[fp] = None
+                if len(account.seen) > self.max_seen:
+                    account.seen.popitem(last=False)
+                new.append(True)
+        if len(new) == len(obs.labels):
+            obs.new = new
         account.state.update(obs)
         account.delta.update(obs)
         points = obs.features if obs.raw is None else obs.raw
-        for fp, x, label in zip(obs.fingerprints, points, obs.labels):
-            if fp in account.seen:
-                account.seen.move_to_end(fp)
-                continue  # a repeated input is no new probe: PRADA would see distance 0
-            account.seen[fp] = None
-            if len(account.seen) > self.max_seen:
-                account.seen.popitem(last=False)
-            account.prada.update(x, str(label))
+        for is_new, x, label in zip(obs.new or [True] * len(obs.labels), points, obs.labels):
+            if is_new and np.any(x):  # an input without numbers gives PRADA nothing to measure
+                account.prada.update(x, label_key(label))
         account.since += len(obs.labels)
         due = max(self.every, account.state.queries // 20)
         if account.state.queries < self.min_queries or account.since < due:
@@ -127,7 +136,7 @@ class Monitor:
         scores: dict[str, float | None] = dict(behaviour(state))
         if self.reference is not None:
             add = add_score(state, self.reference)
-            limit = self.reference.threshold(state.queries)
+            limit = self.reference.threshold(max(1, state.distinct))
             scores["add"], scores["add_threshold"] = add, limit
             if add is not None and limit:
                 scores["add_ratio"] = add / limit
@@ -144,7 +153,7 @@ class Monitor:
             reasons.append(f"PRADA W={w:.3f} < {self.prada_threshold}")
         add, limit = scores.get("add"), scores.get("add_threshold")
         if add is not None and limit is not None and add > limit:
-            reasons.append(f"ADD {add:.1f} > {limit:.1f} at {state.queries} queries")
+            reasons.append(f"ADD {add:.1f} > {limit:.1f} at {state.distinct} distinct queries")
         for model in self.anomaly:
             value = model.score(scores)
             scores[model.kind] = value

@@ -96,7 +96,8 @@ class Repository:
                 conn.execute(
                     insert(m.accounts).values(
                         name=name, tier=tier, status="active", limits=limits,
-                        flagged=False, score=0.0, allowlisted=False, created_at=now, updated_at=now,
+                        flagged=False, score=0.0, allowlisted=False, reviewed_queries=0,
+                        created_at=now, updated_at=now,
                     )
                 )
         except IntegrityError:
@@ -258,8 +259,11 @@ class Repository:
         marks = [mark for row in rows for mark in row.get("watermarks") or ()]
         canaries = {row["account_id"] for row in rows if row["canary"]}
         evaluations = [row["evaluation"] for row in rows if row.get("evaluation")]
-        detected = set() if observe else {e["account_id"] for e in evaluations if e["reasons"]}
-        caught = canaries | detected
+        latest: dict[int, int] = {}
+        if not observe:
+            for e in evaluations:
+                if e["reasons"]:
+                    latest[e["account_id"]] = max(latest.get(e["account_id"], 0), int(e["queries"]))
         with self.engine.begin() as conn:
             if self._raw_insert is None:
                 conn.execute(insert(m.query_events), [{c: r[c] for c in _EVENT_COLUMNS} for r in rows])
@@ -276,6 +280,13 @@ class Repository:
                 conn.execute(insert(m.watermarks), marks)
             if evaluations:
                 conn.execute(insert(m.scores), evaluations)
+            detected: set[int] = set()
+            if latest:  # an operator's review stands until 100 queries of new evidence
+                reviewed = dict(conn.execute(
+                    select(m.accounts.c.id, m.accounts.c.reviewed_queries).where(m.accounts.c.id.in_(latest))
+                ).all())
+                detected = {a for a, q in latest.items() if q >= reviewed.get(a, 0) + (100 if reviewed.get(a) else 0)}
+            caught = canaries | detected
             flagged: set[int] = set()
             if caught:
                 eligible = (m.accounts.c.id.in_(caught), m.accounts.c.allowlisted.is_(False),
@@ -349,17 +360,23 @@ class Repository:
         database has it; SQLite serialises writers anyway), so processes merging
         at the same time do not lose each other's deltas."""
         table = m.account_states
-        with self.engine.begin() as conn:
-            row = conn.execute(
-                select(table.c.state).where(table.c.account_id == account_id).with_for_update()
-            ).first()
-            merged = merge(None if row is None else row.state)
-            if row is None:
-                conn.execute(insert(table).values(account_id=account_id, state=merged, updated_at=self.now()))
-            else:
-                conn.execute(update(table).where(table.c.account_id == account_id)
-                             .values(state=merged, updated_at=self.now()))
-        return merged
+        for attempt in range(2):
+            try:
+                with self.engine.begin() as conn:
+                    row = conn.execute(
+                        select(table.c.state).where(table.c.account_id == account_id).with_for_update()
+                    ).first()
+                    merged = merge(None if row is None else row.state)
+                    if row is None:
+                        conn.execute(insert(table).values(account_id=account_id, state=merged, updated_at=self.now()))
+                    else:
+                        conn.execute(update(table).where(table.c.account_id == account_id)
+                                     .values(state=merged, updated_at=self.now()))
+                return merged
+            except IntegrityError:
+                if attempt:  # another process inserted the first row meanwhile: merge into it
+                    raise
+        raise AssertionError("unreachable")
 
     def benign_states(self, min_queries: int = 1) -> list[dict[str, Any]]:
         """Stored states of accounts that are active and not flagged (the

@@ -29,6 +29,19 @@ CONFIDENCE_EDGES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 CLASS_DIM = 16
 
 
+def label_key(label: Any) -> str:
+    """A class label as a string key: ``3``, ``3.0`` and ``"3"`` are one class."""
+    if isinstance(label, float) and label.is_integer():
+        return str(int(label))
+    if isinstance(label, str):
+        try:
+            number = float(label)
+        except ValueError:
+            return label
+        return str(int(number)) if number.is_integer() else label
+    return str(label)
+
+
 def class_features(X: np.ndarray) -> np.ndarray:
     """Features projected to :data:`CLASS_DIM` dimensions (identity below it)."""
     X = np.atleast_2d(X)
@@ -47,6 +60,10 @@ class Observation:
     #: (n, d) the inputs themselves, flattened, where PRADA measures distances
     #: (as in the paper); None: PRADA uses ``features``.
     raw: np.ndarray | None = None
+    #: (n,) which inputs the account had not sent before; only those enter the
+    #: feature moments (a repeated input is no new information, and retries
+    #: must not look like a narrow, odd distribution). None: all.
+    new: Sequence[bool] | None = None
 
 
 @dataclass
@@ -84,14 +101,16 @@ class AccountState:
         minute = int(obs.ts // 60)
         self.minutes[minute] = self.minutes.get(minute, 0) + n
         self._trim()
-        self.labels.update(str(label) for label in obs.labels)
+        self.labels.update(label_key(label) for label in obs.labels)
         self.confidences.update(c for c in obs.confidences if c is not None)
         self.unique.add(obs.fingerprints)
-        if len(obs.features):
+        keep = [i for i in range(len(obs.labels)) if obs.new is None or obs.new[i]]
+        if len(obs.features) and keep:
             # Moments take batches: updating them once per request costs more
             # in numpy calls than in arithmetic, so rows wait in a small buffer.
-            self._rows.append(np.atleast_2d(np.asarray(obs.features, dtype=np.float64)))
-            self._row_labels.extend(str(lab) for lab in obs.labels)
+            X = np.atleast_2d(np.asarray(obs.features, dtype=np.float64))
+            self._rows.append(X if len(keep) == len(X) else X[keep])
+            self._row_labels.extend(label_key(obs.labels[i]) for i in keep)
             if len(self._row_labels) >= self.buffer_rows:
                 self.flush()
         return self
@@ -110,10 +129,19 @@ class AccountState:
         return self
 
     def _trim(self) -> None:
-        if len(self.minutes) > self.window_minutes:
-            newest = max(self.minutes)
-            for minute in [m for m in self.minutes if m <= newest - self.window_minutes]:
-                del self.minutes[minute]
+        """Keep the minutes of the last ``window_minutes`` before the newest (by
+        time, so that merging then trimming equals one pass)."""
+        if self.minutes:
+            oldest = max(self.minutes) - self.window_minutes
+            if min(self.minutes) <= oldest:
+                for minute in [m for m in self.minutes if m <= oldest]:
+                    del self.minutes[minute]
+
+    @property
+    def distinct(self) -> int:
+        """Inputs in the feature moments (repeats excluded)."""
+        self.flush()
+        return sum(m.n for m in self.by_class.values())
 
     def merge(self, other: AccountState) -> AccountState:
         if other.dim != self.dim:

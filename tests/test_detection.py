@@ -43,7 +43,7 @@ def traffic(tmp_path_factory):
     X_train, X_test, _, _ = split()
     model = app.extensions["digits_model"]
     rng = np.random.default_rng(11)
-    names = [f"benign{i}" for i in range(8)] + ["uniform", "gaussian", "jbda", "shifted"]
+    names = [f"benign{i}" for i in range(8)] + ["repeater", "uniform", "gaussian", "jbda", "shifted"]
     with app.app_context():
         guard.fit_reference(X_train.tolist(), model.predict_proba(X_train).argmax(axis=1))
         for name in names:
@@ -52,6 +52,8 @@ def traffic(tmp_path_factory):
     client = app.test_client()
     for i in range(8):  # natural held-out digits, each user a different sample
         _send(client, keys[f"benign{i}"], X_test[rng.permutation(len(X_test))[:150]])
+    # a benign client that retries: the same five digits, thirty times each
+    _send(client, keys["repeater"], np.tile(X_test[rng.permutation(len(X_test))[:5]], (30, 1)))
     thieves = {
         "uniform": rng.uniform(0, 16, (250, 64)),
         "gaussian": np.clip(rng.normal(8, 4, (250, 64)), 0, 16),
@@ -70,8 +72,7 @@ def traffic(tmp_path_factory):
 
 def test_no_benign_account_is_flagged(traffic):
     _, accounts, history, *_ = traffic
-    for i in range(8):
-        name = f"benign{i}"
+    for name in [f"benign{i}" for i in range(8)] + ["repeater"]:
         assert not accounts[name]["flagged"], history[name][-1]
         assert history[name] and not any(h["reasons"] for h in history[name])
 
@@ -183,8 +184,10 @@ def test_anomaly_models_fitted_on_benign_states_single_out_the_thieves(traffic):
     with app.app_context():
         guard.flush()  # merge the account states into the database
     benign = [{k: v for k, v in history[f"benign{i}"][-1]["scores"].items()} for i in range(8)]
-    # eight benign accounts are too few to calibrate a 0.5% false-positive rate: refused
-    assert state.refit_anomaly_models(["isolation_forest"]) == 0
+    # five accounts are too few to calibrate a false-positive rate: refused
+    assert state.refit_anomaly_models(["isolation_forest"], vectors=benign[:5]) == 0
+    # from the stored states of the active, unflagged accounts (the benign ones here)
+    assert state.refit_anomaly_models(["isolation_forest"]) >= 9
     fitted = state.refit_anomaly_models(["isolation_forest", "lof"], vectors=benign * 2)
     assert fitted == 16 and [m.kind for m in state.monitor.anomaly] == ["isolation_forest", "lof"]
     thief_scores = [state.monitor.anomaly[0].score(history[t][-1]["scores"]) for t in ("uniform", "gaussian", "shifted")]
@@ -217,3 +220,29 @@ def test_graduated_actions(make_guarded, action, expect):
     assert len(state.repository.score_history(name)) == 1  # recorded in every mode
     status = g.predict(key).status_code
     assert status == (403 if action == "block" else 200)
+
+
+def test_an_operators_unflag_stands_until_new_evidence(make_guarded):
+    from flask_modelguard import ModelGuard
+
+    g = make_guarded()
+    name, _ = g.account()
+    state = ModelGuard.state(g.app)
+    account_id = state.repository.get_account(name)["id"]
+    state.repository.merge_state(account_id, lambda stored: {**__import__("flask_modelguard").state.AccountState(64).to_dict(), "queries": 200})
+
+    def verdict(queries):
+        return {"account_id": account_id, "key_id": 1, "route": "predict", "ts": 1.0, "status": 200,
+                "latency_ms": 1.0, "n_instances": 1, "fingerprint": None, "labels": [1], "top_confidences": [0.9],
+                "input": None, "canary": False, "watermarks": [],
+                "evaluation": {"account_id": account_id, "ts": 1.0, "queries": queries, "scores": {},
+                               "reasons": ["ADD 9.0 > 1.0"]}}
+
+    state._write_events([verdict(200)])
+    assert state.repository.get_account(name)["flagged"]
+    with g.app.app_context():
+        g.guard.update_account(name, flagged=False)  # reviewed at 200 queries
+    state._write_events([verdict(250)])
+    assert not state.repository.get_account(name)["flagged"]
+    state._write_events([verdict(300)])
+    assert state.repository.get_account(name)["flagged"]

@@ -125,3 +125,27 @@ def test_anomaly_models_keep_their_false_positive_rate_and_catch_outliers(kind):
     assert model.flags(thief) and model.score(thief) > model.threshold
     with pytest.raises(ValueError):
         AnomalyModel(kind).fit(benign(5))
+
+
+def test_prada_gives_no_verdict_on_inputs_without_numbers():
+    from flask_modelguard.monitor import Monitor
+    from flask_modelguard.state import Observation
+
+    monitor = Monitor(8, min_queries=20, every=10)
+    for i in range(300):  # e.g. text inputs: their numeric vector is empty, padded to zeros
+        monitor.observe(1, Observation(float(i), [f"{i:032x}"], np.zeros((1, 8)), [i % 3], [0.9]))
+    evaluation = monitor.evaluate(1, 300.0)
+    assert evaluation.scores["prada_w"] is None and not evaluation.reasons
+
+
+def test_add_handles_label_spellings_and_missing_classes():
+    from flask_modelguard.detectors.add import Reference, add_score
+    from flask_modelguard.state import AccountState, Observation
+
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 1, (100, 4)), rng.normal(5, 1, (100, 4))])
+    ref = Reference.fit(X, [3.0] * 100 + [4.0] * 100, calibration=0)
+    state = AccountState(4).update(Observation(0.0, [], X[:10], ["3"] * 10, []))
+    assert add_score(state, ref) is not None
+    other = AccountState(4).update(Observation(0.0, [], X[:10], ["cat"] * 10, []))
+    assert add_score(other, ref) is None  # no class in common: no evidence, not zero

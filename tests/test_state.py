@@ -78,3 +78,40 @@ def test_behaviour_vector_is_complete_and_meaningful():
     assert vector["classes_seen"] == 10 and vector["label_entropy"] > 0.9
     empty = behaviour(AccountState(64))
     assert empty["log_queries"] == 0 and empty["unique_ratio"] == 0
+
+
+def test_minute_window_trims_by_time_and_merges_exactly():
+    rng = np.random.default_rng(4)
+    obs = observations(rng, 400)
+    for o in obs:
+        o.ts = 1_800_000_000.0 + float(rng.uniform(0, 6 * 3600))  # six hours, out of order
+    whole = AccountState(64, window_minutes=60)
+    parts = [AccountState(64, window_minutes=60) for _ in range(3)]
+    for i, o in enumerate(obs):
+        whole.update(o)
+        parts[i % 3].update(o)
+    merged = parts[0].merge(parts[1]).merge(parts[2])
+    assert merged.minutes == whole.minutes
+    assert max(whole.minutes) - min(whole.minutes) < 60
+
+
+def test_label_keys_unify_numbers_and_strings():
+    from flask_modelguard.state import label_key
+
+    assert label_key(3) == label_key(3.0) == label_key("3") == label_key("3.0") == "3"
+    assert label_key("cat") == "cat" and label_key(2.5) == "2.5"
+
+
+def test_unique_counter_merges_and_estimates():
+    import secrets as s
+
+    from flask_modelguard.sketch import UniqueCounter
+
+    fps = [s.token_hex(16) for _ in range(5000)]
+    small = UniqueCounter().add(fps[:100] + fps[:100])
+    assert small.estimate() == 100 and small.exact is not None
+    a, b = UniqueCounter().add(fps[:3000]), UniqueCounter().add(fps[2000:])
+    whole = UniqueCounter().add(fps)
+    assert a.merge(b).registers == whole.registers
+    assert abs(whole.estimate() - 5000) / 5000 < 0.1
+    assert UniqueCounter.from_dict(whole.to_dict()).estimate() == whole.estimate()

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..state import AccountState, Observation, class_features
+from ..state import AccountState, Observation, class_features, label_key
 from ..stats import Moments
 from .frechet import frechet_distance, sqrtm_psd
 
@@ -47,9 +47,9 @@ def add_score(state: AccountState, reference: Reference, min_class_queries: int 
             continue
         parts.append((moments.n, frechet_distance(moments.mean, moments.cov(), ref.mean, ref.cov(),
                                                   root2=reference.root(label))))
-    if not parts:
-        return None
-    worst = max((d for _, d in parts if d is not None), default=0.0)
+    if not parts or all(d is None for _, d in parts):
+        return None  # no class in common with the reference: no evidence (check the labels)
+    worst = max(d for _, d in parts if d is not None)
     total = sum(n for n, _ in parts)
     return float(sum(n * (worst if d is None else d) for n, d in parts) / total)
 
@@ -80,7 +80,7 @@ class Reference:
         the rest (so they include the gap between the fitted data and new
         natural data). ``calibration=0`` fits on everything, without thresholds."""
         X = np.asarray(X, dtype=np.float64)
-        names = np.asarray([str(label) for label in labels])
+        names = np.asarray([label_key(label) for label in labels])
         order = np.random.default_rng(seed).permutation(len(X))
         cut = int(round(len(X) * (1.0 - calibration)))
         fit_rows, cal_rows = order[:cut], order[cut:]
@@ -112,7 +112,7 @@ class Reference:
         replacement) from ``X`` are scored; the threshold is the ``quantile``
         of their scores times ``margin``."""
         X = np.asarray(X, dtype=np.float64)
-        names = [str(label) for label in labels]
+        names = [label_key(label) for label in labels]
         rng = np.random.default_rng(seed)
         self.thresholds = []
         for size in CALIBRATION_SIZES:

@@ -108,7 +108,7 @@ class Prada:
         if d.size <= self.min_distances:
             return None
         if np.ptp(d) == 0:
-            return 0.0  # identical distances: as far from normal as it gets
+            return None  # identical distances (inputs without numbers, say): no evidence either way
         return float(shapiro(d).statistic)
 
     def flagged(self) -> bool:
