@@ -53,7 +53,7 @@ class _Account:
         #: What this process saw since it last merged into storage.
         self.delta = AccountState(dim)
         self.prada = Prada(prada_threshold)
-        self.seen: OrderedDict[str, None] = OrderedDict()  # recent fingerprints: PRADA skips repeats
+        self.seen: OrderedDict[int, None] = OrderedDict()  # recent fingerprints: repeats are skipped
         self.since = 0  # queries since the last evaluation
 
 
@@ -107,7 +107,8 @@ class Monitor:
         """Add one request's observation; an :class:`Evaluation` when it is time for one."""
         account = self._account(account_id)
         new = []
-        for fp in obs.fingerprints:
+        for fingerprint in obs.fingerprints:
+            fp = int(fingerprint[:16], 16)  # 64 bits of a keyed hash: a small int, not a 32-char string
             if fp in account.seen:
                 account.seen.move_to_end(fp)
                 new.append(False)  # a repeat: no new probe (PRADA would see distance 0)
