@@ -44,6 +44,22 @@ class Evaluation:
         return bool(self.reasons)
 
 
+def ensemble(evidence: list[float]) -> float:
+    """The malicious score in [0, 1] from each detector's evidence, its score
+    divided by its own calibrated threshold (PRADA: ``(1 − W) / (1 − δ)``).
+
+    It is ``max(evidence) / 2``, clipped: 0.5 exactly when the most convinced
+    detector reaches its threshold, 1 at twice it. A detector's threshold is
+    calibrated to its own benign false-positive rate, so the score crosses 0.5
+    ("any detector fires") on at most the sum of those rates of benign
+    evaluations (a union bound). Poisoning that grows with the score
+    (``poison(p, p_max=...)``, ``misinformation(adaptive=True)``) reads it.
+    """
+    if not evidence:
+        return 0.0
+    return float(min(1.0, max(0.0, max(evidence) / 2.0)))
+
+
 class _Account:
     __slots__ = ("state", "delta", "prada", "seen", "since")
 
@@ -155,11 +171,19 @@ class Monitor:
         add, limit = scores.get("add"), scores.get("add_threshold")
         if add is not None and limit is not None and add > limit:
             reasons.append(f"ADD {add:.1f} > {limit:.1f} at {state.distinct} distinct queries")
+        evidence: list[float] = []
+        if w is not None:
+            evidence.append((1.0 - w) / (1.0 - self.prada_threshold))
+        if add is not None and limit:
+            evidence.append(add / limit)
         for model in self.anomaly:
             value = model.score(scores)
             scores[model.kind] = value
             if value > model.threshold:
                 reasons.append(f"{model.kind} {value:.3f} > {model.threshold:.3f}")
+            if math.isfinite(model.threshold) and model.threshold > 0:
+                evidence.append(value / model.threshold)
+        scores["malicious"] = ensemble(evidence)
         clean = {k: (None if v is None or not math.isfinite(v) else float(v)) for k, v in scores.items()}
         return Evaluation(account_id, ts, state.queries, clean, reasons)
 

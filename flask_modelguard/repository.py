@@ -280,6 +280,13 @@ class Repository:
                 conn.execute(insert(m.watermarks), marks)
             if evaluations:
                 conn.execute(insert(m.scores), evaluations)
+                scored: dict[int, float] = {}
+                for e in evaluations:  # the latest evaluation of each account sets its score
+                    value = (e.get("scores") or {}).get("malicious")
+                    if value is not None:
+                        scored[e["account_id"]] = float(value)
+                for account_id, value in scored.items():
+                    conn.execute(update(m.accounts).where(m.accounts.c.id == account_id).values(score=value))
             detected: set[int] = set()
             if latest:  # an operator's review stands until 100 queries of new evidence
                 reviewed = dict(conn.execute(

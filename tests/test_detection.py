@@ -87,6 +87,14 @@ def test_each_thief_is_flagged_within_about_100_queries(traffic, thief):
     assert any(r.startswith(("ADD", "PRADA")) for r in first["reasons"])
 
 
+def test_malicious_score_reaches_the_account(traffic):
+    _, accounts, history, *_ = traffic
+    for name in ("uniform", "gaussian", "shifted"):
+        assert accounts[name]["score"] >= 0.5
+        assert accounts[name]["score"] == pytest.approx(history[name][-1]["scores"]["malicious"])
+    assert max(accounts[f"benign{i}"]["score"] for i in range(8)) < 0.5
+
+
 def test_flagged_thieves_are_served_misinformation(traffic):
     _, _, history, served, thieves, model = traffic
     for thief, X in thieves.items():

@@ -149,3 +149,12 @@ def test_add_handles_label_spellings_and_missing_classes():
     assert add_score(state, ref) is not None
     other = AccountState(4).update(Observation(0.0, [], X[:10], ["cat"] * 10, []))
     assert add_score(other, ref) is None  # no class in common: no evidence, not zero
+
+
+def test_ensemble_score_is_half_at_the_threshold_and_bounded():
+    from flask_modelguard.monitor import ensemble
+
+    assert ensemble([]) == 0.0
+    assert ensemble([0.2, 1.0]) == 0.5  # the most convinced detector sits at its threshold
+    assert ensemble([3.0]) == 1.0 and ensemble([-1.0]) == 0.0
+    assert ensemble([0.4]) < 0.5 < ensemble([1.2])
