@@ -21,6 +21,7 @@ from .exc import (
 )
 from .extension import ModelGuard, RouteOptions, problem_response, protect
 from .quotas import DEFAULT_TIERS, QuotaEnforcer, Verdict
+from .signals import account_flagged
 from .worker import EventWorker
 
 __version__ = "0.1.0"
@@ -49,6 +50,7 @@ __all__ = [
     "Settings",
     "StorageUnavailable",
     "Verdict",
+    "account_flagged",
     "fingerprint",
     "problem_response",
     "protect",

@@ -34,6 +34,7 @@ from .protection import OutputProtector, RouteOptions
 from .quotas import LimitSet, QuotaEnforcer, Verdict
 from .repository import Principal, Repository
 from .responses import add_headers, problem_response
+from .signals import account_flagged
 from .state import AccountState, Observation
 from .worker import EventWorker
 
@@ -89,6 +90,7 @@ class GuardState:
 
     def __init__(self, guard: ModelGuard, app: Flask, settings: Settings) -> None:
         self.guard = guard
+        self._app = weakref.ref(app)  # signals name their app; the state does not keep it alive
         self.settings = settings
         self.clock = guard.clock
         url = settings.database_url or "sqlite:///" + os.path.join(app.instance_path, "modelguard.db")
@@ -211,11 +213,19 @@ class GuardState:
                 why.setdefault(row["account_id"], "sent a canary input")
             elif evaluation and evaluation["reasons"]:
                 why.setdefault(row["account_id"], "; ".join(evaluation["reasons"]))
+        app = self._app()
         for account_id in flagged:
-            log.warning("modelguard: account %d flagged (%s): %s", account_id,
-                        "canary" if why.get(account_id, "").startswith("sent a canary") else self.settings.action,
-                        why.get(account_id, "?"))
+            reason = why.get(account_id, "?")
+            action = "canary" if reason.startswith("sent a canary") else self.settings.action
+            log.warning("modelguard: account %d flagged (%s): %s", account_id, action, reason,
+                        extra={"modelguard_account": account_id, "modelguard_action": action})
             self.auth.invalidate(account_id=account_id)
+            if app is not None:  # each receiver on its own: one failing does not silence the others
+                for receiver in account_flagged.receivers_for(app):
+                    try:
+                        receiver(app, account_id=account_id, reason=reason, action=action)
+                    except Exception:
+                        log.exception("modelguard: an account_flagged receiver failed")
 
     def _load_state(self, account_id: int) -> AccountState | None:
         try:

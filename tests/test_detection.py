@@ -254,3 +254,31 @@ def test_an_operators_unflag_stands_until_new_evidence(make_guarded):
     assert not state.repository.get_account(name)["flagged"]
     state._write_events([verdict(300)])
     assert state.repository.get_account(name)["flagged"]
+
+
+def test_account_flagged_signal(make_guarded):
+    from flask_modelguard import ModelGuard
+    from flask_modelguard.signals import account_flagged
+
+    g = make_guarded()
+    name, key = g.account()
+    received = []
+
+    def receiver(app, **kwargs):
+        received.append((app, kwargs))
+
+    def broken(app, **kwargs):
+        raise RuntimeError("pager down")
+
+    account_flagged.connect(broken, sender=g.app, weak=False)
+    account_flagged.connect(receiver, sender=g.app, weak=False)
+    try:
+        with g.app.app_context():
+            g.guard.add_canaries([[7, 7]])
+        g.predict(key, {"features": [7, 7]})
+        g.guard.flush(g.app)
+    finally:
+        account_flagged.disconnect(receiver, sender=g.app)
+        account_flagged.disconnect(broken, sender=g.app)
+    account_id = ModelGuard.state(g.app).repository.get_account(name)["id"]
+    assert received == [(g.app, {"account_id": account_id, "reason": "sent a canary input", "action": "canary"})]
