@@ -6,6 +6,7 @@ Keys are printed once, when they are created; nothing else ever prints a secret.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -273,3 +274,65 @@ def fit_reference(file: str) -> None:
     reference = _guard().fit_reference(inputs, labels)
     sizes = ", ".join(f"{n}: {t:.1f}" for n, t in reference.thresholds)
     click.echo(f"Reference of {len(reference.classes)} classes stored; ADD thresholds by account size: {sizes}")
+
+
+@modelguard_cli.command("evaluate")
+@click.option("--scenario", "scenario", default="default", show_default=True,
+              help="A bundled scenario name (default, small) or a JSON/YAML file.")
+@click.option("--out", default="modelguard-report", show_default=True, type=click.Path(file_okay=False),
+              help="Directory of report.json, report.md and the plots.")
+@click.option("--seed", type=int, default=None, help="Seed of the simulation (default: the scenario's).")
+@click.option("--mode", "modes", multiple=True, type=click.Choice(["off", "shadow", "default"]),
+              help="Guard modes to run (default: the scenario's; repeat the option for several).")
+@click.option("--no-plots", is_flag=True, help="Write no PNG plots.")
+@_friendly
+def evaluate(scenario: str, out: str, seed: int | None, modes: tuple[str, ...], no_plots: bool) -> None:
+    """Attack the scenario's served model with simulated benign users and
+    thieves, with the guard off, in shadow mode and on; report detection,
+    clone fidelity and benign utility."""
+    from .evaluate import run
+
+    bars: dict[str, Any] = {}
+
+    def progress(mode: str, done: int, total: int) -> None:
+        bar = bars.get(mode)
+        if bar is None:
+            for other in bars.values():
+                other.render_finish()
+            bar = bars[mode] = click.progressbar(length=total, label=f"guard {mode:<7}", file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - bar.pos)
+
+    report = run(scenario, out=out, seed=seed, modes=list(modes) or None, plots=not no_plots, progress=progress)
+    for bar in bars.values():
+        bar.render_finish()
+    click.echo(f"Report written to {out}/report.md (seed {report['scenario']['seed']}).")
+
+
+@modelguard_cli.command("fit-detectors")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@with_appcontext
+@_friendly
+def fit_detectors(file: str) -> None:
+    """Train the random forest and the stacked ensemble from FILE, a labelled
+    set {"rows": [...], "labels": [...], "groups": [...]} such as the
+    training.json that `flask modelguard evaluate --export-training` writes."""
+    with open(file) as fh:
+        data = json.load(fh)
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("rows", "labels", "groups")):
+        raise click.ClickException('FILE must hold {"rows": [...], "labels": [...], "groups": [...]}.')
+    try:
+        trained = _guard().fit_detectors(data)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    assert trained.supervised is not None and trained.ensemble is not None
+    click.echo(f"Trained on {len(data['rows'])} evaluations of {trained.accounts} accounts "
+               f"({trained.malicious_accounts} malicious): random forest threshold "
+               f"{trained.supervised.threshold:.3f}, ensemble threshold {trained.ensemble.threshold:.3f} "
+               f"(benign FPR {_guard_settings().ensemble_fpr:g} per account).")
+    weights = ", ".join(f"{k} {v:+.2f}" for k, v in trained.ensemble.weights().items())
+    click.echo(f"Ensemble weights (log1p evidence): {weights}")
+
+
+def _guard_settings() -> Any:
+    return ModelGuard.state(current_app).settings

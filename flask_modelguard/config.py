@@ -107,6 +107,17 @@ class Settings:
     anomaly_refit: float = 3600.0
     #: Benign false-positive rate the anomaly models' thresholds are set for.
     anomaly_fpr: float = 0.005
+    #: How detectors become a flag: "any" (any detector over its own
+    #: threshold) or "ensemble" (the trained stacked ensemble's score >= 0.5;
+    #: needs ``flask modelguard fit-detectors``).
+    verdict: str = "any"
+    #: Benign false-positive rate (per account) the random forest and the
+    #: stacked ensemble are calibrated for when trained.
+    ensemble_fpr: float = 0.005
+    #: Function returning the time in epoch seconds (event times, key expiry);
+    #: default the guard's ``clock`` argument, ``time.time``. Simulations pass
+    #: a :class:`~flask_modelguard.simulate.SimulatedClock`.
+    clock: Any = None
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -157,6 +168,8 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise InvalidValue(f"{PREFIX}{name.upper()} must be a number >= 0, not {value!r}")
+        if self.clock is not None and not callable(self.clock):
+            raise InvalidValue(f"{PREFIX}CLOCK must be a function returning epoch seconds")
         if self.features is not None and not callable(self.features):
             raise InvalidValue(f"{PREFIX}FEATURES must be a function of one model input")
         for name in ("key_cache_size", "queue_size", "batch_size", "feature_dim", "detection_min_queries", "detection_every"):
@@ -165,6 +178,10 @@ class Settings:
                 raise InvalidValue(f"{PREFIX}{name.upper()} must be an integer >= 1, not {value!r}")
         if self.fail_mode not in FAIL_MODES:
             raise InvalidValue(f"MODELGUARD_FAIL_MODE must be 'open' or 'closed', not {self.fail_mode!r}")
+        if self.verdict not in ("any", "ensemble"):
+            raise InvalidValue(f"{PREFIX}VERDICT must be 'any' or 'ensemble', not {self.verdict!r}")
+        if isinstance(self.ensemble_fpr, bool) or not isinstance(self.ensemble_fpr, float) or not 0 < self.ensemble_fpr < 1:
+            raise InvalidValue(f"{PREFIX}ENSEMBLE_FPR must be a fraction in (0, 1)")
         if self.action not in ("observe", "degrade", "throttle", "block"):
             raise InvalidValue(f"{PREFIX}ACTION must be observe, degrade, throttle or block, not {self.action!r}")
         if self.action == "throttle" and self.throttle_tier not in self.tiers:

@@ -62,6 +62,7 @@ class ModelGuard:
             state.repository.create_all()
         state.refresh_canaries(quiet=True)
         state.load_reference(quiet=True)
+        state.load_training(quiet=True)
         from .cli import modelguard_cli
 
         app.cli.add_command(modelguard_cli)
@@ -213,6 +214,11 @@ class ModelGuard:
         state.repository.save_reference(reference.to_dict())
         state.monitor.reference = reference
         return reference
+
+    def fit_detectors(self, data: dict[str, Any], app: Flask | None = None) -> Any:
+        """Train the supervised detectors and the stacked ensemble on labelled
+        accounts (see :meth:`GuardState.fit_detectors`); stored in the database."""
+        return self.state(app).fit_detectors(data)
 
     def score_history(self, account: str, app: Flask | None = None) -> list[dict[str, Any]]:
         """Every detector evaluation of ``account``, oldest first."""

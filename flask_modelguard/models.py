@@ -134,6 +134,16 @@ references = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
+#: The labelled training set of the supervised detectors (one row, id 1):
+#: evaluations' scores, labels and account groups (from simulated traffic).
+training = Table(
+    "modelguard_training",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("data", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 #: Account states merged from every process (see state.AccountState.merge).
 account_states = Table(
     "modelguard_account_states",

@@ -26,6 +26,8 @@ import numpy as np
 from .detectors.add import Reference, add_score
 from .detectors.anomaly import AnomalyModel
 from .detectors.prada import Prada
+from .detectors.supervised import StackedEnsemble, SupervisedModel
+from .detectors.supervised import evidence as evidence_of
 from .state import AccountState, Observation, behaviour, label_key
 
 
@@ -102,8 +104,14 @@ class Monitor:
         self.evicted: list[tuple[int, AccountState]] = []
         #: Held by observe() and the merge into storage (worker thread vs flush()).
         self.lock = threading.Lock()
-        #: Fitted behaviour anomaly models (refitted by the guard on a schedule).
-        self.anomaly: list[AnomalyModel] = []
+        #: Fitted behaviour anomaly models (refitted by the guard on a schedule),
+        #: and the supervised random forest when trained on labelled accounts.
+        self.anomaly: list[AnomalyModel | SupervisedModel] = []
+        #: The stacked ensemble, when trained: it then gives the malicious score.
+        self.ensemble: StackedEnsemble | None = None
+        #: "any": an account is flagged when any detector crosses its threshold;
+        #: "ensemble": only when the trained ensemble's score reaches 0.5.
+        self.verdict = "any"
 
     def _account(self, account_id: int) -> _Account:
         found = self.accounts.get(account_id)
@@ -183,7 +191,18 @@ class Monitor:
                 reasons.append(f"{model.kind} {value:.3f} > {model.threshold:.3f}")
             if math.isfinite(model.threshold) and model.threshold > 0:
                 evidence.append(value / model.threshold)
-        scores["malicious"] = ensemble(evidence)
+                scores[f"{model.kind}_ratio"] = value / model.threshold
+        if self.ensemble is not None:
+            stacked = self.ensemble.malicious(evidence_of(scores, self.prada_threshold))
+            scores["malicious"] = stacked
+            if self.verdict == "ensemble":
+                reasons = [r for r in reasons if not r.startswith(tuple(m.kind for m in self.anomaly))]
+                reasons = [f"ensemble {stacked:.2f} >= 0.5 ({'; '.join(reasons) or 'no single detector'})"] \
+                    if stacked >= 0.5 else []
+            elif stacked >= 0.5:
+                reasons.append(f"ensemble {stacked:.2f} >= 0.5")
+        else:
+            scores["malicious"] = ensemble(evidence)
         clean = {k: (None if v is None or not math.isfinite(v) else float(v)) for k, v in scores.items()}
         return Evaluation(account_id, ts, state.queries, clean, reasons)
 

@@ -18,7 +18,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -131,6 +131,8 @@ class QuotaEnforcer:
             storage_uri, wrap_exceptions=True, **dict(storage_options or {})
         )
         self.limiter: RateLimiter = STRATEGIES[strategy](self.storage)
+        #: The clock of the storage's windows (``time.time`` but for simulated storage).
+        self.clock: Callable[[], float] = getattr(self.storage, "clock", time.time)
         self._fixed_window = strategy == "fixed-window"
         self._key_cache: dict[tuple[int, LimitSet], tuple[str, ...]] = {}
         self.namespace = namespace

@@ -407,6 +407,16 @@ class Repository:
             row = conn.execute(select(m.references.c.data).where(m.references.c.id == 1)).first()
         return None if row is None else row.data
 
+    def save_training(self, data: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(m.training.delete())
+            conn.execute(insert(m.training).values(id=1, data=data, created_at=self.now()))
+
+    def load_training(self) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(m.training.c.data).where(m.training.c.id == 1)).first()
+        return None if row is None else row.data
+
     def canary_fingerprints(self) -> frozenset[str]:
         with self.engine.connect() as conn:
             return frozenset(r.fingerprint for r in conn.execute(select(m.canaries.c.fingerprint)))

@@ -25,6 +25,7 @@ from .auth import Authenticator
 from .config import Settings
 from .detectors.add import Reference
 from .detectors.anomaly import AnomalyModel
+from .detectors.supervised import SupervisedModel, Trained, train
 from .events import QueryEvent, fingerprint
 from .exc import BadRequest, CostExceedsLimit, HTTPProblem, Problem, RateLimitExceeded, StorageUnavailable
 from .features import Featurizer, flatten
@@ -92,7 +93,7 @@ class GuardState:
         self.guard = guard
         self._app = weakref.ref(app)  # signals name their app; the state does not keep it alive
         self.settings = settings
-        self.clock = guard.clock
+        self.clock = settings.clock or guard.clock
         url = settings.database_url or "sqlite:///" + os.path.join(app.instance_path, "modelguard.db")
         if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
             os.makedirs(os.path.dirname(os.path.abspath(url[len("sqlite:///"):])) or ".", exist_ok=True)
@@ -141,6 +142,7 @@ class GuardState:
             every=settings.detection_every,
             loader=self._load_state,
         )
+        self.monitor.verdict = settings.verdict
         self.worker: EventWorker[QueryEvent] = EventWorker(
             self._prepare,
             self._write_events,
@@ -288,10 +290,41 @@ class GuardState:
         if len(vectors) < 10:
             log.info("modelguard: %d benign accounts, too few to fit anomaly models", len(vectors))
             return 0
-        models = [AnomalyModel(kind, fpr=self.settings.anomaly_fpr).fit(vectors) for kind in kinds]
-        with self.monitor.lock:
-            self.monitor.anomaly = models
+        models: list[Any] = [AnomalyModel(kind, fpr=self.settings.anomaly_fpr).fit(vectors) for kind in kinds]
+        with self.monitor.lock:  # a trained random forest stays
+            self.monitor.anomaly = models + [m for m in self.monitor.anomaly if isinstance(m, SupervisedModel)]
         return len(vectors)
+
+    def fit_detectors(self, data: dict[str, Any], store: bool = True) -> Trained:
+        """Train the anomaly models, the random forest and the stacked
+        ensemble on a labelled set ``{"rows": [scores...], "labels": [bool...],
+        "groups": [account...]}`` (what ``flask modelguard evaluate`` exports),
+        store it (other processes fit the same models from it at start-up) and
+        use them at once."""
+        trained = train(data["rows"], data["labels"], data["groups"],
+                        anomaly_kinds=list(self.settings.anomaly_models), fpr=self.settings.ensemble_fpr,
+                        prada_threshold=self.settings.prada_threshold)
+        if store:
+            self.repository.save_training(data)
+        with self.monitor.lock:
+            self.monitor.anomaly = [*trained.anomaly, *([trained.supervised] if trained.supervised else [])]
+            self.monitor.ensemble = trained.ensemble
+        # a schedule refit would replace the anomaly models fitted with the ensemble
+        self._next_refit = time.monotonic() + self.settings.anomaly_refit
+        return trained
+
+    def load_training(self, quiet: bool = False) -> None:
+        try:
+            data = self.repository.load_training()
+        except SQLAlchemyError as exc:
+            (log.debug if quiet else log.warning)("modelguard: could not load the training set (%s)",
+                                                  exc.__class__.__name__)
+            return
+        if data is not None:
+            try:
+                self.fit_detectors(data, store=False)
+            except ValueError as exc:
+                log.warning("modelguard: stored training set not usable (%s)", exc)
 
     def load_reference(self, quiet: bool = False) -> None:
         try:
@@ -340,7 +373,7 @@ class GuardState:
                 " per window; send smaller batches.", cost=cost, max_cost=max_cost,
             ), principal, route, now, started, cost, body)
         verdict = self.enforcer.hit(principal.account_id, limits, cost)
-        wall = time.time()  # limit windows run on the limits library's clock
+        wall = self.enforcer.clock()  # limit windows run on the storage's clock
         headers = self._headers(verdict, limits, wall)
         if not verdict.allowed:
             return self._refuse(self._refusal(verdict, cost, wall, headers), principal, route, now, started, cost, body)

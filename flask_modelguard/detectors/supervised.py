@@ -1,0 +1,250 @@
+"""A supervised detector and a stacked, calibrated ensemble, both trained on
+labelled accounts (from simulated traffic: ``flask modelguard evaluate``
+exports them). Framework-free (scikit-learn).
+
+Training rows are evaluations (an account's scores at one moment: its
+behaviour vector and the other detectors' scores) with the account's label
+(malicious or not) and the account as group. Thresholds are calibrated **per
+account**: an account is flagged when any of its evaluations crosses, so the
+threshold is the ``1 - fpr`` quantile of the benign accounts' *largest*
+out-of-fold score (group k-fold: an account's evaluations never sit on both
+sides of a fold). That is the rate the report measures: benign accounts
+flagged, not benign evaluations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .anomaly import DEFAULT_FEATURES
+
+#: Inputs of the random forest: the behaviour features plus PRADA's statistic.
+FOREST_FEATURES = (*DEFAULT_FEATURES, "prada_w", "log_queries", "classes_seen")
+
+#: Value of a feature an evaluation lacks (PRADA has too few distances, no ADD reference).
+MISSING = {"prada_w": 1.0}
+
+
+def _matrix(vectors: Sequence[Mapping[str, float | None]], features: Sequence[str]) -> np.ndarray:
+    rows = []
+    for v in vectors:
+        row = []
+        for name in features:
+            value = v.get(name)
+            row.append(MISSING.get(name, 0.0) if value is None or not np.isfinite(value) else float(value))
+        rows.append(row)
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(features))
+
+
+def per_account_threshold(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, fpr: float) -> float:
+    """The threshold that flags about ``fpr`` of benign accounts: the ``1 - fpr``
+    quantile of each benign account's largest score (higher: never fewer)."""
+    benign = [scores[(groups == g) & ~labels].max() for g in np.unique(groups[~labels])]
+    if not benign:
+        raise ValueError("no benign accounts to calibrate on")
+    return float(np.quantile(benign, 1.0 - fpr, method="higher"))
+
+
+def _folds(groups: np.ndarray, labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+    """Group k-fold, benign and malicious accounts dealt separately (stratified by account)."""
+    rng = np.random.default_rng(seed)
+    fold_of: dict[Any, int] = {}
+    for malicious in (False, True):
+        accounts = np.unique(groups[labels == malicious])
+        for i, g in enumerate(rng.permutation(accounts)):
+            fold_of[g] = i % k
+    assignment = np.asarray([fold_of[g] for g in groups])
+    return [np.flatnonzero(assignment == f) for f in range(k)]
+
+
+def _check(vectors: Sequence[Any], labels: Sequence[Any], groups: Sequence[Any] | None,
+           folds: int) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels, dtype=bool)
+    g = np.asarray(groups if groups is not None else np.arange(len(y)))
+    if len(vectors) != len(y) or len(g) != len(y):
+        raise ValueError("give one label and one group per vector")
+    for malicious in (False, True):
+        if len(np.unique(g[y == malicious])) < folds:
+            raise ValueError(f"need at least {folds} {'malicious' if malicious else 'benign'} accounts")
+    return y, g
+
+
+@dataclass
+class SupervisedModel:
+    """A random forest over account vectors: the probability that the account
+    is a thief. Same interface as :class:`~.anomaly.AnomalyModel`."""
+
+    kind: str = "random_forest"
+    features: tuple[str, ...] = FOREST_FEATURES
+    fpr: float = 0.005
+    seed: int = 0
+    threshold: float = float("inf")
+    _model: Any = field(default=None, repr=False)
+
+    def _make(self) -> Any:
+        from sklearn.ensemble import RandomForestClassifier
+
+        return RandomForestClassifier(n_estimators=100, min_samples_leaf=2, class_weight="balanced",
+                                      random_state=self.seed, n_jobs=1)
+
+    def fit(self, vectors: Sequence[Mapping[str, float | None]], labels: Sequence[Any],
+            groups: Sequence[Any] | None = None, folds: int = 5) -> SupervisedModel:
+        self.fit_out_of_fold(vectors, labels, groups, folds)
+        return self
+
+    def fit_out_of_fold(self, vectors: Sequence[Mapping[str, float | None]], labels: Sequence[Any],
+                        groups: Sequence[Any] | None = None, folds: int = 5) -> np.ndarray:
+        """Fit; return each vector's score from the model of the folds that did
+        not see its account (what the threshold is calibrated on)."""
+        y, g = _check(vectors, labels, groups, folds)
+        X = _matrix(vectors, self.features)
+        out_of_fold = np.empty(len(y))
+        for test in _folds(g, y, folds, self.seed):
+            train = np.setdiff1d(np.arange(len(y)), test)
+            model = self._make().fit(X[train], y[train])
+            out_of_fold[test] = model.predict_proba(X[test])[:, 1]
+        # Never below an even chance: a forest that separates its training
+        # accounts perfectly would otherwise flag any score above zero.
+        self.threshold = max(0.5, per_account_threshold(out_of_fold, y, g, self.fpr))
+        self._model = self._make().fit(X, y)
+        return out_of_fold
+
+    @property
+    def fitted(self) -> bool:
+        return self._model is not None
+
+    def score(self, vector: Mapping[str, float | None]) -> float:
+        if self._model is None:
+            raise RuntimeError("fit the model first")
+        return float(self._model.predict_proba(_matrix([vector], self.features))[0, 1])
+
+    def importances(self) -> dict[str, float]:
+        """Which features the forest relies on (mean decrease in impurity)."""
+        if self._model is None:
+            return {}
+        return dict(zip(self.features, map(float, self._model.feature_importances_)))
+
+
+def evidence(scores: Mapping[str, float | None], prada_threshold: float = 0.9) -> dict[str, float]:
+    """Each detector's evidence in an evaluation: its score over its own
+    threshold (PRADA ``(1 - W) / (1 - δ)``, ADD its ratio, models their
+    ``<kind>_ratio``); 1 is "at its threshold"."""
+    out: dict[str, float] = {}
+    w = scores.get("prada_w")
+    out["prada"] = 0.0 if w is None else (1.0 - float(w)) / (1.0 - prada_threshold)
+    ratio = scores.get("add_ratio")
+    out["add"] = 0.0 if ratio is None else float(ratio)
+    for name, value in scores.items():
+        if name.endswith("_ratio") and name != "add_ratio" and value is not None:
+            out[name[: -len("_ratio")]] = float(value)
+    return {k: (v if np.isfinite(v) else 0.0) for k, v in out.items()}
+
+
+@dataclass
+class StackedEnsemble:
+    """A logistic regression over the detectors' evidence (stacking), with a
+    per-account threshold for a benign false-positive rate; its
+    :meth:`malicious` score is 0.5 exactly at that threshold (the score the
+    guard flags and poisons by)."""
+
+    detectors: tuple[str, ...] = ()
+    fpr: float = 0.005
+    seed: int = 0
+    threshold: float = float("inf")
+    _model: Any = field(default=None, repr=False)
+
+    def _matrix(self, rows: Sequence[Mapping[str, float]]) -> np.ndarray:
+        # log1p: evidence spans orders of magnitude (ADD ratios of 0.3 and 300)
+        return np.log1p(np.clip(_matrix(rows, self.detectors), 0.0, None))
+
+    def _make(self) -> Any:
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000)
+
+    def fit(self, rows: Sequence[Mapping[str, float]], labels: Sequence[Any],
+            groups: Sequence[Any] | None = None, folds: int = 5) -> StackedEnsemble:
+        """``rows``: :func:`evidence` of each evaluation."""
+        y, g = _check(rows, labels, groups, folds)
+        if not self.detectors:
+            self.detectors = tuple(sorted({k for r in rows for k in r}))
+        X = self._matrix(rows)
+        out_of_fold = np.empty(len(y))
+        for test in _folds(g, y, folds, self.seed):
+            train = np.setdiff1d(np.arange(len(y)), test)
+            out_of_fold[test] = self._make().fit(X[train], y[train]).predict_proba(X[test])[:, 1]
+        self.threshold = max(0.5, per_account_threshold(out_of_fold, y, g, self.fpr))
+        self._model = self._make().fit(X, y)
+        return self
+
+    @property
+    def fitted(self) -> bool:
+        return self._model is not None
+
+    def probability(self, row: Mapping[str, float]) -> float:
+        if self._model is None:
+            raise RuntimeError("fit the ensemble first")
+        return float(self._model.predict_proba(self._matrix([row]))[0, 1])
+
+    def malicious(self, row: Mapping[str, float]) -> float:
+        """The calibrated score in [0, 1]: piecewise linear in the probability,
+        0.5 at the threshold."""
+        p, t = self.probability(row), min(max(self.threshold, 1e-9), 1.0 - 1e-9)
+        return 0.5 * p / t if p <= t else 0.5 + 0.5 * (p - t) / (1.0 - t)
+
+    def weights(self) -> dict[str, float]:
+        if self._model is None:
+            return {}
+        return dict(zip(self.detectors, map(float, self._model.coef_[0])))
+
+
+@dataclass
+class Trained:
+    """Detectors fitted on one labelled training set (see :func:`train`)."""
+
+    anomaly: list[Any]
+    supervised: SupervisedModel | None
+    ensemble: StackedEnsemble | None
+    accounts: int
+    malicious_accounts: int
+
+
+def train(
+    rows: Sequence[Mapping[str, float | None]],
+    labels: Sequence[Any],
+    groups: Sequence[Any],
+    *,
+    anomaly_kinds: Sequence[str] = (),
+    fpr: float = 0.005,
+    prada_threshold: float = 0.9,
+    seed: int = 0,
+) -> Trained:
+    """Fit, in order, the anomaly models (on the benign rows), the random
+    forest, and the stacked ensemble over every detector's evidence (the
+    forest's own evidence taken out of fold, so the stack does not trust an
+    overfitted score)."""
+    from .anomaly import AnomalyModel
+
+    y, g = _check(rows, labels, groups, 5)
+    rows = [dict(r) for r in rows]
+    benign = [r for r, malicious in zip(rows, y) if not malicious]
+    anomaly = [AnomalyModel(kind, fpr=fpr, seed=seed).fit(benign) for kind in anomaly_kinds]
+    for r in rows:
+        for model in anomaly:
+            value = model.score(r)
+            r[model.kind] = value
+            if model.threshold > 0:
+                r[f"{model.kind}_ratio"] = value / model.threshold
+    forest = SupervisedModel(fpr=fpr, seed=seed)
+    out_of_fold = forest.fit_out_of_fold(rows, y, g)
+    evidence_rows = []
+    for r, p in zip(rows, out_of_fold):
+        e = evidence(r, prada_threshold)
+        e[forest.kind] = p / forest.threshold if forest.threshold > 0 else 0.0
+        evidence_rows.append(e)
+    ensemble = StackedEnsemble(fpr=fpr, seed=seed).fit(evidence_rows, y, g)
+    return Trained(anomaly, forest, ensemble, len(np.unique(g)), len(np.unique(g[y])))

@@ -1,0 +1,313 @@
+"""Run a scenario: the same simulated traffic against fresh copies of the
+served app with the guard off, in shadow mode and with its default policy;
+then train each thief's clone and measure it. Talks to the app through WSGI
+(its test client); the app is built by the scenario's factory."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..extension import ModelGuard
+from ..simulate.actor import Actor, World
+from ..simulate.clock import SimulatedClock
+from ..simulate.runner import Simulation, WSGITransport
+from .scenario import ACCOUNT_KEYS, MODES, Scenario, import_string, load_scenario
+
+Progress = Callable[[str, int, int], None]
+
+
+def _account_names(actor: Actor) -> list[str]:
+    return [actor.name] if actor.accounts == 1 else [f"{actor.name}#{k}" for k in range(actor.accounts)]
+
+
+def _evidence(scores: dict[str, Any], prada_threshold: float) -> dict[str, float]:
+    """Each detector's evidence in one evaluation (higher: more malicious)."""
+    out: dict[str, float] = {}
+    if scores.get("malicious") is not None:
+        out["malicious"] = scores["malicious"]
+    if scores.get("add_ratio") is not None:
+        out["add"] = scores["add_ratio"]
+    if scores.get("prada_w") is not None:
+        out["prada"] = (1.0 - scores["prada_w"]) / (1.0 - prada_threshold)
+    for kind in ("isolation_forest", "one_class_svm", "lof", "random_forest"):
+        if scores.get(kind) is not None:
+            out[kind] = scores[kind]
+    return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}
+
+
+def _build(scenario: Scenario, actors_spec: list[dict[str, Any]]) -> list[Actor]:
+    from ..simulate.attackers import make_actor
+
+    # "limits" and "tier" are the account's, not the actor's
+    return [make_actor({k: v for k, v in spec.items() if k not in ACCOUNT_KEYS}) for spec in actors_spec]
+
+
+def run_mode(
+    scenario: Scenario, mode: str, workdir: str, *, progress: Progress | None = None,
+    training: dict[str, Any] | None = None, name: str | None = None,
+) -> tuple[dict[str, Any], list[Actor], World, Any]:
+    """Simulate the scenario's traffic against a fresh app in ``mode`` (with
+    the supervised detectors trained on ``training`` first, when given);
+    returns the run result (accounts, detections; ``result["training"]`` the
+    labelled evaluations), the actors (with what they were served), the world
+    and the app."""
+    clock = SimulatedClock()
+    config = {
+        **scenario.config,
+        **MODES[mode],
+        "MODELGUARD_DATABASE_URL": f"sqlite:///{os.path.join(workdir, name or mode)}.db",
+        "MODELGUARD_CREATE_TABLES": True,
+        "MODELGUARD_CLOCK": clock,
+        "MODELGUARD_STORAGE_URI": "simulated://",
+        "MODELGUARD_STORAGE_OPTIONS": {"clock": clock},
+        "MODELGUARD_FLUSH_INTERVAL": 3600.0,  # the simulation drains the worker itself
+    }
+    app = import_string(scenario.app)(config)
+    state = ModelGuard.state(app)
+    guard = state.guard
+    world: World = import_string(scenario.world)(app)
+    if training is not None and state.settings.enabled:
+        state.fit_detectors(training)
+    specs = scenario.expand()
+    actors = _build(scenario, specs)
+    keys: dict[tuple[str, int], str] = {}
+    enabled = state.settings.enabled
+    with app.app_context():
+        for actor, spec in zip(actors, specs):
+            for k, name in enumerate(_account_names(actor)):
+                if enabled:
+                    guard.create_account(name, tier=spec.get("tier"), limits=spec.get("limits", scenario.limits))
+                    keys[(actor.name, k)] = guard.issue_key(name)
+                else:
+                    keys[(actor.name, k)] = "none"
+    persisted = [clock()]
+
+    def every(n: int) -> None:
+        if not enabled:
+            return
+        if n % scenario.flush_every == 0:
+            state.worker.flush()
+        if clock() - persisted[0] >= scenario.persist_every:
+            persisted[0] = clock()
+            state.persist_states()
+
+    simulation = Simulation(WSGITransport(app.test_client()), world, actors, keys, path=scenario.path,
+                            clock=clock, seed=scenario.seed, every=every)
+    started = time.perf_counter()
+    simulation.run(None if progress is None else (lambda done, total: progress(mode, done, total)))
+    elapsed = time.perf_counter() - started
+    accounts: list[dict[str, Any]] = []
+    rows: dict[str, list[Any]] = {"rows": [], "labels": [], "groups": []}
+    alerts = 0
+    if enabled:
+        guard.flush(app)
+        with app.app_context():
+            stored = {a["name"]: a for a in guard.list_accounts()}
+            for actor in actors:
+                for name in _account_names(actor):
+                    history = guard.score_history(name)
+                    accounts.append(_account(actor, name, stored[name], history, state.settings.prada_threshold,
+                                             clock.start, simulation))
+                    alerts += sum(1 for h in history if h["reasons"])
+                    for h in history:
+                        rows["rows"].append({k: v for k, v in (h["scores"] or {}).items() if v is not None})
+                        rows["labels"].append(actor.malicious)
+                        rows["groups"].append(name)
+    else:
+        for actor in actors:
+            for name in _account_names(actor):
+                accounts.append(_account(actor, name, None, [], 0.9, clock.start, simulation))
+    result = {
+        "mode": mode,
+        "queries": int(sum(s.n for s in simulation.log if s.status != 429)),
+        "requests": len(simulation.log),
+        "refused": int(sum(1 for s in simulation.log if s.status >= 400)),
+        "alerts": alerts,
+        "simulated_seconds": clock.elapsed,
+        "wall_seconds": round(elapsed, 2),
+        "accounts": accounts,
+        "benign": _benign(actors, world),
+        "training": rows,
+    }
+    return result, actors, world, app
+
+
+def _account(actor: Actor, name: str, stored: dict[str, Any] | None, history: list[dict[str, Any]],
+             prada_threshold: float, start: float, simulation: Simulation) -> dict[str, Any]:
+    k = 0 if "#" not in name else int(name.rsplit("#", 1)[1])
+    sent = [s for s in simulation.log if s.actor == actor.name and s.account == k]
+    flags = [h for h in history if h["reasons"]]
+    scores: dict[str, float] = {}
+    for h in history:
+        for detector, value in _evidence(h["scores"] or {}, prada_threshold).items():
+            scores[detector] = max(scores.get(detector, -math.inf), value)
+    return {
+        "name": name, "actor": actor.name, "kind": actor.kind, "malicious": actor.malicious,
+        "queries": int(sum(s.n for s in sent if s.status != 429)),
+        "refused": int(sum(1 for s in sent if s.status >= 400)),
+        "flagged": bool(flags) or bool(stored and stored["flagged"]),
+        "first_flag_queries": int(flags[0]["queries"]) if flags else None,
+        "reasons": list(flags[0]["reasons"]) if flags else [],
+        "score": None if stored is None else stored["score"],
+        "scores": scores,
+        "timeline": [[round(h["ts"] - start, 3), int(h["queries"]), (h["scores"] or {}).get("malicious")]
+                     for h in history],
+    }
+
+
+def _benign(actors: list[Actor], world: World) -> dict[str, Any]:
+    """What benign users were served, against what the model answers: top-1
+    accuracy of both (when the pool's labels are known) and their agreement."""
+    X = [a.X for a in actors if not a.malicious and len(a.y)]
+    if not X:
+        return {"queries": 0}
+    inputs = np.concatenate(X)
+    served = np.concatenate([a.y for a in actors if not a.malicious and len(a.y)]).astype(int)
+    model = world.victim(inputs).argmax(axis=1)
+    out: dict[str, Any] = {"queries": int(len(served)), "agreement": float((served == model).mean())}
+    if world.pool_labels is not None:
+        truth = _labels_of(inputs, world)
+        if truth is not None:
+            out["model_accuracy"] = float((model == truth).mean())
+            out["served_accuracy"] = float((served == truth).mean())
+            out["accuracy_loss"] = out["model_accuracy"] - out["served_accuracy"]
+    return out
+
+
+def _labels_of(inputs: np.ndarray, world: World) -> np.ndarray | None:
+    lookup = {row.tobytes(): label for row, label in zip(np.asarray(world.pool, dtype=np.float64), world.pool_labels)}
+    labels = [lookup.get(row.tobytes()) for row in inputs]
+    if any(label is None for label in labels):
+        return None
+    return np.asarray(labels)
+
+
+def _clones(scenario: Scenario, mode: str, actors: list[Actor], world: World, app: Any) -> list[dict[str, Any]]:
+    from ..simulate.surrogate import learning_curve, train_clone
+
+    state = ModelGuard.state(app)
+    out = []
+    for actor in actors:
+        if not actor.malicious:
+            continue
+        answers = "probabilities" if actor.P is not None else "labels"
+        curve = learning_curve(actor, world, checkpoints=scenario.checkpoints, kind=scenario.surrogate,
+                               answers=answers, seed=scenario.seed)
+        watermark = None
+        if state.settings.enabled and len(actor.y):
+            clone = train_clone(actor.X, actor.y, actor.P, kind=scenario.surrogate, answers=answers,
+                                seed=scenario.seed, low=world.low, high=world.high)
+            watermark = _watermark(state, _account_names(actor), clone)
+        out.append({"actor": actor.name, "kind": actor.kind, "surrogate": scenario.surrogate,
+                    "answers": answers, "curve": curve, "watermark": watermark})
+    return out
+
+
+def _watermark(state: Any, names: list[str], clone: Any) -> dict[str, Any] | None:
+    """The most significant ownership test of ``clone`` over ``names``' watermarks."""
+    best = None
+    with state._app().app_context():
+        for name in names:
+            result = state.guard.verify_watermark(name, lambda xs: list(clone.predict(np.asarray(xs, dtype=float))))
+            if result.probes and (best is None or result.log2_p < best.log2_p):
+                best = result
+    if best is None:
+        return None
+    return {"account": best.account, "probes": best.probes, "matched": best.matches,
+            "log2_p": best.log2_p, "claimed": best.claimed}
+
+
+def _independent(scenario: Scenario, actors: list[Actor], world: World, app: Any) -> dict[str, Any] | None:
+    """An independently trained model (on the owner's own labelled data, not
+    on stolen answers), tested against every thief's watermarks: a control."""
+    from ..simulate.surrogate import train_clone
+
+    state = ModelGuard.state(app)
+    if not state.settings.enabled:
+        return None
+    labels = world.victim(world.pool).argmax(axis=1)
+    clone = train_clone(world.pool, labels, kind=scenario.surrogate, answers="labels", seed=scenario.seed + 1,
+                        low=world.low, high=world.high)
+    names = [n for a in actors if a.malicious for n in _account_names(a)]
+    return {"watermark": _watermark(state, names, clone)}
+
+
+def run(
+    scenario: str | dict[str, Any] | Scenario,
+    *,
+    out: str | None = None,
+    seed: int | None = None,
+    modes: list[str] | None = None,
+    plots: bool = True,
+    progress: Progress | None = None,
+    workdir: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate a scenario (a bundled name, a file, a dict): one run per guard
+    mode; writes ``report.json``, ``report.md`` and plots to ``out`` when
+    given; returns the report."""
+    from .report import write_report
+
+    if not isinstance(scenario, Scenario):
+        scenario = load_scenario(scenario)
+    if seed is not None:
+        scenario.seed = seed
+    if modes is not None:
+        scenario.modes = list(modes)
+    runs: dict[str, dict[str, Any]] = {}
+    training = None
+    with tempfile.TemporaryDirectory(prefix="modelguard-eval-") as tmp:
+        if scenario.train_seed is not None:
+            # The supervised detectors learn from another simulation (other
+            # users, other seeds) of the same scenario, in shadow mode.
+            practice = Scenario.from_dict({**scenario.to_dict(), "seed": scenario.train_seed})
+            result, _, _, app = run_mode(practice, "shadow", workdir or tmp, progress=_named(progress, "training"),
+                                       name="training")
+            ModelGuard.state(app).close()
+            training = result["training"]
+        for mode in scenario.modes:
+            result, actors, world, app = run_mode(scenario, mode, workdir or tmp, progress=progress,
+                                                  training=training)
+            result.pop("training")
+            try:
+                result["clones"] = _clones(scenario, mode, actors, world, app)
+                result["independent"] = _independent(scenario, actors, world, app)
+            finally:
+                ModelGuard.state(app).close()
+            runs[mode] = result
+    summary = scenario.to_dict()
+    summary["config"] = {k: v for k, v in summary["config"].items() if _jsonable(v)}
+    if out is not None and training is not None:
+        import json
+
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "training.json"), "w") as fh:
+            json.dump(training, fh)
+    if out is None:
+        from .metrics import detection_metrics, theft_metrics
+
+        return {"scenario": summary, "runs": runs,
+                "metrics": {m: {"detection": detection_metrics(r), "theft": theft_metrics(r)} for m, r in runs.items()}}
+    return write_report(out, summary, runs, plots=plots)
+
+
+def _named(progress: Progress | None, name: str) -> Progress | None:
+    if progress is None:
+        return None
+    return lambda _mode, done, total: progress(name, done, total)
+
+
+def _jsonable(value: Any) -> bool:
+    import json
+
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True

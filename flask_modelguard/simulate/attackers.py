@@ -1,0 +1,813 @@
+"""Model thieves: the query strategies of the model-extraction literature.
+Framework-free (numpy and scikit-learn).
+
+Every thief is an :class:`~.actor.Actor` with ``malicious = True`` and a
+``kind`` shown in reports. Every thief accepts ``accounts=K`` (the base class
+sends its requests round-robin over K accounts); :class:`SybilThief` is the
+one whose point is that. Delays are exponential of mean ``interval``
+(Poisson arrivals) unless said otherwise. A request refused with 429 is sent
+again, unchanged, after ``retry_after`` (the base class waits).
+
+==========================  =================================================
+kind                        class
+==========================  =================================================
+random, random-<strategy>   :class:`RandomThief` (uniform, gaussian,
+                            exhaustive, systematic, adversarial)
+jacobian                    :class:`JacobianThief` (Papernot et al. 2017)
+knockoff                    :class:`KnockoffThief` (Orekondy et al. 2019)
+active                      :class:`ActiveLearningThief` (Chandrasekaran et
+                            al. 2020; Pal et al. 2020)
+adaptive                    :class:`AdaptiveThief`
+sybil                       :class:`SybilThief`
+low-and-slow                :class:`LowAndSlowThief`
+==========================  =================================================
+
+:data:`ACTORS` maps every kind (the benign users' too) to its class and
+:func:`make_actor` builds one from a scenario entry.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .actor import Actor, Answer, Request, World
+from .surrogate import Clone, train_clone
+from .users import BenignUser, PowerUser
+
+# -- where queries come from ----------------------------------------------------
+
+
+def _natural_rows(world: World) -> np.ndarray:
+    """The natural inputs a thief holds: ``world.seeds``, else ``world.pool``."""
+    return world.seeds if world.seeds is not None and len(world.seeds) else world.pool
+
+
+def _in_range(world: World, U: np.ndarray) -> np.ndarray:
+    """Map ``U`` in [0, 1) to the input range (equally likely levels when the world is integer)."""
+    if world.integer:
+        levels = math.floor(world.high) - math.ceil(world.low) + 1
+        return np.minimum(math.ceil(world.low) + np.floor(U * levels), math.floor(world.high))
+    return world.low + U * (world.high - world.low)
+
+
+def _transformed(X: np.ndarray, world: World, rng: np.random.Generator, noise: float = 0.05) -> np.ndarray:
+    """Natural-looking inputs of another distribution, made from ``X``.
+
+    Square inputs (``d = s²``) are taken for ``s×s`` images: each is shifted by
+    up to one pixel and rotated by up to 15° (nearest neighbour, background
+    ``low``). Every input gets Gaussian noise of ``noise·(high − low)``.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    n, d = X.shape
+    side = math.isqrt(d)
+    if side * side == d and side > 2:
+        images = X.reshape(n, side, side)
+        angle = rng.uniform(-np.pi / 12, np.pi / 12, n)[:, None]
+        shift = rng.integers(-1, 2, (n, 2, 1))
+        rows, cols = np.divmod(np.arange(d), side)
+        centre = (side - 1) / 2.0
+        r, c = rows - centre, cols - centre
+        cos, sin = np.cos(angle), np.sin(angle)
+        src_r = np.rint(cos * r + sin * c + centre - shift[:, 0]).astype(int)
+        src_c = np.rint(-sin * r + cos * c + centre - shift[:, 1]).astype(int)
+        inside = (src_r >= 0) & (src_r < side) & (src_c >= 0) & (src_c < side)
+        picked = images[np.arange(n)[:, None], np.clip(src_r, 0, side - 1), np.clip(src_c, 0, side - 1)]
+        X = np.where(inside, picked, world.low)
+    return world.clip(X + rng.normal(0.0, noise * (world.high - world.low), X.shape))
+
+
+class _Source:
+    """An endless supply of query inputs."""
+
+    def draw(self, n: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+class _Cycle(_Source):
+    """Rows of ``X`` without replacement, in random order (reshuffled when used up)."""
+
+    def __init__(self, X: np.ndarray, rng: np.random.Generator) -> None:
+        self.X, self.rng = X, rng
+        self.order, self.at = rng.permutation(len(X)), 0
+
+    def draw(self, n: int) -> np.ndarray:
+        out = []
+        while n > 0:
+            if self.at >= len(self.order):
+                self.order, self.at = self.rng.permutation(len(self.X)), 0
+            take = self.order[self.at:self.at + n]
+            self.at += len(take)
+            n -= len(take)
+            out.append(take)
+        return self.X[np.concatenate(out)] if out else self.X[:0]
+
+
+class _Uniform(_Source):
+    def __init__(self, world: World, rng: np.random.Generator) -> None:
+        self.world, self.rng = world, rng
+
+    def draw(self, n: int) -> np.ndarray:
+        return _in_range(self.world, self.rng.random((n, self.world.dim)))
+
+
+class _Transfer(_Source):
+    """Knockoff's transfer set: ``world.other`` in random order, or, when the
+    world has none, transformed natural inputs (see :func:`_transformed`)."""
+
+    def __init__(self, world: World, rng: np.random.Generator, noise: float = 0.05) -> None:
+        self.world, self.rng, self.noise = world, rng, noise
+        self.other = _Cycle(world.other, rng) if world.other is not None and len(world.other) else None
+        self.natural = _natural_rows(world)
+
+    def draw(self, n: int) -> np.ndarray:
+        if self.other is not None:
+            return self.other.draw(n)
+        rows = self.natural[self.rng.integers(0, len(self.natural), n)]
+        return _transformed(rows, self.world, self.rng, self.noise)
+
+
+def _source(name: str, world: World, rng: np.random.Generator) -> _Source:
+    if name == "knockoff":
+        return _Transfer(world, rng)
+    if name == "random":
+        return _Uniform(world, rng)
+    if name == "natural":
+        return _Cycle(_natural_rows(world), rng)
+    raise ValueError(f"unknown query source {name!r} (expected 'knockoff' or 'random')")
+
+
+# -- the common base ------------------------------------------------------------
+
+
+class _Thief(Actor):
+    """A thief: :meth:`_queries` gives the next inputs, :meth:`_delay` the wait.
+    Inputs refused with 429 are sent again first."""
+
+    malicious = True
+
+    def __init__(self, name: str, budget: int, *, accounts: int = 1, batch: int = 10, interval: float = 1.0,
+                 **params: Any) -> None:
+        super().__init__(name, budget, accounts=accounts, batch=batch, interval=interval, **params)
+        self._pending: np.ndarray | None = None
+
+    def plan(self, n: int) -> tuple[np.ndarray, float]:
+        if self._pending is not None:
+            inputs, rest = self._pending[:n], self._pending[n:]
+            self._pending = rest if len(rest) else None
+            return inputs, self._delay(len(inputs))
+        inputs = self._queries(n)
+        return inputs, self._delay(len(inputs))
+
+    def requeue(self, inputs: np.ndarray) -> None:
+        self._pending = inputs if self._pending is None else np.concatenate([inputs, self._pending])
+
+    def _queries(self, n: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _delay(self, n: int) -> float:
+        return self.jitter(self.interval)
+
+
+def _check(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r} (expected one of {', '.join(allowed)})")
+    return value
+
+
+# -- random queries ---------------------------------------------------------------
+
+
+@dataclass
+class _Segment:
+    """A bisection between two served points of different labels."""
+
+    a: np.ndarray
+    b: np.ndarray
+    la: int
+    lb: int
+    depth: int = 0
+
+
+class RandomThief(_Thief):
+    """Synthetic queries that need no natural data (Tramèr et al., "Stealing
+    Machine Learning Models via Prediction APIs", USENIX Security 2016).
+
+    ``strategy``:
+
+    - ``uniform``: uniform over [low, high]^d;
+    - ``gaussian``: Gaussian around the centre of the range, standard
+      deviation ``sigma·(high − low)``;
+    - ``exhaustive``: a low-discrepancy sweep of the input space: the
+      Halton sequence with random digit permutations (a scrambled Halton
+      sequence, which keeps the high dimensions' bases from tracing
+      correlated lines through a corner of the space);
+    - ``systematic``: line searches along the axes: from a base input (a
+      natural one when the thief holds some), one feature at a time set to
+      ``levels`` evenly spaced values, then a new base;
+    - ``adversarial``: points near decision boundaries: two served points of
+      different labels (natural ones when the thief holds some, else uniform)
+      are bisected ``bisections`` times towards where the label changes
+      (the line search of Tramèr et al.; Papernot et al.'s boundary probing).
+
+    Kind ``random`` takes the strategy as a parameter (default uniform); the
+    kinds ``random-<strategy>`` are the same thief with the strategy fixed.
+    """
+
+    kind = "random"
+    STRATEGIES: ClassVar[tuple[str, ...]] = ("uniform", "gaussian", "exhaustive", "systematic", "adversarial")
+    #: Set by the ``random-<strategy>`` kinds.
+    fixed: ClassVar[str | None] = None
+
+    def __init__(self, name: str, budget: int, *, strategy: str | None = None, sigma: float = 0.25,
+                 levels: int = 9, bisections: int = 8, accounts: int = 1, batch: int = 10,
+                 interval: float = 1.0) -> None:
+        if self.fixed is not None and strategy not in (None, self.fixed):
+            raise ValueError(f"kind {self.kind!r} always uses strategy {self.fixed!r}")
+        strategy = _check("strategy", strategy or self.fixed or "uniform", self.STRATEGIES)
+        if levels < 2 or bisections < 1 or sigma <= 0:
+            raise ValueError("levels must be >= 2, bisections >= 1 and sigma > 0")
+        super().__init__(name, budget, accounts=accounts, batch=batch, interval=interval, strategy=strategy,
+                         sigma=sigma, levels=levels, bisections=bisections)
+        self.strategy, self.sigma, self.levels, self.bisections = strategy, sigma, levels, bisections
+
+    def start(self) -> None:
+        d = self.world.dim
+        self._halton_at = 1
+        self._halton_digits = [self.rng.permutation(base) for base in _primes(d)]
+        self._natural = _Cycle(_natural_rows(self.world), self.rng)
+        self._sweep = self.world.dim * self.levels  # a new base on first use
+        self._base = np.empty(d)
+        self._segments: list[_Segment] = []
+        self._asked: list[_Segment | None] = []
+        self._anchors: list[np.ndarray] = []
+        self._anchor_labels: list[int] = []
+
+    def _queries(self, n: int) -> np.ndarray:
+        return getattr(self, f"_{self.strategy}")(n)
+
+    def _uniform(self, n: int) -> np.ndarray:
+        return _in_range(self.world, self.rng.random((n, self.world.dim)))
+
+    def _gaussian(self, n: int) -> np.ndarray:
+        centre, spread = (self.world.low + self.world.high) / 2.0, self.sigma * (self.world.high - self.world.low)
+        return self.rng.normal(centre, spread, (n, self.world.dim))
+
+    def _exhaustive(self, n: int) -> np.ndarray:
+        U = _halton(self._halton_at, n, self._halton_digits)
+        self._halton_at += n
+        return _in_range(self.world, U)
+
+    def _systematic(self, n: int) -> np.ndarray:
+        values = np.linspace(self.world.low, self.world.high, self.levels)
+        out = np.empty((n, self.world.dim))
+        for i in range(n):
+            if self._sweep >= self.world.dim * self.levels:
+                self._base, self._sweep = self._natural.draw(1)[0].astype(np.float64), 0
+            feature, level = divmod(self._sweep, self.levels)
+            out[i] = self._base
+            out[i, feature] = values[level]
+            self._sweep += 1
+        return out
+
+    # adversarial: bisections between points of different served labels
+
+    def _adversarial(self, n: int) -> np.ndarray:
+        rows: list[np.ndarray] = []
+        self._asked = []
+        for segment in self._segments[:n]:
+            rows.append((segment.a + segment.b) / 2.0)
+            self._asked.append(segment)
+        while len(rows) < n:
+            segment = self._new_segment()
+            if segment is None:
+                break
+            self._segments.append(segment)
+            rows.append((segment.a + segment.b) / 2.0)
+            self._asked.append(segment)
+        explore = n - len(rows)
+        if explore:  # anchors: natural inputs while the thief has unsent ones, then uniform
+            fresh = len(self._anchors) < len(self._natural.X)
+            rows.extend(self._natural.draw(explore) if fresh else self._uniform(explore))
+            self._asked.extend([None] * explore)
+        return np.asarray(rows)
+
+    def _new_segment(self) -> _Segment | None:
+        if len(set(self._anchor_labels)) < 2:
+            return None
+        labels = np.asarray(self._anchor_labels)
+        i = int(self.rng.integers(len(labels)))
+        others = np.flatnonzero(labels != labels[i])
+        j = int(others[self.rng.integers(len(others))])
+        return _Segment(self._anchors[i], self._anchors[j], int(labels[i]), int(labels[j]))
+
+    def learn(self, inputs: np.ndarray, answer: Answer) -> None:
+        if self.strategy != "adversarial":
+            return
+        asked, self._asked = self._asked[:len(inputs)], self._asked[len(inputs):]
+        if not answer.ok:
+            self._segments = [s for s in self._segments if not any(s is a for a in asked)]
+            return
+        assert answer.labels is not None
+        done: list[_Segment] = []
+        for x, label, segment in zip(inputs, np.asarray(answer.labels), asked, strict=False):
+            if segment is None:
+                self._anchors.append(x)
+                self._anchor_labels.append(int(label))
+                continue
+            if int(label) == segment.la:
+                segment.a = x
+            else:
+                segment.b, segment.lb = x, int(label)
+            segment.depth += 1
+            close = np.abs(segment.b - segment.a).max() <= (1.0 if self.world.integer else 0.0)
+            if segment.depth >= self.bisections or close:
+                done.append(segment)
+        self._segments = [s for s in self._segments if not any(s is d for d in done)]
+
+
+class UniformThief(RandomThief):
+    """:class:`RandomThief` with ``strategy="uniform"``."""
+
+    kind = "random-uniform"
+    fixed = "uniform"
+
+
+class GaussianThief(RandomThief):
+    """:class:`RandomThief` with ``strategy="gaussian"``."""
+
+    kind = "random-gaussian"
+    fixed = "gaussian"
+
+
+class ExhaustiveThief(RandomThief):
+    """:class:`RandomThief` with ``strategy="exhaustive"``."""
+
+    kind = "random-exhaustive"
+    fixed = "exhaustive"
+
+
+class SystematicThief(RandomThief):
+    """:class:`RandomThief` with ``strategy="systematic"``."""
+
+    kind = "random-systematic"
+    fixed = "systematic"
+
+
+class AdversarialThief(RandomThief):
+    """:class:`RandomThief` with ``strategy="adversarial"``."""
+
+    kind = "random-adversarial"
+    fixed = "adversarial"
+
+
+def _primes(count: int) -> list[int]:
+    primes: list[int] = []
+    candidate = 2
+    while len(primes) < count:
+        if all(candidate % p for p in primes if p * p <= candidate):
+            primes.append(candidate)
+        candidate += 1
+    return primes
+
+
+def _halton(start: int, n: int, digits: list[np.ndarray]) -> np.ndarray:
+    """Points ``start .. start + n - 1`` of the scrambled Halton sequence, in [0, 1): dimension
+    ``k`` is the radical inverse in the ``k``-th prime base ``b = len(digits[k])``, every digit
+    ``j`` of the index written as ``digits[k][j]`` (a permutation of ``0 .. b - 1``)."""
+    out = np.zeros((n, len(digits)))
+    for k, permutation in enumerate(digits):
+        base, i, f = len(permutation), np.arange(start, start + n), 1.0
+        while i.any():
+            f /= base
+            out[:, k] += f * permutation[i % base]
+            i //= base
+    return out
+
+
+# -- Jacobian-based dataset augmentation ------------------------------------------
+
+
+def _class_gradient(clone: Clone, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """∂F_y(x)/∂x: gradient of the clone's probability of ``labels[i]`` at ``X[i]``.
+
+    Analytic, for clones backed by an ``MLPClassifier``/``MLPRegressor``
+    (backpropagation through ``coefs_``/``intercepts_``) or a
+    ``LogisticRegression`` (softmax of ``coef_``); with respect to the raw
+    inputs (the clone's scaling included). Rows whose label the clone does
+    not know, and every row of a constant clone, get zeros.
+    """
+    X = np.asarray(X, dtype=np.float64).reshape(len(X), -1)
+    grad = np.zeros_like(X)
+    model = clone.model
+    if model is None or len(X) == 0:
+        return grad
+    if hasattr(model, "coefs_"):
+        weights, biases = list(model.coefs_), list(model.intercepts_)
+        activation, output = model.activation, model.out_activation_
+    else:
+        weights, biases = [model.coef_.T], [model.intercept_]
+        activation, output = "identity", "softmax" if model.coef_.shape[0] > 1 else "logistic"
+    column = np.searchsorted(clone.classes_, labels)
+    known = (column < len(clone.classes_)) & (clone.classes_[np.minimum(column, len(clone.classes_) - 1)] == labels)
+    column = np.where(known, column, 0)
+    rows = np.arange(len(X))
+    # forward
+    h, pre = clone.transform(X), []
+    for W, b in zip(weights[:-1], biases[:-1], strict=True):
+        a = h @ W + b
+        pre.append(a)
+        h = _ACTIVATIONS[activation][0](a)
+    logits = h @ weights[-1] + biases[-1]
+    # ∂output/∂logits
+    if output == "softmax":
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        py = p[rows, column][:, None]
+        delta = -py * p
+        delta[rows, column] += py[:, 0]
+    elif output == "logistic":  # binary: columns [1 − σ, σ] of one output unit
+        s = 1.0 / (1.0 + np.exp(-logits[:, 0]))
+        delta = (s * (1.0 - s) * np.where(column == 1, 1.0, -1.0))[:, None]
+    else:  # identity (a regressor of probability vectors: output k is class k)
+        delta = np.zeros_like(logits)
+        delta[rows, clone.classes_[column]] = 1.0
+    # backward
+    g = delta @ weights[-1].T
+    for W, a in zip(reversed(weights[:-1]), reversed(pre), strict=True):
+        g = (g * _ACTIVATIONS[activation][1](a)) @ W.T
+    grad = g / clone.scale
+    grad[~known] = 0.0
+    return grad
+
+
+def _sigmoid(a: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+#: name → (activation, its derivative at the pre-activation)
+_ACTIVATIONS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
+    "relu": (lambda a: np.maximum(a, 0.0), lambda a: (a > 0).astype(np.float64)),
+    "tanh": (np.tanh, lambda a: 1.0 - np.tanh(a) ** 2),
+    "logistic": (_sigmoid, lambda a: _sigmoid(a) * (1.0 - _sigmoid(a))),
+    "identity": (lambda a: a, np.ones_like),
+}
+
+
+class JacobianThief(_Thief):
+    """Jacobian-based dataset augmentation (Papernot et al., "Practical
+    Black-Box Attacks against Machine Learning", ASIACCS 2017).
+
+    Starts from the natural inputs it holds (``world.seeds``, else
+    ``n_seeds`` rows of ``world.pool``) and works in rounds: once every query
+    of a round is answered, it trains a substitute (``substitute``: "mlp" or
+    "logreg", see :func:`~.surrogate.train_clone`) on all answers so far, then
+    queries ``x + λ·sign(∂F_y(x)/∂x)`` for every input ``x`` it has sent
+    (``y`` its served label, ``λ = lam·(high − low)``), so the set doubles per
+    round. ``tau`` flips the sign of ``λ`` every ``tau`` rounds (the
+    periodic step size of the paper; None: never); ``reservoir`` caps the
+    new points of a round (reservoir sampling; None: all). New points already
+    sent are dropped; when none is left, the inputs are perturbed by random
+    signs instead (and, failing that, uniform points are sent).
+    """
+
+    kind = "jacobian"
+
+    def __init__(self, name: str, budget: int, *, lam: float = 0.1, tau: int | None = None,
+                 substitute: str = "mlp", reservoir: int | None = None, n_seeds: int = 100,
+                 accounts: int = 1, batch: int = 10, interval: float = 1.0) -> None:
+        _check("substitute", substitute, ("mlp", "logreg"))
+        if lam <= 0 or (tau is not None and tau < 1) or (reservoir is not None and reservoir < 1) or n_seeds < 1:
+            raise ValueError("lam must be > 0, and tau, reservoir and n_seeds >= 1")
+        super().__init__(name, budget, accounts=accounts, batch=batch, interval=interval, lam=lam, tau=tau,
+                         substitute=substitute, reservoir=reservoir, n_seeds=n_seeds)
+        self.lam, self.tau, self.substitute, self.reservoir, self.n_seeds = lam, tau, substitute, reservoir, n_seeds
+        #: Augmentation rounds done so far.
+        self.round = 0
+        self.clone: Clone | None = None
+
+    def start(self) -> None:
+        seeds = self.world.seeds
+        if seeds is None or not len(seeds):
+            pool = self.world.pool
+            seeds = pool[self.rng.choice(len(pool), size=min(self.n_seeds, len(pool)), replace=False)]
+        self._seeds = self._queue = self.world.clip(np.asarray(seeds, dtype=np.float64))
+        self._seen = {row.tobytes() for row in self._queue}
+
+    def _queries(self, n: int) -> np.ndarray:
+        if not len(self._queue):
+            self._queue = self._augment()
+        out, self._queue = self._queue[:n], self._queue[n:]
+        return out
+
+    def _augment(self) -> np.ndarray:
+        X, y = self.X, self.y
+        if not len(X):  # nothing served (errors only): the seeds again
+            return self._seeds
+        self.clone = train_clone(X, y, kind=self.substitute, seed=int(self.rng.integers(2**31)),
+                                 low=self.world.low, high=self.world.high)
+        if self.reservoir is not None and len(X) > self.reservoir:
+            pick = self.rng.choice(len(X), size=self.reservoir, replace=False)
+            X, y = X[pick], y[pick]
+        step = self.lam * (self.world.high - self.world.low)
+        if self.tau is not None:
+            step *= (-1.0) ** (self.round // self.tau)
+        self.round += 1
+        direction = np.sign(_class_gradient(self.clone, X, y))
+        new = self._fresh(self.world.clip(X + step * direction))
+        if not len(new):
+            new = self._fresh(self.world.clip(X + step * self.rng.choice([-1.0, 1.0], size=X.shape)))
+        if not len(new):  # stuck (a tiny space, all of it sent): uniform points
+            new = self.world.clip(_in_range(self.world, self.rng.random(X.shape)))
+        return new[self.rng.permutation(len(new))]
+
+    def _fresh(self, X: np.ndarray) -> np.ndarray:
+        keep = []
+        for i, row in enumerate(X):
+            key = row.tobytes()
+            if key not in self._seen:
+                self._seen.add(key)
+                keep.append(i)
+        return X[keep]
+
+
+# -- natural data of another distribution -----------------------------------------
+
+
+class KnockoffThief(_Thief):
+    """Knockoff Nets with the random strategy (Orekondy et al., "Knockoff Nets:
+    Stealing Functionality of Black-Box Models", CVPR 2019): natural inputs of
+    another distribution, ``world.other`` in random order; when the world has
+    none, the thief's natural inputs (``world.seeds``, else ``world.pool``)
+    shifted, rotated and noised (for square inputs, i.e. images; Gaussian
+    noise of ``noise·(high − low)``)."""
+
+    kind = "knockoff"
+
+    def __init__(self, name: str, budget: int, *, noise: float = 0.05, accounts: int = 1, batch: int = 10,
+                 interval: float = 1.0) -> None:
+        if noise < 0:
+            raise ValueError("noise must be >= 0")
+        super().__init__(name, budget, accounts=accounts, batch=batch, interval=interval, noise=noise)
+        self.noise = noise
+
+    def start(self) -> None:
+        self._source = _Transfer(self.world, self.rng, self.noise)
+
+    def _queries(self, n: int) -> np.ndarray:
+        return self._source.draw(n)
+
+
+class ActiveLearningThief(_Thief):
+    """Pool-based active learning (Chandrasekaran et al., "Exploring Connections
+    Between Active Learning and Model Extraction", USENIX Security 2020; Pal et
+    al., "ActiveThief", AAAI 2020).
+
+    The pool is ``world.other``, else ``pool_size`` transformed copies of the
+    thief's natural inputs (never ``world.test``). After ``initial`` random
+    pool points, every round retrains a substitute (``substitute``) on all
+    answers and picks the ``step`` unsent pool points it is least sure of:
+    ``strategy="uncertainty"``: lowest top probability; ``"margin"``:
+    smallest gap between the top two. When the pool is used up it is reused.
+    """
+
+    kind = "active"
+    STRATEGIES: ClassVar[tuple[str, ...]] = ("uncertainty", "margin")
+
+    def __init__(self, name: str, budget: int, *, strategy: str = "margin", initial: int = 100, step: int = 100,
+                 pool_size: int = 2000, substitute: str = "logreg", accounts: int = 1, batch: int = 10,
+                 interval: float = 1.0) -> None:
+        _check("strategy", strategy, self.STRATEGIES)
+        _check("substitute", substitute, ("mlp", "logreg"))
+        if initial < 1 or step < 1 or pool_size < 1:
+            raise ValueError("initial, step and pool_size must be >= 1")
+        super().__init__(name, budget, accounts=accounts, batch=batch, interval=interval, strategy=strategy,
+                         initial=initial, step=step, pool_size=pool_size, substitute=substitute)
+        self.strategy, self.initial, self.step = strategy, initial, step
+        self.pool_size, self.substitute = pool_size, substitute
+        self.clone: Clone | None = None
+        #: Pool indices picked by uncertainty (after the random start), in order.
+        self.picked: list[int] = []
+
+    def start(self) -> None:
+        other = self.world.other
+        if other is not None and len(other):
+            self.pool = np.asarray(other, dtype=np.float64)
+        else:
+            natural = _natural_rows(self.world)
+            self.pool = _transformed(natural[self.rng.integers(0, len(natural), self.pool_size)], self.world, self.rng)
+        self._unused = np.ones(len(self.pool), dtype=bool)
+        first = self._take(self.rng.permutation(len(self.pool))[:self.initial])
+        self._queue = list(first)
+
+    def _take(self, index: np.ndarray) -> np.ndarray:
+        self._unused[index] = False
+        if not self._unused.any():
+            self._unused[:] = True
+        return index
+
+    def _queries(self, n: int) -> np.ndarray:
+        if not self._queue:
+            self._queue = list(self._select())
+            self.picked.extend(self._queue)
+        index, self._queue = self._queue[:n], self._queue[n:]
+        return self.pool[index]
+
+    def _select(self) -> np.ndarray:
+        candidates = np.flatnonzero(self._unused)
+        X, y = self.X, self.y
+        if len(X):
+            self.clone = train_clone(X, y, kind=self.substitute, seed=int(self.rng.integers(2**31)),
+                                     low=self.world.low, high=self.world.high)
+        if self.clone is None or self.clone.model is None:
+            return self._take(self.rng.permutation(candidates)[:self.step])
+        score = _uncertainty(self.clone.predict_proba(self.pool[candidates]), self.strategy)
+        return self._take(candidates[np.argsort(score, kind="stable")[:self.step]])
+
+
+def _uncertainty(P: np.ndarray, strategy: str) -> np.ndarray:
+    """Confidence of each row of class scores (lower: less sure): top score or top-2 margin."""
+    if strategy == "uncertainty" or P.shape[1] < 2:
+        return P.max(axis=1)
+    top2 = np.sort(P, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
+# -- evasive thieves ------------------------------------------------------------------
+
+
+class AdaptiveThief(_Thief):
+    """A thief that tries to pass for a benign user and never trips the quota.
+
+    A fraction ``natural`` of its inputs are natural ones (``world.seeds``,
+    else ``world.pool``; cover traffic), the rest attack queries (``attack``:
+    "knockoff" or "random"), mixed in every batch. It paces itself by the
+    ``RateLimit`` header of its latest answer: with ``remaining`` inputs left
+    until the window resets in ``reset`` seconds, it sends at most
+    ``remaining`` more inputs, spread evenly over those seconds, and waits
+    for the reset when none are left (the quota counts inputs: a batch of N
+    costs N). Before any header, ``rate`` (inputs per second it assumes it
+    may send) sets the delay; without it, exponential delays of mean
+    ``interval``. Delays are randomised upwards only (never faster than the
+    pacing allows).
+    """
+
+    kind = "adaptive"
+    #: Seconds added after a window's reset before sending again.
+    _MARGIN = 1.0
+
+    def __init__(self, name: str, budget: int, *, natural: float = 0.1, attack: str = "knockoff",
+                 rate: float | None = None, accounts: int = 1, batch: int = 10, interval: float = 1.0) -> None:
+        if not 0.0 <= natural <= 1.0:
+            raise ValueError("natural must be in [0, 1]")
+        if rate is not None and rate <= 0:
+            raise ValueError("rate must be > 0")
+        _check("attack", attack, ("knockoff", "random"))
+        super().__init__(name, budget, accounts=accounts, batch=batch, interval=interval, natural=natural,
+                         attack=attack, rate=rate)
+        self.natural, self.attack, self.rate = natural, attack, rate
+        #: Simulated seconds since the start, at the thief's latest request.
+        self.clock = 0.0
+        #: account → (inputs left, simulated time its window resets), from its latest answer.
+        self._quota: dict[int, tuple[int, float]] = {}
+        #: Whether each input planned so far was natural cover traffic (in order).
+        self.cover: list[bool] = []
+
+    def start(self) -> None:
+        self._attack = _source(self.attack, self.world, self.rng)
+        self._cover = _source("natural", self.world, self.rng)
+
+    def next(self) -> Request | None:
+        request = super().next()
+        if request is not None:
+            self.clock += request.delay
+        return request
+
+    def receive(self, request: Request, answer: Answer) -> None:
+        if answer.remaining is not None and answer.reset is not None:
+            self._quota[request.account] = (int(answer.remaining), self.clock + max(0.0, float(answer.reset)))
+        super().receive(request, answer)
+
+    def _window(self) -> tuple[int, float] | None:
+        """Inputs left, and seconds until the reset, of the next request's account (None: unknown)."""
+        quota = self._quota.get(self._turn % self.accounts)
+        if quota is None or quota[1] <= self.clock:
+            return None
+        return quota[0], quota[1] - self.clock
+
+    def plan(self, n: int) -> tuple[np.ndarray, float]:
+        window = self._window()
+        if self._pending is None and window is not None and window[0] > 0:
+            n = min(n, window[0])
+        return super().plan(n)
+
+    def _queries(self, n: int) -> np.ndarray:
+        natural = self.rng.random(n) < self.natural
+        out = np.empty((n, self.world.dim))
+        out[natural] = self._cover.draw(int(natural.sum()))
+        out[~natural] = self._attack.draw(int(n - natural.sum()))
+        self.cover.extend(bool(v) for v in natural)
+        return out
+
+    def _delay(self, n: int) -> float:
+        slack = 1.0 + 0.2 * float(self.rng.random())
+        window = self._window()
+        if window is not None:
+            left, reset = window
+            if left < n:  # this batch does not fit: wait for the window to reset
+                return reset + self._MARGIN * slack
+            return reset / (left // n + 1) * slack  # spread the batches that fit over the window
+        if self.rate is not None:
+            return n / self.rate * slack
+        return self.jitter(self.interval)
+
+
+class SybilThief(_Thief):
+    """One thief behind several accounts (a Sybil attack, Douceur, IPTPS 2002):
+    its queries (``inner``: "knockoff" or "random") are sent round-robin over
+    ``accounts`` accounts (default 5), so each account's quota and query
+    history only sees a share of the attack."""
+
+    kind = "sybil"
+
+    def __init__(self, name: str, budget: int, *, inner: str = "knockoff", accounts: int = 5, batch: int = 10,
+                 interval: float = 1.0) -> None:
+        _check("inner", inner, ("knockoff", "random"))
+        super().__init__(name, budget, accounts=accounts, batch=batch, interval=interval, inner=inner)
+        self.inner = inner
+
+    def start(self) -> None:
+        self._source = _source(self.inner, self.world, self.rng)
+
+    def _queries(self, n: int) -> np.ndarray:
+        return self._source.draw(n)
+
+
+class LowAndSlowThief(_Thief):
+    """A thief that stays under per-window thresholds: one or two inputs per
+    request (``batch``), long exponential delays (``interval``, default
+    600 simulated seconds), queries from ``inner`` ("knockoff" or "random").
+    Stealing 5,000 inputs this way takes weeks of simulated time."""
+
+    kind = "low-and-slow"
+
+    def __init__(self, name: str, budget: int, *, inner: str = "knockoff", accounts: int = 1, batch: int = 2,
+                 interval: float = 600.0) -> None:
+        _check("inner", inner, ("knockoff", "random"))
+        super().__init__(name, budget, accounts=accounts, batch=batch, interval=interval, inner=inner)
+        self.inner = inner
+
+    def start(self) -> None:
+        self._source = _source(self.inner, self.world, self.rng)
+
+    def _queries(self, n: int) -> np.ndarray:
+        return self._source.draw(int(self.rng.integers(1, n + 1)))
+
+
+# -- registry ---------------------------------------------------------------------------
+
+#: kind → class, for every actor a scenario can name (benign users included).
+ACTORS: dict[str, type[Actor]] = {
+    cls.kind: cls
+    for cls in (BenignUser, PowerUser, RandomThief, UniformThief, GaussianThief, ExhaustiveThief, SystematicThief,
+                AdversarialThief, JacobianThief, KnockoffThief, ActiveLearningThief, AdaptiveThief, SybilThief,
+                LowAndSlowThief)
+}
+
+
+def parameters(kind: str) -> tuple[str, ...]:
+    """The parameters a scenario entry of ``kind`` may give (besides kind, name, budget)."""
+    if kind not in ACTORS:
+        raise ValueError(f"unknown actor kind {kind!r} (known: {', '.join(sorted(ACTORS))})")
+    signature = inspect.signature(ACTORS[kind].__init__)
+    return tuple(p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def make_actor(spec: dict[str, Any]) -> Actor:
+    """Build an actor from a scenario entry, e.g. ``{"kind": "jacobian",
+    "name": "jbda", "budget": 5000, "batch": 10, "interval": 1.0, "lam": 0.1}``.
+
+    ``kind`` and ``budget`` are required, ``name`` defaults to the kind, and
+    every other key must be a parameter of that kind (:func:`parameters`):
+    ``accounts``, ``batch``, ``interval`` for all, plus the class's own.
+    Raises ValueError for an unknown kind, a missing budget or an unknown
+    parameter (and for invalid values, from the class).
+    """
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    if kind is None:
+        raise ValueError(f"scenario entry without a kind: {spec!r}")
+    kind = str(kind)
+    accepted = parameters(kind)
+    if "budget" not in spec:
+        raise ValueError(f"{kind}: scenario entry without a budget")
+    name, budget = spec.pop("name", kind), spec.pop("budget")
+    unknown = sorted(set(spec) - set(accepted))
+    if unknown:
+        raise ValueError(f"{kind}: unknown parameter(s) {', '.join(unknown)} (accepted: {', '.join(accepted)})")
+    return ACTORS[kind](str(name), int(budget), **spec)
