@@ -108,12 +108,17 @@ class Settings:
     #: Benign false-positive rate the anomaly models' thresholds are set for.
     anomaly_fpr: float = 0.005
     #: How detectors become a flag: "any" (any detector over its own
-    #: threshold) or "ensemble" (the trained stacked ensemble's score >= 0.5;
-    #: needs ``flask modelguard fit-detectors``).
-    verdict: str = "any"
+    #: threshold), "ensemble" (the trained stacked ensemble's score >= 0.5;
+    #: needs ``flask modelguard fit-detectors``) or "auto" (the ensemble when
+    #: one is trained, else any).
+    verdict: str = "auto"
     #: Benign false-positive rate (per account) the random forest and the
     #: stacked ensemble are calibrated for when trained.
     ensemble_fpr: float = 0.005
+    #: URL that receives a JSON POST for every flagged account (retried; see docs/detection.md).
+    alert_webhook: str | None = None
+    #: Extra headers of the webhook requests (e.g. an ``Authorization`` token).
+    alert_webhook_headers: Mapping[str, str] = field(default_factory=dict)
     #: Function returning the time in epoch seconds (event times, key expiry);
     #: default the guard's ``clock`` argument, ``time.time``. Simulations pass
     #: a :class:`~flask_modelguard.simulate.SimulatedClock`.
@@ -148,7 +153,8 @@ class Settings:
         kinds: dict[str, Any] = {
             "enabled": bool, "create_tables": bool, "store_inputs": bool, "headers_enabled": bool, "detection": bool,
             "storage_uri": str, "strategy": str, "namespace": str, "default_tier": str, "fail_mode": str,
-            "database_url": (str, type(None)), "secret": (str, bytes, type(None)),
+            "database_url": (str, type(None)), "alert_webhook": (str, type(None)),
+            "alert_webhook_headers": Mapping, "secret": (str, bytes, type(None)),
             "auth_header": (str, type(None)), "api_key_header": (str, type(None)),
             "engine_options": Mapping, "storage_options": Mapping, "tiers": Mapping, "tier_output": Mapping,
         }
@@ -178,8 +184,10 @@ class Settings:
                 raise InvalidValue(f"{PREFIX}{name.upper()} must be an integer >= 1, not {value!r}")
         if self.fail_mode not in FAIL_MODES:
             raise InvalidValue(f"MODELGUARD_FAIL_MODE must be 'open' or 'closed', not {self.fail_mode!r}")
-        if self.verdict not in ("any", "ensemble"):
-            raise InvalidValue(f"{PREFIX}VERDICT must be 'any' or 'ensemble', not {self.verdict!r}")
+        if self.alert_webhook is not None and not self.alert_webhook.startswith(("http://", "https://")):
+            raise InvalidValue(f"{PREFIX}ALERT_WEBHOOK must be an http(s) URL, not {self.alert_webhook!r}")
+        if self.verdict not in ("any", "auto", "ensemble"):
+            raise InvalidValue(f"{PREFIX}VERDICT must be 'any', 'auto' or 'ensemble', not {self.verdict!r}")
         if isinstance(self.ensemble_fpr, bool) or not isinstance(self.ensemble_fpr, float) or not 0 < self.ensemble_fpr < 1:
             raise InvalidValue(f"{PREFIX}ENSEMBLE_FPR must be a fraction in (0, 1)")
         if self.action not in ("observe", "degrade", "throttle", "block"):

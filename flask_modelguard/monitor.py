@@ -110,8 +110,9 @@ class Monitor:
         #: The stacked ensemble, when trained: it then gives the malicious score.
         self.ensemble: StackedEnsemble | None = None
         #: "any": an account is flagged when any detector crosses its threshold;
-        #: "ensemble": only when the trained ensemble's score reaches 0.5.
-        self.verdict = "any"
+        #: "auto"/"ensemble": when an ensemble is trained, only when its score
+        #: reaches 0.5 (one decision calibrated to one false-positive rate).
+        self.verdict = "auto"
 
     def _account(self, account_id: int) -> _Account:
         found = self.accounts.get(account_id)
@@ -195,7 +196,7 @@ class Monitor:
         if self.ensemble is not None:
             stacked = self.ensemble.malicious(evidence_of(scores, self.prada_threshold))
             scores["malicious"] = stacked
-            if self.verdict == "ensemble":
+            if self.verdict != "any":
                 reasons = [r for r in reasons if not r.startswith(tuple(m.kind for m in self.anomaly))]
                 reasons = [f"ensemble {stacked:.2f} >= 0.5 ({'; '.join(reasons) or 'no single detector'})"] \
                     if stacked >= 0.5 else []

@@ -111,6 +111,10 @@ class Repository:
             raise NotFound(f"No account named {name!r}.")
         return dict(row._mapping)
 
+    def account_name(self, account_id: int) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(m.accounts.c.name).where(m.accounts.c.id == account_id)).scalar()
+
     def list_accounts(self, status: str | None = None) -> list[dict[str, Any]]:
         keys = (
             select(m.api_keys.c.account_id, func.count().label("n"))

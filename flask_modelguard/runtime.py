@@ -21,6 +21,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError, St
 from sqlalchemy.pool import StaticPool
 from werkzeug.exceptions import HTTPException
 
+from .alerts import Webhook
 from .auth import Authenticator
 from .config import Settings
 from .detectors.add import Reference
@@ -162,6 +163,9 @@ class GuardState:
         #: Events the detectors could not judge (inputs and answers do not pair up).
         self.detection_skipped = 0
         self._next_refit = 0.0
+        #: Where flag alerts are POSTed (MODELGUARD_ALERT_WEBHOOK), if anywhere.
+        self.webhook = None if not settings.alert_webhook else Webhook(
+            settings.alert_webhook, headers=dict(settings.alert_webhook_headers))
         self._action: dict[str, Any] = {
             "observe": {"observe": True}, "degrade": {},
             "throttle": {"tier": settings.throttle_tier}, "block": {"status": "blocked"},
@@ -222,6 +226,13 @@ class GuardState:
             log.warning("modelguard: account %d flagged (%s): %s", account_id, action, reason,
                         extra={"modelguard_account": account_id, "modelguard_action": action})
             self.auth.invalidate(account_id=account_id)
+            if self.webhook is not None:
+                try:
+                    name = self.repository.account_name(account_id)
+                except SQLAlchemyError:
+                    name = None
+                self.webhook.send({"event": "account_flagged", "account_id": account_id, "account": name,
+                                   "action": action, "reason": reason, "ts": self.clock()})
             if app is not None:  # each receiver on its own: one failing does not silence the others
                 for receiver in account_flagged.receivers_for(app):
                     try:
@@ -325,6 +336,9 @@ class GuardState:
                 self.fit_detectors(data, store=False)
             except ValueError as exc:
                 log.warning("modelguard: stored training set not usable (%s)", exc)
+        if self.monitor.ensemble is None and self.settings.verdict == "ensemble" and self.settings.detection:
+            log.warning("modelguard: MODELGUARD_VERDICT is 'ensemble' but no ensemble is trained "
+                        "(flask modelguard fit-detectors); any detector flags until then")
 
     def load_reference(self, quiet: bool = False) -> None:
         try:
@@ -480,6 +494,8 @@ class GuardState:
     def close(self) -> None:
         self.worker.stop()
         self._persist_quietly()
+        if self.webhook is not None:
+            self.webhook.flush(self.settings.shutdown_timeout)
         self.repository.engine.dispose()
 
     def _persist_quietly(self) -> None:

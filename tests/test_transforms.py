@@ -358,9 +358,14 @@ def test_misinformation_hides_the_true_class() -> None:
     counts = np.bincount(ranks, minlength=10)
     assert counts[0] == 0  # never served
     assert counts[1:].min() > 2000 / 9 * 0.6 and counts[1:].max() < 2000 / 9 * 1.4
-    # the wrong label follows the model's own ranking: usually the runner-up
+    # the wrong label follows the model's own ranking as far as plausibility says:
+    # at 1 usually the runner-up, at 0 any wrong class alike (1 in 9), ½ between
     runner_up = np.argsort(-probs, axis=1)[:, 1]
-    assert (out.labels == runner_up).mean() > 0.4
+    shares = {t: (Misinformation(1.0, plausibility=t)(Answer.of(probs), rng_for(2000)).labels == runner_up).mean()
+              for t in (0.0, 0.5, 1.0)}
+    assert shares[1.0] > 0.4 and abs(shares[0.0] - 1 / 9) < 0.03
+    assert shares[0.0] < shares[0.5] < shares[1.0]
+    assert shares[0.5] == (out.labels == runner_up).mean()  # the default
 
 
 def test_misinformation_one_hot_first_class() -> None:

@@ -230,6 +230,12 @@ def _thief_row(clone: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _benign_summary(benign: Mapping[str, Any]) -> dict[str, Any]:
+    return {"model_accuracy": _nan_if_missing(benign.get("model_accuracy")),
+            "served_accuracy": _nan_if_missing(benign.get("served_accuracy")),
+            "accuracy_loss": _nan_if_missing(benign.get("accuracy_loss")), "queries": benign.get("queries")}
+
+
 def theft_metrics(run: Run) -> dict[str, Any]:
     """What the thieves got and what benign users paid.
 
@@ -249,6 +255,7 @@ def theft_metrics(run: Run) -> dict[str, Any]:
         "benign": {"model_accuracy": _nan_if_missing(model), "served_accuracy": _nan_if_missing(served),
                    "accuracy_loss": _nan_if_missing(loss), "queries": benign.get("queries")},
         "independent_watermark": dict(independent["watermark"]) if independent.get("watermark") else None,
+        "benign_unflagged": _benign_summary(run.get("benign_unflagged") or {}),
     }
 
 

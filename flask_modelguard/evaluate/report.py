@@ -233,8 +233,10 @@ def _attacker_section(report: Mapping[str, Any]) -> list[str]:
     primary = report["primary_mode"]
     det = {r["actor"]: r for r in report["metrics"][primary]["detection"]["actors"]} if primary else {}
     thieves = {t["actor"]: t for t in report["metrics"][primary]["theft"]["thieves"]} if primary else {}
+    guarded = [m for m in report["modes"] if m != "off"]
+    marks = {m: {t["actor"]: t for t in report["metrics"][m]["theft"]["thieves"]} for m in guarded}
     header = ["attacker", "kind", "accounts", f"caught? ({primary})", "queries to detection", "reasons",
-              *[f"clone fidelity ({m})" for m in report["modes"]], f"watermark ({primary})"]
+              *[f"clone fidelity ({m})" for m in report["modes"]], *[f"watermark ({m})" for m in guarded]]
     rows = []
     for actor in _attackers(report):
         r, t = det.get(actor), thieves.get(actor)
@@ -246,14 +248,17 @@ def _attacker_section(report: Mapping[str, Any]) -> list[str]:
         rows.append([_cell(str(actor)), _cell(str(kind)), _fmt(r["accounts"]) if r else "—",
                      "✅ caught" if caught else "🔴 not caught", qtd,
                      _cell("; ".join(r["reasons"])) if r and r["reasons"] else "—",
-                     *_fidelity(report, actor), _watermark(t["watermark"] if t else None)])
+                     *_fidelity(report, actor),
+                     *[_watermark((marks[m].get(actor) or {}).get("watermark")) for m in guarded]])
     lines = ["## Attackers", ""]
     if not rows:
         return lines + ["No malicious actors in this scenario.", ""]
     lines += _table(header, rows)
     lines.append("Queries to detection: the actor's queries over all its accounts when the first flag fell "
                  "(\"one account\": only the flagged account's count was known). Fidelity is the clone's "
-                 "agreement with the victim at its largest checkpoint (@N when it got fewer queries).")
+                 "agreement with the victim at its largest checkpoint (@N when it got fewer queries). "
+                 "Watermark: labels of the account's watermark answers the final clone reproduces, "
+                 "and the ownership test's log2 p-value (claimed below log2 p = -64).")
     lines.append("")
     independent = report["metrics"][primary]["theft"]["independent_watermark"] if primary else None
     if independent:
@@ -264,11 +269,17 @@ def _attacker_section(report: Mapping[str, Any]) -> list[str]:
 def _benign_section(report: Mapping[str, Any]) -> list[str]:
     rows = []
     for m in report["modes"]:
-        d, b = report["metrics"][m]["detection"], report["metrics"][m]["theft"]["benign"]
+        d, theft = report["metrics"][m]["detection"], report["metrics"][m]["theft"]
+        b, u = theft["benign"], theft.get("benign_unflagged") or {}
         rows.append([m, _fmt(d["benign_accounts"]), _fmt(d["benign_flagged"]), _pct(d["benign_flagged_rate"]),
-                     _fmt(b["queries"]), _fmt(b["served_accuracy"], 4), _pct(b["accuracy_loss"])])
+                     _fmt(b["queries"]), _fmt(b["served_accuracy"], 4), _pct(b["accuracy_loss"]),
+                     _pct(u.get("accuracy_loss"))])
     return ["## Benign users", "", *_table(["mode", "accounts", "flagged", "flagged rate", "queries",
-                                            "served accuracy", "accuracy loss"], rows)]
+                                            "served accuracy", "accuracy loss (all)",
+                                            "accuracy loss (unflagged)"], rows),
+            "Accuracy loss: top-1 accuracy of the model's own answers minus that of the answers served, on "
+            "the benign users' queries; \"all\" includes benign users wrongly flagged (served "
+            "misinformation), \"unflagged\" the others (what the watermark costs).", ""]
 
 
 def _detector_section(report: Mapping[str, Any]) -> list[str]:

@@ -115,7 +115,7 @@ def run_mode(
                     history = guard.score_history(name)
                     accounts.append(_account(actor, name, stored[name], history, state.settings.prada_threshold,
                                              clock.start, simulation))
-                    alerts += sum(1 for h in history if h["reasons"])
+                    alerts += int(accounts[-1]["flagged"])  # one alert per flag (no unflagging here)
                     for h in history:
                         rows["rows"].append({k: v for k, v in (h["scores"] or {}).items() if v is not None})
                         rows["labels"].append(actor.malicious)
@@ -133,7 +133,9 @@ def run_mode(
         "simulated_seconds": clock.elapsed,
         "wall_seconds": round(elapsed, 2),
         "accounts": accounts,
-        "benign": _benign(actors, world),
+        "benign": _benign([a for a in actors if not a.malicious], world),
+        "benign_unflagged": _benign([a for a in actors if not a.malicious
+                                     and not any(r["flagged"] for r in accounts if r["actor"] == a.name)], world),
         "training": rows,
     }
     return result, actors, world, app
@@ -163,13 +165,13 @@ def _account(actor: Actor, name: str, stored: dict[str, Any] | None, history: li
 
 
 def _benign(actors: list[Actor], world: World) -> dict[str, Any]:
-    """What benign users were served, against what the model answers: top-1
+    """What ``actors`` (benign users) were served, against what the model answers: top-1
     accuracy of both (when the pool's labels are known) and their agreement."""
-    X = [a.X for a in actors if not a.malicious and len(a.y)]
-    if not X:
+    served_to = [a for a in actors if len(a.y)]
+    if not served_to:
         return {"queries": 0}
-    inputs = np.concatenate(X)
-    served = np.concatenate([a.y for a in actors if not a.malicious and len(a.y)]).astype(int)
+    inputs = np.concatenate([a.X for a in served_to])
+    served = np.concatenate([a.y for a in served_to]).astype(int)
     model = world.victim(inputs).argmax(axis=1)
     out: dict[str, Any] = {"queries": int(len(served)), "agreement": float((served == model).mean())}
     if world.pool_labels is not None:
@@ -190,23 +192,29 @@ def _labels_of(inputs: np.ndarray, world: World) -> np.ndarray | None:
 
 
 def _clones(scenario: Scenario, mode: str, actors: list[Actor], world: World, app: Any) -> list[dict[str, Any]]:
-    from ..simulate.surrogate import learning_curve, train_clone
+    from ..simulate.surrogate import learning_curve
 
     state = ModelGuard.state(app)
+    options = dict(scenario.surrogate)
+    answers = options.pop("answers", "labels")
+    kind = options.pop("kind", "mlp")
     out = []
     for actor in actors:
         if not actor.malicious:
             continue
-        answers = "probabilities" if actor.P is not None else "labels"
-        curve = learning_curve(actor, world, checkpoints=scenario.checkpoints, kind=scenario.surrogate,
-                               answers=answers, seed=scenario.seed)
+        served = "probabilities" if answers == "auto" and actor.P is not None else "labels"
+        last: dict[str, Any] = {}
+
+        def keep(size: int, clone: Any, last: dict[str, Any] = last) -> None:
+            last["clone"] = clone  # the clone of the largest prefix comes last
+
+        curve = learning_curve(actor, world, checkpoints=scenario.checkpoints, kind=kind, answers=served,
+                               seed=scenario.seed, on_clone=keep, **options)
         watermark = None
-        if state.settings.enabled and len(actor.y):
-            clone = train_clone(actor.X, actor.y, actor.P, kind=scenario.surrogate, answers=answers,
-                                seed=scenario.seed, low=world.low, high=world.high)
-            watermark = _watermark(state, _account_names(actor), clone)
-        out.append({"actor": actor.name, "kind": actor.kind, "surrogate": scenario.surrogate,
-                    "answers": answers, "curve": curve, "watermark": watermark})
+        if state.settings.enabled and "clone" in last:
+            watermark = _watermark(state, _account_names(actor), last["clone"])
+        out.append({"actor": actor.name, "kind": actor.kind, "surrogate": kind,
+                    "answers": served, "curve": curve, "watermark": watermark})
     return out
 
 
@@ -233,8 +241,9 @@ def _independent(scenario: Scenario, actors: list[Actor], world: World, app: Any
     if not state.settings.enabled:
         return None
     labels = world.victim(world.pool).argmax(axis=1)
-    clone = train_clone(world.pool, labels, kind=scenario.surrogate, answers="labels", seed=scenario.seed + 1,
-                        low=world.low, high=world.high)
+    options = {k: v for k, v in scenario.surrogate.items() if k != "answers"}
+    clone = train_clone(world.pool, labels, answers="labels", seed=scenario.seed + 1,
+                        low=world.low, high=world.high, **options)
     names = [n for a in actors if a.malicious for n in _account_names(a)]
     return {"watermark": _watermark(state, names, clone)}
 

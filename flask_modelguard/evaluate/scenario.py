@@ -43,6 +43,11 @@ MODES: dict[str, dict[str, Any]] = {
 }
 
 
+#: A thief that fits its data to the end (no early stopping): the clone that
+#: memorises watermark answers, as a determined thief's does.
+DEFAULT_SURROGATE: dict[str, Any] = {"kind": "mlp", "answers": "labels", "hidden": 128, "max_iter": 500,
+                                     "early_stopping": False}
+
 #: Actor entries' keys that set up its account(s), not the actor.
 ACCOUNT_KEYS = ("limits", "tier")
 
@@ -60,7 +65,10 @@ class Scenario:
     config: dict[str, Any] = field(default_factory=dict)
     limits: str | None = "1000000/day"
     checkpoints: list[int] = field(default_factory=lambda: [250, 500, 1000, 2500, 5000])
-    surrogate: str = "mlp"
+    #: How thieves train their clones (options of
+    #: :func:`~flask_modelguard.simulate.surrogate.train_clone`; ``answers``:
+    #: "labels", or "auto" for probabilities where they were served).
+    surrogate: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SURROGATE))
     #: Requests between two flushes of the guard's worker (its queue is drained
     #: about twice a second in a real server; a simulated second is much shorter).
     flush_every: int = 10
@@ -79,6 +87,10 @@ class Scenario:
         if "name" not in data or not isinstance(data.get("actors"), list) or not data["actors"]:
             raise InvalidValue("A scenario needs a name and a non-empty list of actors")
         scenario = cls(**copy.deepcopy(data))
+        if isinstance(scenario.surrogate, str):
+            scenario.surrogate = {**DEFAULT_SURROGATE, "kind": scenario.surrogate}
+        else:
+            scenario.surrogate = {**DEFAULT_SURROGATE, **scenario.surrogate}
         bad = [m for m in scenario.modes if m not in MODES]
         if bad:
             raise InvalidValue(f"Unknown mode(s) {bad}; known: {', '.join(MODES)}")

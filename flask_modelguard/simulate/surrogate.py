@@ -13,7 +13,7 @@ and High Fidelity Extraction of Neural Networks", USENIX Security 2020);
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -78,7 +78,8 @@ class Clone:
 
 def train_clone(X: np.ndarray, y: np.ndarray, P: np.ndarray | None = None, *, kind: str = "mlp",
                 answers: str = "labels", seed: int = 0, low: float | None = None,
-                high: float | None = None, hidden: int = 64, max_iter: int = 200) -> Clone:
+                high: float | None = None, hidden: int = 64, max_iter: int = 200,
+                early_stopping: bool | None = None) -> Clone:
     """Fit a clone on served answers ``(X, y)`` (and probabilities ``P``).
 
     - ``kind="mlp"``: an ``MLPClassifier`` (one hidden layer of ``hidden``
@@ -92,7 +93,9 @@ def train_clone(X: np.ndarray, y: np.ndarray, P: np.ndarray | None = None, *, ki
     Inputs are scaled to [0, 1] by ``low``/``high`` (the world's range) when
     given, else standardised per feature. Served labels of a single class
     give a constant clone (predicting it), whatever ``answers``. Early
-    stopping is used from 1,000 samples on.
+    stopping is used from 1,000 samples on unless ``early_stopping`` says
+    otherwise (a thief that fits its data to the end memorises watermark
+    answers; one that stops early may not).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown clone kind {kind!r} (expected one of {KINDS})")
@@ -117,7 +120,8 @@ def train_clone(X: np.ndarray, y: np.ndarray, P: np.ndarray | None = None, *, ki
             assert P is not None
             from sklearn.neural_network import MLPRegressor
             reg = MLPRegressor(hidden_layer_sizes=(hidden,), max_iter=max_iter, random_state=seed,
-                               early_stopping=len(X) >= _EARLY_STOPPING_FROM)
+                               early_stopping=len(X) >= _EARLY_STOPPING_FROM if early_stopping is None
+                               else early_stopping)
             seen = np.flatnonzero(P.max(axis=0) > 0)
             return Clone(reg.fit(Z, P), seen, shift, scale, regression=True)
         if answers == "probabilities":
@@ -129,7 +133,8 @@ def train_clone(X: np.ndarray, y: np.ndarray, P: np.ndarray | None = None, *, ki
             return Clone(model, model.classes_, shift, scale)
         from sklearn.neural_network import MLPClassifier
         counts = np.unique(y, return_counts=True)[1]
-        early = len(X) >= _EARLY_STOPPING_FROM and counts.min() >= 2  # a stratified split needs 2 per class
+        early = len(X) >= _EARLY_STOPPING_FROM if early_stopping is None else early_stopping
+        early = early and counts.min() >= 2  # a stratified split needs 2 per class
         mlp = MLPClassifier(hidden_layer_sizes=(hidden,), max_iter=max_iter, random_state=seed, early_stopping=early)
         return Clone(mlp.fit(Z, y), mlp.classes_, shift, scale)
 
@@ -167,13 +172,15 @@ def accuracy(clone: Any, world: World) -> float:
 
 
 def learning_curve(actor: Actor, world: World, checkpoints: Iterable[int] = (100, 500, 1000, 2000, 5000), *,
-                   kind: str = "mlp", answers: str = "labels", seed: int = 0) -> list[dict[str, float]]:
+                   kind: str = "mlp", answers: str = "labels", seed: int = 0,
+                   on_clone: Callable[[int, Clone], None] | None = None, **options: Any) -> list[dict[str, float]]:
     """Clone quality over the actor's served answers: one clone per prefix.
 
     Checkpoints beyond what the actor was served are skipped and the full
     count is always included; rows are ``{"queries", "fidelity", "accuracy"}``
     (``queries`` = served inputs the clone was trained on). Empty when nothing
-    was served.
+    was served. ``options`` go to :func:`train_clone`; ``on_clone(size,
+    clone)`` sees each clone (e.g. to test the last one for watermarks).
     """
     X, y = actor.X, actor.y
     P = actor.P if answers == "probabilities" else None
@@ -183,6 +190,8 @@ def learning_curve(actor: Actor, world: World, checkpoints: Iterable[int] = (100
     rows = []
     for size in sizes:
         clone = train_clone(X[:size], y[:size], None if P is None else P[:size], kind=kind, answers=answers,
-                            seed=seed, low=world.low, high=world.high)
+                            seed=seed, low=world.low, high=world.high, **options)
+        if on_clone is not None:
+            on_clone(size, clone)
         rows.append({"queries": size, "fidelity": fidelity(clone, world), "accuracy": accuracy(clone, world)})
     return rows
