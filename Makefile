@@ -9,7 +9,7 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: run test bench
+.PHONY: run test bench evaluate
 run: $(BIN)/.installed
 	$(BIN)/python -m example_app
 
@@ -18,3 +18,7 @@ test: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/overhead.py
+
+# The default evaluation scenario (about 15 minutes on 2 cores); writes docs/evaluation/.
+evaluate: $(BIN)/.installed
+	$(BIN)/flask --app example_app modelguard evaluate --scenario default --seed 0 --out docs/evaluation

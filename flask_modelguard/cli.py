@@ -336,3 +336,8 @@ def fit_detectors(file: str) -> None:
 
 def _guard_settings() -> Any:
     return ModelGuard.state(current_app).settings
+
+
+from .admin.cli import register as _register_admin_commands  # noqa: E402
+
+_register_admin_commands(modelguard_cli, _friendly)

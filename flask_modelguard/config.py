@@ -115,10 +115,23 @@ class Settings:
     #: Benign false-positive rate (per account) the random forest and the
     #: stacked ensemble are calibrated for when trained.
     ensemble_fpr: float = 0.005
+    #: Register the admin API (and dashboard) under ``admin_prefix``.
+    admin_enabled: bool = True
+    #: URL prefix of the admin API (``<prefix>/api``) and dashboard (``<prefix>/``).
+    admin_prefix: str = "/modelguard"
+    #: Optional ``fn(request) -> admin name or None``: the app's own admin
+    #: authentication, tried before admin tokens.
+    admin_auth: Any = None
     #: URL that receives a JSON POST for every flagged account (retried; see docs/detection.md).
     alert_webhook: str | None = None
     #: Extra headers of the webhook requests (e.g. an ``Authorization`` token).
     alert_webhook_headers: Mapping[str, str] = field(default_factory=dict)
+    #: Collect Prometheus metrics (needs ``prometheus_client``; see docs/metrics.md).
+    metrics_enabled: bool = True
+    #: Path of the metrics endpoint (no API key needed); None collects without exposing.
+    metrics_path: str | None = "/modelguard/metrics"
+    #: Bearer token the metrics endpoint requires, if set.
+    metrics_token: str | None = None
     #: Function returning the time in epoch seconds (event times, key expiry);
     #: default the guard's ``clock`` argument, ``time.time``. Simulations pass
     #: a :class:`~flask_modelguard.simulate.SimulatedClock`.
@@ -151,9 +164,10 @@ class Settings:
 
     def validate(self) -> None:
         kinds: dict[str, Any] = {
-            "enabled": bool, "create_tables": bool, "store_inputs": bool, "headers_enabled": bool, "detection": bool,
+            "enabled": bool, "metrics_enabled": bool, "create_tables": bool, "store_inputs": bool, "headers_enabled": bool, "detection": bool, "admin_enabled": bool, "admin_prefix": str,
             "storage_uri": str, "strategy": str, "namespace": str, "default_tier": str, "fail_mode": str,
             "database_url": (str, type(None)), "alert_webhook": (str, type(None)),
+            "metrics_path": (str, type(None)), "metrics_token": (str, type(None)),
             "alert_webhook_headers": Mapping, "secret": (str, bytes, type(None)),
             "auth_header": (str, type(None)), "api_key_header": (str, type(None)),
             "engine_options": Mapping, "storage_options": Mapping, "tiers": Mapping, "tier_output": Mapping,
@@ -184,8 +198,16 @@ class Settings:
                 raise InvalidValue(f"{PREFIX}{name.upper()} must be an integer >= 1, not {value!r}")
         if self.fail_mode not in FAIL_MODES:
             raise InvalidValue(f"MODELGUARD_FAIL_MODE must be 'open' or 'closed', not {self.fail_mode!r}")
+        if not self.admin_prefix.startswith("/") or self.admin_prefix.endswith("/"):
+            raise InvalidValue(f"{PREFIX}ADMIN_PREFIX must start with '/' and not end with one: {self.admin_prefix!r}")
+        if self.admin_auth is not None and not callable(self.admin_auth):
+            raise InvalidValue(f"{PREFIX}ADMIN_AUTH must be a function of the request")
         if self.alert_webhook is not None and not self.alert_webhook.startswith(("http://", "https://")):
             raise InvalidValue(f"{PREFIX}ALERT_WEBHOOK must be an http(s) URL, not {self.alert_webhook!r}")
+        if self.metrics_path is not None and not self.metrics_path.startswith("/"):
+            raise InvalidValue(f"{PREFIX}METRICS_PATH must start with '/', not {self.metrics_path!r}")
+        if self.metrics_token == "":
+            raise InvalidValue(f"{PREFIX}METRICS_TOKEN must not be empty (None turns it off)")
         if self.verdict not in ("any", "auto", "ensemble"):
             raise InvalidValue(f"{PREFIX}VERDICT must be 'any', 'auto' or 'ensemble', not {self.verdict!r}")
         if isinstance(self.ensemble_fpr, bool) or not isinstance(self.ensemble_fpr, float) or not 0 < self.ensemble_fpr < 1:

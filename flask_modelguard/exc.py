@@ -123,3 +123,19 @@ class HTTPProblem(Problem):
         self.status = status  # type: ignore[misc]
         self.title = title  # type: ignore[misc]
         self.slug = title.lower().replace(" ", "-").replace("'", "")  # type: ignore[misc]
+
+
+class AdminAuthRequired(Problem):
+    status, slug, title = 401, "admin-auth-required", "Admin credential required"
+
+
+class AdminForbidden(Problem):
+    status, slug, title = 403, "admin-forbidden", "Not allowed"
+
+
+class ResourceNotFound(Problem):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class Conflict(Problem):
+    status, slug, title = 409, "conflict", "Conflict"

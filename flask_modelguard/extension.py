@@ -63,6 +63,16 @@ class ModelGuard:
         state.refresh_canaries(quiet=True)
         state.load_reference(quiet=True)
         state.load_training(quiet=True)
+        from .admin.store import AdminStore
+
+        state.admin = AdminStore(state.repository.engine, state.clock)
+        if settings.admin_enabled:
+            from .admin.api import api
+
+            app.register_blueprint(api, url_prefix=settings.admin_prefix + "/api")
+            from .admin.dashboard import dashboard
+
+            app.register_blueprint(dashboard, url_prefix=settings.admin_prefix)
         from .cli import modelguard_cli
 
         app.cli.add_command(modelguard_cli)

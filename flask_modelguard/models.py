@@ -152,3 +152,42 @@ account_states = Table(
     Column("state", JSON, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+#: Admin credentials for the admin API and dashboard: hashed like API keys.
+admin_tokens = Table(
+    "modelguard_admin_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False, unique=True),
+    Column("secret_hash", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+#: One row per alert (an account flagged, or found in shadow mode), until acknowledged.
+alerts = Table(
+    "modelguard_alerts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("account_id", Integer, ForeignKey("modelguard_accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("action", String(16), nullable=False),  # observe, degrade, throttle, block, canary
+    Column("reason", Text, nullable=False),
+    Column("acknowledged_at", DateTime(timezone=True), nullable=True),
+    Column("acknowledged_by", String(128), nullable=True),
+    Index("ix_modelguard_alerts_open", "acknowledged_at", "ts"),
+)
+
+#: Every admin action: who, what, on what, the state before and after.
+audit_log = Table(
+    "modelguard_audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(256), nullable=True),
+    Column("before", JSON, nullable=True),
+    Column("after", JSON, nullable=True),
+)

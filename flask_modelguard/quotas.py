@@ -258,6 +258,23 @@ class QuotaEnforcer:
                 best = Verdict(True, item, max(0, remaining), reset)
         return best
 
+    def usage(self, account_id: int, limits: LimitSet) -> list[tuple[RateLimitItem, int]]:
+        """How much of each limit the account used in its current window (for
+        the dashboard); all 0 when the storage is unreachable. Counts nothing."""
+        if not limits.items:
+            return []
+        if self.storage_down:
+            return [(item, 0) for item in limits.items]
+        try:
+            if self._fixed_window:  # the count itself: one storage read per limit
+                counts = [int(self.storage.get(key)) for key in self._keys(account_id, limits)]
+            else:
+                ident = (self.namespace, str(account_id))
+                counts = [item.amount - int(self.limiter.get_window_stats(item, *ident)[1]) for item in limits.items]
+        except StorageError:
+            return [(item, 0) for item in limits.items]
+        return [(item, max(0, count)) for item, count in zip(limits.items, counts)]
+
     def reset_account(self, account_id: int, limits: LimitSet) -> None:
         """Forget an account's counters (an operator lifting a quota)."""
         for item in limits.items:

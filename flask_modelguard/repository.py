@@ -64,6 +64,25 @@ def _enable_sqlite_concurrency(engine: Engine) -> None:
         cursor.close()
 
 
+def _action_name(action: Mapping[str, Any]) -> str:
+    """The MODELGUARD_ACTION that set these account columns."""
+    if action.get("status") == "blocked":
+        return "block"
+    return "throttle" if "tier" in action else "degrade"
+
+
+def _reason(rows: Sequence[dict[str, Any]], account_id: int) -> str:
+    """Why an account was caught in this batch of rows: its canary or its detectors' reasons."""
+    for row in rows:
+        if row["account_id"] == account_id and row["canary"]:
+            return "sent a canary input"
+    for row in rows:
+        evaluation = row.get("evaluation")
+        if evaluation and evaluation["account_id"] == account_id and evaluation["reasons"]:
+            return "; ".join(evaluation["reasons"])
+    return "?"
+
+
 class Repository:
     """Accounts, keys and query events in SQL."""
 
@@ -251,7 +270,8 @@ class Repository:
         rows go straight to the driver's ``executemany`` (JSON columns
         serialised here), which costs about half of SQLAlchemy's per-row
         processing. Returns the accounts flagged by this call (not those that
-        were flagged already, nor allow-listed ones). ``action`` holds the
+        were flagged already, nor allow-listed ones) and, in shadow mode, those
+        the detectors found for the first time (alerted, not flagged). ``action`` holds the
         account columns to set besides ``flagged`` when the *detectors* find
         an account (e.g. ``{"status": "blocked"}``), or ``{"observe": True}``
         to record verdicts without acting on them; a canary always flags.
@@ -298,6 +318,7 @@ class Repository:
                 ).all())
                 detected = {a for a, q in latest.items() if q >= reviewed.get(a, 0) + (100 if reviewed.get(a) else 0)}
             caught = canaries | detected
+            observed = self._observe_alerts(conn, rows, evaluations) if observe and evaluations else set()
             flagged: set[int] = set()
             if caught:
                 eligible = (m.accounts.c.id.in_(caught), m.accounts.c.allowlisted.is_(False),
@@ -309,7 +330,28 @@ class Repository:
                     acted = flagged & detected
                     if acted and action:
                         conn.execute(update(m.accounts).where(m.accounts.c.id.in_(acted)).values(**action))
-        return flagged
+                    name = _action_name(action)
+                    conn.execute(insert(m.alerts), [
+                        {"account_id": a, "ts": self.clock(), "action": "canary" if a in canaries else name,
+                         "reason": _reason(rows, a), "acknowledged_at": None, "acknowledged_by": None}
+                        for a in sorted(flagged)])
+        return flagged | observed
+
+    def _observe_alerts(self, conn: Any, rows: Sequence[dict[str, Any]],
+                        evaluations: list[dict[str, Any]]) -> set[int]:
+        """Shadow mode: one alert per account the detectors find (nothing else
+        happens to it); returns the accounts alerted now."""
+        found = {e["account_id"] for e in evaluations if e["reasons"]}
+        if not found:
+            return set()
+        alerted = set(conn.execute(select(m.alerts.c.account_id).where(
+            m.alerts.c.account_id.in_(found), m.alerts.c.action == "observe")).scalars())
+        new = sorted(found - alerted)
+        if new:
+            conn.execute(insert(m.alerts), [
+                {"account_id": a, "ts": self.clock(), "action": "observe", "reason": _reason(rows, a),
+                 "acknowledged_at": None, "acknowledged_by": None} for a in new])
+        return set(new)
 
     # -- watermarks and canaries --------------------------------------------------
 

@@ -38,6 +38,7 @@ from .repository import Principal, Repository
 from .responses import add_headers, problem_response
 from .signals import account_flagged
 from .state import AccountState, Observation
+from .telemetry import install as install_telemetry
 from .worker import EventWorker
 
 if TYPE_CHECKING:
@@ -170,6 +171,8 @@ class GuardState:
             "observe": {"observe": True}, "degrade": {},
             "throttle": {"tier": settings.throttle_tier}, "block": {"status": "blocked"},
         }[settings.action]
+        #: Prometheus metrics (docs/metrics.md); None when off or prometheus_client is missing.
+        self.telemetry = install_telemetry(app, settings, self.worker)
 
     def _prepare(self, event: QueryEvent) -> dict[str, Any]:
         """The event's row (worker thread); detection runs here, once per event."""
@@ -201,7 +204,11 @@ class GuardState:
             features, labels, confidences, raw,
         )
         with self.monitor.lock:
+            began = time.perf_counter()
             evaluation = self.monitor.observe(event.account_id, obs)
+            took = time.perf_counter() - began
+        if self.telemetry is not None:
+            self.telemetry.detector(took, evaluation is not None)
         if evaluation is not None:
             row["evaluation"] = {
                 "account_id": evaluation.account_id, "ts": evaluation.ts, "queries": evaluation.queries,
@@ -210,6 +217,8 @@ class GuardState:
 
     def _write_events(self, rows: Any) -> None:
         flagged = self.repository.insert_events(rows, self._action)
+        if self.telemetry is not None:
+            self.telemetry.sync(written=len(rows))
         if not flagged:
             return
         why: dict[int, str] = {}
@@ -223,7 +232,10 @@ class GuardState:
         for account_id in flagged:
             reason = why.get(account_id, "?")
             action = "canary" if reason.startswith("sent a canary") else self.settings.action
-            log.warning("modelguard: account %d flagged (%s): %s", account_id, action, reason,
+            if self.telemetry is not None:
+                self.telemetry.flagged(action)
+            what = "found by the detectors (shadow mode, not acted on)" if action == "observe" else "flagged"
+            log.warning("modelguard: account %d %s (%s): %s", account_id, what, action, reason,
                         extra={"modelguard_account": account_id, "modelguard_action": action})
             self.auth.invalidate(account_id=account_id)
             if self.webhook is not None:
@@ -278,6 +290,8 @@ class GuardState:
         return done
 
     def _tick(self) -> None:
+        if self.telemetry is not None:
+            self.telemetry.sync()
         self.refresh_canaries()
         try:
             self.persist_states()
@@ -369,6 +383,8 @@ class GuardState:
         except Problem as problem:
             if problem.principal is not None:  # a known account refused: logged
                 self._record(problem.principal, route, now, problem.status, started, 0, None, None)
+            elif self.telemetry is not None:
+                self.telemetry.request(problem.status, time.perf_counter() - started)
             return problem_response(problem)
         try:
             body = req.get_json(silent=True)  # None unless a JSON body; cached for the view
@@ -396,11 +412,15 @@ class GuardState:
         marks: list[Any] = []
         canary = False
         model_rv: Any = None
+        view_started = time.perf_counter()
+        view_ended = 0.0
         try:
             rv = model_rv = view(*args, **kwargs)
+            view_ended = time.perf_counter()
             rv, marks, canary = self._protect(rv, body, principal, options)
             response = current_app.make_response(rv)
         except (Problem, HTTPException) as exc:
+            view_ended = view_ended or time.perf_counter()
             if isinstance(exc, HTTPException):
                 if exc.code is None or exc.code < 400:
                     raise
@@ -410,7 +430,8 @@ class GuardState:
             problem.headers = {**dict(headers), **problem.headers}
             response, rv = problem_response(problem), None
         except BaseException:
-            self._record(principal, route, now, 500, started, cost, body, None)
+            self._record(principal, route, now, 500, started, cost, body, None,
+                         view_seconds=(view_ended or time.perf_counter()) - view_started)
             raise
         else:
             if headers:
@@ -424,7 +445,8 @@ class GuardState:
             model_answer = model_rv[0] if isinstance(model_rv, tuple) else model_rv
             if not isinstance(model_answer, (dict, list)):
                 model_answer = None
-        self._record(principal, route, now, response.status_code, started, cost, body, rv, marks, canary, model_answer)
+        self._record(principal, route, now, response.status_code, started, cost, body, rv, marks, canary, model_answer,
+                     view_ended - view_started)
         return response
 
     def _protect(self, rv: Any, body: Any, principal: Principal, options: RouteOptions) -> tuple[Any, list[Any], bool]:
@@ -461,13 +483,19 @@ class GuardState:
         self, principal: Principal, route: str, now: float, status: int,
         started: float, cost: int, body: Any, answer: Any,
         marks: list[Any] | None = None, canary: bool = False, model_answer: Any = None,
+        view_seconds: float = 0.0,
     ) -> None:
+        elapsed = time.perf_counter() - started
         self.worker.submit(
             QueryEvent(
                 principal.account_id, principal.key_id, route, now, status,
-                (time.perf_counter() - started) * 1000.0, cost, body, answer, marks, canary, model_answer,
+                elapsed * 1000.0, cost, body, answer, marks, canary, model_answer,
             )
         )
+        telemetry = self.telemetry
+        if telemetry is not None:  # poisoned: answered under the suspicious-account policy
+            telemetry.request(status, elapsed - view_seconds, bool(marks),
+                              principal.flagged or canary or principal.account_id in self.protector.caught)
 
     def _headers(self, verdict: Verdict, limits: LimitSet, now: float) -> list[tuple[str, str]]:
         if not self.settings.headers_enabled or verdict.limit is None:

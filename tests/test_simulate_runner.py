@@ -119,3 +119,51 @@ def test_simulation_runs_on_simulated_time_through_the_guard(served):
     assert events == len(log)
     ts = [s.ts for s in log if s.actor == "a"]
     assert min(np.diff(ts)) >= 20.0 - 1e-9  # the thief waited Retry-After or its interval
+
+
+def test_simulation_over_http_to_a_live_server(tmp_path):
+    """The same loop over real HTTP (real time, no sleeping): the live server's
+    guard logs every request and refuses what is over the limit."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY="s", MODELGUARD_DATABASE_URL=f"sqlite:///{tmp_path}/h.db",
+                      MODELGUARD_CREATE_TABLES=True, MODELGUARD_WATERMARK=0.0, MODELGUARD_DETECTION=False)
+    guard = ModelGuard(app)
+
+    @app.post("/api/predict")
+    @guard.protect
+    def predict():
+        rows = request.get_json()["instances"]
+        return {"predictions": [{"label": 1, "probabilities": [0.2, 0.8]} for _ in rows]}
+
+    with app.app_context():
+        guard.create_account("h", limits="25/hour")
+        keys = {("h", 0): guard.issue_key("h")}
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        from flask_modelguard.simulate import HTTPTransport
+
+        world = World(pool=np.ones((30, 2)), test=np.zeros((1, 2)), test_labels=np.zeros(1),
+                      victim=lambda X: np.tile([0.5, 0.5], (len(X), 1)), n_classes=2, low=0, high=2)
+        actor = _Steady("h", 30, batch=10, interval=0.0)
+
+        def stop_after_refusal(n):
+            if actor.refused:
+                actor.budget = actor.sent  # a real client would wait an hour: stop here
+        sim = Simulation(HTTPTransport(f"http://127.0.0.1:{server.server_port}/api"), world, [actor], keys,
+                         every=stop_after_refusal)
+        log = sim.run()
+    finally:
+        server.shutdown()
+    assert [s.status for s in log] == [200, 200, 429]  # 20 of 25 used; 10 more would exceed
+    assert actor.sent == 20 and actor.y.tolist() == [1] * 20
+    np.testing.assert_allclose(actor.P, np.tile([0.2, 0.8], (20, 1)))
+    guard.flush(app)
+    with app.app_context():
+        assert guard.state().repository.count_events() == 3
+    guard.close(app)

@@ -89,8 +89,10 @@ def test_stacked_ensemble_is_half_at_its_threshold_and_weighs_informative_detect
     assert ((scores >= 0) & (scores <= 1)).all()
     order = np.argsort(probs)
     assert (np.diff(scores[order]) >= -1e-12).all()  # monotone in the probability
-    at = min(range(len(probs)), key=lambda i: abs(probs[i] - ensemble.threshold))
-    assert scores[at] == pytest.approx(0.5, abs=0.05)
+    # 0.5 exactly at the threshold: the score crosses 0.5 where the probability crosses it
+    assert ((scores >= 0.5) == (probs >= ensemble.threshold)).all()
+    t = ensemble.threshold
+    np.testing.assert_allclose(scores, np.where(probs <= t, 0.5 * probs / t, 0.5 + 0.5 * (probs - t) / (1 - t)))
     assert np.mean(scores[labels] >= 0.5) > 0.9
 
 
@@ -127,3 +129,9 @@ def test_monitor_uses_the_trained_ensemble_for_score_and_verdict():
         if verdict != "any":
             assert all(r.startswith("ensemble") for r in evaluation.reasons)
             assert bool(evaluation.reasons) == (evaluation.scores["malicious"] >= 0.5)
+
+
+def test_evidence_counts_detectors_only():
+    scores = {"prada_w": 0.8, "add_ratio": 2.0, "unique_ratio": 0.97, "lof_ratio": 1.5, "random_forest_ratio": 0.4,
+              "lof": 3.0, "label_entropy": 0.9}
+    assert evidence(scores) == pytest.approx({"prada": 2.0, "add": 2.0, "lof": 1.5, "random_forest": 0.4})

@@ -25,6 +25,9 @@ from .anomaly import DEFAULT_FEATURES
 #: Inputs of the random forest: the behaviour features plus PRADA's statistic.
 FOREST_FEATURES = (*DEFAULT_FEATURES, "prada_w", "log_queries", "classes_seen")
 
+#: Detectors whose evidence is ``<kind>_ratio`` in an evaluation's scores.
+MODEL_KINDS = ("isolation_forest", "one_class_svm", "lof", "random_forest")
+
 #: Value of a feature an evaluation lacks (PRADA has too few distances, no ADD reference).
 MISSING = {"prada_w": 1.0}
 
@@ -138,9 +141,10 @@ def evidence(scores: Mapping[str, float | None], prada_threshold: float = 0.9) -
     out["prada"] = 0.0 if w is None else (1.0 - float(w)) / (1.0 - prada_threshold)
     ratio = scores.get("add_ratio")
     out["add"] = 0.0 if ratio is None else float(ratio)
-    for name, value in scores.items():
-        if name.endswith("_ratio") and name != "add_ratio" and value is not None:
-            out[name[: -len("_ratio")]] = float(value)
+    for kind in MODEL_KINDS:  # not every "*_ratio" is a detector's (unique_ratio is behaviour)
+        value = scores.get(f"{kind}_ratio")
+        if value is not None:
+            out[kind] = float(value)
     return {k: (v if np.isfinite(v) else 0.0) for k, v in out.items()}
 
 

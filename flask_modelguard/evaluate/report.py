@@ -226,7 +226,10 @@ def _fidelity(report: Mapping[str, Any], actor: str) -> list[str]:
 def _watermark(wm: Mapping[str, Any] | None) -> str:
     if not wm:
         return "—"
-    return f"{wm.get('matched', '?')}/{wm.get('probes', '?')}, log2 p = {_fmt(wm.get('log2_p'), 1)}"
+    text = f"{wm.get('matched', '?')}/{wm.get('probes', '?')}, log2 p = {_fmt(wm.get('log2_p'), 1)}"
+    if wm.get("attributed_to"):
+        text += f", attributed to {_cell(str(wm['attributed_to']))}"
+    return text
 
 
 def _attacker_section(report: Mapping[str, Any]) -> list[str]:
@@ -260,9 +263,11 @@ def _attacker_section(report: Mapping[str, Any]) -> list[str]:
                  "Watermark: labels of the account's watermark answers the final clone reproduces, "
                  "and the ownership test's log2 p-value (claimed below log2 p = -64).")
     lines.append("")
-    independent = report["metrics"][primary]["theft"]["independent_watermark"] if primary else None
-    if independent:
-        lines += [f"Control — an independently trained model: watermark {_watermark(independent)}.", ""]
+    for m in guarded:
+        independent = report["metrics"][m]["theft"]["independent_watermark"]
+        if independent:
+            lines += [f"Control ({m}) — an independently trained model, tested against the thieves' "
+                      f"watermarks: {_watermark(independent)}.", ""]
     return lines
 
 

@@ -219,17 +219,25 @@ def _clones(scenario: Scenario, mode: str, actors: list[Actor], world: World, ap
 
 
 def _watermark(state: Any, names: list[str], clone: Any) -> dict[str, Any] | None:
-    """The most significant ownership test of ``clone`` over ``names``' watermarks."""
+    """The most significant ownership test of ``clone`` over ``names``'
+    watermarks, and the attribution: the account, among all that received
+    watermarks, whose test is the most significant."""
+    def suspect(xs: list[Any]) -> list[Any]:
+        return list(clone.predict(np.asarray(xs, dtype=float)))
+
     best = None
     with state._app().app_context():
         for name in names:
-            result = state.guard.verify_watermark(name, lambda xs: list(clone.predict(np.asarray(xs, dtype=float))))
+            result = state.guard.verify_watermark(name, suspect)
             if result.probes and (best is None or result.log2_p < best.log2_p):
                 best = result
+        ranked = state.guard.attribute(suspect) if best is not None else []
     if best is None:
         return None
+    top = ranked[0] if ranked and ranked[0].claimed else None
     return {"account": best.account, "probes": best.probes, "matched": best.matches,
-            "log2_p": best.log2_p, "claimed": best.claimed}
+            "log2_p": best.log2_p, "claimed": best.claimed,
+            "attributed_to": None if top is None else top.account}
 
 
 def _independent(scenario: Scenario, actors: list[Actor], world: World, app: Any) -> dict[str, Any] | None:

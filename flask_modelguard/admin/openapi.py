@@ -1,0 +1,236 @@
+"""The OpenAPI 3.0 description of the admin API (served at
+``<prefix>/api/openapi.json``; docs/admin-api.md is written from it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_PROBLEM = {"$ref": "#/components/schemas/Problem"}
+_ERRORS = {
+    "400": {"description": "Bad request", "content": {"application/problem+json": {"schema": _PROBLEM}}},
+    "401": {"description": "No or invalid admin credential",
+            "content": {"application/problem+json": {"schema": _PROBLEM}}},
+    "403": {"description": "Not an admin credential", "content": {"application/problem+json": {"schema": _PROBLEM}}},
+    "503": {"description": "Database unavailable", "content": {"application/problem+json": {"schema": _PROBLEM}}},
+}
+_NOT_FOUND = {"404": {"description": "No such resource", "content": {"application/problem+json": {"schema": _PROBLEM}}}}
+
+
+def _json(schema: Any, description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _page(item: str) -> dict[str, Any]:
+    return {"type": "object", "required": ["items", "total"],
+            "properties": {"items": {"type": "array", "items": _ref(item)}, "total": {"type": "integer"},
+                           "limit": {"type": "integer"}, "offset": {"type": "integer"}}}
+
+
+def _path_param(name: str, kind: str = "string", pattern: str | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": kind}
+    if pattern:
+        schema["pattern"] = pattern
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def _query(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+_LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000})
+_OFFSET = _query("offset", {"type": "integer", "minimum": 0, "maximum": 1000000000})
+_NAME = _path_param("name")
+_PREFIX = _path_param("prefix")
+
+SCHEMAS: dict[str, Any] = {
+    "Problem": {"type": "object", "required": ["type", "title", "status", "detail"],
+                "properties": {"type": {"type": "string"}, "title": {"type": "string"},
+                               "status": {"type": "integer"}, "detail": {"type": "string"}}},
+    "Account": {"type": "object", "required": ["id", "name", "tier", "status", "flagged", "score", "allowlisted"],
+                "properties": {"id": {"type": "integer"}, "name": {"type": "string"}, "tier": {"type": "string"},
+                               "status": {"type": "string", "enum": ["active", "suspended", "blocked"]},
+                               "limits": {"type": "string", "nullable": True}, "flagged": {"type": "boolean"},
+                               "score": {"type": "number"}, "allowlisted": {"type": "boolean"},
+                               "reviewed_queries": {"type": "integer"},
+                               "created_at": {"type": "string"}, "updated_at": {"type": "string"},
+                               "active_keys": {"type": "integer"}}},
+    "Key": {"type": "object", "required": ["prefix"],
+            "properties": {"prefix": {"type": "string"}, "hint": {"type": "string"},
+                           "created_at": {"type": "string", "nullable": True},
+                           "revoked_at": {"type": "string", "nullable": True},
+                           "expires_at": {"type": "string", "nullable": True},
+                           "account": {"type": "string"}, "id": {"type": "integer"},
+                           "account_id": {"type": "integer"}}},
+    "NewKey": {"type": "object", "required": ["key", "prefix"],
+               "properties": {"key": {"type": "string"}, "prefix": {"type": "string"},
+                              "replaces": {"type": "string"}, "note": {"type": "string"}}},
+    "Evaluation": {"type": "object", "required": ["ts", "queries", "scores", "reasons"],
+                   "properties": {"ts": {"type": "number"}, "queries": {"type": "integer"},
+                                  "scores": {"type": "object", "nullable": True,
+                                             "additionalProperties": {"type": "number", "nullable": True}},
+                                  "reasons": {"type": "array", "items": {"type": "string"}}}},
+    "Scores": {"type": "object", "required": ["account", "score", "flagged", "history"],
+               "properties": {"account": {"type": "string"}, "score": {"type": "number"},
+                              "flagged": {"type": "boolean"},
+                              "current": {"allOf": [_ref("Evaluation")], "nullable": True},
+                              "history": {"type": "array", "items": _ref("Evaluation")}}},
+    "Alert": {"type": "object", "required": ["id", "account_id", "account", "ts", "action", "reason"],
+              "properties": {"id": {"type": "integer"}, "account_id": {"type": "integer"},
+                             "account": {"type": "string"}, "ts": {"type": "number"},
+                             "action": {"type": "string"}, "reason": {"type": "string"},
+                             "acknowledged_at": {"type": "string", "nullable": True},
+                             "acknowledged_by": {"type": "string", "nullable": True},
+                             "changed": {"type": "boolean"}}},
+    "AuditEntry": {"type": "object", "required": ["id", "at", "actor", "action"],
+                   "properties": {"id": {"type": "integer"}, "at": {"type": "string"}, "actor": {"type": "string"},
+                                  "action": {"type": "string"}, "target": {"type": "string", "nullable": True},
+                                  "before": {"nullable": True}, "after": {"nullable": True}}},
+    "Verification": {"type": "object", "required": ["account", "probes", "matches", "log2_p", "claimed"],
+                     "properties": {"account": {"type": "string"}, "probes": {"type": "integer"},
+                                    "matches": {"type": "integer"}, "null_rate": {"type": "number"},
+                                    "log2_p": {"type": "number"}, "claimed": {"type": "boolean"},
+                                    "summary": {"type": "string"}}},
+    "Health": {"type": "object", "required": ["status", "database", "limits_storage", "worker"],
+               "properties": {"status": {"type": "string", "enum": ["ok", "degraded"]},
+                              "database": {"type": "boolean"}, "limits_storage": {"type": "boolean"},
+                              "worker": {"type": "object"}}},
+}
+
+
+def openapi_document(base: str, tiers: list[str] | None = None) -> dict[str, Any]:
+    """The document, its paths under ``base`` (e.g. ``/modelguard/api``);
+    ``tiers``: the configured tier names (the values ``tier`` may take)."""
+    tier: dict[str, Any] = {"type": "string", **({"enum": list(tiers)} if tiers else {})}
+    errors = dict(_ERRORS)
+    with_404 = {**errors, **_NOT_FOUND}
+    paths: dict[str, Any] = {
+        "/accounts": {
+            "get": {"summary": "List accounts", "operationId": "listAccounts",
+                    "parameters": [_query("status", {"type": "string", "enum": ["active", "suspended", "blocked"]}),
+                                   _query("flagged", {"type": "string", "enum": ["true", "false"]}),
+                                   _query("sort", {"type": "string", "enum": ["score", "name", "created_at"]},
+                                          "score and created_at sort descending, name ascending"),
+                                   _LIMIT, _OFFSET],
+                    "responses": {"200": _json(_page("Account")), **errors}},
+            "post": {"summary": "Create an account", "operationId": "createAccount",
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                         "type": "object", "required": ["name"], "additionalProperties": False,
+                         "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 128},
+                                        "tier": tier, "limits": {"type": "string"}}}}}},
+                     "responses": {"201": _json(_ref("Account"), "Created"),
+                                   "409": {"description": "Name taken",
+                                           "content": {"application/problem+json": {"schema": _PROBLEM}}},
+                                   **errors}},
+        },
+        "/accounts/{name}": {
+            "parameters": [_NAME],
+            "get": {"summary": "Show an account, its keys and effective limits", "operationId": "showAccount",
+                    "responses": {"200": _json(_ref("Account")), **with_404}},
+            "patch": {"summary": "Change status, tier, limits, flag or allow-listing", "operationId": "updateAccount",
+                      "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                          "type": "object", "additionalProperties": False, "minProperties": 1,
+                          "properties": {"status": {"type": "string", "enum": ["active", "suspended", "blocked"]},
+                                         "tier": tier,
+                                         "limits": {"type": "string", "nullable": True},
+                                         "flagged": {"type": "boolean"}, "allowlisted": {"type": "boolean"}}}}}},
+                      "responses": {"200": _json(_ref("Account")), **with_404}},
+        },
+        "/accounts/{name}/keys": {
+            "parameters": [_NAME],
+            "get": {"summary": "List an account's keys (prefixes only)", "operationId": "listKeys",
+                    "responses": {"200": _json({"type": "object", "required": ["items"], "properties": {
+                        "items": {"type": "array", "items": _ref("Key")}}}), **with_404}},
+            "post": {"summary": "Issue a key (shown once)", "operationId": "issueKey",
+                     "responses": {"201": _json(_ref("NewKey"), "Created"), **with_404}},
+        },
+        "/keys/{prefix}/rotate": {
+            "parameters": [_PREFIX],
+            "post": {"summary": "Rotate a key; the old one stays valid for grace seconds", "operationId": "rotateKey",
+                     "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                         "type": "object", "additionalProperties": False,
+                         "properties": {"grace": {"type": "number", "minimum": 0, "maximum": 100000000}}}}}},
+                     "responses": {"201": _json(_ref("NewKey"), "Created"), **with_404}},
+        },
+        "/keys/{prefix}/revoke": {
+            "parameters": [_PREFIX],
+            "post": {"summary": "Revoke a key at once", "operationId": "revokeKey",
+                     "responses": {"200": _json(_ref("Key")), **with_404}},
+        },
+        "/accounts/{name}/scores": {
+            "parameters": [_NAME],
+            "get": {"summary": "Current score per detector, history and reasons", "operationId": "scores",
+                    "parameters": [_query("limit", {"type": "integer", "minimum": 1, "maximum": 10000})],
+                    "responses": {"200": _json(_ref("Scores")), **with_404}},
+        },
+        "/accounts/{name}/events": {
+            "parameters": [_NAME],
+            "get": {"summary": "Export the account's query log (streamed)", "operationId": "exportEvents",
+                    "parameters": [_query("format", {"type": "string", "enum": ["jsonl", "csv"]}),
+                                   _query("since", {"type": "number"}, "epoch seconds, inclusive"),
+                                   _query("until", {"type": "number"}, "epoch seconds, exclusive")],
+                    "responses": {"200": {"description": "JSON Lines or CSV", "content": {
+                        "application/x-ndjson": {"schema": {"type": "string"}},
+                        "text/csv": {"schema": {"type": "string"}}}}, **with_404}},
+        },
+        "/accounts/{name}/watermark-inputs": {
+            "parameters": [_NAME],
+            "get": {"summary": "The inputs the account got watermark answers for", "operationId": "watermarkInputs",
+                    "parameters": [_query("limit", {"type": "integer", "minimum": 1, "maximum": 10000})],
+                    "responses": {"200": _json({"type": "object", "required": ["items", "total"], "properties": {
+                        "items": {"type": "array"}, "total": {"type": "integer"}}}), **with_404}},
+        },
+        "/accounts/{name}/verify-watermark": {
+            "parameters": [_NAME],
+            "post": {"summary": "Test a suspect model for the account's watermarks", "operationId": "verifyWatermark",
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                         "oneOf": [
+                             {"type": "object", "additionalProperties": False, "required": ["url"],
+                              "properties": {"url": {"type": "string", "format": "uri"},
+                                             "max_probes": {"type": "integer", "minimum": 1, "maximum": 10000}}},
+                             {"type": "object", "additionalProperties": False, "required": ["predictions"],
+                              "properties": {"predictions": {"type": "array"},
+                                             "max_probes": {"type": "integer", "minimum": 1,
+                                                            "maximum": 10000}}}]}}}},
+                     "responses": {"200": _json(_ref("Verification")), **with_404}},
+        },
+        "/alerts": {
+            "get": {"summary": "Alerts, newest first", "operationId": "listAlerts",
+                    "parameters": [_query("open", {"type": "string", "enum": ["true", "false"]}),
+                                   _query("account", {"type": "string"}), _LIMIT, _OFFSET],
+                    "responses": {"200": _json(_page("Alert")), **with_404}},
+        },
+        "/alerts/{alert_id}/ack": {
+            "parameters": [_path_param("alert_id", "string")],
+            "post": {"summary": "Acknowledge an alert", "operationId": "acknowledgeAlert",
+                     "responses": {"200": _json(_ref("Alert")), **with_404}},
+        },
+        "/audit": {
+            "get": {"summary": "The audit log, newest first", "operationId": "audit",
+                    "parameters": [_LIMIT, _OFFSET],
+                    "responses": {"200": _json(_page("AuditEntry")), **errors}},
+        },
+        "/health": {
+            "get": {"summary": "Worker, queue, dropped events, storage reachability", "operationId": "health",
+                    "responses": {"200": _json(_ref("Health")),
+                                  "503": _json(_ref("Health"), "Degraded"),
+                                  "401": errors["401"], "403": errors["403"]}},
+        },
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "ModelGuard admin API", "version": "1",
+                 "description": "Manage accounts, keys, alerts and evidence of a ModelGuard-protected model server."},
+        "servers": [{"url": base}],
+        "security": [{"adminToken": []}],
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer",
+                                               "description": "An admin token (mga_...) from "
+                                                              "`flask modelguard create-admin-token`."}},
+        },
+    }

@@ -1,0 +1,146 @@
+"""What the admin surface keeps besides accounts and keys: admin tokens,
+alerts, the audit log, and query-log export. Framework-free (SQLAlchemy)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from .. import models as m
+from ..exc import InvalidValue, NotFound
+from ..keys import generate_key, hash_secret
+
+ADMIN_SCHEME = "mga"
+_TOKEN_RE = re.compile(rf"{ADMIN_SCHEME}_([a-z0-9]{{10}})_([a-z0-9]{{32}})")
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in row.items()}
+
+
+class AdminStore:
+    """Admin tokens, alerts, audit log and query-log export on the guard's engine."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc)
+
+    # -- admin tokens -------------------------------------------------------------
+
+    def create_token(self, name: str) -> str:
+        """A new admin token named ``name``; the returned token is the only copy."""
+        new = generate_key()
+        token = f"{ADMIN_SCHEME}_{new.prefix}_{new.token.rsplit('_', 1)[1]}"
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(m.admin_tokens).values(
+                    name=name, prefix=new.prefix, secret_hash=new.secret_hash, created_at=self.now()))
+        except IntegrityError:
+            raise InvalidValue(f"An admin token named {name!r} already exists.") from None
+        return token
+
+    def verify_token(self, token: str) -> str | None:
+        """The name of the admin holding ``token``, or None (constant-time compare)."""
+        match = _TOKEN_RE.fullmatch(token)
+        if match is None:
+            return None
+        prefix, secret = match[1], match[2]
+        with self.engine.connect() as conn:
+            row = conn.execute(select(m.admin_tokens).where(m.admin_tokens.c.prefix == prefix)).first()
+        digest = hash_secret(prefix, secret)
+        if row is None:
+            hmac.compare_digest(digest, digest)  # same work whether or not the prefix exists
+            return None
+        if not hmac.compare_digest(digest, row.secret_hash) or row.revoked_at is not None:
+            return None
+        return str(row.name)
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(m.admin_tokens.c.name, m.admin_tokens.c.prefix, m.admin_tokens.c.created_at,
+                                       m.admin_tokens.c.revoked_at).order_by(m.admin_tokens.c.name))
+            return [_jsonable(dict(r._mapping)) for r in rows]
+
+    def revoke_token(self, name: str) -> None:
+        with self.engine.begin() as conn:
+            done = conn.execute(update(m.admin_tokens).where(m.admin_tokens.c.name == name)
+                                .values(revoked_at=self.now())).rowcount
+        if not done:
+            raise NotFound(f"No admin token named {name!r}.")
+
+    # -- alerts -----------------------------------------------------------------------
+
+    def alerts(self, *, open_only: bool = False, account_id: int | None = None,
+               limit: int = 100, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Alerts, newest first, with the account's name; and how many match."""
+        query = select(m.alerts, m.accounts.c.name.label("account")).join(
+            m.accounts, m.accounts.c.id == m.alerts.c.account_id)
+        count = select(func.count()).select_from(m.alerts)
+        if open_only:
+            query = query.where(m.alerts.c.acknowledged_at.is_(None))
+            count = count.where(m.alerts.c.acknowledged_at.is_(None))
+        if account_id is not None:
+            query = query.where(m.alerts.c.account_id == account_id)
+            count = count.where(m.alerts.c.account_id == account_id)
+        query = query.order_by(m.alerts.c.ts.desc(), m.alerts.c.id.desc()).limit(limit).offset(offset)
+        with self.engine.connect() as conn:
+            return [_jsonable(dict(r._mapping)) for r in conn.execute(query)], int(conn.execute(count).scalar() or 0)
+
+    def acknowledge(self, alert_id: int, by: str) -> dict[str, Any]:
+        with self.engine.begin() as conn:
+            done = conn.execute(update(m.alerts).where(m.alerts.c.id == alert_id, m.alerts.c.acknowledged_at.is_(None))
+                                .values(acknowledged_at=self.now(), acknowledged_by=by)).rowcount
+            row = conn.execute(select(m.alerts).where(m.alerts.c.id == alert_id)).first()
+        if row is None:
+            raise NotFound(f"No alert {alert_id}.")
+        out = _jsonable(dict(row._mapping))
+        out["changed"] = bool(done)
+        return out
+
+    # -- audit log --------------------------------------------------------------------
+
+    def audit(self, actor: str, action: str, target: str | None, before: Any = None, after: Any = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(m.audit_log).values(at=self.now(), actor=actor, action=action, target=target,
+                                                    before=_clean(before), after=_clean(after)))
+
+    def audit_entries(self, limit: int = 100, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        query = select(m.audit_log).order_by(m.audit_log.c.id.desc()).limit(limit).offset(offset)
+        with self.engine.connect() as conn:
+            rows = [_jsonable(dict(r._mapping)) for r in conn.execute(query)]
+            return rows, int(conn.execute(select(func.count()).select_from(m.audit_log)).scalar() or 0)
+
+    # -- query log export ---------------------------------------------------------------
+
+    def events(self, account_id: int, since: float | None = None, until: float | None = None,
+               with_inputs: bool = False) -> Iterator[dict[str, Any]]:
+        """An account's query events in time order, streamed from the database."""
+        columns = [c for c in m.query_events.c if with_inputs or c.name != "input"]
+        query = select(*columns).where(m.query_events.c.account_id == account_id)
+        if since is not None:
+            query = query.where(m.query_events.c.ts >= since)
+        if until is not None:
+            query = query.where(m.query_events.c.ts < until)
+        query = query.order_by(m.query_events.c.ts, m.query_events.c.id)
+        with self.engine.connect() as conn:
+            for row in conn.execution_options(yield_per=500).execute(query):
+                yield dict(row._mapping)
+
+
+def _clean(value: Any) -> Any:
+    """Audit snapshots as JSON: datetimes as ISO strings."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value.isoformat() if isinstance(value, dt.datetime) else value

@@ -1,0 +1,187 @@
+"""The admin API through real requests: admin authentication, accounts,
+keys, scores, alerts, audit log, query-log export, watermark verification,
+health; and schemathesis against its OpenAPI document."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from tests.conftest import problem_of
+
+API = "/modelguard/api"
+
+
+@pytest.fixture
+def admin(make_guarded):
+    g = make_guarded()
+    with g.app.app_context():
+        token = g.guard.state(g.app).admin.create_token("ops")
+    return g, {"Authorization": f"Bearer {token}"}
+
+
+def test_admin_credentials(admin):
+    g, auth = admin
+    client = g.client
+    assert problem_of(client.get(f"{API}/accounts"))["status"] == 401
+    assert client.get(f"{API}/accounts").headers["WWW-Authenticate"].startswith("Bearer")
+    assert problem_of(client.get(f"{API}/accounts", headers={"Authorization": "Bearer mga_nope"}))["status"] == 401
+    _, key = g.account()
+    assert problem_of(client.get(f"{API}/accounts", headers={"Authorization": f"Bearer {key}"}))["status"] == 403
+    assert client.get(f"{API}/accounts", headers=auth).status_code == 200
+    assert client.get(f"{API}/openapi.json").status_code == 200  # the description is public
+    state = g.guard.state(g.app)
+    with g.app.app_context():
+        state.admin.revoke_token("ops")
+    assert client.get(f"{API}/accounts", headers=auth).status_code == 401
+
+
+def test_accounts_listed_by_score_created_updated_and_audited(admin):
+    g, auth = admin
+    client = g.client
+    for name, score in (("low", 0.1), ("high", 0.9), ("mid", 0.5)):
+        g.account(name)
+        with g.app.app_context():
+            g.guard.update_account(name, score=score)
+    page = client.get(f"{API}/accounts?sort=score&limit=2", headers=auth).get_json()
+    assert [a["name"] for a in page["items"]] == ["high", "mid"] and page["total"] == 3
+    assert [a["name"] for a in client.get(f"{API}/accounts?sort=name", headers=auth).get_json()["items"]] == \
+        ["high", "low", "mid"]
+    created = client.post(f"{API}/accounts", json={"name": "acme", "tier": "pro"}, headers=auth)
+    assert created.status_code == 201 and created.get_json()["tier"] == "pro"
+    assert problem_of(client.post(f"{API}/accounts", json={"name": "acme"}, headers=auth))["status"] == 409
+    assert problem_of(client.post(f"{API}/accounts", json={"name": "x", "colour": 1}, headers=auth))["status"] == 400
+    assert problem_of(client.get(f"{API}/accounts/nobody", headers=auth))["status"] == 404
+    changed = client.patch(f"{API}/accounts/acme", json={"status": "suspended", "limits": "5/minute"}, headers=auth)
+    assert changed.get_json()["status"] == "suspended" and changed.get_json()["limits"] == "5/minute"
+    assert problem_of(client.patch(f"{API}/accounts/acme", json={"status": "gone"}, headers=auth))["status"] == 400
+    shown = client.get(f"{API}/accounts/acme", headers=auth).get_json()
+    assert shown["limits_effective"] == ["5 per 1 minute"]
+    audit = client.get(f"{API}/audit", headers=auth).get_json()["items"]
+    assert [e["action"] for e in audit[:2]] == ["update-account", "create-account"]
+    assert audit[0]["actor"] == "ops" and audit[0]["before"]["status"] == "active"
+    assert audit[0]["after"]["status"] == "suspended"
+
+
+def test_blocking_refuses_the_next_request_and_keys_rotate(admin):
+    g, auth = admin
+    client = g.client
+    name, key = g.account()
+    assert g.predict(key).status_code == 200
+    assert client.patch(f"{API}/accounts/{name}", json={"status": "blocked"}, headers=auth).status_code == 200
+    assert problem_of(g.predict(key))["status"] == 403
+    client.patch(f"{API}/accounts/{name}", json={"status": "active"}, headers=auth)
+    issued = client.post(f"{API}/accounts/{name}/keys", headers=auth)
+    assert issued.status_code == 201
+    new_key = issued.get_json()["key"]
+    assert g.predict(new_key).status_code == 200
+    rotated = client.post(f"{API}/keys/{new_key.split('_')[1]}/rotate", json={"grace": 0}, headers=auth).get_json()
+    assert g.predict(rotated["key"]).status_code == 200
+    revoked = client.post(f"{API}/keys/{rotated['prefix']}/revoke", headers=auth)
+    assert revoked.status_code == 200 and revoked.get_json()["revoked_at"]
+    assert g.predict(rotated["key"]).status_code == 403
+    keys = client.get(f"{API}/accounts/{name}/keys", headers=auth).get_json()["items"]
+    assert len(keys) == 3 and all("secret" not in json.dumps(k) for k in keys)
+    assert problem_of(client.post(f"{API}/keys/zzzzzzzzzz/revoke", headers=auth))["status"] == 404
+
+
+def test_alerts_from_a_flag_and_acknowledgement(admin):
+    g, auth = admin
+    client = g.client
+    name, key = g.account()
+    with g.app.app_context():
+        g.guard.add_canaries([[9.0, 9.0]])
+    g.predict(key, {"features": [9.0, 9.0]})
+    g.guard.flush(g.app)
+    alerts = client.get(f"{API}/alerts?open=true", headers=auth).get_json()
+    assert alerts["total"] == 1
+    alert = alerts["items"][0]
+    assert alert["account"] == name and alert["action"] == "canary" and "canary" in alert["reason"]
+    acked = client.post(f"{API}/alerts/{alert['id']}/ack", headers=auth).get_json()
+    assert acked["acknowledged_by"] == "ops" and acked["changed"]
+    assert client.get(f"{API}/alerts?open=true", headers=auth).get_json()["total"] == 0
+    assert client.get(f"{API}/alerts?account={name}", headers=auth).get_json()["total"] == 1
+    assert not client.post(f"{API}/alerts/{alert['id']}/ack", headers=auth).get_json()["changed"]
+    scores = client.get(f"{API}/accounts/{name}/scores", headers=auth).get_json()
+    assert scores["flagged"] and scores["history"] == []
+
+
+def test_shadow_mode_alerts_once_without_flagging(make_guarded, caplog):
+    from flask_modelguard.signals import account_flagged
+
+    g = make_guarded(MODELGUARD_ACTION="observe")
+    signalled = []
+
+    def receiver(app, **kw):
+        signalled.append(kw)
+
+    account_flagged.connect(receiver, sender=g.app)
+    name, key = g.account()
+    state = g.guard.state(g.app)
+    account_id = state.repository.get_account(name)["id"]
+    base = {c: None for c in ("key_id", "route", "ts", "status", "latency_ms", "n_instances", "fingerprint",
+                              "labels", "top_confidences", "input")}
+    base.update(key_id=1, route="r", ts=1.0, status=200, latency_ms=1.0, n_instances=1, canary=False, watermarks=[])
+    for queries in (30, 40):
+        evaluation = {"account_id": account_id, "ts": 1.0, "queries": queries, "scores": {},
+                      "reasons": ["ADD 50.0 > 26.3 at 30 distinct queries"]}
+        state._write_events([{**base, "account_id": account_id, "evaluation": evaluation}])
+    alerts, total = state.admin.alerts()
+    assert total == 1 and alerts[0]["action"] == "observe" and alerts[0]["reason"].startswith("ADD")
+    assert not state.repository.get_account(name)["flagged"]
+    # alerted once, by log and signal too, with the action "observe"
+    assert caplog.text.count("shadow mode, not acted on") == 1
+    assert [s["action"] for s in signalled] == ["observe"]
+    account_flagged.disconnect(receiver, sender=g.app)
+
+
+def test_query_log_export_streams_jsonl_and_csv_in_a_time_range(admin):
+    g, auth = admin
+    client = g.client
+    name, key = g.account(limits="1000/second")
+    for t in (100.0, 200.0, 300.0):
+        g.clock.now = t
+        g.predict(key, {"features": [t, 1.0]})
+    g.guard.flush(g.app)
+    lines = client.get(f"{API}/accounts/{name}/events?since=150", headers=auth).get_data(as_text=True).splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [r["ts"] for r in rows] == [200.0, 300.0] and all("input" not in r for r in rows)
+    response = client.get(f"{API}/accounts/{name}/events?format=csv&until=250", headers=auth)
+    assert response.mimetype == "text/csv" and "attachment" in response.headers["Content-Disposition"]
+    table = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    assert [float(r["ts"]) for r in table] == [100.0, 200.0] and table[0]["status"] == "200"
+    assert problem_of(client.get(f"{API}/accounts/{name}/events?since=x", headers=auth))["status"] == 400
+    assert client.get(f"{API}/audit", headers=auth).get_json()["items"][0]["action"] == "export-events"
+
+
+def test_watermark_verification_with_uploaded_predictions(make_guarded):
+    g = make_guarded(MODELGUARD_WATERMARK=1.0)  # every answer a watermark: records at once
+    with g.app.app_context():
+        token = g.guard.state(g.app).admin.create_token("ops")
+    auth = {"Authorization": f"Bearer {token}"}
+    name, key = g.account(limits="1000/second")
+    served = [g.predict(key, {"features": [float(i), 2.0]}).get_json()["label"] for i in range(30)]
+    g.guard.flush(g.app)
+    inputs = g.client.get(f"{API}/accounts/{name}/watermark-inputs", headers=auth).get_json()["items"]
+    assert len(inputs) == 30
+    copied = g.client.post(f"{API}/accounts/{name}/verify-watermark", json={"predictions": served}, headers=auth)
+    assert copied.status_code == 200 and copied.get_json()["claimed"] and copied.get_json()["matches"] == 30
+    honest = g.client.post(f"{API}/accounts/{name}/verify-watermark", json={"predictions": [1] * 30}, headers=auth)
+    assert not honest.get_json()["claimed"]
+    wrong = g.client.post(f"{API}/accounts/{name}/verify-watermark", json={"predictions": [1]}, headers=auth)
+    assert problem_of(wrong)["status"] == 400
+
+
+def test_health_and_own_auth_hook_and_disabling(make_guarded):
+    g = make_guarded(MODELGUARD_ADMIN_AUTH=lambda request: "sso-user" if request.headers.get("X-SSO") else None)
+    health = g.client.get(f"{API}/health", headers={"X-SSO": "1"})
+    assert health.status_code == 200
+    body = health.get_json()
+    assert body["status"] == "ok" and body["database"] and body["limits_storage"]
+    assert {"queue_depth", "dropped", "alive"} <= set(body["worker"])
+    assert g.client.get(f"{API}/health").status_code == 401
+    off = make_guarded(MODELGUARD_ADMIN_ENABLED=False)
+    assert off.client.get(f"{API}/openapi.json").status_code == 404
