@@ -36,6 +36,10 @@ def test_report_files_and_structure(report):
     default = data["runs"]["default"]
     assert default["queries"] == sum(a["queries"] for a in default["accounts"])
     assert {a["kind"] for a in default["accounts"]} >= {"benign", "benign-power", "random-uniform", "jacobian"}
+    latency = data["scenario"]["latency"]
+    assert latency["requests"] >= 900 and 0 < latency["bare_ms"] and latency["ratio"] == pytest.approx(
+        latency["guarded_ms"] / latency["bare_ms"])
+    assert "## Latency" in markdown
 
 
 def test_guard_off_lets_a_thief_clone_the_model(report):
@@ -90,7 +94,7 @@ def test_cli_evaluate_writes_a_report(tmp_path):
     from example_app import create_app
 
     scenario = {
-        "name": "tiny", "seed": 1, "modes": ["default"], "checkpoints": [50],
+        "name": "tiny", "seed": 1, "modes": ["default"], "checkpoints": [50], "latency_requests": 0,
         "actors": [{"kind": "benign", "count": 3, "budget": 30},
                    {"kind": "random-gaussian", "name": "gauss", "budget": 80}],
     }

@@ -77,6 +77,8 @@ class Scenario:
     #: Seed of a first, shadow-mode simulation whose labelled accounts train
     #: the random forest and the stacked ensemble (None: not trained).
     train_seed: int | None = None
+    #: Requests per mode of the latency measurement (guard off vs default; 0: none).
+    latency_requests: int = 1000
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scenario:
