@@ -176,10 +176,16 @@ class ModelGuard:
             if limits is not None:
                 state.enforcer.limits_for("", str(limits))
             values["limits"] = limits
+        blocking = values.get("status") == "blocked" and state.repository.get_account(name)["status"] != "blocked"
         account = state.repository.update_account(name, **values)
         if not account["flagged"]:
             state.protector.caught.discard(account["id"])
         state.auth.invalidate(account_id=account["id"])
+        if blocking:
+            from .signals import account_blocked
+
+            state._send(account_blocked, account_id=account["id"], account=name, reason="blocked by an operator",
+                        by="operator")
         return account
 
     def issue_key(self, account: str, app: Flask | None = None) -> str:

@@ -36,7 +36,7 @@ from .protection import OutputProtector, RouteOptions
 from .quotas import LimitSet, QuotaEnforcer, Verdict
 from .repository import Principal, Repository
 from .responses import add_headers, problem_response
-from .signals import account_flagged
+from .signals import account_blocked, account_flagged, quota_exceeded
 from .state import AccountState, Observation
 from .telemetry import install as install_telemetry
 from .worker import EventWorker
@@ -228,7 +228,6 @@ class GuardState:
                 why.setdefault(row["account_id"], "sent a canary input")
             elif evaluation and evaluation["reasons"]:
                 why.setdefault(row["account_id"], "; ".join(evaluation["reasons"]))
-        app = self._app()
         for account_id in flagged:
             reason = why.get(account_id, "?")
             action = "canary" if reason.startswith("sent a canary") else self.settings.action
@@ -245,12 +244,25 @@ class GuardState:
                     name = None
                 self.webhook.send({"event": "account_flagged", "account_id": account_id, "account": name,
                                    "action": action, "reason": reason, "ts": self.clock()})
-            if app is not None:  # each receiver on its own: one failing does not silence the others
-                for receiver in account_flagged.receivers_for(app):
-                    try:
-                        receiver(app, account_id=account_id, reason=reason, action=action)
-                    except Exception:
-                        log.exception("modelguard: an account_flagged receiver failed")
+            self._send(account_flagged, account_id=account_id, reason=reason, action=action)
+            if action == "block":
+                try:
+                    name = self.repository.account_name(account_id)
+                except SQLAlchemyError:
+                    name = None
+                self._send(account_blocked, account_id=account_id, account=name, reason=reason, by="detectors")
+
+    def _send(self, signal: Any, **kwargs: Any) -> None:
+        """Send ``signal`` for this app, each receiver on its own: one failing
+        is logged and does not silence the others."""
+        app = self._app()
+        if app is None:
+            return
+        for receiver in signal.receivers_for(app):
+            try:
+                receiver(app, **kwargs)
+            except Exception:
+                log.exception("modelguard: a %s receiver failed", signal.name)
 
     def _load_state(self, account_id: int) -> AccountState | None:
         try:
@@ -406,6 +418,8 @@ class GuardState:
         wall = self.enforcer.clock()  # limit windows run on the storage's clock
         headers = self._headers(verdict, limits, wall)
         if not verdict.allowed:
+            if quota_exceeded.receivers and verdict.limit is not None:
+                self._send(quota_exceeded, account_id=principal.account_id, limit=str(verdict.limit), cost=cost)
             return self._refuse(self._refusal(verdict, cost, wall, headers), principal, route, now, started, cost, body)
         if verdict.failed_open:
             self.failed_open += 1
