@@ -46,14 +46,19 @@ def _state() -> Any:
     return ModelGuard.state(current_app)
 
 
+def hooked_admin(state: Any) -> str | None:
+    """The admin the app's own authentication (``MODELGUARD_ADMIN_AUTH``) names for this request, if any."""
+    hook = state.settings.admin_auth
+    who = hook(request) if hook is not None else None
+    return str(who) if who else None
+
+
 def _admin() -> str:
     """The admin behind this request, or a 401/403 problem."""
     state = _state()
-    hook = state.settings.admin_auth
-    if hook is not None:
-        who = hook(request)
-        if who:
-            return str(who)
+    who = hooked_admin(state)
+    if who:
+        return who
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..exc import InvalidValue, NotFound
 from ..repository import STATUSES
 from . import charts
+from .api import hooked_admin
 
 log = logging.getLogger("flask_modelguard")
 
@@ -84,11 +85,9 @@ def _check_csrf() -> None:
 def _current_admin() -> str | None:
     """The admin behind this request: the app's hook, else a live signed-in session."""
     state = _state()
-    hook = state.settings.admin_auth
-    if hook is not None:
-        who = hook(request)
-        if who:
-            return str(who)
+    hooked = hooked_admin(state)
+    if hooked:
+        return hooked
     who, prefix = session.get(ADMIN_KEY), session.get(TOKEN_KEY)
     if not who or not prefix:
         return None
