@@ -45,6 +45,18 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _audit(action: str, target: str | None, before: Any = None, after: Any = None) -> None:
+    """Record a change made from the shell in the audit log (actor ``cli:<user>``)."""
+    from .admin.cli import cli_actor
+
+    ModelGuard.state(current_app).admin.audit(cli_actor(), action, target, before, after)
+
+
+def _account_fields(account: str, *fields: str) -> dict[str, Any]:
+    row = ModelGuard.state(current_app).repository.get_account(account)
+    return {f: row[f] for f in fields}
+
+
 def _show_key(token: str, what: str) -> None:
     click.echo(f"{what}: {token}")
     click.echo("Store it now: it is shown only once.", err=True)
@@ -74,9 +86,12 @@ def init_db() -> None:
 def create_account(name: str, tier: str | None, limits: str | None, key: bool) -> None:
     """Create an account (and its first API key)."""
     account = _guard().create_account(name, tier=tier, limits=limits)
+    _audit("create-account", name, None, {"tier": account["tier"], "limits": account["limits"]})
     click.echo(f"Created account {account['name']!r} (tier {account['tier']}).")
     if key:
-        _show_key(_guard().issue_key(name), "API key")
+        token = _guard().issue_key(name)
+        _audit("issue-key", name, None, {"prefix": token.split("_")[1]})
+        _show_key(token, "API key")
 
 
 @modelguard_cli.command("issue-key")
@@ -85,7 +100,9 @@ def create_account(name: str, tier: str | None, limits: str | None, key: bool) -
 @_friendly
 def issue_key(account: str) -> None:
     """Issue a new API key for ACCOUNT."""
-    _show_key(_guard().issue_key(account), "API key")
+    token = _guard().issue_key(account)
+    _audit("issue-key", account, None, {"prefix": token.split("_")[1]})
+    _show_key(token, "API key")
 
 
 @modelguard_cli.command("rotate-key")
@@ -95,7 +112,10 @@ def issue_key(account: str) -> None:
 @_friendly
 def rotate_key(key: str, grace: float | None) -> None:
     """Replace KEY (its prefix or the whole key) with a new one."""
-    _show_key(_guard().rotate_key(key, grace=grace), "New API key")
+    token = _guard().rotate_key(key, grace=grace)
+    old = key.split("_")[1] if key.startswith("mg_") else key
+    _audit("rotate-key", old, {"prefix": old}, {"prefix": token.split("_")[1], "grace": grace})
+    _show_key(token, "New API key")
 
 
 @modelguard_cli.command("revoke-key")
@@ -105,6 +125,7 @@ def rotate_key(key: str, grace: float | None) -> None:
 def revoke_key(key: str) -> None:
     """Revoke KEY (its prefix or the whole key) now."""
     row = _guard().revoke_key(key)
+    _audit("revoke-key", row["prefix"], None, {"revoked_at": str(row["revoked_at"])})
     click.echo(f"Revoked {key_hint(row['prefix'])} of account {row['account']!r}.")
 
 
@@ -145,7 +166,9 @@ def list_keys(account: str) -> None:
 @_friendly
 def set_status(account: str, status: str) -> None:
     """Set ACCOUNT's status: active, suspended or blocked."""
+    before = _account_fields(account, "status")
     _guard().update_account(account, status=status)
+    _audit("update-account", account, before, {"status": status})
     click.echo(f"Account {account!r} is now {status}.")
 
 
@@ -156,7 +179,9 @@ def set_status(account: str, status: str) -> None:
 @_friendly
 def set_tier(account: str, tier: str) -> None:
     """Move ACCOUNT to TIER."""
+    before = _account_fields(account, "tier")
     _guard().update_account(account, tier=tier)
+    _audit("update-account", account, before, {"tier": tier})
     click.echo(f"Account {account!r} is now on tier {tier}.")
 
 
@@ -167,7 +192,9 @@ def set_tier(account: str, tier: str) -> None:
 @_friendly
 def set_limits(account: str, limits: str) -> None:
     """Override ACCOUNT's limits ("5/second;100/day"); "tier" restores the tier's."""
+    before = _account_fields(account, "limits")
     _guard().update_account(account, limits=None if limits == "tier" else limits)
+    _audit("update-account", account, before, {"limits": None if limits == "tier" else limits})
     click.echo(f"Account {account!r} limits: {limits}.")
 
 
@@ -178,7 +205,9 @@ def set_limits(account: str, limits: str) -> None:
 @_friendly
 def flag(account: str, off: bool) -> None:
     """Flag ACCOUNT: its answers follow the suspicious-account policy."""
+    before = _account_fields(account, "flagged")
     _guard().update_account(account, flagged=not off)
+    _audit("update-account", account, before, {"flagged": not off})
     click.echo(f"Account {account!r} is {'no longer ' if off else ''}flagged.")
 
 
@@ -193,6 +222,7 @@ def add_canaries(file: Any, note: str | None) -> None:
     if not isinstance(inputs, list) or not inputs:
         raise click.ClickException("FILE must hold a non-empty JSON list of inputs.")
     added = _guard().add_canaries(inputs, note)
+    _audit("add-canaries", None, None, {"added": added, "note": note})
     click.echo(f"{added} new canary input(s) registered ({len(inputs) - added} already known).")
 
 
@@ -272,6 +302,7 @@ def fit_reference(file: str) -> None:
     if len(inputs) != len(labels) or len(inputs) < 20:
         raise click.ClickException("Give as many labels as inputs, and at least 20 of each.")
     reference = _guard().fit_reference(inputs, labels)
+    _audit("fit-reference", file, None, {"inputs": len(inputs), "classes": len(reference.classes)})
     sizes = ", ".join(f"{n}: {t:.1f}" for n, t in reference.thresholds)
     click.echo(f"Reference of {len(reference.classes)} classes stored; ADD thresholds by account size: {sizes}")
 
@@ -326,6 +357,7 @@ def fit_detectors(file: str) -> None:
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     assert trained.supervised is not None and trained.ensemble is not None
+    _audit("fit-detectors", file, None, {"rows": len(data["rows"]), "accounts": trained.accounts})
     click.echo(f"Trained on {len(data['rows'])} evaluations of {trained.accounts} accounts "
                f"({trained.malicious_accounts} malicious): random forest threshold "
                f"{trained.supervised.threshold:.3f}, ensemble threshold {trained.ensemble.threshold:.3f} "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
+import unicodedata
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -66,12 +67,11 @@ class ModelGuard:
         from .admin.store import AdminStore
 
         state.admin = AdminStore(state.repository.engine, state.clock)
-        if settings.admin_enabled:
+        if settings.admin_enabled and "modelguard_admin_api" not in app.blueprints:  # once per app
             from .admin.api import api
-
-            app.register_blueprint(api, url_prefix=settings.admin_prefix + "/api")
             from .admin.dashboard import dashboard
 
+            app.register_blueprint(api, url_prefix=settings.admin_prefix + "/api")
             app.register_blueprint(dashboard, url_prefix=settings.admin_prefix)
         from .cli import modelguard_cli
 
@@ -130,6 +130,7 @@ class ModelGuard:
         self, name: str, tier: str | None = None, limits: str | None = None, app: Flask | None = None
     ) -> dict[str, Any]:
         state = self.state(app)
+        _check_name(name)
         tier = tier or state.settings.default_tier
         state.enforcer.check_tier(tier)
         if limits is not None:
@@ -282,6 +283,15 @@ class ModelGuard:
         accounts = self.state(app).repository.accounts_with_watermarks()
         results = [self.verify_watermark(a, suspect, max_probes=max_probes, app=app, **kwargs) for a in accounts]
         return sorted(results, key=lambda v: v.log2_p)
+
+
+def _check_name(name: str) -> None:
+    """Account names: 1 to 128 characters, no control characters and no "/"
+    (the admin API's paths end in /keys, /events...: ``a/keys`` would be ambiguous)."""
+    if not isinstance(name, str) or not 1 <= len(name) <= 128 or "/" in name \
+            or any(unicodedata.category(c) == "Cc" for c in name) or name != name.strip():
+        raise InvalidValue(f"Account names are 1 to 128 characters, without '/', control characters or "
+                           f"surrounding spaces: {name!r}")
 
 
 def _prefix(key: str) -> str:

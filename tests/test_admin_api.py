@@ -185,3 +185,91 @@ def test_health_and_own_auth_hook_and_disabling(make_guarded):
     assert g.client.get(f"{API}/health").status_code == 401
     off = make_guarded(MODELGUARD_ADMIN_ENABLED=False)
     assert off.client.get(f"{API}/openapi.json").status_code == 404
+
+
+def test_review_fixes_names_exports_audit_and_odd_ids(make_guarded):
+    """From a security review: names that break paths or headers, CSV
+    formulas, whole keys in the audit log, non-ASCII digits as ids."""
+    g = make_guarded(MODELGUARD_STORE_INPUTS=True)
+    with g.app.app_context():
+        auth = {"Authorization": "Bearer " + g.guard.state(g.app).admin.create_token("ops")}
+    client = g.client
+    for bad in ("x/keys", "a\r\nb", " padded"):
+        assert problem_of(client.post(f"{API}/accounts", json={"name": bad}, headers=auth))["status"] == 400
+    name = "café ☃ \"q\""
+    assert client.post(f"{API}/accounts", json={"name": name}, headers=auth).status_code == 201
+    key = client.post(f"{API}/accounts/{name}/keys", headers=auth).get_json()["key"]
+    client.patch(f"{API}/accounts/{name}", json={"limits": "1000/second"}, headers=auth)
+    assert g.client.post("/predict", json="=HYPERLINK(\"http://evil\")", headers={"X-API-Key": key}).status_code
+    g.guard.flush(g.app)
+    export = client.get(f"{API}/accounts/{name}/events?format=csv", headers=auth)
+    disposition = export.headers["Content-Disposition"]
+    assert disposition.isascii() and 'filename="caf' in disposition and "filename*=UTF-8''caf%C3%A9" in disposition
+    rows = list(csv.DictReader(io.StringIO(export.get_data(as_text=True))))
+    assert rows and all(not (r["input"] or "").startswith("=") for r in rows)
+    assert any(r["input"].startswith("'=HYPERLINK") for r in rows)
+    assert client.post(f"{API}/keys/{key}/revoke", headers=auth).status_code == 200  # a whole key works ...
+    entry = client.get(f"{API}/audit", headers=auth).get_json()["items"][0]
+    assert entry["action"] == "revoke-key" and entry["target"] == key.split("_")[1]  # ... but only its prefix is kept
+    assert key.split("_")[2] not in json.dumps(client.get(f"{API}/audit?limit=1000", headers=auth).get_json())
+    assert problem_of(client.post(f"{API}/alerts/%C2%B2/ack", headers=auth))["status"] == 404
+    again = make_guarded()
+    again.guard.init_app(again.app)  # a second init_app on the same app registers nothing twice
+    assert again.client.get(f"{API}/openapi.json").status_code == 200
+
+
+def test_a_cookie_trusting_hook_does_not_open_the_api_to_cross_site_forms(make_guarded):
+    from flask import session
+
+    g = make_guarded(MODELGUARD_ADMIN_AUTH=lambda request: session.get("user"))
+
+    @g.app.get("/sso-login")
+    def sso_login():
+        session["user"] = "alice"
+        return "ok"
+
+    name, key = g.account()
+    prefix = key.split("_")[1]
+    client = g.client
+    client.get("/sso-login")
+    forged = client.post(f"{API}/keys/{prefix}/revoke", data="x=1", content_type="text/plain",
+                         headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"})
+    assert problem_of(forged)["status"] == 403
+    assert g.predict(key).status_code == 200  # the key still works
+    assert client.get(f"{API}/accounts", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200  # reading is fine
+    same_site = client.post(f"{API}/keys/{prefix}/revoke", headers={"Sec-Fetch-Site": "same-origin"})
+    assert same_site.status_code == 200 and g.predict(key).status_code == 403
+    _, key2 = g.account()
+    as_json = client.post(f"{API}/keys/{key2.split('_')[1]}/revoke", json={}, headers={"Origin": "https://evil.example"})
+    assert as_json.status_code == 200  # a JSON body needs a CORS preflight: not a forgeable form
+
+
+def test_verify_watermark_against_a_suspect_that_answers_nonsense(make_guarded):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Nonsense(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"not json")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Nonsense)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        g = make_guarded(MODELGUARD_WATERMARK=1.0)
+        with g.app.app_context():
+            auth = {"Authorization": "Bearer " + g.guard.state(g.app).admin.create_token("ops")}
+        name, key = g.account()
+        g.predict(key, {"features": [1.0, 2.0]})
+        g.guard.flush(g.app)
+        response = g.client.post(f"{API}/accounts/{name}/verify-watermark",
+                                 json={"url": f"http://127.0.0.1:{server.server_port}/predict"}, headers=auth)
+        assert problem_of(response)["status"] == 400
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -11,9 +11,11 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Callable, Iterator
 from functools import wraps
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 from flask import Blueprint, Response, current_app, g, request, stream_with_context
 from sqlalchemy import text
@@ -53,11 +55,25 @@ def hooked_admin(state: Any) -> str | None:
     return str(who) if who else None
 
 
+def _same_origin() -> bool:
+    """True unless a browser says the request comes from another site."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site in ("same-origin", "none")
+    origin = request.headers.get("Origin")
+    return origin is None or urlsplit(origin).netloc == request.host
+
+
 def _admin() -> str:
     """The admin behind this request, or a 401/403 problem."""
     state = _state()
-    who = hooked_admin(state)
+    who = hooked_admin(state) if "Authorization" not in request.headers else None
     if who:
+        # The app's hook may trust a cookie, which a browser also sends with a
+        # forged cross-site form: changes need a JSON body (a form cannot send
+        # one without a CORS preflight) or a same-origin request.
+        if request.method not in ("GET", "HEAD", "OPTIONS") and not (request.is_json or _same_origin()):
+            raise AdminForbidden("Cross-site request refused: send Content-Type: application/json.")
         return who
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -302,7 +318,7 @@ def rotate_key(prefix: str) -> Any:
 @_audited("revoke-key")
 def revoke_key(prefix: str) -> Any:
     row = _account_view(_guard().revoke_key(prefix))
-    return row, prefix, None, {"revoked_at": row.get("revoked_at")}
+    return row, row["prefix"], None, {"revoked_at": row.get("revoked_at")}  # never the path: it may be a whole key
 
 
 # -- scores, alerts, audit ---------------------------------------------------------------
@@ -338,7 +354,7 @@ def alerts() -> Any:
 @api.post("/alerts/<alert_id>/ack")
 @_audited("acknowledge-alert")
 def acknowledge(alert_id: str) -> Any:
-    if not alert_id.isdigit() or len(alert_id) > 18:
+    if not (alert_id.isascii() and alert_id.isdigit()) or len(alert_id) > 18:
         raise ResourceNotFound(f"No alert {alert_id!r}.")
     row = _state().admin.acknowledge(int(alert_id), g.modelguard_admin)
     return row, alert_id, None, {"acknowledged_by": row["acknowledged_by"]}
@@ -376,8 +392,7 @@ def export_events(name: str) -> Any:
         writer = csv.writer(buffer)
         writer.writerow(columns)
         for n, row in enumerate(rows):
-            writer.writerow([json.dumps(row.get(c)) if isinstance(row.get(c), (list, dict)) else row.get(c)
-                             for c in columns])
+            writer.writerow([_csv_cell(row.get(c)) for c in columns])
             if n % 200 == 0:
                 yield buffer.getvalue()
                 buffer.seek(0)
@@ -386,8 +401,19 @@ def export_events(name: str) -> Any:
 
     mimetype = "application/x-ndjson" if fmt == "jsonl" else "text/csv"
     filename = f"{name}-events.{fmt}"
+    ascii_name = re.sub(r"[^A-Za-z0-9._-]", "_", filename)
+    disposition = f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
     return Response(stream_with_context(jsonl() if fmt == "jsonl" else as_csv()), mimetype=mimetype,
-                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+                    headers={"Content-Disposition": disposition})
+
+
+def _csv_cell(value: Any) -> Any:
+    """A CSV cell; text a spreadsheet would run as a formula is quoted with a leading '."""
+    if isinstance(value, (list, dict)):
+        value = json.dumps(value)
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 # -- watermark verification ------------------------------------------------------------------
@@ -411,7 +437,7 @@ def verify_watermark(name: str) -> Any:
             raise BadRequest("url must be an http(s) URL.")
         try:
             result = guard.verify_watermark(name, http_suspect(url), max_probes=max_probes)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # unreachable, or an answer that is not one
             raise BadRequest(f"Could not query the suspect ({exc.__class__.__name__}).") from None
     else:
         labels = data["predictions"]

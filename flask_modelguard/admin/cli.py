@@ -20,7 +20,7 @@ def _state() -> Any:
     return ModelGuard.state(current_app)
 
 
-def _actor() -> str:
+def cli_actor() -> str:
     try:
         return f"cli:{getpass.getuser()}"
     except Exception:  # no user name in this environment
@@ -37,7 +37,7 @@ def register(group: click.Group, friendly: Any) -> None:
     def create_admin_token(name: str) -> None:
         """Create an admin token NAME for the admin API (printed once)."""
         token = _state().admin.create_token(name)
-        _state().admin.audit(_actor(), "create-admin-token", name)
+        _state().admin.audit(cli_actor(), "create-admin-token", name)
         click.echo(f"Admin token for {name}: {token}")
         click.echo("Store it now: it is shown only once.", err=True)
 
@@ -48,7 +48,7 @@ def register(group: click.Group, friendly: Any) -> None:
     def revoke_admin_token(name: str) -> None:
         """Revoke the admin token NAME at once."""
         _state().admin.revoke_token(name)
-        _state().admin.audit(_actor(), "revoke-admin-token", name)
+        _state().admin.audit(cli_actor(), "revoke-admin-token", name)
         click.echo(f"Admin token {name} revoked.")
 
     @group.command("list-flagged")
@@ -93,7 +93,7 @@ def register(group: click.Group, friendly: Any) -> None:
         state = _state()
         before = state.repository.get_account(name)
         after = state.guard.update_account(name, status=status)
-        state.admin.audit(_actor(), "update-account", name, {"status": before["status"]}, {"status": after["status"]})
+        state.admin.audit(cli_actor(), "update-account", name, {"status": before["status"]}, {"status": after["status"]})
         click.echo(f"{name}: {before['status']} -> {after['status']}")
 
     @group.command("block")
@@ -130,8 +130,9 @@ def register(group: click.Group, friendly: Any) -> None:
     @friendly
     def ack(alert_id: int) -> None:
         """Acknowledge alert ALERT_ID."""
-        row = _state().admin.acknowledge(alert_id, _actor())
-        _state().admin.audit(_actor(), "acknowledge-alert", str(alert_id))
+        row = _state().admin.acknowledge(alert_id, cli_actor())
+        _state().admin.audit(cli_actor(), "acknowledge-alert", str(alert_id), None,
+                             {"acknowledged_by": row["acknowledged_by"], "changed": row["changed"]})
         click.echo(f"Alert #{alert_id} acknowledged." if row["changed"] else f"Alert #{alert_id} was already acknowledged.")
 
     @group.command("export-log")
@@ -149,6 +150,6 @@ def register(group: click.Group, friendly: Any) -> None:
         for row in state.admin.events(account["id"], since, until, state.settings.store_inputs):
             output.write(json.dumps(row, default=str) + "\n")
             n += 1
-        state.admin.audit(_actor(), "export-events", name, None, {"since": since, "until": until, "rows": n})
+        state.admin.audit(cli_actor(), "export-events", name, None, {"since": since, "until": until, "rows": n})
         if output is not sys.stdout:
             click.echo(f"{n} events written.", err=True)
