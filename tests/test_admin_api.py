@@ -273,3 +273,12 @@ def test_verify_watermark_against_a_suspect_that_answers_nonsense(make_guarded):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_unrouted_api_paths_are_problems_and_the_host_app_keeps_its_404s(admin):
+    g, auth = admin
+    response = g.client.get(f"{API}/accounts/a%0Ab/keys", headers=auth)
+    assert problem_of(response)["status"] == 404
+    assert problem_of(g.client.delete(f"{API}/accounts", headers=auth))["status"] == 405
+    elsewhere = g.client.get("/no-such-page")
+    assert elsewhere.status_code == 404 and elsewhere.mimetype == "text/html"

@@ -35,6 +35,8 @@ def _cleanup():
     shutil.rmtree(_DIR, ignore_errors=True)
 
 
+#: Derandomized (the same generated requests every run: CI stays green or red
+#: for a reason); run with derandomize=False locally to explore further.
 #: What the issue asks of the API: no server error, and every response as
 #: documented; plus that a missing or wrong credential is refused. (Whether a
 #: semantically wrong but schema-valid body, e.g. an unparsable limit string,
@@ -44,7 +46,7 @@ CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.cont
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_admin_api_conforms_to_its_openapi_document(case):
     case.call_and_validate(headers=_AUTH, checks=CHECKS)
 

@@ -109,6 +109,21 @@ def _authenticate() -> None:
         raise BadRequest(f"Unknown query parameter(s): {', '.join(sorted(unknown))}.")
 
 
+@api.before_app_request
+def _unrouted() -> Response | None:
+    """A path under the API that matches no route (e.g. a name with a newline)
+    gets a problem+json 404/405 too, not the app's HTML page."""
+    exc = request.routing_exception
+    if exc is None or getattr(exc, "code", 0) < 400:
+        return None
+    state = current_app.extensions.get("modelguard")
+    if state is None or not request.path.startswith(state.settings.admin_prefix + "/api/"):
+        return None
+    from ..exc import HTTPProblem
+
+    return problem_response(HTTPProblem(exc.code, exc.name, exc.description or exc.name))
+
+
 @api.errorhandler(Problem)
 def _problem(exc: Problem) -> Response:
     return problem_response(exc)
