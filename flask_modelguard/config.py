@@ -107,6 +107,9 @@ class Settings:
     anomaly_refit: float = 3600.0
     #: Benign false-positive rate the anomaly models' thresholds are set for.
     anomaly_fpr: float = 0.005
+    #: Opt-in rules on windowed statistics: names (``["unique_per_hour",
+    #: "label_entropy"]``) or name → parameters; see docs/detection.md.
+    rules: Any = field(default_factory=list)
     #: How detectors become a flag: "any" (any detector over its own
     #: threshold), "ensemble" (the trained stacked ensemble's score >= 0.5;
     #: needs ``flask modelguard fit-detectors``) or "auto" (the ensemble when
@@ -208,6 +211,7 @@ class Settings:
             raise InvalidValue(f"{PREFIX}METRICS_PATH must start with '/', not {self.metrics_path!r}")
         if self.metrics_token == "":
             raise InvalidValue(f"{PREFIX}METRICS_TOKEN must not be empty (None turns it off)")
+        self.resolved_rules()  # validates
         if self.verdict not in ("any", "auto", "ensemble"):
             raise InvalidValue(f"{PREFIX}VERDICT must be 'any', 'auto' or 'ensemble', not {self.verdict!r}")
         if isinstance(self.ensemble_fpr, bool) or not isinstance(self.ensemble_fpr, float) or not 0 < self.ensemble_fpr < 1:
@@ -220,6 +224,22 @@ class Settings:
             raise InvalidValue(f"MODELGUARD_DEFAULT_TIER {self.default_tier!r} is not in MODELGUARD_TIERS")
         if not (self.auth_header or self.api_key_header):
             raise InvalidValue("At least one of MODELGUARD_AUTH_HEADER and MODELGUARD_API_KEY_HEADER must be set")
+
+    def resolved_rules(self) -> dict[str, dict[str, float]]:
+        """``rules`` as name → parameters, the defaults filled in."""
+        from .detectors.window import RULES
+
+        spec = self.rules
+        if isinstance(spec, (list, tuple)):
+            spec = {name: {} for name in spec}
+        if not isinstance(spec, Mapping) or not set(spec) <= set(RULES):
+            raise InvalidValue(f"{PREFIX}RULES must name some of {', '.join(RULES)}")
+        out = {}
+        for name, params in spec.items():
+            if not isinstance(params, Mapping) or not set(params) <= set(RULES[name]):
+                raise InvalidValue(f"{PREFIX}RULES[{name!r}] takes {', '.join(RULES[name])}")
+            out[name] = {**RULES[name], **{k: float(v) for k, v in params.items()}}
+        return out
 
     def fingerprint_key(self, app_secret_key: Any) -> bytes:
         """The key of input fingerprints: ``secret``, else derived from the app's

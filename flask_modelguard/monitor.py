@@ -26,6 +26,7 @@ import numpy as np
 from .detectors.add import Reference, add_score
 from .detectors.anomaly import AnomalyModel
 from .detectors.prada import Prada
+from .detectors.window import Window, feature_entropy, rule_reasons
 from .detectors.supervised import StackedEnsemble, SupervisedModel
 from .detectors.supervised import evidence as evidence_of
 from .state import AccountState, Observation, behaviour, label_key
@@ -63,7 +64,7 @@ def ensemble(evidence: list[float]) -> float:
 
 
 class _Account:
-    __slots__ = ("state", "delta", "prada", "seen", "since")
+    __slots__ = ("state", "delta", "prada", "seen", "since", "window")
 
     def __init__(self, dim: int, prada_threshold: float, state: AccountState | None = None) -> None:
         #: Everything known: the merged state from storage plus this process's delta.
@@ -73,6 +74,7 @@ class _Account:
         self.prada = Prada(prada_threshold)
         self.seen: OrderedDict[int, None] = OrderedDict()  # recent fingerprints: repeats are skipped
         self.since = 0  # queries since the last evaluation
+        self.window = Window()  # the last queries: windowed entropy, uniqueness, rate
 
 
 class Monitor:
@@ -107,6 +109,8 @@ class Monitor:
         #: Fitted behaviour anomaly models (refitted by the guard on a schedule),
         #: and the supervised random forest when trained on labelled accounts.
         self.anomaly: list[AnomalyModel | SupervisedModel] = []
+        #: Opt-in rules on windowed statistics (see detectors/window.py): name → parameters.
+        self.rules: dict[str, dict[str, float]] = {}
         #: The stacked ensemble, when trained: it then gives the malicious score.
         self.ensemble: StackedEnsemble | None = None
         #: "any": an account is flagged when any detector crosses its threshold;
@@ -146,6 +150,8 @@ class Monitor:
             obs.new = new
         account.state.update(obs)
         account.delta.update(obs)
+        for fingerprint, label in zip(obs.fingerprints, obs.labels):
+            account.window.add(int(fingerprint[:16], 16), label_key(label), obs.ts)
         points = obs.features if obs.raw is None else obs.raw
         for is_new, x, label in zip(obs.new or [True] * len(obs.labels), points, obs.labels):
             if is_new and np.any(x):  # an input without numbers gives PRADA nothing to measure
@@ -173,6 +179,10 @@ class Monitor:
         state = account.state
         scores = self.score_state(state)
         reasons: list[str] = []
+        window = account.window.stats()
+        scores.update(window)
+        scores["feature_entropy"] = feature_entropy(state.moments.cov()) if state.moments.n > 1 else None
+        broken = rule_reasons(window, self.rules)  # opt-in rules flag whatever the verdict mode
         w = account.prada.statistic()
         scores["prada_w"] = w
         if w is not None and w < self.prada_threshold:
@@ -204,6 +214,7 @@ class Monitor:
                 reasons.append(f"ensemble {stacked:.2f} >= 0.5")
         else:
             scores["malicious"] = ensemble(evidence)
+        reasons.extend(broken)
         clean = {k: (None if v is None or not math.isfinite(v) else float(v)) for k, v in scores.items()}
         return Evaluation(account_id, ts, state.queries, clean, reasons)
 

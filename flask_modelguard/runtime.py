@@ -145,6 +145,7 @@ class GuardState:
             loader=self._load_state,
         )
         self.monitor.verdict = settings.verdict
+        self.monitor.rules = settings.resolved_rules()
         self.worker: EventWorker[QueryEvent] = EventWorker(
             self._prepare,
             self._write_events,
