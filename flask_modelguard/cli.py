@@ -272,9 +272,12 @@ def verify_watermark(account: str | None, url: str | None, headers: tuple[str, .
         if any(":" not in h for h in headers):
             raise click.UsageError('--header takes "Name: value".')
         parsed = dict(h.split(":", 1) for h in headers)
-        suspect = http_suspect(url, {k.strip(): v.strip() for k, v in parsed.items()})  # type: ignore[arg-type]
-        results = (guard.attribute(suspect, **options) if all_accounts
-                   else [guard.verify_watermark(account, suspect, **options)])  # type: ignore[arg-type]
+        try:
+            suspect = http_suspect(url, {k.strip(): v.strip() for k, v in parsed.items()})  # type: ignore[arg-type]
+            results = (guard.attribute(suspect, **options) if all_accounts
+                       else [guard.verify_watermark(account, suspect, **options)])  # type: ignore[arg-type]
+        except (OSError, ValueError) as exc:  # unreachable, or not an answer: say so, no traceback
+            raise click.ClickException(f"Could not test the suspect: {exc}") from None
     for result in results:
         click.echo(result.summary())
     if not any(r.probes for r in results):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -187,21 +188,33 @@ def empirical_null_rate(records: Sequence[dict[str, Any]], independent: Iterable
     return (agree + 1) / (total + 2)
 
 
-def http_suspect(url: str, headers: dict[str, str] | None = None, batch_size: int = 64, timeout: float = 30.0) -> Suspect:
+def http_suspect(url: str, headers: dict[str, str] | None = None, batch_size: int = 64, timeout: float = 30.0,
+                 max_bytes: int = 8 << 20, deadline: float = 120.0) -> Suspect:
     """A suspect model behind a prediction API that takes ``{"instances": [...]}``
     (the example's format) and answers predictions in a shape
-    :func:`~flask_modelguard.payload.read_predictions` understands."""
+    :func:`~flask_modelguard.payload.read_predictions` understands. Each
+    answer may be at most ``max_bytes`` long and the whole test lasts at most
+    ``deadline`` seconds (a ValueError otherwise): a suspect cannot hold the
+    verifying process."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"the suspect's URL must be http(s): {url!r}")
 
     def predict(inputs: list[Any]) -> list[Any]:
         labels: list[Any] = []
+        give_up = time.monotonic() + deadline
         for start in range(0, len(inputs), batch_size):
+            if time.monotonic() > give_up:
+                raise ValueError(f"{url} took more than {deadline:.0f} s to answer the watermark inputs")
             chunk = inputs[start : start + batch_size]
             request = urllib.request.Request(
                 url, data=json.dumps({"instances": chunk}).encode(), method="POST",
                 headers={"Content-Type": "application/json", **(headers or {})},
             )
             with urllib.request.urlopen(request, timeout=timeout) as response:
-                found = read_predictions(json.loads(response.read()))
+                body = response.read(max_bytes + 1)
+            if len(body) > max_bytes:
+                raise ValueError(f"{url} answered more than {max_bytes} bytes")
+            found = read_predictions(json.loads(body))
             if len(found) != len(chunk):
                 raise ValueError(f"{url} answered {len(found)} predictions for {len(chunk)} inputs")
             labels.extend(p.label for p in found)

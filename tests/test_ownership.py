@@ -179,3 +179,37 @@ def test_mixed_routes_use_each_probes_own_null_rate():
     v = verify("a", binary + ten, [1] * 45)
     assert v.log2_p == pytest.approx(binomial_tail_log2(5, 5, 1 / 9))
     assert verify("a", records([1, 2]), [1.0, 2.7]).matches == 1
+
+
+def test_http_suspect_bounds_what_a_suspect_can_send(tmp_path):
+    """A suspect answering too much is refused, not read into memory."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from flask_modelguard.ownership import http_suspect
+
+    class Flood(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = b'{"predictions": [' + b'{"label": 1},' * 10000 + b'{"label": 1}]}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Flood)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/predict"
+        with pytest.raises(ValueError, match="more than 1000 bytes"):
+            http_suspect(url, max_bytes=1000)([[1.0]])
+        with pytest.raises(ValueError, match="answered 10001 predictions for 1 inputs"):
+            http_suspect(url)([[1.0]])
+        with pytest.raises(ValueError, match="http"):
+            http_suspect("file:///etc/passwd")
+    finally:
+        server.shutdown()
+        server.server_close()
