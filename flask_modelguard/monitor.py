@@ -63,18 +63,54 @@ def ensemble(evidence: list[float]) -> float:
     return float(min(1.0, max(0.0, max(evidence) / 2.0)))
 
 
-class _Account:
-    __slots__ = ("state", "delta", "prada", "seen", "since", "window")
+class _Seen:
+    """The last ``size`` distinct fingerprints of an account (a ring of 64-bit
+    ints: 8 bytes each): a query seen among them is a repeat."""
 
-    def __init__(self, dim: int, prada_threshold: float, state: AccountState | None = None) -> None:
-        #: Everything known: the merged state from storage plus this process's delta.
-        self.state = state or AccountState(dim)
-        #: What this process saw since it last merged into storage.
-        self.delta = AccountState(dim)
-        self.prada = Prada(prada_threshold)
-        self.seen: OrderedDict[int, None] = OrderedDict()  # recent fingerprints: repeats are skipped
+    __slots__ = ("ring", "count")
+
+    def __init__(self, size: int) -> None:
+        self.ring = np.zeros(size, dtype=np.uint64)
+        self.count = 0
+
+    def add(self, fingerprint: int) -> bool:
+        """Remember ``fingerprint``; False when it was already there."""
+        if (self.ring[: min(self.count, len(self.ring))] == fingerprint).any():
+            return False
+        self.ring[self.count % len(self.ring)] = fingerprint
+        self.count += 1
+        return True
+
+
+class _Account:
+    """One account in memory: the merged state as storage had it (``base``),
+    what this process saw since (``delta``, None until then), PRADA, the
+    recent fingerprints and the window. The state the detectors read is
+    ``base`` merged with ``delta``, built when an evaluation needs it."""
+
+    __slots__ = ("base", "delta", "prada", "seen", "since", "window")
+
+    def __init__(self, dim: int, prada: Prada, max_seen: int, base: AccountState | None = None) -> None:
+        self.base = (base or AccountState(dim)).compact()
+        self.delta: AccountState | None = None
+        self.prada = prada
+        self.seen = _Seen(max_seen)
         self.since = 0  # queries since the last evaluation
         self.window = Window()  # the last queries: windowed entropy, uniqueness, rate
+
+    @property
+    def queries(self) -> int:
+        return self.base.queries + (self.delta.queries if self.delta is not None else 0)
+
+    def view(self) -> AccountState:
+        """Everything known of the account (a new object: base and delta stay apart)."""
+        if self.delta is None or not self.delta.queries:
+            return self.base
+        return self.base.copy().merge(self.delta)
+
+    def memory_bytes(self) -> int:
+        return (self.base.memory_bytes() + (self.delta.memory_bytes() if self.delta is not None else 0)
+                + self.prada.memory_bytes() + self.seen.ring.nbytes + self.window.nbytes())
 
 
 class Monitor:
@@ -89,7 +125,7 @@ class Monitor:
         min_queries: int = 20,
         every: int = 10,
         max_accounts: int = 10_000,
-        max_seen: int = 1024,
+        max_seen: int = 512,
         loader: Callable[[int], AccountState | None] | None = None,
     ) -> None:
         self.dim = dim
@@ -122,11 +158,11 @@ class Monitor:
         found = self.accounts.get(account_id)
         if found is None:
             stored = self.loader(account_id) if self.loader is not None else None
-            found = self.accounts[account_id] = _Account(self.dim, self.prada_threshold, stored)
+            found = self.accounts[account_id] = _Account(self.dim, Prada(self.prada_threshold), self.max_seen, stored)
             if len(self.accounts) > self.max_accounts:
                 # The least recently active goes; its unmerged delta waits for the next merge.
                 gone_id, gone = self.accounts.popitem(last=False)
-                if gone.delta.queries:
+                if gone.delta is not None and gone.delta.queries:
                     self.evicted.append((gone_id, gone.delta))
         else:
             self.accounts.move_to_end(account_id)
@@ -135,30 +171,23 @@ class Monitor:
     def observe(self, account_id: int, obs: Observation) -> Evaluation | None:
         """Add one request's observation; an :class:`Evaluation` when it is time for one."""
         account = self._account(account_id)
-        new = []
-        for fingerprint in obs.fingerprints:
-            fp = int(fingerprint[:16], 16)  # 64 bits of a keyed hash: a small int, not a 32-char string
-            if fp in account.seen:
-                account.seen.move_to_end(fp)
-                new.append(False)  # a repeat: no new probe (PRADA would see distance 0)
-            else:
-                account.seen[fp] = None
-                if len(account.seen) > self.max_seen:
-                    account.seen.popitem(last=False)
-                new.append(True)
+        hashes = [int(fingerprint[:16], 16) for fingerprint in obs.fingerprints]  # 64 bits of a keyed hash
+        new = [account.seen.add(h) for h in hashes]  # a repeat is no new probe (PRADA would see distance 0)
         if len(new) == len(obs.labels):
             obs.new = new
-        account.state.update(obs)
+        if account.delta is None:
+            account.delta = AccountState(self.dim, space=account.base.space)
         account.delta.update(obs)
-        for fingerprint, label in zip(obs.fingerprints, obs.labels):
-            account.window.add(int(fingerprint[:16], 16), label_key(label), obs.ts)
+        for h, label in zip(hashes, obs.labels):
+            account.window.add(h, label_key(label), obs.ts)
         points = obs.features if obs.raw is None else obs.raw
         for is_new, x, label in zip(obs.new or [True] * len(obs.labels), points, obs.labels):
             if is_new and np.any(x):  # an input without numbers gives PRADA nothing to measure
                 account.prada.update(x, label_key(label))
         account.since += len(obs.labels)
-        due = max(self.every, account.state.queries // 20)
-        if account.state.queries < self.min_queries or account.since < due:
+        queries = account.queries
+        due = max(self.every, queries // 20)
+        if queries < self.min_queries or account.since < due:
             return None
         account.since = 0
         return self.evaluate(account_id, obs.ts)
@@ -176,7 +205,7 @@ class Monitor:
 
     def evaluate(self, account_id: int, ts: float) -> Evaluation:
         account = self._account(account_id)
-        state = account.state
+        state = account.view()
         scores = self.score_state(state)
         reasons: list[str] = []
         window = account.window.stats()
@@ -228,17 +257,19 @@ class Monitor:
         """Accounts with queries not yet merged into storage, and those deltas
         (evicted ones included, and forgotten: call with :attr:`lock` held)."""
         pending, self.evicted = self.evicted, []
-        return pending + [(a, acc.delta) for a, acc in self.accounts.items() if acc.delta.queries]
+        return pending + [(a, acc.delta) for a, acc in self.accounts.items()
+                          if acc.delta is not None and acc.delta.queries]
 
     def merged(self, account_id: int, state: AccountState) -> None:
         """Storage now holds ``state``, which includes this process's delta."""
         account = self.accounts.get(account_id)
         if account is not None:
-            account.state, account.delta = state, AccountState(self.dim)
+            account.base, account.delta = state.compact(), None
 
     def state(self, account_id: int) -> AccountState | None:
+        """What this process knows of an account (None when not in memory)."""
         found = self.accounts.get(account_id)
-        return None if found is None else found.state
+        return None if found is None else found.view()
 
     def forget(self, account_id: int) -> None:
         self.accounts.pop(account_id, None)
@@ -246,5 +277,5 @@ class Monitor:
     def stats(self) -> dict[str, Any]:
         return {
             "accounts": len(self.accounts),
-            "state_bytes": sum(a.state.memory_bytes() + a.prada.memory_bytes() for a in self.accounts.values()),
+            "state_bytes": sum(a.memory_bytes() for a in self.accounts.values()),
         }

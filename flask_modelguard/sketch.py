@@ -14,12 +14,21 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
+
+_EMPTY = np.zeros(0, dtype=np.uint64)
+
 
 class UniqueCounter:
+    """The exact set (a sorted array of 64-bit hashes: 8 bytes each) up to
+    ``exact_limit`` inputs, then a HyperLogLog of ``2**p`` registers."""
+
+    __slots__ = ("exact_limit", "p", "exact", "registers")
+
     def __init__(self, exact_limit: int = 256, p: int = 10) -> None:
         self.exact_limit = exact_limit
         self.p = p
-        self.exact: set[int] | None = set()
+        self.exact: np.ndarray | None = _EMPTY
         self.registers: bytearray | None = None
 
     @staticmethod
@@ -28,7 +37,7 @@ class UniqueCounter:
 
     def _to_sketch(self) -> None:
         self.registers = bytearray(1 << self.p)
-        for h in self.exact or ():
+        for h in (self.exact if self.exact is not None else _EMPTY).tolist():
             self._add_hash(h)
         self.exact = None
 
@@ -41,29 +50,31 @@ class UniqueCounter:
             self.registers[index] = rank
 
     def add(self, fingerprints: Iterable[str]) -> UniqueCounter:
-        for fp in fingerprints:
-            h = self._hash(fp)
-            if self.exact is not None:
-                self.exact.add(h)
-                if len(self.exact) > self.exact_limit:
-                    self._to_sketch()
-            else:
+        hashes = [self._hash(fp) for fp in fingerprints]
+        if self.exact is not None:
+            self._add_exact(np.asarray(hashes, dtype=np.uint64))
+        else:
+            for h in hashes:
                 self._add_hash(h)
         return self
+
+    def _add_exact(self, hashes: np.ndarray) -> None:
+        assert self.exact is not None
+        self.exact = np.union1d(self.exact, hashes)
+        if self.exact.size > self.exact_limit:
+            self._to_sketch()
 
     def merge(self, other: UniqueCounter) -> UniqueCounter:
         if (other.p, other.exact_limit) != (self.p, self.exact_limit):
             raise ValueError("cannot merge counters of different precision")
         if self.exact is not None and other.exact is not None:
-            self.exact |= other.exact
-            if len(self.exact) > self.exact_limit:
-                self._to_sketch()
+            self._add_exact(other.exact)
             return self
         if self.exact is not None:
             self._to_sketch()
         assert self.registers is not None
         if other.exact is not None:
-            for h in other.exact:
+            for h in other.exact.tolist():
                 self._add_hash(h)
         else:
             assert other.registers is not None
@@ -72,7 +83,7 @@ class UniqueCounter:
 
     def estimate(self) -> float:
         if self.exact is not None:
-            return float(len(self.exact))
+            return float(self.exact.size)
         assert self.registers is not None
         m = len(self.registers)
         alpha = 0.7213 / (1 + 1.079 / m)
@@ -84,7 +95,7 @@ class UniqueCounter:
 
     def to_dict(self) -> dict[str, Any]:
         return {"exact_limit": self.exact_limit, "p": self.p,
-                "exact": sorted(self.exact) if self.exact is not None else None,
+                "exact": self.exact.tolist() if self.exact is not None else None,
                 "registers": self.registers.hex() if self.registers is not None else None}
 
     @classmethod
@@ -94,5 +105,14 @@ class UniqueCounter:
             counter.exact = None
             counter.registers = bytearray.fromhex(data["registers"])
         else:
-            counter.exact = {int(h) for h in data["exact"]}
+            counter.exact = np.unique(np.asarray([int(h) for h in data["exact"]], dtype=np.uint64))
         return counter
+
+    def copy(self) -> UniqueCounter:
+        copy = UniqueCounter(self.exact_limit, self.p)
+        copy.exact = None if self.exact is None else self.exact.copy()
+        copy.registers = None if self.registers is None else bytearray(self.registers)
+        return copy
+
+    def nbytes(self) -> int:
+        return self.exact.nbytes if self.exact is not None else len(self.registers or b"")

@@ -21,7 +21,7 @@ import numpy as np
 
 from .features import projection
 from .sketch import UniqueCounter
-from .stats import Histogram, Moments
+from .stats import Buckets, Histogram, Moments
 
 #: Confidence histogram bins (top-1 probability).
 CONFIDENCE_EDGES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -75,14 +75,18 @@ class AccountState:
     queries: int = 0
     first_ts: float = math.inf
     last_ts: float = -math.inf
-    minutes: dict[int, int] = field(default_factory=dict)
+    minutes: Buckets = field(default_factory=Buckets)
     labels: Histogram = field(default_factory=Histogram)
     confidences: Histogram = field(default_factory=lambda: Histogram(CONFIDENCE_EDGES))
     unique: UniqueCounter = field(default_factory=UniqueCounter)
     moments: Moments = field(default=None)  # type: ignore[assignment]
     by_class: dict[str, Moments] = field(default_factory=dict)
     #: Feature rows buffered before they are folded into the moments.
-    buffer_rows: int = 32
+    buffer_rows: int = 16
+    #: What the features are (the feature function and its settings): states
+    #: of different feature spaces must not be merged even when their
+    #: dimensions agree. Empty: unknown (older states).
+    space: str = ""
 
     def __post_init__(self) -> None:
         if self.moments is None:
@@ -98,8 +102,7 @@ class AccountState:
         self.queries += n
         self.first_ts = min(self.first_ts, obs.ts)
         self.last_ts = max(self.last_ts, obs.ts)
-        minute = int(obs.ts // 60)
-        self.minutes[minute] = self.minutes.get(minute, 0) + n
+        self.minutes.add(int(obs.ts // 60), n)
         self._trim()
         self.labels.update(label_key(label) for label in obs.labels)
         self.confidences.update(c for c in obs.confidences if c is not None)
@@ -131,11 +134,8 @@ class AccountState:
     def _trim(self) -> None:
         """Keep the minutes of the last ``window_minutes`` before the newest (by
         time, so that merging then trimming equals one pass)."""
-        if self.minutes:
-            oldest = max(self.minutes) - self.window_minutes
-            if min(self.minutes) <= oldest:
-                for minute in [m for m in self.minutes if m <= oldest]:
-                    del self.minutes[minute]
+        if len(self.minutes):
+            self.minutes.drop_through(int(self.minutes.keys[-1]) - self.window_minutes)
 
     @property
     def distinct(self) -> int:
@@ -144,16 +144,16 @@ class AccountState:
         return sum(m.n for m in self.by_class.values())
 
     def merge(self, other: AccountState) -> AccountState:
-        if other.dim != self.dim:
-            raise ValueError("cannot merge states of different feature dimensions")
+        if other.dim != self.dim or (self.space and other.space and self.space != other.space):
+            raise ValueError("cannot merge states of different feature spaces")
+        self.space = self.space or other.space
         self.flush()
         other.flush()
         self.requests += other.requests
         self.queries += other.queries
         self.first_ts = min(self.first_ts, other.first_ts)
         self.last_ts = max(self.last_ts, other.last_ts)
-        for minute, count in other.minutes.items():
-            self.minutes[minute] = self.minutes.get(minute, 0) + count
+        self.minutes.merge(other.minutes)
         self._trim()
         self.labels.merge(other.labels)
         self.confidences.merge(other.confidences)
@@ -162,7 +162,7 @@ class AccountState:
         for label, moments in other.by_class.items():
             mine = self.by_class.get(label)
             if mine is None:
-                self.by_class[label] = Moments.from_dict(moments.to_dict())
+                self.by_class[label] = moments.copy()
             else:
                 mine.merge(moments)
         return self
@@ -172,11 +172,11 @@ class AccountState:
     def to_dict(self) -> dict[str, Any]:
         self.flush()
         return {
-            "dim": self.dim, "window_minutes": self.window_minutes,
+            "dim": self.dim, "space": self.space, "window_minutes": self.window_minutes,
             "requests": self.requests, "queries": self.queries,
             "first_ts": self.first_ts if self.queries else None,
             "last_ts": self.last_ts if self.queries else None,
-            "minutes": [[m, c] for m, c in sorted(self.minutes.items())],
+            "minutes": [[m, c] for m, c in self.minutes.items()],
             "labels": self.labels.to_dict(), "confidences": self.confidences.to_dict(),
             "unique": self.unique.to_dict(), "moments": self.moments.to_dict(),
             "by_class": {label: m.to_dict() for label, m in self.by_class.items()},
@@ -184,11 +184,11 @@ class AccountState:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AccountState:
-        state = cls(int(data["dim"]), int(data["window_minutes"]))
+        state = cls(int(data["dim"]), int(data["window_minutes"]), space=str(data.get("space") or ""))
         state.requests, state.queries = int(data["requests"]), int(data["queries"])
         state.first_ts = math.inf if data["first_ts"] is None else float(data["first_ts"])
         state.last_ts = -math.inf if data["last_ts"] is None else float(data["last_ts"])
-        state.minutes = {int(m): int(c) for m, c in data["minutes"]}
+        state.minutes = Buckets({int(m): int(c) for m, c in data["minutes"]})
         state.labels = Histogram.from_dict(data["labels"])
         state.confidences = Histogram.from_dict(data["confidences"])
         state.unique = UniqueCounter.from_dict(data["unique"])
@@ -196,13 +196,31 @@ class AccountState:
         state.by_class = {label: Moments.from_dict(m) for label, m in data["by_class"].items()}
         return state
 
-    def memory_bytes(self) -> int:
-        """Approximate bytes held (arrays, buckets, sets), for the memory budget."""
+    def copy(self) -> AccountState:
+        """An independent copy (buffered rows folded first)."""
         self.flush()
-        total = self.moments.mean.nbytes + self.moments.m2.nbytes
-        total += sum(m.mean.nbytes + m.m2.nbytes for m in self.by_class.values())
-        total += 72 * len(self.minutes) + 64 * (len(self.labels.counts) + len(self.confidences.counts))
-        total += 36 * len(self.unique.exact) if self.unique.exact is not None else len(self.unique.registers or b"")
+        copy = AccountState(self.dim, self.window_minutes, self.requests, self.queries, self.first_ts,
+                            self.last_ts, self.minutes.copy(), Histogram(self.labels.edges, dict(self.labels.counts)),
+                            Histogram(self.confidences.edges, dict(self.confidences.counts)), self.unique.copy(),
+                            self.moments.copy(), {k: m.copy() for k, m in self.by_class.items()},
+                            self.buffer_rows, self.space)
+        return copy
+
+    def compact(self) -> AccountState:
+        """Hold the feature moments in single precision (half the bytes), for a
+        copy that is only read: the detectors' view of what storage holds.
+        Merges into storage stay in double precision (they use the deltas)."""
+        self.flush()
+        for m in (self.moments, *self.by_class.values()):
+            m.mean, m.m2 = m.mean.astype(np.float32), m.m2.astype(np.float32)
+        return self
+
+    def memory_bytes(self) -> int:
+        """Approximate bytes held (array data, buckets, histograms, buffered
+        rows; the Python objects around them add about 2 KiB)."""
+        total = self.moments.nbytes() + sum(m.nbytes() + 200 for m in self.by_class.values())
+        total += self.minutes.nbytes() + 100 * (len(self.labels.counts) + len(self.confidences.counts))
+        total += self.unique.nbytes() + sum(r.nbytes for r in self._rows)
         return total
 
 
@@ -211,12 +229,11 @@ class AccountState:
 
 def _burstiness(state: AccountState) -> float:
     """Coefficient of variation of per-minute counts over the active span."""
-    if not state.minutes:
+    keys = state.minutes.keys
+    if not keys.size:
         return 0.0
-    first, last = min(state.minutes), max(state.minutes)
-    counts = np.zeros(last - first + 1)
-    for minute, count in state.minutes.items():
-        counts[minute - first] = count
+    counts = np.zeros(int(keys[-1] - keys[0]) + 1)
+    counts[keys - keys[0]] = state.minutes.counts
     mean = counts.mean()
     return float(counts.std() / mean) if mean > 0 else 0.0
 

@@ -103,8 +103,28 @@ def test_prada_needs_enough_distances_and_bounds_memory():
     assert p.statistic() is None  # 30 distances, fewer than 100
     for _ in range(2000):
         p.update(rng.normal(size=64) * 5, int(rng.integers(0, 10)))
-    assert all(c.size <= 16 and len(c.vectors) == 16 and len(c.distances) <= 50 for c in p.classes.values())
-    assert p.memory_bytes() <= 10 * (16 * 64 * 4 + 8 * 100)
+    assert all(c.size <= 16 and len(c.vectors) == 16 and len(c.recent()) == 50 for c in p.classes.values())
+    assert p.memory_bytes() <= 10 * (16 * 64 * 2 + 4 * 50 + 200)
+
+
+def test_prada_threshold_follows_the_joining_distances_as_in_the_reference():
+    """The growing-set threshold T_c = max(T_c, mean(DG_c) − std(DG_c)) over
+    every distance that joined (running moments, not a window), checked
+    against a direct computation that keeps them all."""
+    rng = np.random.default_rng(6)
+    p = Prada(max_set=4096, dtype=np.float64)
+    X = rng.normal(size=(400, 8)) * rng.uniform(0.5, 3, (400, 1))
+    members, joined, threshold = [X[0]], [0.0], 0.0
+    p.update(X[0], "a")
+    for x in X[1:]:
+        d = min(float(np.linalg.norm(m - x)) for m in members)
+        assert p.update(x, "a") == pytest.approx(d, rel=1e-5)
+        if d > threshold:
+            members.append(x)
+            joined.append(d)
+            threshold = max(threshold, float(np.mean(joined) - np.std(joined)))
+    assert p.classes["a"].threshold == pytest.approx(threshold, rel=1e-6)  # distances in float32
+    assert p.classes["a"].size == len(members)
 
 
 @pytest.mark.parametrize("kind", ["isolation_forest", "one_class_svm", "lof"])

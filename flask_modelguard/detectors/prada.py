@@ -13,31 +13,40 @@ the account is flagged when ``W < threshold`` (0.9 by default, as in the
 reference code's experiments; the paper tunes it per model).
 
 Bounds (the reference keeps everything): at most ``max_set`` vectors per class
-in the growing set (the oldest are evicted first) and the last
-``max_distances`` minimum distances per class. Memory per account is then at
-most ``classes × (max_set × dim × 4 + max_distances × 8)`` bytes, and each
-query costs one distance computation against at most ``max_set`` vectors.
+in the growing set (the oldest are evicted first), kept in half precision
+(``dtype``: about three significant digits, exact for small integers such as
+pixel values; pass ``np.float32`` for inputs that differ only in their fourth
+digit), and the last ``max_distances`` minimum distances per class (float32).
+The threshold's mean and deviation of the joining distances are running
+moments over all of them, as in the reference. Memory per account is then at
+most ``classes × (max_set × dim × 2 + max_distances × 4)`` bytes (20 KiB for
+10 classes of 64 features at the defaults), and each query costs one distance
+computation against at most ``max_set`` vectors.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy.stats import shapiro
 
 
-@dataclass
+@dataclass(slots=True)
 class _ClassSet:
     vectors: np.ndarray  # the growing set: rows [0, size), a ring once at max_set
     max_set: int
+    distances: np.ndarray  # the last minimum distances: a ring of len(distances)
     size: int = 1
     next: int = 1
-    joined: list[float] = field(default_factory=lambda: [0.0])  # DG_c
+    seen: int = 0  # minimum distances recorded (the ring holds the last of them)
+    # running count, mean and squared deviations of the joining distances (DG_c),
+    # starting with the first member's 0
+    joined: int = 1
+    joined_mean: float = 0.0
+    joined_m2: float = 0.0
     threshold: float = 0.0
-    distances: deque[float] = field(default_factory=deque)
 
     def add(self, x: np.ndarray) -> None:
         """Join the growing set; the oldest member leaves when it is full."""
@@ -50,6 +59,22 @@ class _ClassSet:
         self.next = (self.next + 1) % len(self.vectors) if len(self.vectors) == self.max_set else self.next + 1
         self.size = min(self.size + 1, self.max_set)
 
+    def record(self, d: float) -> None:
+        self.distances[self.seen % len(self.distances)] = d
+        self.seen += 1
+
+    def recent(self) -> np.ndarray:
+        return self.distances[: min(self.seen, len(self.distances))]
+
+    def join(self, d: float) -> None:
+        """Welford's update of the joining distances, then T_c = max(T_c, mean − std)."""
+        self.joined += 1
+        step = d - self.joined_mean
+        self.joined_mean += step / self.joined
+        self.joined_m2 += step * (d - self.joined_mean)
+        std = (self.joined_m2 / self.joined) ** 0.5
+        self.threshold = max(self.threshold, self.joined_mean - std)
+
 
 class Prada:
     """PRADA state of one account."""
@@ -58,13 +83,15 @@ class Prada:
         self,
         threshold: float = 0.9,
         *,
-        max_set: int = 64,
-        max_distances: int = 256,
+        max_set: int = 16,
+        max_distances: int = 128,
         min_distances: int = 100,
+        dtype: Any = np.float16,
     ) -> None:
         self.threshold = threshold
         self.max_set = max_set
         self.max_distances = max_distances
+        self.dtype = np.dtype(dtype)
         self.min_distances = min_distances
         self.classes: dict[Any, _ClassSet] = {}
         self.queries = 0
@@ -72,33 +99,28 @@ class Prada:
     def update(self, x: np.ndarray, label: Any) -> float | None:
         """Add one query (feature vector and predicted class); returns its
         minimum distance to the growing set (None for a class's first query)."""
-        x = np.asarray(x, dtype=np.float32).ravel()
+        x = np.asarray(x, dtype=self.dtype).ravel()  # stored as it is compared
         self.queries += 1
         found = self.classes.get(label)
         if found is None:
-            vectors = np.zeros((min(4, self.max_set), x.size), dtype=np.float32)
+            vectors = np.zeros((min(4, self.max_set), x.size), dtype=self.dtype)
             vectors[0] = x
-            self.classes[label] = _ClassSet(vectors, self.max_set)
+            self.classes[label] = _ClassSet(vectors, self.max_set, np.zeros(self.max_distances, dtype=np.float32))
             return None
-        diff = found.vectors[: found.size] - x
+        diff = found.vectors[: found.size].astype(np.float32) - x.astype(np.float32)
         dmin = float(np.sqrt(np.einsum("ij,ij->i", diff, diff).min()))
-        found.distances.append(dmin)
-        if len(found.distances) > self.max_distances:
-            found.distances.popleft()
+        found.record(dmin)
         if dmin > found.threshold:
             found.add(x)
-            found.joined.append(dmin)
-            if len(found.joined) > self.max_distances:
-                del found.joined[0]
-            joined = np.asarray(found.joined)
-            found.threshold = max(found.threshold, float(joined.mean() - joined.std()))
+            found.join(dmin)
         return dmin
 
     def distances(self) -> np.ndarray:
         """The minimum distances the test uses: classes with at least 10, 3σ outliers removed."""
-        pooled = np.asarray([d for c in self.classes.values() if len(c.distances) >= 10 for d in c.distances])
-        if pooled.size == 0:
-            return pooled
+        parts = [c.recent() for c in self.classes.values() if min(c.seen, len(c.distances)) >= 10]
+        if not parts:
+            return np.zeros(0)
+        pooled = np.concatenate(parts).astype(np.float64)
         spread = pooled.std()
         return pooled[np.abs(pooled - pooled.mean()) < 3 * spread] if spread > 0 else pooled
 
@@ -117,7 +139,4 @@ class Prada:
 
     def memory_bytes(self) -> int:
         """Bytes held by the vectors and distance series (the dominant part)."""
-        total = 0
-        for c in self.classes.values():
-            total += c.vectors.nbytes + 8 * (len(c.distances) + len(c.joined))
-        return total
+        return sum(c.vectors.nbytes + c.distances.nbytes + 150 for c in self.classes.values())
