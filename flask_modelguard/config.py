@@ -88,6 +88,11 @@ class Settings:
     features: Any = None
     #: Feature dimension cap (a fixed random projection beyond it).
     feature_dim: int = 64
+    #: Name of the feature space (stored with account states and the reference;
+    #: states of another space are not merged). Default: the feature function's
+    #: qualified name and the dimension. Change it when the function changes
+    #: what it computes under the same name (a retrained embedding, say).
+    feature_space: str | None = None
     #: PRADA flags an account when the Shapiro-Wilk W of its distances falls below this.
     prada_threshold: float = 0.9
     #: Queries an account sends before the detectors judge it.
@@ -199,6 +204,8 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidValue(f"{PREFIX}{name.upper()} must be an integer >= 1, not {value!r}")
+        if self.feature_space is not None and (not isinstance(self.feature_space, str) or not self.feature_space):
+            raise InvalidValue(f"{PREFIX}FEATURE_SPACE must be a non-empty string, not {self.feature_space!r}")
         if self.fail_mode not in FAIL_MODES:
             raise InvalidValue(f"MODELGUARD_FAIL_MODE must be 'open' or 'closed', not {self.fail_mode!r}")
         if not self.admin_prefix.startswith("/") or self.admin_prefix.endswith("/"):

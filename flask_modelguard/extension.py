@@ -228,6 +228,7 @@ class ModelGuard:
         state = self.state(app)
         X = np.stack([state.featurizer(x) for x in inputs])
         reference = Reference.fit(X, list(labels), **options)
+        reference.space = state.space
         state.repository.save_reference(reference.to_dict())
         state.monitor.reference = reference
         return reference

@@ -53,6 +53,14 @@ def projection(source_dim: int, target_dim: int, seed: int = 20191) -> np.ndarra
     return rng.normal(0.0, 1.0 / np.sqrt(target_dim), size=(source_dim, target_dim))
 
 
+def space_name(function: FeatureFunction | None, dim: int) -> str:
+    """The default name of a feature space: the function's qualified name and the dimension."""
+    function = function or flatten
+    module = getattr(function, "__module__", None) or type(function).__module__
+    name = getattr(function, "__qualname__", None) or type(function).__qualname__
+    return f"{module}.{name}/{dim}"
+
+
 class Featurizer:
     """Maps model inputs to feature vectors of exactly ``max_dim`` numbers:
     longer ones are projected, shorter ones padded with zeros (which changes

@@ -90,8 +90,8 @@ class _Account:
 
     __slots__ = ("base", "delta", "prada", "seen", "since", "window")
 
-    def __init__(self, dim: int, prada: Prada, max_seen: int, base: AccountState | None = None) -> None:
-        self.base = (base or AccountState(dim)).compact()
+    def __init__(self, base: AccountState, prada: Prada, max_seen: int) -> None:
+        self.base = base.compact()
         self.delta: AccountState | None = None
         self.prada = prada
         self.seen = _Seen(max_seen)
@@ -120,6 +120,7 @@ class Monitor:
         self,
         dim: int,
         *,
+        space: str = "",
         reference: Reference | None = None,
         prada_threshold: float = 0.9,
         min_queries: int = 20,
@@ -129,6 +130,8 @@ class Monitor:
         loader: Callable[[int], AccountState | None] | None = None,
     ) -> None:
         self.dim = dim
+        #: The feature space's name, given to new states (see MODELGUARD_FEATURE_SPACE).
+        self.space = space
         self.reference = reference
         self.prada_threshold = prada_threshold
         self.min_queries = min_queries
@@ -158,7 +161,8 @@ class Monitor:
         found = self.accounts.get(account_id)
         if found is None:
             stored = self.loader(account_id) if self.loader is not None else None
-            found = self.accounts[account_id] = _Account(self.dim, Prada(self.prada_threshold), self.max_seen, stored)
+            found = self.accounts[account_id] = _Account(
+                stored or AccountState(self.dim, space=self.space), Prada(self.prada_threshold), self.max_seen)
             if len(self.accounts) > self.max_accounts:
                 # The least recently active goes; its unmerged delta waits for the next merge.
                 gone_id, gone = self.accounts.popitem(last=False)
@@ -176,7 +180,7 @@ class Monitor:
         if len(new) == len(obs.labels):
             obs.new = new
         if account.delta is None:
-            account.delta = AccountState(self.dim, space=account.base.space)
+            account.delta = AccountState(self.dim, space=self.space)
         account.delta.update(obs)
         for h, label in zip(hashes, obs.labels):
             account.window.add(h, label_key(label), obs.ts)

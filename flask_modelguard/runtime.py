@@ -29,7 +29,7 @@ from .detectors.anomaly import AnomalyModel
 from .detectors.supervised import SupervisedModel, Trained, train
 from .events import QueryEvent, fingerprint
 from .exc import BadRequest, CostExceedsLimit, HTTPProblem, Problem, RateLimitExceeded, StorageUnavailable
-from .features import Featurizer, flatten
+from .features import Featurizer, flatten, space_name
 from .monitor import Monitor
 from .payload import instances, read_predictions
 from .protection import OutputProtector, RouteOptions
@@ -137,8 +137,11 @@ class GuardState:
         )
         self.featurizer = Featurizer(settings.features, settings.feature_dim)
         self.raw = Featurizer(None, settings.feature_dim)  # PRADA's space: the inputs themselves
+        #: The name of the feature space, stored with states and the reference.
+        self.space = settings.feature_space or space_name(settings.features, settings.feature_dim)
         self.monitor = Monitor(
             settings.feature_dim,
+            space=self.space,
             prada_threshold=settings.prada_threshold,
             min_queries=settings.detection_min_queries,
             every=settings.detection_every,
@@ -160,6 +163,7 @@ class GuardState:
         _live_states.add(self)
         #: Requests served without a rate-limit check because the storage was down.
         self.failed_open = 0
+        self._space_warned = False
         #: Events the detectors failed on (logged; the event itself is still written).
         self.detection_errors = 0
         #: Events the detectors could not judge (inputs and answers do not pair up).
@@ -271,9 +275,20 @@ class GuardState:
         except SQLAlchemyError as exc:
             log.warning("modelguard: could not load the state of account %d (%s)", account_id, exc.__class__.__name__)
             return None
-        if data is None or data.get("dim") != self.settings.feature_dim:
+        if data is None or not self._same_space(data):
             return None  # nothing stored, or a state of another feature space
         return AccountState.from_dict(data)
+
+    def _same_space(self, data: dict[str, Any], what: str = "account state") -> bool:
+        """Whether a stored state (or reference) is of this feature space (an
+        unnamed one of the same dimension counts as one); logs the first mismatch."""
+        space = data.get("space") or ""
+        same = data.get("dim", self.settings.feature_dim) == self.settings.feature_dim and space in ("", self.space)
+        if not same and not self._space_warned:
+            self._space_warned = True
+            log.warning("modelguard: a stored %s is of feature space %r, not %r: it is not used (account "
+                        "statistics start over; refit the reference)", what, space or data.get("dim"), self.space)
+        return same
 
     def persist_states(self) -> int:
         """Merge this process's account deltas into the stored states (the
@@ -286,7 +301,7 @@ class GuardState:
                 data = delta.to_dict()
 
                 def merge(stored: dict[str, Any] | None, data: dict[str, Any] = data) -> dict[str, Any]:
-                    if stored is None or stored.get("dim") != data["dim"]:
+                    if stored is None or not self._same_space(stored):
                         return data  # nothing stored, or another feature space: start over
                     return AccountState.from_dict(stored).merge(AccountState.from_dict(data)).to_dict()
 
@@ -324,7 +339,8 @@ class GuardState:
         if vectors is None:
             vectors = []
             for data in self.repository.benign_states(self.settings.detection_min_queries):
-                vectors.append(self.monitor.score_state(AccountState.from_dict(data)))
+                if self._same_space(data):
+                    vectors.append(self.monitor.score_state(AccountState.from_dict(data)))
         if len(vectors) < 10:
             log.info("modelguard: %d benign accounts, too few to fit anomaly models", len(vectors))
             return 0
@@ -373,7 +389,11 @@ class GuardState:
         except SQLAlchemyError as exc:
             (log.debug if quiet else log.warning)("modelguard: could not load the reference (%s)", exc.__class__.__name__)
             return
-        self.monitor.reference = None if data is None else Reference.from_dict(data)
+        reference = None if data is None else Reference.from_dict(data)
+        if reference is not None and reference.space and reference.space != self.space:
+            self._same_space({"space": reference.space}, "reference")
+            reference = None
+        self.monitor.reference = reference
 
     def refresh_canaries(self, quiet: bool = False) -> None:
         """Reload the honey-trap fingerprints (the worker does it every key-cache TTL)."""

@@ -135,7 +135,7 @@ class AccountState:
         """Keep the minutes of the last ``window_minutes`` before the newest (by
         time, so that merging then trimming equals one pass)."""
         if len(self.minutes):
-            self.minutes.drop_through(int(self.minutes.keys[-1]) - self.window_minutes)
+            self.minutes.drop_through(self.minutes.last - self.window_minutes)
 
     @property
     def distinct(self) -> int:
@@ -229,11 +229,9 @@ class AccountState:
 
 def _burstiness(state: AccountState) -> float:
     """Coefficient of variation of per-minute counts over the active span."""
-    keys = state.minutes.keys
-    if not keys.size:
+    counts = state.minutes.counts.astype(np.float64)  # every minute of the span, idle ones as 0
+    if not counts.size:
         return 0.0
-    counts = np.zeros(int(keys[-1] - keys[0]) + 1)
-    counts[keys - keys[0]] = state.minutes.counts
     mean = counts.mean()
     return float(counts.std() / mean) if mean > 0 else 0.0
 

@@ -178,54 +178,80 @@ class Histogram:
 
 
 class Buckets:
-    """Counts per integer bucket (a minute, say), in two sorted int32 arrays
-    (8 bytes a bucket, against about 70 in a dict). Merges by adding."""
+    """Counts of consecutive integer buckets (minutes, say) as one dense
+    array over the span from the first to the last bucket: 4 bytes a bucket
+    whatever the traffic, against about 70 for a dict entry. Merges by adding."""
 
-    __slots__ = ("keys", "counts")
+    __slots__ = ("first", "counts")
 
     def __init__(self, items: Mapping[int, int] | None = None) -> None:
-        pairs = sorted((items or {}).items())
-        self.keys = np.fromiter((k for k, _ in pairs), dtype=np.int32, count=len(pairs))
-        self.counts = np.fromiter((c for _, c in pairs), dtype=np.int32, count=len(pairs))
+        self.first = 0
+        self.counts = np.zeros(0, dtype=np.uint32)
+        for key, count in sorted((items or {}).items()):
+            self.add(key, count)
+
+    @property
+    def last(self) -> int:
+        return self.first + self.counts.size - 1
 
     def add(self, key: int, count: int = 1) -> None:
-        keys = self.keys
-        if keys.size and keys[-1] == key:  # the common case: the newest bucket again
-            self.counts[-1] += count
-            return
-        at = int(np.searchsorted(keys, key))
-        if at < keys.size and keys[at] == key:
-            self.counts[at] += count
+        counts = self.counts
+        if not counts.size:
+            self.first, self.counts = key, np.asarray([count], dtype=np.uint32)
+        elif self.first <= key <= self.last:
+            counts[key - self.first] += count
+        elif key > self.last:
+            grown = np.zeros(key - self.first + 1, dtype=np.uint32)
+            grown[: counts.size] = counts
+            grown[-1] = count
+            self.counts = grown
         else:
-            self.keys = np.insert(keys, at, key).astype(np.int32, copy=False)
-            self.counts = np.insert(self.counts, at, count)
+            grown = np.zeros(self.last - key + 1, dtype=np.uint32)
+            grown[grown.size - counts.size :] = counts
+            grown[0] = count
+            self.first, self.counts = key, grown
 
     def merge(self, other: Buckets) -> Buckets:
-        keys, inverse = np.unique(np.concatenate([self.keys, other.keys]), return_inverse=True)
-        counts = np.zeros(keys.size, dtype=np.int64)
-        np.add.at(counts, inverse, np.concatenate([self.counts, other.counts]))
-        self.keys, self.counts = keys.astype(np.int32), counts.astype(np.int32)
+        if not other.counts.size:
+            return self
+        if not self.counts.size:
+            self.first, self.counts = other.first, other.counts.copy()
+            return self
+        first, last = min(self.first, other.first), max(self.last, other.last)
+        merged = np.zeros(last - first + 1, dtype=np.uint32)
+        for part in (self, other):
+            merged[part.first - first : part.first - first + part.counts.size] += part.counts
+        self.first, self.counts = first, merged
         return self
 
     def drop_through(self, key: int) -> None:
         """Forget the buckets up to and including ``key``."""
-        if self.keys.size and self.keys[0] <= key:
-            at = int(np.searchsorted(self.keys, key, side="right"))
-            self.keys, self.counts = self.keys[at:].copy(), self.counts[at:].copy()
+        if self.counts.size and self.first <= key:
+            self.counts = self.counts[key - self.first + 1 :].copy()
+            self.first = key + 1
+            nonzero = np.flatnonzero(self.counts)  # start at the first bucket with a count
+            if not nonzero.size:
+                self.counts = np.zeros(0, dtype=np.uint32)
+            elif nonzero[0]:
+                self.first += int(nonzero[0])
+                self.counts = self.counts[nonzero[0] :].copy()
 
     def __len__(self) -> int:
-        return int(self.keys.size)
+        """Buckets in the span (idle ones included)."""
+        return int(self.counts.size)
 
     def items(self) -> list[tuple[int, int]]:
-        return list(zip(self.keys.tolist(), self.counts.tolist()))
+        """(bucket, count) of the buckets with a count, in order."""
+        nonzero = np.flatnonzero(self.counts)
+        return list(zip((nonzero + self.first).tolist(), self.counts[nonzero].tolist()))
 
     def as_dict(self) -> dict[int, int]:
         return dict(self.items())
 
     def copy(self) -> Buckets:
         copy = Buckets()
-        copy.keys, copy.counts = self.keys.copy(), self.counts.copy()
+        copy.first, copy.counts = self.first, self.counts.copy()
         return copy
 
     def nbytes(self) -> int:
-        return self.keys.nbytes + self.counts.nbytes
+        return self.counts.nbytes

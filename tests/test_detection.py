@@ -160,6 +160,45 @@ def test_states_from_several_processes_merge_into_one(make_guarded_pair):
     assert behaviour(state_a.monitor.state(account_id))["log_queries"] == pytest.approx(np.log1p(61))
 
 
+def test_a_changed_feature_space_starts_the_statistics_over(make_guarded, caplog):
+    """A process whose features mean something else (same dimension, another
+    MODELGUARD_FEATURE_SPACE, as after a retrained embedding) neither loads
+    nor merges into the states of the old space, and says so once."""
+    from flask_modelguard import ModelGuard
+    from flask_modelguard.state import AccountState
+
+    old = make_guarded(MODELGUARD_DETECTION=True, MODELGUARD_FLUSH_INTERVAL=3600)
+    name, key = old.account(limits="100000/minute")
+    for i in range(5):
+        assert old.predict(key, {"features": [float(i)] * 8}).status_code == 200
+    old.guard.flush(old.app)
+    account_id = ModelGuard.state(old.app).repository.get_account(name)["id"]
+    stored = ModelGuard.state(old.app).repository.load_state(account_id)
+    assert stored["queries"] == 5 and stored["space"] == "flask_modelguard.features.flatten/64"
+    new = make_guarded(MODELGUARD_DETECTION=True, MODELGUARD_FLUSH_INTERVAL=3600, MODELGUARD_FEATURE_SPACE="embedding-v2",
+                       MODELGUARD_DATABASE_URL=old.app.config["MODELGUARD_DATABASE_URL"])
+    state = ModelGuard.state(new.app)
+    with caplog.at_level("WARNING", logger="flask_modelguard"):
+        for i in range(3):
+            assert new.predict(key, {"features": [float(i)] * 8}).status_code == 200
+        new.guard.flush(new.app)
+    assert state.monitor.state(account_id).queries == 3  # the old space's 5 were not loaded
+    again = AccountState.from_dict(state.repository.load_state(account_id))
+    assert again.queries == 3 and again.space == "embedding-v2"  # replaced, not merged
+    assert caplog.text.count("is of feature space 'flask_modelguard.features.flatten/64', not 'embedding-v2'") == 1
+    with pytest.raises(ValueError, match="feature spaces"):
+        AccountState(64, space="a").merge(AccountState(64, space="b"))
+    # ADD's reference of another space is not used either (refit it)
+    from flask_modelguard.detectors.add import Reference
+    from flask_modelguard.stats import Moments
+
+    classes = {"1": Moments(16).update(np.random.default_rng(0).normal(size=(30, 16)))}
+    for space, used in (("flask_modelguard.features.flatten/64", False), ("embedding-v2", True), ("", True)):
+        state.repository.save_reference(Reference(classes, [(20, 5.0)], space).to_dict())
+        state.load_reference()
+        assert (state.monitor.reference is not None) is used, space
+
+
 @pytest.fixture
 def make_guarded_pair(make_guarded):
     a = make_guarded(MODELGUARD_DETECTION=True, MODELGUARD_FLUSH_INTERVAL=3600)

@@ -56,14 +56,80 @@ def test_state_round_trips_through_json():
     assert again.to_dict() == json.loads(json.dumps(state.to_dict()))
 
 
-def test_memory_stays_within_budget():
+def test_stored_state_stays_small():
     rng = np.random.default_rng(2)
     state = AccountState(64)
     for o in observations(rng, 5000):
         state.update(o)
     assert state.queries > 5000
-    assert state.memory_bytes() <= 64 * 1024, state.memory_bytes()
-    assert len(json.dumps(state.to_dict())) <= 256 * 1024
+    assert len(json.dumps(state.to_dict())) <= 64 * 1024
+
+
+def deep_size(obj) -> int:
+    """Bytes of ``obj`` and of everything it references (each object once):
+    containers, instance dicts and slots, numpy arrays with their data."""
+    import sys
+    import types
+
+    seen, stack, total = set(), [obj], 0
+    while stack:
+        o = stack.pop()
+        if id(o) in seen or isinstance(o, (type, types.ModuleType, types.FunctionType, np.dtype)):
+            continue
+        seen.add(id(o))
+        total += sys.getsizeof(o)
+        if isinstance(o, np.ndarray):
+            stack.append(o.base)  # a view: the array it shows (getsizeof counts owned data)
+            continue
+        if isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+        elif isinstance(o, (list, tuple, set, frozenset)):
+            stack.extend(o)
+        if hasattr(o, "__dict__"):
+            stack.append(o.__dict__)
+        stack.extend(getattr(o, name) for cls in type(o).__mro__ for name in getattr(cls, "__slots__", ())
+                     if hasattr(o, name))
+    return total
+
+
+def test_an_account_in_memory_stays_within_64_KiB():
+    """What the worker holds per account (merged state, PRADA, recent
+    fingerprints, window; every object it references), for the largest
+    account the defaults allow: natural digits of 10 classes over a whole day
+    of minutes, after a merge into storage; and what a delta of unmerged
+    queries adds until the next merge."""
+    import hashlib
+
+    from sklearn.datasets import load_digits
+
+    from flask_modelguard.monitor import Monitor
+
+    X, _ = load_digits(return_X_y=True)
+    rng = np.random.default_rng(5)
+
+    def stream(n, start):
+        rows = rng.integers(0, len(X), n)
+        return [Observation(start + 60.0 * i, [hashlib.blake2b(f"{start}/{i}".encode()).hexdigest()[:32]],
+                            X[r][None].copy(), [int(r % 10)], [0.9], raw=X[r][None].copy())
+                for i, r in enumerate(rows)]
+
+    monitor = Monitor(64)
+    for o in stream(1500, 1.8e9):
+        monitor.observe(1, o)
+    monitor.merged(1, monitor.state(1).copy())  # as the worker does once the delta is stored
+    account = monitor.accounts[1]
+    assert len(account.base.minutes) == 1440 and len(account.base.by_class) == 10
+    assert account.base.unique.exact is None and len(account.prada.classes) == 10
+    at_rest = deep_size(account)
+    for o in stream(100, 1.9e9):
+        monitor.observe(1, o)
+    active = deep_size(account)
+    print(f"at rest {at_rest / 1024:.1f} KiB, with a delta {active / 1024:.1f} KiB, "
+          f"estimate {account.memory_bytes() / 1024:.1f} KiB")
+    assert at_rest <= 64 * 1024, at_rest / 1024
+    assert active - at_rest <= 24 * 1024, (active - at_rest) / 1024
+    assert account.memory_bytes() == pytest.approx(active, rel=0.25)  # the estimate the monitor reports
 
 
 def test_behaviour_vector_is_complete_and_meaningful():
@@ -92,7 +158,7 @@ def test_minute_window_trims_by_time_and_merges_exactly():
         parts[i % 3].update(o)
     merged = parts[0].merge(parts[1]).merge(parts[2])
     assert merged.minutes.as_dict() == whole.minutes.as_dict()
-    assert whole.minutes.keys[-1] - whole.minutes.keys[0] < 60
+    assert whole.minutes.last - whole.minutes.first < 60
 
 
 def test_label_keys_unify_numbers_and_strings():

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flask_modelguard.stats import Histogram, Moments
+from flask_modelguard.stats import Buckets, Histogram, Moments
 
 matrices = st.integers(1, 40).flatmap(
     lambda n: st.lists(st.lists(st.floats(-1e3, 1e3), min_size=3, max_size=3), min_size=n, max_size=n)
@@ -66,3 +66,22 @@ def test_histograms_merge_and_entropy():
     assert Histogram.from_dict(conf.to_dict()) == conf
     with pytest.raises(ValueError):
         conf.merge(Histogram())
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(-50, 3000), st.integers(1, 5)), max_size=60), st.integers(0, 60),
+       st.integers(-60, 3100))
+def test_buckets_merge_and_trim_like_a_dict(pairs, cut, through):
+    expected: dict[int, int] = {}
+    for key, count in pairs:
+        expected[key] = expected.get(key, 0) + count
+    whole, a, b = Buckets(), Buckets(), Buckets()
+    for i, (key, count) in enumerate(pairs):  # arrival order, not key order
+        whole.add(key, count)
+        (a if i < cut else b).add(key, count)
+    assert whole.as_dict() == expected == a.merge(b).as_dict()
+    assert len(whole) == (max(expected) - min(expected) + 1 if expected else 0)  # a dense span
+    whole.drop_through(through)
+    assert whole.as_dict() == {k: c for k, c in expected.items() if k > through}
+    assert not whole.as_dict() or whole.first == min(whole.as_dict())
+    assert Buckets(whole.as_dict()).as_dict() == whole.as_dict()

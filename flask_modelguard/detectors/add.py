@@ -62,6 +62,8 @@ class Reference:
     classes: dict[str, Moments]
     #: (account size, threshold) pairs, increasing sizes.
     thresholds: list[tuple[int, float]] = field(default_factory=list)
+    #: The feature space it was fitted in (see ``MODELGUARD_FEATURE_SPACE``); "" unknown.
+    space: str = ""
     _roots: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def root(self, label: str) -> np.ndarray:
@@ -138,9 +140,9 @@ class Reference:
 
     def to_dict(self) -> dict[str, Any]:
         return {"classes": {name: m.to_dict() for name, m in self.classes.items()},
-                "thresholds": [list(t) for t in self.thresholds]}
+                "thresholds": [list(t) for t in self.thresholds], "space": self.space}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Reference:
         return cls({name: Moments.from_dict(m) for name, m in data["classes"].items()},
-                   [(int(n), float(t)) for n, t in data.get("thresholds", [])])
+                   [(int(n), float(t)) for n, t in data.get("thresholds", [])], str(data.get("space") or ""))
