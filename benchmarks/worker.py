@@ -61,8 +61,14 @@ def main() -> None:
                 monitor = state.monitor
                 one = monitor.accounts[1]
                 print(f"  {monitor.stats()['accounts']} accounts, {args.events // args.accounts} events each: "
-                      f"state {one.state.memory_bytes() / 1024:.1f} KiB + PRADA {one.prada.memory_bytes() / 1024:.1f} KiB "
-                      "per account")
+                      f"about {one.memory_bytes() / 1024:.1f} KiB per account in memory before the merge "
+                      f"(state {one.base.memory_bytes() / 1024:.1f}, unmerged delta "
+                      f"{one.delta.memory_bytes() / 1024 if one.delta else 0:.1f}, PRADA {one.prada.memory_bytes() / 1024:.1f})")
+                t3 = time.perf_counter()
+                merged = state.persist_states()
+                t4 = time.perf_counter()
+                print(f"  merging the deltas into storage: {(t4 - t3) / merged * 1e3:.2f} ms per account "
+                      f"({merged} accounts)")
             guard.close(app)
 
 

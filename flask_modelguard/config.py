@@ -95,6 +95,9 @@ class Settings:
     feature_space: str | None = None
     #: PRADA flags an account when the Shapiro-Wilk W of its distances falls below this.
     prada_threshold: float = 0.9
+    #: Accounts a process keeps in memory for the detectors (the least recently
+    #: active leave first, their unmerged queries stored at the next merge).
+    max_accounts: int = 10_000
     #: Queries an account sends before the detectors judge it.
     detection_min_queries: int = 20
     #: Detectors run after every this many queries of an account (and every 5% of its size).
@@ -200,7 +203,8 @@ class Settings:
             raise InvalidValue(f"{PREFIX}CLOCK must be a function returning epoch seconds")
         if self.features is not None and not callable(self.features):
             raise InvalidValue(f"{PREFIX}FEATURES must be a function of one model input")
-        for name in ("key_cache_size", "queue_size", "batch_size", "feature_dim", "detection_min_queries", "detection_every"):
+        for name in ("key_cache_size", "queue_size", "batch_size", "feature_dim", "detection_min_queries", "detection_every",
+                     "max_accounts"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidValue(f"{PREFIX}{name.upper()} must be an integer >= 1, not {value!r}")

@@ -65,19 +65,23 @@ def ensemble(evidence: list[float]) -> float:
 
 class _Seen:
     """The last ``size`` distinct fingerprints of an account (a ring of 64-bit
-    ints: 8 bytes each): a query seen among them is a repeat."""
+    ints: 8 bytes each, grown by doubling): a query seen among them is a repeat."""
 
-    __slots__ = ("ring", "count")
+    __slots__ = ("ring", "count", "size")
 
     def __init__(self, size: int) -> None:
-        self.ring = np.zeros(size, dtype=np.uint64)
+        self.size = size
+        self.ring = np.zeros(min(size, 32), dtype=np.uint64)
         self.count = 0
 
     def add(self, fingerprint: int) -> bool:
         """Remember ``fingerprint``; False when it was already there."""
-        if (self.ring[: min(self.count, len(self.ring))] == fingerprint).any():
+        ring = self.ring
+        if (ring[: min(self.count, len(ring))] == fingerprint).any():
             return False
-        self.ring[self.count % len(self.ring)] = fingerprint
+        if self.count == len(ring) < self.size:
+            ring = self.ring = np.concatenate([ring, np.zeros(min(len(ring), self.size - len(ring)), dtype=np.uint64)])
+        ring[self.count % len(ring)] = fingerprint
         self.count += 1
         return True
 

@@ -145,6 +145,7 @@ class GuardState:
             prada_threshold=settings.prada_threshold,
             min_queries=settings.detection_min_queries,
             every=settings.detection_every,
+            max_accounts=settings.max_accounts,
             loader=self._load_state,
         )
         self.monitor.verdict = settings.verdict
@@ -298,22 +299,26 @@ class GuardState:
         with self.monitor.lock:
             pending = self.monitor.deltas()
             for n, (account_id, delta) in enumerate(pending):
-                data = delta.to_dict()
+                result: list[AccountState] = []
 
-                def merge(stored: dict[str, Any] | None, data: dict[str, Any] = data) -> dict[str, Any]:
+                def merge(stored: dict[str, Any] | None, delta: AccountState = delta,
+                          result: list[AccountState] = result) -> dict[str, Any]:
                     if stored is None or not self._same_space(stored):
-                        return data  # nothing stored, or another feature space: start over
-                    return AccountState.from_dict(stored).merge(AccountState.from_dict(data)).to_dict()
+                        merged = delta.copy()  # nothing stored, or another feature space: start over
+                    else:
+                        merged = AccountState.from_dict(stored).merge(delta)  # (the delta is only read)
+                    result[:] = [merged]
+                    return merged.to_dict()
 
                 try:
-                    merged = self.repository.merge_state(account_id, merge)
+                    self.repository.merge_state(account_id, merge)
                 except Exception:
                     # Keep every delta not merged yet, for the next attempt.
                     for later_id, later in pending[n:]:
                         if self.monitor.state(later_id) is None:
                             self.monitor.evicted.append((later_id, later))
                     raise
-                self.monitor.merged(account_id, AccountState.from_dict(merged))
+                self.monitor.merged(account_id, result[0])
                 done += 1
         return done
 

@@ -60,7 +60,13 @@ class UniqueCounter:
 
     def _add_exact(self, hashes: np.ndarray) -> None:
         assert self.exact is not None
-        self.exact = np.union1d(self.exact, hashes)
+        if hashes.size == 1:  # the common case: one input, inserted in order
+            at = int(np.searchsorted(self.exact, hashes[0]))
+            if at < self.exact.size and self.exact[at] == hashes[0]:
+                return
+            self.exact = np.insert(self.exact, at, hashes[0])
+        else:
+            self.exact = np.union1d(self.exact, hashes)
         if self.exact.size > self.exact_limit:
             self._to_sketch()
 

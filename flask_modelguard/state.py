@@ -27,6 +27,8 @@ from .stats import Buckets, Histogram, Moments
 CONFIDENCE_EDGES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 #: Dimension of the class-wise statistics ADD compares (a fixed projection of the features).
 CLASS_DIM = 16
+#: Request times kept for the inter-arrival statistics (the latest ones).
+RECENT_TIMES = 64
 
 
 def label_key(label: Any) -> str:
@@ -79,6 +81,11 @@ class AccountState:
     labels: Histogram = field(default_factory=Histogram)
     confidences: Histogram = field(default_factory=lambda: Histogram(CONFIDENCE_EDGES))
     unique: UniqueCounter = field(default_factory=UniqueCounter)
+    #: The latest ``RECENT_TIMES`` request times, sorted. Inter-arrival
+    #: moments over the whole history cannot be merged exactly (processes
+    #: that share an account each see other gaps); the latest times can: the
+    #: merge keeps the latest of both, as one process would have.
+    recent: np.ndarray = field(default_factory=lambda: np.zeros(0))
     moments: Moments = field(default=None)  # type: ignore[assignment]
     by_class: dict[str, Moments] = field(default_factory=dict)
     #: Feature rows buffered before they are folded into the moments.
@@ -104,6 +111,12 @@ class AccountState:
         self.last_ts = max(self.last_ts, obs.ts)
         self.minutes.add(int(obs.ts // 60), n)
         self._trim()
+        recent = self.recent
+        if not recent.size or obs.ts >= recent[-1]:
+            recent = np.append(recent, obs.ts)
+        else:
+            recent = np.insert(recent, int(np.searchsorted(recent, obs.ts, side="right")), obs.ts)
+        self.recent = recent[-RECENT_TIMES:]
         self.labels.update(label_key(label) for label in obs.labels)
         self.confidences.update(c for c in obs.confidences if c is not None)
         self.unique.add(obs.fingerprints)
@@ -155,6 +168,7 @@ class AccountState:
         self.last_ts = max(self.last_ts, other.last_ts)
         self.minutes.merge(other.minutes)
         self._trim()
+        self.recent = np.sort(np.concatenate([self.recent, other.recent]))[-RECENT_TIMES:]
         self.labels.merge(other.labels)
         self.confidences.merge(other.confidences)
         self.unique.merge(other.unique)
@@ -177,6 +191,7 @@ class AccountState:
             "first_ts": self.first_ts if self.queries else None,
             "last_ts": self.last_ts if self.queries else None,
             "minutes": [[m, c] for m, c in self.minutes.items()],
+            "recent": self.recent.tolist(),
             "labels": self.labels.to_dict(), "confidences": self.confidences.to_dict(),
             "unique": self.unique.to_dict(), "moments": self.moments.to_dict(),
             "by_class": {label: m.to_dict() for label, m in self.by_class.items()},
@@ -189,6 +204,7 @@ class AccountState:
         state.first_ts = math.inf if data["first_ts"] is None else float(data["first_ts"])
         state.last_ts = -math.inf if data["last_ts"] is None else float(data["last_ts"])
         state.minutes = Buckets({int(m): int(c) for m, c in data["minutes"]})
+        state.recent = np.sort(np.asarray(data.get("recent", []), dtype=np.float64))[-RECENT_TIMES:]
         state.labels = Histogram.from_dict(data["labels"])
         state.confidences = Histogram.from_dict(data["confidences"])
         state.unique = UniqueCounter.from_dict(data["unique"])
@@ -199,11 +215,13 @@ class AccountState:
     def copy(self) -> AccountState:
         """An independent copy (buffered rows folded first)."""
         self.flush()
-        copy = AccountState(self.dim, self.window_minutes, self.requests, self.queries, self.first_ts,
-                            self.last_ts, self.minutes.copy(), Histogram(self.labels.edges, dict(self.labels.counts)),
-                            Histogram(self.confidences.edges, dict(self.confidences.counts)), self.unique.copy(),
-                            self.moments.copy(), {k: m.copy() for k, m in self.by_class.items()},
-                            self.buffer_rows, self.space)
+        copy = AccountState(
+            self.dim, self.window_minutes, self.requests, self.queries, self.first_ts, self.last_ts,
+            minutes=self.minutes.copy(), labels=Histogram(self.labels.edges, dict(self.labels.counts)),
+            confidences=Histogram(self.confidences.edges, dict(self.confidences.counts)), unique=self.unique.copy(),
+            recent=self.recent.copy(), moments=self.moments.copy(),
+            by_class={k: m.copy() for k, m in self.by_class.items()}, buffer_rows=self.buffer_rows, space=self.space,
+        )
         return copy
 
     def compact(self) -> AccountState:
@@ -220,7 +238,7 @@ class AccountState:
         rows; the Python objects around them add about 2 KiB)."""
         total = self.moments.nbytes() + sum(m.nbytes() + 200 for m in self.by_class.values())
         total += self.minutes.nbytes() + 100 * (len(self.labels.counts) + len(self.confidences.counts))
-        total += self.unique.nbytes() + sum(r.nbytes for r in self._rows)
+        total += self.unique.nbytes() + self.recent.nbytes + sum(r.nbytes for r in self._rows)
         return total
 
 
@@ -234,6 +252,16 @@ def _burstiness(state: AccountState) -> float:
         return 0.0
     mean = counts.mean()
     return float(counts.std() / mean) if mean > 0 else 0.0
+
+
+def _gaps(state: AccountState) -> np.ndarray:
+    return np.diff(state.recent)
+
+
+def _gap_cv(state: AccountState) -> float:
+    gaps = _gaps(state)
+    mean = gaps.mean() if gaps.size > 1 else 0.0
+    return float(gaps.std() / mean) if mean > 0 else 0.0
 
 
 def _label_entropy(state: AccountState) -> float:
@@ -255,6 +283,11 @@ BEHAVIOUR: dict[str, tuple[Callable[[AccountState], float], str]] = {
         "inputs per minute over the account's active span",
     ),
     "burstiness": (_burstiness, "coefficient of variation of per-minute counts"),
+    "log_gap": (
+        lambda s: math.log1p(float(_gaps(s).mean())) if s.recent.size > 1 else 0.0,
+        f"log(1 + mean seconds between the last {RECENT_TIMES} requests)",
+    ),
+    "gap_cv": (_gap_cv, f"coefficient of variation of the gaps between the last {RECENT_TIMES} requests"),
     "unique_ratio": (lambda s: s.unique.estimate() / s.queries if s.queries else 0.0, "distinct inputs / inputs"),
     "label_entropy": (_label_entropy, "entropy of predicted labels / log2(classes seen)"),
     "classes_seen": (lambda s: float(len(s.labels.counts)), "distinct predicted labels"),

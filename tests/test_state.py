@@ -40,6 +40,8 @@ def test_merging_process_states_equals_one_state():
     assert merged.minutes.as_dict() == whole.minutes.as_dict() and merged.labels.counts == whole.labels.counts
     assert merged.confidences.counts == whole.confidences.counts
     assert merged.unique.estimate() == whole.unique.estimate()
+    np.testing.assert_array_equal(merged.recent, whole.recent)
+    assert whole.recent.size == 64 and whole.recent[-1] == obs[-1].ts
     np.testing.assert_allclose(merged.moments.cov(), whole.moments.cov(), rtol=1e-9, atol=1e-12)
     for label, m in whole.by_class.items():
         np.testing.assert_allclose(merged.by_class[label].cov(), m.cov(), rtol=1e-9, atol=1e-12)
@@ -139,6 +141,8 @@ def test_behaviour_vector_is_complete_and_meaningful():
         state.update(o)
     vector = behaviour(state)
     assert set(vector) == set(BEHAVIOUR)
+    assert vector["log_gap"] == pytest.approx(np.log1p(2.0), abs=0.4)  # exponential gaps of mean 2 s
+    assert 0.6 < vector["gap_cv"] < 1.5  # an exponential's CV is 1
     assert all(np.isfinite(v) for v in vector.values())
     assert 0.7 < vector["unique_ratio"] < 0.95  # one in five inputs repeats the same fingerprint
     assert vector["classes_seen"] == 10 and vector["label_entropy"] > 0.9
@@ -176,6 +180,10 @@ def test_unique_counter_merges_and_estimates():
     fps = [s.token_hex(16) for _ in range(5000)]
     small = UniqueCounter().add(fps[:100] + fps[:100])
     assert small.estimate() == 100 and small.exact is not None
+    one_by_one = UniqueCounter()
+    for fp in fps[:100] + fps[:100]:
+        one_by_one.add([fp])
+    assert one_by_one.to_dict() == small.to_dict()
     a, b = UniqueCounter().add(fps[:3000]), UniqueCounter().add(fps[2000:])
     whole = UniqueCounter().add(fps)
     assert a.merge(b).registers == whole.registers

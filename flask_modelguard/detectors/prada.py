@@ -59,8 +59,13 @@ class _ClassSet:
         self.next = (self.next + 1) % len(self.vectors) if len(self.vectors) == self.max_set else self.next + 1
         self.size = min(self.size + 1, self.max_set)
 
-    def record(self, d: float) -> None:
-        self.distances[self.seen % len(self.distances)] = d
+    def record(self, d: float, limit: int) -> None:
+        """Keep ``d`` among the last ``limit`` distances (the ring grows by doubling)."""
+        size = len(self.distances)
+        if self.seen == size < limit:
+            self.distances = np.concatenate([self.distances, np.zeros(min(size, limit - size), np.float32)])
+            size = len(self.distances)
+        self.distances[self.seen % size] = d
         self.seen += 1
 
     def recent(self) -> np.ndarray:
@@ -105,11 +110,11 @@ class Prada:
         if found is None:
             vectors = np.zeros((min(4, self.max_set), x.size), dtype=self.dtype)
             vectors[0] = x
-            self.classes[label] = _ClassSet(vectors, self.max_set, np.zeros(self.max_distances, dtype=np.float32))
+            self.classes[label] = _ClassSet(vectors, self.max_set, np.zeros(min(16, self.max_distances), np.float32))
             return None
         diff = found.vectors[: found.size].astype(np.float32) - x.astype(np.float32)
         dmin = float(np.sqrt(np.einsum("ij,ij->i", diff, diff).min()))
-        found.record(dmin)
+        found.record(dmin, self.max_distances)
         if dmin > found.threshold:
             found.add(x)
             found.join(dmin)
