@@ -115,7 +115,8 @@ class AccountState:
         if not recent.size or obs.ts >= recent[-1]:
             recent = np.append(recent, obs.ts)
         else:
-            recent = np.insert(recent, int(np.searchsorted(recent, obs.ts, side="right")), obs.ts)
+            at = int(np.searchsorted(recent, obs.ts, side="right"))
+            recent = np.concatenate((recent[:at], [obs.ts], recent[at:]))
         self.recent = recent[-RECENT_TIMES:]
         self.labels.update(label_key(label) for label in obs.labels)
         self.confidences.update(c for c in obs.confidences if c is not None)

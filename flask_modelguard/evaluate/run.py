@@ -60,6 +60,9 @@ def run_mode(
     and the app."""
     clock = SimulatedClock()
     config = {
+        # The keys of watermarks and misinformation come from the app's secret:
+        # fixed by the seed, so that a seed reproduces a run on any machine.
+        "SECRET_KEY": f"modelguard-evaluation-{scenario.seed}",
         **scenario.config,
         **MODES[mode],
         "MODELGUARD_DATABASE_URL": f"sqlite:///{os.path.join(workdir, name or mode)}.db",
