@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import JSON, Engine, event, func, insert, select, update
+from sqlalchemy import JSON, Engine, bindparam, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import models as m
@@ -408,26 +408,45 @@ class Repository:
     def merge_state(
         self, account_id: int, merge: Callable[[dict[str, Any] | None], dict[str, Any]]
     ) -> dict[str, Any]:
-        """Replace an account's stored state by ``merge(stored)`` in one
-        transaction, the row locked (``SELECT ... FOR UPDATE`` where the
-        database has it; SQLite serialises writers anyway), so processes merging
-        at the same time do not lose each other's deltas."""
+        """Replace an account's stored state by ``merge(stored)``; see :meth:`merge_states`."""
+        return self.merge_states({account_id: merge})[account_id]
+
+    def merge_states(
+        self, merges: Mapping[int, Callable[[dict[str, Any] | None], dict[str, Any]]]
+    ) -> dict[int, dict[str, Any]]:
+        """Replace each account's stored state by ``merge(stored)``, all in one
+        transaction (one commit, not one per account) with the rows locked in
+        account order (``SELECT ... FOR UPDATE`` where the database has it;
+        SQLite serialises writers anyway), so processes merging at the same
+        time neither lose each other's deltas nor deadlock. A merge function
+        may run twice (when another process inserted a first row meanwhile)."""
         table = m.account_states
+        ids = sorted(merges)
         for attempt in range(2):
             try:
+                merged: dict[int, dict[str, Any]] = {}
                 with self.engine.begin() as conn:
-                    row = conn.execute(
-                        select(table.c.state).where(table.c.account_id == account_id).with_for_update()
-                    ).first()
-                    merged = merge(None if row is None else row.state)
-                    if row is None:
-                        conn.execute(insert(table).values(account_id=account_id, state=merged, updated_at=self.now()))
-                    else:
-                        conn.execute(update(table).where(table.c.account_id == account_id)
-                                     .values(state=merged, updated_at=self.now()))
+                    stored: dict[int, Any] = {}
+                    for start in range(0, len(ids), 500):
+                        chunk = ids[start : start + 500]
+                        query = (select(table.c.account_id, table.c.state).where(table.c.account_id.in_(chunk))
+                                 .order_by(table.c.account_id).with_for_update())
+                        stored.update((r.account_id, r.state) for r in conn.execute(query))
+                    now = self.now()
+                    new, old = [], []
+                    for account_id in ids:
+                        merged[account_id] = merges[account_id](stored.get(account_id))
+                        row = {"b_id": account_id, "b_state": merged[account_id], "b_at": now}
+                        (old if account_id in stored else new).append(row)
+                    if new:
+                        conn.execute(insert(table).values(account_id=bindparam("b_id"), state=bindparam("b_state"),
+                                                          updated_at=bindparam("b_at")), new)
+                    if old:
+                        conn.execute(update(table).where(table.c.account_id == bindparam("b_id"))
+                                     .values(state=bindparam("b_state"), updated_at=bindparam("b_at")), old)
                 return merged
             except IntegrityError:
-                if attempt:  # another process inserted the first row meanwhile: merge into it
+                if attempt:  # another process inserted a first row meanwhile: merge into it
                     raise
         raise AssertionError("unreachable")
 

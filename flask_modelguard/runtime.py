@@ -291,35 +291,46 @@ class GuardState:
                         "statistics start over; refit the reference)", what, space or data.get("dim"), self.space)
         return same
 
-    def persist_states(self) -> int:
+    def persist_states(self, batch: int = 200) -> int:
         """Merge this process's account deltas into the stored states (the
-        worker does it every key-cache TTL, and at flush and shutdown);
-        returns how many accounts were merged."""
+        worker does it every key-cache TTL, and at flush and shutdown), up to
+        ``batch`` accounts a transaction; returns how many accounts were merged."""
         done = 0
         with self.monitor.lock:
             pending = self.monitor.deltas()
-            for n, (account_id, delta) in enumerate(pending):
-                result: list[AccountState] = []
+            deltas: dict[int, AccountState] = {}
+            for account_id, delta in pending:  # an evicted account back in memory has two
+                deltas[account_id] = delta if account_id not in deltas else deltas[account_id].copy().merge(delta)
+            ordered = list(deltas.items())
+            merged_ids: set[int] = set()
+            for start in range(0, len(ordered), batch):
+                chunk = ordered[start : start + batch]
+                results: dict[int, AccountState] = {}
 
-                def merge(stored: dict[str, Any] | None, delta: AccountState = delta,
-                          result: list[AccountState] = result) -> dict[str, Any]:
-                    if stored is None or not self._same_space(stored):
-                        merged = delta.copy()  # nothing stored, or another feature space: start over
-                    else:
-                        merged = AccountState.from_dict(stored).merge(delta)  # (the delta is only read)
-                    result[:] = [merged]
-                    return merged.to_dict()
+                def merge(account_id: int, delta: AccountState) -> Callable[[dict[str, Any] | None], dict[str, Any]]:
+                    def merge_one(stored: dict[str, Any] | None) -> dict[str, Any]:
+                        if stored is None or not self._same_space(stored):
+                            merged = delta.copy()  # nothing stored, or another feature space: start over
+                        else:
+                            merged = AccountState.from_dict(stored).merge(delta)  # (the delta is only read)
+                        results[account_id] = merged
+                        return merged.to_dict()
+                    return merge_one
 
                 try:
-                    self.repository.merge_state(account_id, merge)
+                    self.repository.merge_states({account_id: merge(account_id, delta) for account_id, delta in chunk})
                 except Exception:
-                    # Keep every delta not merged yet, for the next attempt.
-                    for later_id, later in pending[n:]:
-                        if self.monitor.state(later_id) is None:
+                    # Keep every delta not merged yet for the next attempt: an account in
+                    # memory still holds its current one, not those of its evictions.
+                    for later_id, later in pending:
+                        account = self.monitor.accounts.get(later_id)
+                        if later_id not in merged_ids and (account is None or account.delta is not later):
                             self.monitor.evicted.append((later_id, later))
                     raise
-                self.monitor.merged(account_id, result[0])
-                done += 1
+                for account_id, _ in chunk:
+                    self.monitor.merged(account_id, results[account_id])
+                    merged_ids.add(account_id)
+                done += len(chunk)
         return done
 
     def _tick(self) -> None:

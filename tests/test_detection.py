@@ -199,6 +199,42 @@ def test_a_changed_feature_space_starts_the_statistics_over(make_guarded, caplog
         assert (state.monitor.reference is not None) is used, space
 
 
+def test_evicted_accounts_and_failed_merges_lose_no_query(make_guarded):
+    """With room for one account in memory, two accounts alternate (each
+    request evicts the other, whose delta waits for the merge; the next
+    request loads it back and starts a second delta); the first merge fails.
+    After the next merge, the stored states count every query, in one
+    transaction for all accounts."""
+    from flask_modelguard import ModelGuard
+
+    g = make_guarded(MODELGUARD_DETECTION=True, MODELGUARD_FLUSH_INTERVAL=3600, MODELGUARD_MAX_ACCOUNTS=1)
+    state = ModelGuard.state(g.app)
+    (a, key_a), (b, key_b) = g.account(limits="100000/minute"), g.account(limits="100000/minute")
+    for i in range(6):
+        for key in (key_a, key_b):
+            assert g.predict(key, {"features": [float(i)] * 8}).status_code == 200
+    g.guard.flush(g.app)  # the events, and a first merge
+    merges, real = [], state.repository.merge_states
+
+    def failing(batch):
+        merges.append(sorted(batch))
+        raise RuntimeError("database away")
+
+    state.repository.merge_states = failing
+    for i in range(6, 9):
+        for key in (key_a, key_b):
+            assert g.predict(key, {"features": [float(i)] * 8}).status_code == 200
+    state.worker.flush()
+    with pytest.raises(RuntimeError):
+        state.persist_states()
+    assert len(merges) == 1 and len(merges[0]) == 2  # both accounts, one transaction
+    state.repository.merge_states = real
+    assert state.persist_states() == 2
+    for name in (a, b):
+        stored = state.repository.load_state(state.repository.get_account(name)["id"])
+        assert stored["queries"] == 9, name
+
+
 @pytest.fixture
 def make_guarded_pair(make_guarded):
     a = make_guarded(MODELGUARD_DETECTION=True, MODELGUARD_FLUSH_INTERVAL=3600)
