@@ -6,11 +6,14 @@
 Run it with ``python -m example_app`` (development server, demo key printed) or
 ``gunicorn -w 4 'example_app:create_app()'``. ``MODELGUARD_*`` environment
 variables configure the guard (values are parsed as JSON when they can be);
-``SECRET_KEY`` and ``MODEL_CACHE_DIR`` are read from the environment too.
+``SECRET_KEY`` and ``MODEL_CACHE_DIR`` are read from the environment too, and
+``EXAMPLE_INSTANCE_PATH`` (an absolute path) replaces the instance folder
+(``instance/`` beside the package: the guard's SQLite file, the secret, the model).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -22,7 +25,7 @@ from flask import Flask, request
 
 from flask_modelguard import BadRequest, ModelGuard, Problem, Settings, problem_response, protect
 
-from .model import N_FEATURES, load_model
+from .model import N_FEATURES, load_model, split
 
 MAX_BATCH = 256
 
@@ -106,10 +109,18 @@ def predict_view(model: Any) -> Any:
     return predict
 
 
+def reference(model: Any) -> tuple[list[list[float]], list[int]]:
+    """ADD's reference: the training digits and the model's labels for them
+    (the owner's known-good data; fitted once, stored with the guard's tables)."""
+    X_train = split()[0]
+    return X_train.tolist(), model.predict_proba(X_train).argmax(axis=1).tolist()
+
+
 def create_app(config: dict[str, Any] | None = None, *, guarded: bool = True) -> Flask:
     """The example server; ``guarded=False`` builds the same app without ModelGuard
     (the baseline of ``benchmarks/overhead.py``)."""
-    app = Flask(__name__, instance_relative_config=True)
+    app = Flask(__name__, instance_relative_config=True,
+                instance_path=os.environ.get("EXAMPLE_INSTANCE_PATH") or None)
     app.config.update(MODELGUARD_CREATE_TABLES=True)
     app.config.update(_env_config())
     for name in ("SECRET_KEY", "MODEL_CACHE_DIR"):
@@ -122,6 +133,7 @@ def create_app(config: dict[str, Any] | None = None, *, guarded: bool = True) ->
     model = load_model(app.config.get("MODEL_CACHE_DIR") or app.instance_path)
     app.extensions["digits_model"] = model
     app.config.setdefault("MODELGUARD_FEATURES", model.features)  # detectors compare hidden activations
+    app.config.setdefault("MODELGUARD_REFERENCE", functools.partial(reference, model))  # ADD from the first request
     view = predict_view(model)
     if guarded:
         guard.init_app(app)

@@ -16,7 +16,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy.exc import SQLAlchemyError
 
-from .exc import ModelGuardError
+from .exc import InvalidValue, ModelGuardError
 from .extension import ModelGuard
 from .keys import key_hint
 from .ownership import DEFAULT_THRESHOLD_LOG2, file_suspect, http_suspect, verify
@@ -291,20 +291,13 @@ def verify_watermark(account: str | None, url: str | None, headers: tuple[str, .
 def fit_reference(file: str) -> None:
     """Fit ADD's reference from FILE: JSON {"inputs": [...], "labels": [...]}
     (model inputs as requests carry them, and the model's labels), or .npz with X and y."""
-    if file.endswith(".npz"):
-        import numpy as np
+    from .reference_data import read_source
 
-        with np.load(file) as data:
-            inputs, labels = data["X"].tolist(), data["y"].tolist()
-    else:
-        with open(file) as fh:
-            data = json.load(fh)
-        if not isinstance(data, dict) or "inputs" not in data or "labels" not in data:
-            raise click.ClickException('FILE must hold {"inputs": [...], "labels": [...]}.')
-        inputs, labels = data["inputs"], data["labels"]
-    if len(inputs) != len(labels) or len(inputs) < 20:
-        raise click.ClickException("Give as many labels as inputs, and at least 20 of each.")
-    reference = _guard().fit_reference(inputs, labels)
+    try:
+        inputs, labels = read_source(file)
+    except InvalidValue as exc:
+        raise click.ClickException(str(exc)) from None
+    reference = _guard().fit_reference(inputs, labels, source="cli")
     _audit("fit-reference", file, None, {"inputs": len(inputs), "classes": len(reference.classes)})
     sizes = ", ".join(f"{n}: {t:.1f}" for n, t in reference.thresholds)
     click.echo(f"Reference of {len(reference.classes)} classes stored; ADD thresholds by account size: {sizes}")

@@ -93,6 +93,12 @@ class Settings:
     #: qualified name and the dimension. Change it when the function changes
     #: what it computes under the same name (a retrained embedding, say).
     feature_space: str | None = None
+    #: Known-good model inputs and the model's labels for them, ADD's
+    #: reference: a path to ``.npz`` (``X``, ``y``) or ``.json``
+    #: (``{"inputs", "labels"}``), or a function returning ``(inputs, labels)``.
+    #: Fitted at start-up unless the stored reference was fitted on the same
+    #: data (or by an operator, with ``fit-reference``); see docs/detection.md.
+    reference: Any = None
     #: PRADA flags an account when the Shapiro-Wilk W of its distances falls below this.
     prada_threshold: float = 0.9
     #: Accounts a process keeps in memory for the detectors (the least recently
@@ -201,6 +207,8 @@ class Settings:
                 raise InvalidValue(f"{PREFIX}{name.upper()} must be a number >= 0, not {value!r}")
         if self.clock is not None and not callable(self.clock):
             raise InvalidValue(f"{PREFIX}CLOCK must be a function returning epoch seconds")
+        if self.reference is not None and not (callable(self.reference) or isinstance(self.reference, (str, os.PathLike))):
+            raise InvalidValue(f"{PREFIX}REFERENCE must be a path (.npz, .json) or a function returning (inputs, labels)")
         if self.features is not None and not callable(self.features):
             raise InvalidValue(f"{PREFIX}FEATURES must be a function of one model input")
         for name in ("key_cache_size", "queue_size", "batch_size", "feature_dim", "detection_min_queries", "detection_every",

@@ -14,7 +14,6 @@ import unicodedata
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import numpy as np
 from flask import Flask, current_app
 
 from .config import Settings
@@ -24,6 +23,7 @@ from .exc import InvalidValue, Problem
 from .keys import KEY_SCHEME, parse_key
 from .ownership import DEFAULT_THRESHOLD_LOG2, Suspect, Verification, http_suspect, verify
 from .protection import RouteOptions
+from .readiness import warn_if_degraded
 from .responses import PROBLEM_MIMETYPE, problem_response
 from .runtime import GuardState
 
@@ -63,7 +63,11 @@ class ModelGuard:
             state.repository.create_all()
         state.refresh_canaries(quiet=True)
         state.load_reference(quiet=True)
+        if settings.enabled and settings.detection:
+            state.load_configured_reference()
         state.load_training(quiet=True)
+        if settings.enabled:
+            warn_if_degraded(state.detection_status())
         from .admin.store import AdminStore
 
         state.admin = AdminStore(state.repository.engine, state.clock)
@@ -224,14 +228,8 @@ class ModelGuard:
         """Fit ADD's reference from known-good model inputs (as requests carry
         them, e.g. the ``features`` lists) and the model's labels for them;
         stored in the database and used at once in this process (other
-        processes load it at start-up)."""
-        state = self.state(app)
-        X = np.stack([state.featurizer(x) for x in inputs])
-        reference = Reference.fit(X, list(labels), **options)
-        reference.space = state.space
-        state.repository.save_reference(reference.to_dict())
-        state.monitor.reference = reference
-        return reference
+        processes load it at their worker's next tick)."""
+        return self.state(app).fit_reference(inputs, labels, source=options.pop("source", "api"), **options)
 
     def fit_detectors(self, data: dict[str, Any], app: Flask | None = None) -> Any:
         """Train the supervised detectors and the stacked ensemble on labelled

@@ -472,6 +472,16 @@ class Repository:
             row = conn.execute(select(m.references.c.data).where(m.references.c.id == 1)).first()
         return None if row is None else row.data
 
+    def reference_version(self) -> Any:
+        """When the stored reference was written (None: there is none): a cheap check for a new one."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(m.references.c.created_at).where(m.references.c.id == 1)).scalar()
+
+    def training_version(self) -> Any:
+        """When the stored training set was written (None: there is none)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(m.training.c.created_at).where(m.training.c.id == 1)).scalar()
+
     def save_training(self, data: dict[str, Any]) -> None:
         with self.engine.begin() as conn:
             conn.execute(m.training.delete())

@@ -34,6 +34,8 @@ from .monitor import Monitor
 from .payload import instances, read_predictions
 from .protection import OutputProtector, RouteOptions
 from .quotas import LimitSet, QuotaEnforcer, Verdict
+from .readiness import detection_status
+from .reference_data import digest, read_source
 from .repository import Principal, Repository
 from .responses import add_headers, problem_response
 from .signals import account_blocked, account_flagged, quota_exceeded
@@ -170,6 +172,10 @@ class GuardState:
         #: Events the detectors could not judge (inputs and answers do not pair up).
         self.detection_skipped = 0
         self._next_refit = 0.0
+        #: Where the reference in use came from ("" none, "config:<digest>", "operator", "cli", "api").
+        self.reference_source = ""
+        self._reference_version: Any = None
+        self._training_version: Any = None
         #: Where flag alerts are POSTed (MODELGUARD_ALERT_WEBHOOK), if anywhere.
         self.webhook = None if not settings.alert_webhook else Webhook(
             settings.alert_webhook, headers=dict(settings.alert_webhook_headers))
@@ -178,7 +184,7 @@ class GuardState:
             "throttle": {"tier": settings.throttle_tier}, "block": {"status": "blocked"},
         }[settings.action]
         #: Prometheus metrics (docs/metrics.md); None when off or prometheus_client is missing.
-        self.telemetry = install_telemetry(app, settings, self.worker)
+        self.telemetry = install_telemetry(app, settings, self.worker, self.detection_status)
 
     def _prepare(self, event: QueryEvent) -> dict[str, Any]:
         """The event's row (worker thread); detection runs here, once per event."""
@@ -338,6 +344,7 @@ class GuardState:
             self.telemetry.sync()
         self.refresh_canaries()
         try:
+            self._reload_changed()
             self.persist_states()
             if self.settings.anomaly_models and time.monotonic() >= self._next_refit:
                 self._next_refit = time.monotonic() + self.settings.anomaly_refit
@@ -385,6 +392,7 @@ class GuardState:
 
     def load_training(self, quiet: bool = False) -> None:
         try:
+            self._training_version = self.repository.training_version()
             data = self.repository.load_training()
         except SQLAlchemyError as exc:
             (log.debug if quiet else log.warning)("modelguard: could not load the training set (%s)",
@@ -399,17 +407,77 @@ class GuardState:
             log.warning("modelguard: MODELGUARD_VERDICT is 'ensemble' but no ensemble is trained "
                         "(flask modelguard fit-detectors); any detector flags until then")
 
+    def fit_reference(self, inputs: Any, labels: Any, source: str = "api", **options: Any) -> Reference:
+        """Fit ADD's reference on known-good model ``inputs`` and the model's
+        ``labels``, use it at once and store it (other processes load it at
+        their next worker tick). ``source`` says where it came from: a
+        reference fitted from ``MODELGUARD_REFERENCE`` is ``config:<digest>``
+        and gives way to one an operator fits."""
+        X = np.stack([self.featurizer(x) for x in inputs])
+        reference = Reference.fit(X, list(labels), **options)
+        reference.space = self.space
+        self.monitor.reference, self.reference_source = reference, source
+        try:
+            self.repository.save_reference({**reference.to_dict(), "source": source})
+            self._reference_version = self.repository.reference_version()
+        except SQLAlchemyError as exc:
+            if not source.startswith("config:"):
+                raise
+            log.warning("modelguard: the reference fitted from MODELGUARD_REFERENCE is used but not stored (%s)",
+                        exc.__class__.__name__)
+        return reference
+
     def load_reference(self, quiet: bool = False) -> None:
+        """Use the stored reference; at start-up (``configured``), fit the one
+        ``MODELGUARD_REFERENCE`` names when the stored one did not come from it
+        (an operator's reference, from the CLI or the admin API, stays)."""
         try:
             data = self.repository.load_reference()
+            self._reference_version = self.repository.reference_version()
         except SQLAlchemyError as exc:
             (log.debug if quiet else log.warning)("modelguard: could not load the reference (%s)", exc.__class__.__name__)
+            data = None
+        self._use_reference(data)
+
+    def load_configured_reference(self) -> None:
+        """At start-up: fit ``MODELGUARD_REFERENCE`` unless the stored reference
+        was fitted on the same data (or by an operator)."""
+        spec = self.settings.reference
+        if spec is None:
             return
+        inputs, labels = read_source(spec)
+        source = "config:" + digest(inputs, labels, self.space)
+        stored = self.reference_source
+        if self.monitor.reference is not None and (stored == source or not stored.startswith("config:")):
+            return
+        began = time.perf_counter()
+        self.fit_reference(inputs, labels, source=source)
+        log.info("modelguard: ADD reference fitted from MODELGUARD_REFERENCE (%d inputs, %.1f s)",
+                 len(inputs), time.perf_counter() - began)
+
+    def detection_status(self) -> dict[str, Any]:
+        """Which detectors are live and why the others are not (see readiness.py)."""
+        return detection_status(self.monitor, self.settings, self.reference_source)
+
+    def _use_reference(self, data: dict[str, Any] | None) -> None:
         reference = None if data is None else Reference.from_dict(data)
         if reference is not None and reference.space and reference.space != self.space:
             self._same_space({"space": reference.space}, "reference")
             reference = None
         self.monitor.reference = reference
+        self.reference_source = "" if reference is None or data is None else str(data.get("source") or "operator")
+
+    def _reload_changed(self) -> None:
+        """The worker's tick: load a reference or a training set another
+        process stored since (a version read, the data only when it changed)."""
+        version = self.repository.reference_version()
+        if version != self._reference_version:
+            self._reference_version = version
+            self._use_reference(self.repository.load_reference())
+            log.info("modelguard: reference reloaded (stored by another process)")
+        version = self.repository.training_version()
+        if version != self._training_version:
+            self.load_training(quiet=True)
 
     def refresh_canaries(self, quiet: bool = False) -> None:
         """Reload the honey-trap fingerprints (the worker does it every key-cache TTL)."""

@@ -13,7 +13,7 @@ import hmac
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, request
@@ -103,10 +103,29 @@ class _WorkerCollector:
         yield CounterMetricFamily("modelguard_events_dropped", _DROPPED_HELP, value=self._worker.dropped)
 
 
+_LIVE_HELP = "1 when the detector is live in this process, 0 when it is not (see the admin API's health)."
+
+
+class _DetectionCollector:
+    """Reads which detectors are live at scrape time (``modelguard_detector_live``)."""
+
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily("modelguard_detector_live", _LIVE_HELP, labels=["detector"])
+        for name, detector in self._status()["detectors"].items():
+            family.add_metric([name], 1.0 if detector["live"] else 0.0)
+        yield family
+
+
 class Telemetry:
     """The metrics of one app's guard; the request path calls :meth:`request`."""
 
-    def __init__(self, worker: EventWorker[Any], token: str | None = None) -> None:
+    def __init__(self, worker: EventWorker[Any], token: str | None = None,
+                 status: Callable[[], dict[str, Any]] | None = None) -> None:
         global _shared
         self._worker = worker
         self._token = None if token is None else token.encode()
@@ -122,6 +141,8 @@ class Telemetry:
         else:
             metrics = _Metrics(self.registry, False)
             self.registry.register(_WorkerCollector(worker))
+            if status is not None:
+                self.registry.register(_DetectionCollector(status))
         self.metrics = metrics
         # Status code → its outcome's counter, so that a request costs one index.
         by_outcome = metrics.outcomes
@@ -180,7 +201,8 @@ class Telemetry:
                         content_type=prometheus_client.CONTENT_TYPE_LATEST)
 
 
-def install(app: Flask, settings: Settings, worker: EventWorker[Any]) -> Telemetry | None:
+def install(app: Flask, settings: Settings, worker: EventWorker[Any],
+            status: Callable[[], dict[str, Any]] | None = None) -> Telemetry | None:
     """The metrics of ``app``'s guard, with their endpoint at ``MODELGUARD_METRICS_PATH``;
     None when metrics are off or ``prometheus_client`` is not installed."""
     global _warned
@@ -192,7 +214,7 @@ def install(app: Flask, settings: Settings, worker: EventWorker[Any]) -> Telemet
             log.warning("modelguard: prometheus_client is not installed; running without metrics"
                         " (pip install prometheus_client, or set MODELGUARD_METRICS_ENABLED=False)")
         return None
-    telemetry = Telemetry(worker, settings.metrics_token)
+    telemetry = Telemetry(worker, settings.metrics_token, status)
     if settings.metrics_path is not None:
         if ENDPOINT in app.view_functions:  # init_app again on the same app
             app.view_functions[ENDPOINT] = telemetry.view

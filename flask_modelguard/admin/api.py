@@ -491,7 +491,8 @@ def health() -> Any:
         limits_ok = False
     ok = database and limits_ok and not stats.get("limits_storage_down")
     body = {"status": "ok" if ok else "degraded", "database": database, "limits_storage": limits_ok,
-            "worker": {k: v for k, v in stats.items() if isinstance(v, (int, float, bool, str)) or v is None}}
+            "worker": {k: v for k, v in stats.items() if isinstance(v, (int, float, bool, str)) or v is None},
+            "detection": state.detection_status()}
     return body, 200 if ok else 503
 
 

@@ -97,7 +97,16 @@ SCHEMAS: dict[str, Any] = {
     "Health": {"type": "object", "required": ["status", "database", "limits_storage", "worker"],
                "properties": {"status": {"type": "string", "enum": ["ok", "degraded"]},
                               "database": {"type": "boolean"}, "limits_storage": {"type": "boolean"},
-                              "worker": {"type": "object"}}},
+                              "worker": {"type": "object"},
+                              "detection": {"$ref": "#/components/schemas/DetectionStatus"}}},
+    "DetectionStatus": {
+        "type": "object", "required": ["enabled", "degraded", "verdict", "detectors"],
+        "description": "Which detectors are live in the answering process, and why the others are not.",
+        "properties": {
+            "enabled": {"type": "boolean"}, "degraded": {"type": "boolean"}, "verdict": {"type": "string"},
+            "detectors": {"type": "object", "additionalProperties": {
+                "type": "object", "required": ["live", "why"],
+                "properties": {"live": {"type": "boolean"}, "why": {"type": "string"}}}}}},
 }
 
 

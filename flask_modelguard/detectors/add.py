@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..state import AccountState, Observation, class_features, label_key
+from ..state import AccountState, class_features, label_key
 from ..stats import Moments
 from .frechet import frechet_distance, sqrtm_psd
 
@@ -52,6 +52,15 @@ def add_score(state: AccountState, reference: Reference, min_class_queries: int 
     worst = max(d for _, d in parts if d is not None)
     total = sum(n for n, _ in parts)
     return float(sum(n * (worst if d is None else d) for n, d in parts) / total)
+
+
+def _class_state(dim: int, Z: np.ndarray, names: np.ndarray) -> AccountState:
+    """An account state holding only the class moments of rows ``Z`` (what
+    :func:`add_score` reads), built in one pass per class."""
+    state = AccountState(dim)
+    for name in np.unique(names):
+        state.by_class[str(name)] = Moments(Z.shape[1]).update(Z[names == name])
+    return state
 
 
 @dataclass
@@ -114,16 +123,15 @@ class Reference:
         replacement) from ``X`` are scored; the threshold is the ``quantile``
         of their scores times ``margin``."""
         X = np.asarray(X, dtype=np.float64)
-        names = [label_key(label) for label in labels]
+        Z = class_features(X)  # projected once: only the class moments matter here
+        names = np.asarray([label_key(label) for label in labels])
         rng = np.random.default_rng(seed)
         self.thresholds = []
         for size in CALIBRATION_SIZES:
             scores = []
             for _ in range(accounts):
                 idx = rng.integers(0, len(X), size)
-                state = AccountState(X.shape[1])
-                state.update(Observation(0.0, [], X[idx], [names[i] for i in idx], []))
-                score = add_score(state, self)
+                score = add_score(_class_state(X.shape[1], Z[idx], names[idx]), self)
                 if score is not None:
                     scores.append(score)
             if scores:

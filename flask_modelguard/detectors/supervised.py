@@ -252,3 +252,20 @@ def train(
         evidence_rows.append(e)
     ensemble = StackedEnsemble(fpr=fpr, seed=seed).fit(evidence_rows, y, g)
     return Trained(anomaly, forest, ensemble, len(np.unique(g)), len(np.unique(g[y])))
+
+
+def rescore(rows: Sequence[Mapping[str, float | None]], trained: Trained, prada_threshold: float = 0.9) -> list[float]:
+    """The malicious score that ``trained`` gives each stored evaluation (its
+    scores as the monitor recorded them), as the monitor would compute it:
+    every model's score and ratio first, then the ensemble over the evidence."""
+    models = [*trained.anomaly, *([trained.supervised] if trained.supervised is not None else [])]
+    out = []
+    for row in rows:
+        scores = dict(row)
+        for model in models:
+            value = model.score(scores)
+            scores[model.kind] = value
+            if np.isfinite(model.threshold) and model.threshold > 0:
+                scores[f"{model.kind}_ratio"] = value / model.threshold
+        out.append(trained.ensemble.malicious(evidence(scores, prada_threshold)) if trained.ensemble else 0.0)
+    return out

@@ -1,0 +1,225 @@
+"""``flask modelguard calibrate``: train the random forest and the stacked
+ensemble on the app's own model, with no lab set-up.
+
+The app's protected route is served by a sandbox (a copy of the app's
+protected views with its own guard: a temporary SQLite file, a simulated
+clock, simulated rate-limit storage, shadow mode), and the simulator sends
+it benign users drawn from the owner's reference data and one thief of every
+family. Two such simulations with different seeds: the detectors are trained
+on the first, and the second (other users, other thieves' draws) says what
+to expect: queries until each family is flagged, and the benign flag rate.
+The trained set is stored with the guard's tables, so every process of the
+app loads it (at start-up, or at its worker's next tick).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flask import Flask
+
+from .detectors.supervised import Trained, rescore
+from .exc import InvalidValue
+from .reference_data import read_source
+from .simulate.actor import World
+from .simulate.attackers import ACTORS, make_actor
+from .simulate.clock import SimulatedClock
+from .simulate.runner import Simulation, WSGITransport
+
+log = logging.getLogger("flask_modelguard")
+
+Progress = Callable[[str, int, int], None]
+
+#: Thief families a calibration simulates (every malicious kind of the simulator but
+#: the generic "random", whose strategies have kinds of their own).
+FAMILIES = tuple(kind for kind, cls in ACTORS.items() if cls.malicious and kind != "random")
+
+
+@dataclass
+class Calibration:
+    """What a calibration trained and what it expects of the trained detectors."""
+
+    trained: Trained
+    #: family → queries at its first flag in the held-out simulation (None: not flagged).
+    queries_to_flag: dict[str, int | None] = field(default_factory=dict)
+    #: Benign accounts of the held-out simulation flagged, and how many there were.
+    benign_flagged: int = 0
+    benign_accounts: int = 0
+    seconds: float = 0.0
+
+    @property
+    def benign_flag_rate(self) -> float:
+        return self.benign_flagged / self.benign_accounts if self.benign_accounts else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {"queries_to_flag": dict(self.queries_to_flag), "benign_flagged": self.benign_flagged,
+                "benign_accounts": self.benign_accounts, "benign_flag_rate": self.benign_flag_rate,
+                "seconds": round(self.seconds, 1)}
+
+
+def calibrate(
+    app: Flask,
+    *,
+    inputs: Any = None,
+    labels: Any = None,
+    route: str | None = None,
+    benign: int = 40,
+    budget: int = 300,
+    families: tuple[str, ...] = FAMILIES,
+    seed: int = 0,
+    progress: Progress | None = None,
+    store: bool = True,
+) -> Calibration:
+    """Calibrate ``app``'s guard (see the module's docstring). Benign users draw
+    from ``inputs``/``labels`` (default: ``MODELGUARD_REFERENCE``); ``route``
+    is the protected endpoint attacked (default: the only one); ``budget``
+    queries per thief."""
+    from .extension import ModelGuard
+
+    began = time.perf_counter()
+    state = ModelGuard.state(app)
+    if inputs is None:
+        if state.settings.reference is None:
+            raise InvalidValue("Calibration needs known-good inputs: set MODELGUARD_REFERENCE, or pass a file "
+                               "(flask modelguard calibrate --reference FILE)")
+        inputs, labels = read_source(state.settings.reference)
+    X = np.asarray(inputs, dtype=np.float64).reshape(len(inputs), -1)
+    path = _route(app, route)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="modelguard-calibrate-") as tmp:
+        for k, name in enumerate(("training", "check")):
+            sandbox = _sandbox(app, os.path.join(tmp, f"{name}.db"), X, list(labels), seed + k)
+            try:
+                runs.append(_simulate(sandbox, X, path, benign, budget, families, seed + k,
+                                      None if progress is None else (lambda d, t, n=name: progress(n, d, t))))
+            finally:
+                ModelGuard.state(sandbox["app"]).close()
+    training, check = runs
+    trained = state.fit_detectors(training, store=store)
+    result = _expectations(trained, check, state.settings.prada_threshold)
+    result.seconds = time.perf_counter() - began
+    return result
+
+
+def _route(app: Flask, route: str | None) -> str:
+    """The path of the protected route to attack."""
+    protected = [rule for rule in app.url_map.iter_rules()
+                 if hasattr(app.view_functions.get(rule.endpoint), "__modelguard__") and not rule.arguments]
+    if route is not None:
+        protected = [r for r in protected if route in (r.rule, r.endpoint)]
+    if len(protected) != 1:
+        found = ", ".join(r.rule for r in protected) or "none"
+        raise InvalidValue(f"Calibration needs one protected route without URL arguments (found: {found}); "
+                           "name it with --route")
+    return protected[0].rule
+
+
+def _sandbox(app: Flask, db: str, X: np.ndarray, labels: list[Any], seed: int) -> dict[str, Any]:
+    """A copy of ``app``'s protected views with a guard of its own, in shadow mode."""
+    from .extension import ModelGuard
+
+    clock = SimulatedClock()
+    sandbox = Flask(app.import_name, instance_path=os.path.dirname(db))
+    sandbox.config.update({k: v for k, v in app.config.items() if not k.startswith("MODELGUARD_")})
+    sandbox.config.update({
+        "MODELGUARD_FEATURES": app.config.get("MODELGUARD_FEATURES"), "MODELGUARD_ACTION": "observe",
+        "MODELGUARD_DATABASE_URL": f"sqlite:///{db}", "MODELGUARD_CREATE_TABLES": True,
+        "MODELGUARD_CLOCK": clock, "MODELGUARD_STORAGE_URI": "simulated://",
+        "MODELGUARD_STORAGE_OPTIONS": {"clock": clock}, "MODELGUARD_FLUSH_INTERVAL": 3600.0,
+        "MODELGUARD_METRICS_ENABLED": False, "MODELGUARD_ADMIN_ENABLED": False, "MODELGUARD_WATERMARK": 0.0,
+    })
+    state = ModelGuard.state(app)
+    for name in ("feature_dim", "feature_space", "anomaly_models", "prada_threshold", "detection_min_queries",
+                 "detection_every", "rules", "ensemble_fpr", "output", "secret"):
+        sandbox.config["MODELGUARD_" + name.upper()] = getattr(state.settings, name)
+    sandbox.extensions.update({k: v for k, v in app.extensions.items() if k != "modelguard"})
+    for rule in app.url_map.iter_rules():
+        view = app.view_functions.get(rule.endpoint)
+        if hasattr(view, "__modelguard__"):
+            sandbox.add_url_rule(rule.rule, rule.endpoint, view, methods=rule.methods)
+    guard = ModelGuard(sandbox, clock=clock)
+    # The sandbox's reference is fitted on 70 % of the data; benign users draw from the rest.
+    order = np.random.default_rng(seed).permutation(len(X))
+    cut = int(len(X) * 0.7)
+    with sandbox.app_context():
+        ModelGuard.state(sandbox).fit_reference(X[order[:cut]].tolist(), [labels[i] for i in order[:cut]])
+    return {"app": sandbox, "guard": guard, "clock": clock, "pool": X[order[cut:]]}
+
+
+def _world(pool: np.ndarray, X: np.ndarray) -> World:
+    integer = bool(np.all(np.equal(np.mod(X, 1), 0)))
+    seeds = pool[: max(10, len(pool) // 10)]
+
+    def victim(_: np.ndarray) -> np.ndarray:
+        raise RuntimeError("a calibration trains no clone")
+
+    return World(pool=pool, test=pool[:1], test_labels=np.zeros(1), victim=victim, n_classes=2,
+                 low=float(X.min()), high=float(X.max()), integer=integer, seeds=seeds)
+
+
+def _simulate(sandbox: dict[str, Any], X: np.ndarray, path: str, benign: int, budget: int,
+              families: tuple[str, ...], seed: int, progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+    """One simulation against the sandbox; the labelled evaluations of its accounts."""
+    from .extension import ModelGuard
+
+    app, guard, clock = sandbox["app"], sandbox["guard"], sandbox["clock"]
+    state = ModelGuard.state(app)
+    specs: list[dict[str, Any]] = [{"kind": "benign", "name": f"benign-{i:03d}", "budget": b, "interval": 120}
+                                   for i, b in enumerate(np.random.default_rng(seed).integers(30, 250, benign))]
+    specs += [{"kind": kind, "name": kind, "budget": budget} for kind in families]
+    actors = [make_actor({k: (int(v) if isinstance(v, np.integer) else v) for k, v in s.items()}) for s in specs]
+    keys: dict[tuple[str, int], str] = {}
+    with app.app_context():
+        for actor in actors:
+            for k in range(actor.accounts):
+                name = actor.name if actor.accounts == 1 else f"{actor.name}#{k}"
+                guard.create_account(name, limits="1000000/day")
+                keys[(actor.name, k)] = guard.issue_key(name)
+
+    def every(n: int) -> None:
+        if n % 10 == 0:
+            state.worker.flush()
+
+    simulation = Simulation(WSGITransport(app.test_client()), _world(sandbox["pool"], X), actors, keys,
+                            path=path, clock=clock, seed=seed, every=every)
+    simulation.run(progress)
+    guard.flush(app)
+    rows: dict[str, list[Any]] = {"rows": [], "labels": [], "groups": [], "families": [], "queries": []}
+    with app.app_context():
+        for actor in actors:
+            for k in range(actor.accounts):
+                name = actor.name if actor.accounts == 1 else f"{actor.name}#{k}"
+                for h in guard.score_history(name):
+                    rows["rows"].append({k2: v for k2, v in (h["scores"] or {}).items() if v is not None})
+                    rows["labels"].append(actor.malicious)
+                    rows["groups"].append(name)
+                    rows["families"].append(actor.kind)
+                    rows["queries"].append(int(h["queries"]))
+    return rows
+
+
+def _expectations(trained: Trained, check: dict[str, Any], prada_threshold: float) -> Calibration:
+    """Queries to the first flag per family, and benign accounts flagged, when
+    the held-out simulation's evaluations are judged by ``trained``."""
+    malicious = rescore(check["rows"], trained, prada_threshold)
+    first: dict[str, int | None] = {}
+    flagged_groups: set[str] = set()
+    for score, group, family, queries in zip(malicious, check["groups"], check["families"], check["queries"]):
+        first.setdefault(family, None)
+        if score >= 0.5 and group not in flagged_groups:
+            flagged_groups.add(group)
+            if first[family] is None or queries < first[family]:  # type: ignore[operator]
+                first[family] = queries
+    benign = {g for g, label in zip(check["groups"], check["labels"]) if not label}
+    result = Calibration(trained)
+    result.queries_to_flag = {f: q for f, q in first.items() if f not in ("benign", "benign-power")}
+    result.benign_accounts = len(benign)
+    result.benign_flagged = len(benign & flagged_groups)
+    return result
