@@ -2,6 +2,8 @@
 
 Each start revokes the previous demo keys and issues a new one, so no key is
 ever stored in clear; the new key is printed with a ready-to-run curl command.
+The first start also calibrates the guard's detectors on the model (the
+trained set is stored with the guard's tables; later starts reuse it).
 """
 
 from __future__ import annotations
@@ -26,8 +28,27 @@ def demo_key(app) -> str:
         return guard.issue_key("demo")
 
 
+def calibrated(app) -> None:
+    """Calibrate the detectors once per installation (``flask modelguard calibrate``)."""
+    from flask_modelguard import ModelGuard
+    from flask_modelguard.cli import echo_calibration, progress_bars
+
+    state = ModelGuard.state(app)
+    if state.monitor.ensemble is not None or not state.settings.detection:
+        return
+    print("First start: calibrating the guard's detectors on this model (once; about a minute)...", flush=True)
+    progress, finish = progress_bars("calibration")
+    with app.app_context():
+        try:
+            result = guard.calibrate(app, progress=progress)
+        finally:
+            finish()
+    echo_calibration(result)
+
+
 def main() -> None:
     app = create_app()
+    calibrated(app)
     host = os.environ.get("HOST", "127.0.0.1")
     port = int(os.environ.get("PORT", "5000"))
     key = demo_key(app)

@@ -92,15 +92,14 @@ def calibrate(
         inputs, labels = read_source(state.settings.reference)
     X = np.asarray(inputs, dtype=np.float64).reshape(len(inputs), -1)
     path = _route(app, route)
-    runs = []
     with tempfile.TemporaryDirectory(prefix="modelguard-calibrate-") as tmp:
-        for k, name in enumerate(("training", "check")):
-            sandbox = _sandbox(app, os.path.join(tmp, f"{name}.db"), X, list(labels), seed + k)
-            try:
-                runs.append(_simulate(sandbox, X, path, benign, budget, families, seed + k,
-                                      None if progress is None else (lambda d, t, n=name: progress(n, d, t))))
-            finally:
-                ModelGuard.state(sandbox["app"]).close()
+        sandbox = _sandbox(app, os.path.join(tmp, "sandbox.db"), X, list(labels), seed)
+        try:  # two simulations in one sandbox: other accounts, other seeds
+            runs = [_simulate(sandbox, X, path, benign, budget, families, seed + k, f"{name}-",
+                              None if progress is None else (lambda d, t, n=name: progress(n, d, t)))
+                    for k, name in enumerate(("training", "check"))]
+        finally:
+            ModelGuard.state(sandbox["app"]).close()
     training, check = runs
     trained = state.fit_detectors(training, store=store)
     result = _expectations(trained, check, state.settings.prada_threshold)
@@ -144,7 +143,12 @@ def _sandbox(app: Flask, db: str, X: np.ndarray, labels: list[Any], seed: int) -
         view = app.view_functions.get(rule.endpoint)
         if hasattr(view, "__modelguard__"):
             sandbox.add_url_rule(rule.rule, rule.endpoint, view, methods=rule.methods)
-    guard = ModelGuard(sandbox, clock=clock)
+    level = log.level
+    log.setLevel(logging.ERROR)  # the sandbox has no reference yet: its "degraded" warning would mislead
+    try:
+        guard = ModelGuard(sandbox, clock=clock)
+    finally:
+        log.setLevel(level)
     # The sandbox's reference is fitted on 70 % of the data; benign users draw from the rest.
     order = np.random.default_rng(seed).permutation(len(X))
     cut = int(len(X) * 0.7)
@@ -165,15 +169,17 @@ def _world(pool: np.ndarray, X: np.ndarray) -> World:
 
 
 def _simulate(sandbox: dict[str, Any], X: np.ndarray, path: str, benign: int, budget: int,
-              families: tuple[str, ...], seed: int, progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+              families: tuple[str, ...], seed: int, prefix: str,
+              progress: Callable[[int, int], None] | None) -> dict[str, Any]:
     """One simulation against the sandbox; the labelled evaluations of its accounts."""
     from .extension import ModelGuard
 
     app, guard, clock = sandbox["app"], sandbox["guard"], sandbox["clock"]
     state = ModelGuard.state(app)
-    specs: list[dict[str, Any]] = [{"kind": "benign", "name": f"benign-{i:03d}", "budget": b, "interval": 120}
+    specs: list[dict[str, Any]] = [{"kind": "benign", "name": f"{prefix}benign-{i:03d}", "budget": b,
+                                    "interval": 120}
                                    for i, b in enumerate(np.random.default_rng(seed).integers(30, 250, benign))]
-    specs += [{"kind": kind, "name": kind, "budget": budget} for kind in families]
+    specs += [{"kind": kind, "name": prefix + kind, "budget": budget} for kind in families]
     actors = [make_actor({k: (int(v) if isinstance(v, np.integer) else v) for k, v in s.items()}) for s in specs]
     keys: dict[tuple[str, int], str] = {}
     with app.app_context():

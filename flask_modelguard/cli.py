@@ -312,8 +312,11 @@ def fit_reference(file: str) -> None:
 @click.option("--mode", "modes", multiple=True, type=click.Choice(["off", "shadow", "default"]),
               help="Guard modes to run (default: the scenario's; repeat the option for several).")
 @click.option("--no-plots", is_flag=True, help="Write no PNG plots.")
+@click.option("--lofo", is_flag=True, default=None,
+              help="Also measure the supervised detectors leave-one-family-out (default: the scenario's).")
 @_friendly
-def evaluate(scenario: str, out: str, seed: int | None, modes: tuple[str, ...], no_plots: bool) -> None:
+def evaluate(scenario: str, out: str, seed: int | None, modes: tuple[str, ...], no_plots: bool,
+             lofo: bool | None) -> None:
     """Attack the scenario's served model with simulated benign users and
     thieves, with the guard off, in shadow mode and on; report detection,
     clone fidelity and benign utility."""
@@ -330,7 +333,8 @@ def evaluate(scenario: str, out: str, seed: int | None, modes: tuple[str, ...], 
             bar.__enter__()
         bar.update(done - bar.pos)
 
-    report = run(scenario, out=out, seed=seed, modes=list(modes) or None, plots=not no_plots, progress=progress)
+    report = run(scenario, out=out, seed=seed, modes=list(modes) or None, plots=not no_plots, progress=progress,
+                 lofo=lofo or None)
     for bar in bars.values():
         bar.render_finish()
     click.echo(f"Report written to {out}/report.md (seed {report['scenario']['seed']}).")
@@ -360,6 +364,77 @@ def fit_detectors(file: str) -> None:
                f"(benign FPR {_guard_settings().ensemble_fpr:g} per account).")
     weights = ", ".join(f"{k} {v:+.2f}" for k, v in trained.ensemble.weights().items())
     click.echo(f"Ensemble weights (log1p evidence): {weights}")
+
+
+@modelguard_cli.command("calibrate")
+@click.option("--reference", "reference", type=click.Path(exists=True, dir_okay=False),
+              help="Known-good inputs and labels (.npz or .json) the simulated benign users draw from "
+                   "(default: MODELGUARD_REFERENCE).")
+@click.option("--route", help="The protected route to attack (default: the app's only one).")
+@click.option("--benign", type=int, default=40, show_default=True, help="Simulated benign users per simulation.")
+@click.option("--budget", type=int, default=300, show_default=True, help="Queries per simulated thief.")
+@click.option("--families", help="Comma-separated thief families to simulate (default: every one).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@with_appcontext
+@_friendly
+def calibrate(reference: str | None, route: str | None, benign: int, budget: int, families: str | None,
+              seed: int) -> None:
+    """Train the random forest and the stacked ensemble on this app's own
+    model: simulated benign users and one thief of every family attack a
+    sandboxed copy of the protected route; the trained set is stored, and
+    every process of the app uses it from its worker's next tick."""
+    from .calibration import FAMILIES
+    from .calibration import calibrate as run_calibration
+    from .reference_data import read_source
+
+    chosen = tuple(f.strip() for f in families.split(",") if f.strip()) if families else FAMILIES
+    unknown = sorted(set(chosen) - set(FAMILIES))
+    if unknown:
+        raise click.ClickException(f"Unknown thief families: {', '.join(unknown)} (known: {', '.join(FAMILIES)})")
+    inputs = labels = None
+    if reference is not None:
+        try:
+            inputs, labels = read_source(reference)
+        except InvalidValue as exc:
+            raise click.ClickException(str(exc)) from None
+    progress, finish = progress_bars("simulation")
+    try:
+        result = run_calibration(current_app._get_current_object(), inputs=inputs, labels=labels,  # type: ignore[attr-defined]
+                                 route=route, benign=benign, budget=budget, families=chosen, seed=seed,
+                                 progress=progress)
+    finally:
+        finish()
+    _audit("calibrate", None, None, result.summary())
+    echo_calibration(result)
+
+
+def echo_calibration(result: Any) -> None:
+    """What a calibration expects: queries to the first flag per thief family, benign flag rate."""
+    click.echo(f"Calibrated in {result.seconds:.0f} s; on a second simulation (other users and thieves):")
+    for family, queries in sorted(result.queries_to_flag.items()):
+        click.echo(f"  {family:<20} {'not flagged' if queries is None else f'flagged at {queries} queries'}")
+    click.echo(f"  benign accounts flagged: {result.benign_flagged} of {result.benign_accounts} "
+               f"({100 * result.benign_flag_rate:.1f} %)")
+
+
+def progress_bars(prefix: str) -> tuple[Callable[[str, int, int], None], Callable[[], None]]:
+    """A progress callback drawing one bar per named stage on stderr, and the function that ends them."""
+    bars: dict[str, Any] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            for other in bars.values():
+                other.render_finish()
+            bar = bars[stage] = click.progressbar(length=total, label=f"{prefix} {stage:<8}", file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - bar.pos)
+
+    def finish() -> None:
+        for bar in bars.values():
+            bar.render_finish()
+
+    return progress, finish
 
 
 def _guard_settings() -> Any:

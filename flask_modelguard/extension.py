@@ -236,6 +236,15 @@ class ModelGuard:
         accounts (see :meth:`GuardState.fit_detectors`); stored in the database."""
         return self.state(app).fit_detectors(data)
 
+    def calibrate(self, app: Flask | None = None, **options: Any) -> Any:
+        """Train the random forest and the stacked ensemble on the app's own
+        model from simulated traffic, and store them; returns the
+        :class:`~flask_modelguard.calibration.Calibration` (what to expect).
+        See :func:`flask_modelguard.calibration.calibrate` for the options."""
+        from .calibration import calibrate
+
+        return calibrate(app or current_app._get_current_object(), **options)  # type: ignore[attr-defined]
+
     def score_history(self, account: str, app: Flask | None = None) -> list[dict[str, Any]]:
         """Every detector evaluation of ``account``, oldest first."""
         return self.state(app).repository.score_history(account)

@@ -229,7 +229,8 @@ def index() -> Any:
     shown = [{**a, "quota": _quota(state, a)} for a in rows[:INDEX_ROWS]]
     alerts, open_total = state.admin.alerts(open_only=True, limit=20)
     return render_template("modelguard/index.html", accounts=shown, total=len(rows), alerts=alerts,
-                           open_total=open_total, storage_down=state.enforcer.storage_down)
+                           open_total=open_total, storage_down=state.enforcer.storage_down,
+                           detection=state.detection_status())
 
 
 @dashboard.get("/accounts/<path:name>")

@@ -54,15 +54,6 @@ def add_score(state: AccountState, reference: Reference, min_class_queries: int 
     return float(sum(n * (worst if d is None else d) for n, d in parts) / total)
 
 
-def _class_state(dim: int, Z: np.ndarray, names: np.ndarray) -> AccountState:
-    """An account state holding only the class moments of rows ``Z`` (what
-    :func:`add_score` reads), built in one pass per class."""
-    state = AccountState(dim)
-    for name in np.unique(names):
-        state.by_class[str(name)] = Moments(Z.shape[1]).update(Z[names == name])
-    return state
-
-
 @dataclass
 class Reference:
     """Class-wise Gaussians of known-good data, in the state's class feature
@@ -128,15 +119,54 @@ class Reference:
         rng = np.random.default_rng(seed)
         self.thresholds = []
         for size in CALIBRATION_SIZES:
-            scores = []
-            for _ in range(accounts):
-                idx = rng.integers(0, len(X), size)
-                score = add_score(_class_state(X.shape[1], Z[idx], names[idx]), self)
-                if score is not None:
-                    scores.append(score)
-            if scores:
+            draws = rng.integers(0, len(X), (accounts, size))
+            scores = self._scores_of_draws(Z, names, draws)
+            scores = scores[np.isfinite(scores)]
+            if len(scores):
                 self.thresholds.append((size, float(np.quantile(scores, quantile)) * margin))
         return self
+
+    def _scores_of_draws(self, Z: np.ndarray, names: np.ndarray, draws: np.ndarray) -> np.ndarray:
+        """:func:`add_score` of each simulated account (a row of ``draws``:
+        indices into ``Z``), for all accounts at once: class sums from how
+        often each row was drawn, batched eigenvalues; NaN where an account
+        has no class in common with the reference."""
+        accounts, rows = len(draws), len(Z)
+        counts = np.bincount((np.arange(accounts)[:, None] * rows + draws).ravel(),
+                             minlength=accounts * rows).reshape(accounts, rows).astype(np.float64)
+        outer = (Z[:, :, None] * Z[:, None, :]).reshape(rows, -1)
+        weighted, total, missing = np.zeros(accounts), np.zeros(accounts), np.zeros(accounts)
+        worst = np.full(accounts, -np.inf)
+        for label in np.unique(names):
+            of_class = names == label
+            c = counts[:, of_class]
+            n = c.sum(axis=1)
+            ok = n >= 2
+            if not ok.any():
+                continue
+            total[ok] += n[ok]
+            if label not in self.classes:
+                missing[ok] += n[ok]
+                continue
+            d2 = self._class_distances(c[ok] @ Z[of_class], c[ok] @ outer[of_class], n[ok], str(label))
+            weighted[ok] += n[ok] * d2
+            worst[ok] = np.maximum(worst[ok], d2)
+        scores = (weighted + missing * np.where(np.isfinite(worst), worst, 0.0)) / np.where(total > 0, total, 1.0)
+        return np.where(np.isfinite(worst), scores, np.nan)
+
+    def _class_distances(self, sums: np.ndarray, outer_sums: np.ndarray, n: np.ndarray, label: str) -> np.ndarray:
+        """Squared Fréchet distances to a reference class of accounts given by
+        their class sums, sums of outer products and counts."""
+        d = sums.shape[1]
+        mean = sums / n[:, None]
+        cov = (outer_sums.reshape(-1, d, d) - n[:, None, None] * mean[:, :, None] * mean[:, None, :]) \
+            / (n - 1)[:, None, None]
+        ref, root = self.classes[label], self.root(label)
+        cross = root @ cov @ root
+        values = np.linalg.eigvalsh((cross + cross.transpose(0, 2, 1)) / 2.0)
+        d2 = (((mean - ref.mean) ** 2).sum(axis=1) + np.trace(cov, axis1=1, axis2=2) + np.trace(ref.cov())
+              - 2.0 * np.sqrt(np.clip(values, 0.0, None)).sum(axis=1))
+        return np.maximum(0.0, d2)
 
     def threshold(self, queries: int) -> float | None:
         """The ADD threshold for an account with ``queries`` inputs (log-interpolated)."""
