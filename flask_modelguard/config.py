@@ -99,6 +99,12 @@ class Settings:
     #: Fitted at start-up unless the stored reference was fitted on the same
     #: data (or by an operator, with ``fit-reference``); see docs/detection.md.
     reference: Any = None
+    #: The reference-free detector (ADD against the pooled recent traffic of
+    #: all accounts, robust to a minority of thieves): "auto" (on while there
+    #: is no reference), True or False.
+    population: Any = "auto"
+    #: Seconds between refits of the population reference in the worker.
+    population_refit: float = 60.0
     #: PRADA flags an account when the Shapiro-Wilk W of its distances falls below this.
     prada_threshold: float = 0.9
     #: Accounts a process keeps in memory for the detectors (the least recently
@@ -201,7 +207,7 @@ class Settings:
         if isinstance(self.anomaly_fpr, bool) or not isinstance(self.anomaly_fpr, float) or not 0 < self.anomaly_fpr < 1:
             raise InvalidValue(f"{PREFIX}ANOMALY_FPR must be a fraction in (0, 1)")
         for name in ("storage_retry", "key_cache_ttl", "rotation_grace", "flush_interval", "shutdown_timeout",
-                     "anomaly_refit"):
+                     "anomaly_refit", "population_refit"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise InvalidValue(f"{PREFIX}{name.upper()} must be a number >= 0, not {value!r}")
@@ -209,6 +215,8 @@ class Settings:
             raise InvalidValue(f"{PREFIX}CLOCK must be a function returning epoch seconds")
         if self.reference is not None and not (callable(self.reference) or isinstance(self.reference, (str, os.PathLike))):
             raise InvalidValue(f"{PREFIX}REFERENCE must be a path (.npz, .json) or a function returning (inputs, labels)")
+        if self.population not in ("auto", True, False):
+            raise InvalidValue(f"{PREFIX}POPULATION must be 'auto', true or false, not {self.population!r}")
         if self.features is not None and not callable(self.features):
             raise InvalidValue(f"{PREFIX}FEATURES must be a function of one model input")
         for name in ("key_cache_size", "queue_size", "batch_size", "feature_dim", "detection_min_queries", "detection_every",

@@ -25,6 +25,7 @@ import numpy as np
 
 from .detectors.add import Reference, add_score
 from .detectors.anomaly import AnomalyModel
+from .detectors.population import PopulationSample
 from .detectors.prada import Prada
 from .detectors.window import Window, feature_entropy, rule_reasons
 from .detectors.supervised import StackedEnsemble, SupervisedModel
@@ -156,6 +157,13 @@ class Monitor:
         self.rules: dict[str, dict[str, float]] = {}
         #: The stacked ensemble, when trained: it then gives the malicious score.
         self.ensemble: StackedEnsemble | None = None
+        #: The reference-free detector (``MODELGUARD_POPULATION``): a sample of
+        #: every account's recent queries, and the reference fitted on it.
+        self.population: PopulationSample | None = None
+        self.population_reference: Reference | None = None
+        self.population_reason = "off"
+        #: "auto" mode: the sample is only fed while there is no reference.
+        self.population_auto = True
         #: "any": an account is flagged when any detector crosses its threshold;
         #: "auto"/"ensemble": when an ensemble is trained, only when its score
         #: reaches 0.5 (one decision calibrated to one false-positive rate).
@@ -188,6 +196,10 @@ class Monitor:
         account.delta.update(obs)
         for h, label in zip(hashes, obs.labels):
             account.window.add(h, label_key(label), obs.ts)
+        if self.population is not None and len(obs.features) and (self.reference is None or not self.population_auto):
+            rows = [i for i, is_new in enumerate(obs.new or [True] * len(obs.labels)) if is_new]
+            if rows:
+                self.population.add(account_id, np.asarray(obs.features)[rows], [obs.labels[i] for i in rows])
         points = obs.features if obs.raw is None else obs.raw
         for is_new, x, label in zip(obs.new or [True] * len(obs.labels), points, obs.labels):
             if is_new and np.any(x):  # an input without numbers gives PRADA nothing to measure
@@ -203,13 +215,23 @@ class Monitor:
     def score_state(self, state: AccountState) -> dict[str, float | None]:
         """The behaviour vector of a state with ADD's score, threshold and ratio."""
         scores: dict[str, float | None] = dict(behaviour(state))
-        if self.reference is not None:
-            add = add_score(state, self.reference)
-            limit = self.reference.threshold(max(1, state.distinct))
-            scores["add"], scores["add_threshold"] = add, limit
-            if add is not None and limit:
-                scores["add_ratio"] = add / limit
+        for name, reference in (("add", self.reference), ("population", self.population_reference)):
+            if reference is None:
+                continue
+            value = add_score(state, reference)
+            limit = reference.threshold(max(1, state.distinct))
+            scores[name], scores[f"{name}_threshold"] = value, limit
+            if value is not None and limit:
+                scores[f"{name}_ratio"] = value / limit
         return scores
+
+    def population_status(self) -> dict[str, Any]:
+        """Whether the reference-free detector is live, and why not (readiness.py)."""
+        if self.population is None:
+            return {"live": False, "why": self.population_reason}
+        if self.population_reference is None:
+            return {"live": False, "why": f"warming up: {self.population_reason}"}
+        return {"live": True, "why": f"reference of the pooled traffic ({self.population_reason})"}
 
     def evaluate(self, account_id: int, ts: float) -> Evaluation:
         account = self._account(account_id)
@@ -227,11 +249,16 @@ class Monitor:
         add, limit = scores.get("add"), scores.get("add_threshold")
         if add is not None and limit is not None and add > limit:
             reasons.append(f"ADD {add:.1f} > {limit:.1f} at {state.distinct} distinct queries")
+        pooled, pooled_limit = scores.get("population"), scores.get("population_threshold")
+        if pooled is not None and pooled_limit is not None and pooled > pooled_limit:
+            reasons.append(f"population {pooled:.1f} > {pooled_limit:.1f} at {state.distinct} distinct queries")
         evidence: list[float] = []
         if w is not None:
             evidence.append((1.0 - w) / (1.0 - self.prada_threshold))
         if add is not None and limit:
             evidence.append(add / limit)
+        if pooled is not None and pooled_limit:
+            evidence.append(pooled / pooled_limit)
         for model in self.anomaly:
             value = model.score(scores)
             scores[model.kind] = value
@@ -260,6 +287,9 @@ class Monitor:
         self.accounts = OrderedDict()
         self.evicted = []
         self.lock = threading.Lock()
+        if self.population is not None:
+            self.population = PopulationSample(self.population.capacity, self.population.max_share,
+                                               space=self.population.space)
 
     def deltas(self) -> list[tuple[int, AccountState]]:
         """Accounts with queries not yet merged into storage, and those deltas

@@ -29,9 +29,9 @@ def detection_status(monitor: Any, settings: Any, reference_source: str = "") ->
     detectors["add"] = {"live": reference is not None,
                         "why": f"reference from {_source(reference_source)}" if reference is not None
                         else _NO_REFERENCE}
-    population = getattr(monitor, "population_status", None)
-    if population is not None:
-        detectors["population"] = population()
+    mode = getattr(settings, "population", False)
+    if mode is True or (mode == "auto" and reference is None):  # "auto" with a reference: not needed
+        detectors["population"] = monitor.population_status()
     fitted = {model.kind for model in monitor.anomaly}
     for kind in settings.anomaly_models:
         detectors[kind] = {"live": kind in fitted, "why": "fitted" if kind in fitted else

@@ -26,6 +26,7 @@ from .auth import Authenticator
 from .config import Settings
 from .detectors.add import Reference
 from .detectors.anomaly import AnomalyModel
+from .detectors.population import PopulationSample, fit_population
 from .detectors.supervised import SupervisedModel, Trained, train
 from .events import QueryEvent, fingerprint
 from .exc import BadRequest, CostExceedsLimit, HTTPProblem, Problem, RateLimitExceeded, StorageUnavailable
@@ -151,6 +152,13 @@ class GuardState:
             loader=self._load_state,
         )
         self.monitor.verdict = settings.verdict
+        if settings.detection and settings.population is not False:
+            self.monitor.population = PopulationSample(space=self.space)
+            self.monitor.population_auto = settings.population == "auto"
+            self.monitor.population_reason = "no population fitted yet"
+        else:
+            self.monitor.population_reason = "off (MODELGUARD_POPULATION)"
+        self._next_population = 0.0
         self.monitor.rules = settings.resolved_rules()
         self.worker: EventWorker[QueryEvent] = EventWorker(
             self._prepare,
@@ -346,6 +354,9 @@ class GuardState:
         try:
             self._reload_changed()
             self.persist_states()
+            if self.monitor.population is not None and time.monotonic() >= self._next_population:
+                self._next_population = time.monotonic() + self.settings.population_refit
+                self.refit_population()
             if self.settings.anomaly_models and time.monotonic() >= self._next_refit:
                 self._next_refit = time.monotonic() + self.settings.anomaly_refit
                 self.refit_anomaly_models()
@@ -371,6 +382,28 @@ class GuardState:
         with self.monitor.lock:  # a trained random forest stays
             self.monitor.anomaly = models + [m for m in self.monitor.anomaly if isinstance(m, SupervisedModel)]
         return len(vectors)
+
+    def refit_population(self) -> bool:
+        """Fit the reference-free detector's reference on the pooled sample of
+        every account's recent queries (the worker does it every
+        ``MODELGUARD_POPULATION_REFIT`` seconds); in "auto" mode only while no
+        reference exists. True when a reference was fitted."""
+        monitor = self.monitor
+        if monitor.population is None:
+            return False
+        if self.settings.population == "auto" and monitor.reference is not None:
+            monitor.population_reference, monitor.population_reason = None, "not needed: ADD has a reference"
+            return False
+        with monitor.lock:
+            sample = PopulationSample.from_dict(monitor.population.to_dict())  # fitted outside the lock
+        fit = fit_population(sample)
+        with monitor.lock:
+            if fit.reference is not None:
+                monitor.population_reference = fit.reference
+                monitor.population_reason = f"{fit.accounts} accounts, {fit.rows} queries"
+            else:
+                monitor.population_reason = fit.reason
+        return fit.reference is not None
 
     def fit_detectors(self, data: dict[str, Any], store: bool = True) -> Trained:
         """Train the anomaly models, the random forest and the stacked

@@ -188,3 +188,9 @@ def sql(url: str, statement: str) -> Any:
             return conn.execute(text(statement)).all()
     finally:
         engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One cache folder of the example's trained MLP for the whole run (trained once)."""
+    return str(tmp_path_factory.mktemp("digits-model"))

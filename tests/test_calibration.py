@@ -22,11 +22,6 @@ def _app(tmp_path: Any, model_cache: str, **config: Any) -> Flask:
                        "MODELGUARD_DATABASE_URL": f"sqlite:///{tmp_path}/guard.db", **config})
 
 
-@pytest.fixture(scope="module")
-def model_cache(tmp_path_factory: Any) -> str:
-    return str(tmp_path_factory.mktemp("model"))
-
-
 def test_every_simulated_thief_family_is_calibrated_on() -> None:
     assert {"random-uniform", "jacobian", "knockoff", "active", "sybil", "natural-patches", "mixed",
             "data-free"} <= set(FAMILIES)

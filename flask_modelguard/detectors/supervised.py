@@ -141,6 +141,9 @@ def evidence(scores: Mapping[str, float | None], prada_threshold: float = 0.9) -
     out["prada"] = 0.0 if w is None else (1.0 - float(w)) / (1.0 - prada_threshold)
     ratio = scores.get("add_ratio")
     out["add"] = 0.0 if ratio is None else float(ratio)
+    pooled = scores.get("population_ratio")
+    if pooled is not None:  # only where the reference-free detector ran
+        out["population"] = float(pooled)
     for kind in MODEL_KINDS:  # not every "*_ratio" is a detector's (unique_ratio is behaviour)
         value = scores.get(f"{kind}_ratio")
         if value is not None:
