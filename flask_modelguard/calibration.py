@@ -214,7 +214,7 @@ def _simulate(sandbox: dict[str, Any], X: np.ndarray, path: str, benign: int, bu
 def _expectations(trained: Trained, check: dict[str, Any], prada_threshold: float) -> Calibration:
     """Queries to the first flag per family, and benign accounts flagged, when
     the held-out simulation's evaluations are judged by ``trained``."""
-    malicious = rescore(check["rows"], trained, prada_threshold)
+    malicious = rescore(trained, check["rows"], prada_threshold)
     first: dict[str, int | None] = {}
     flagged_groups: set[str] = set()
     for score, group, family, queries in zip(malicious, check["groups"], check["families"], check["queries"]):

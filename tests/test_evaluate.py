@@ -109,3 +109,26 @@ def test_cli_evaluate_writes_a_report(tmp_path):
     assert not list((tmp_path / "out").glob("*.png"))
     bad = app.test_cli_runner().invoke(args=["modelguard", "evaluate", "--scenario", "nope"])
     assert bad.exit_code == 1 and "bundled" in bad.output
+
+
+def test_lofo_end_to_end_matches_the_online_flags(tmp_path):
+    """A tiny scenario with three thief families: the in-family re-scoring
+    reproduces the shadow run's own ensemble flags, account by account."""
+    scenario = {
+        "name": "tiny-lofo", "seed": 2, "modes": ["shadow"], "checkpoints": [60], "latency_requests": 0,
+        "actors": [{"kind": "benign", "count": 12, "budget": [30, 120], "interval": 120},
+                   {"kind": "random-uniform", "count": 3, "budget": 120},
+                   {"kind": "natural-patches", "count": 3, "budget": 120},
+                   {"kind": "mixed", "count": 3, "budget": 120}],
+    }
+    report = run(scenario, out=str(tmp_path / "out"), plots=False, lofo=True)
+    lofo = report["lofo"]
+    assert report["scenario"]["train_seed"] == 1002 and lofo["mode"] == "shadow"
+    assert [r["family"] for r in lofo["families"]] == ["mixed", "natural-patches", "random-uniform"]
+    online = {a["name"]: a["first_flag_queries"] for a in report["runs"]["shadow"]["accounts"] if a["malicious"]}
+    for row in lofo["families"]:
+        assert row["accounts"] == 3 and row["train_accounts_removed"] == 3 and row["held_out"] is not None
+        for name, queries in row["in_family"]["per_account"].items():
+            assert queries == online[name], name
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Leave one family out" in md and "| natural-patches | 3 |" in md

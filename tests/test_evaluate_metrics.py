@@ -176,3 +176,93 @@ def test_leaderboard_rows():
     assert rows[1]["precision"] is None and rows[1]["auc"] == 1.0
     for r in rows:
         assert {"auc", "tpr_at_1pct", "tpr_at_0_1pct", "precision", "recall", "f1"} <= set(r)
+
+
+# -- leave one family out ------------------------------------------------------------
+
+def _evaluations(rng, families, *, benign=20, steps=6):
+    """Labelled evaluations: benign accounts, and per family 5 accounts whose
+    signature (``signature(step)`` added to the benign vector) grows with queries."""
+    rows, labels, groups, kinds = [], [], [], {}
+
+    def base():
+        return {"unique_ratio": rng.uniform(0.8, 1.0), "label_entropy": rng.uniform(1.5, 2.0),
+                "low_confidence_share": rng.uniform(0.0, 0.1), "margin_share": rng.uniform(0.0, 0.1),
+                "high_confidence_share": rng.uniform(0.7, 0.9), "feature_spread": rng.uniform(4, 5),
+                "burstiness": rng.uniform(-0.2, 0.2), "add_ratio": rng.uniform(0.1, 0.5),
+                "prada_w": rng.uniform(0.95, 1.0), "classes_seen": 10.0}
+
+    accounts = [(f"benign-{i}", None) for i in range(benign)]
+    accounts += [(f"{family}-{i}", family) for family in families for i in range(5)]
+    for name, family in accounts:
+        if family:
+            kinds[name] = family
+        for step in range(steps):
+            row = base()
+            row["log_queries"] = float(np.log1p(50 * (step + 1)))
+            row.update(families[family](step) if family else {})
+            rows.append(row)
+            labels.append(family is not None)
+            groups.append(name)
+    return {"rows": rows, "labels": labels, "groups": groups}, kinds
+
+
+FAMILIES = {
+    # PRADA's statistic collapses (synthetic queries)
+    "prada-like": lambda step: {"prada_w": 0.5 if step >= 1 else 0.97},
+    # ADD sees the distribution shift
+    "add-like": lambda step: {"add_ratio": 5.0 + step if step >= 1 else 0.4},
+    # only a behaviour feature the forest can learn: many low-margin answers, from the third evaluation on
+    "margin": lambda step: {"margin_share": 0.9 if step >= 2 else 0.05},
+}
+
+
+def test_lofo_holding_out_a_family_changes_its_outcome():
+    from flask_modelguard.evaluate.metrics import leave_one_family_out
+
+    training, kinds = _evaluations(np.random.default_rng(0), FAMILIES)
+    test, test_kinds = _evaluations(np.random.default_rng(1), FAMILIES)
+    result = leave_one_family_out(training, test, {**kinds, **test_kinds})
+    rows = {r["family"]: r for r in result["families"]}
+    assert set(rows) == set(FAMILIES) and all(r["accounts"] == 5 for r in rows.values())
+    assert all(r["train_accounts_removed"] == 5 for r in rows.values())
+    margin = rows["margin"]
+    # seen in training: every account caught at its third evaluation (150 queries)
+    assert margin["in_family"]["flagged"] == 5 and margin["in_family"]["queries_to_flag"] == 150
+    # never seen: nothing else gives these accounts away
+    assert margin["held_out"]["flagged"] == 0 and margin["held_out"]["queries_to_flag"] is None
+    assert set(margin["held_out"]["per_account"]) == {f"margin-{i}" for i in range(5)}
+    for family in ("prada-like", "add-like"):  # seen, caught at the second evaluation
+        assert rows[family]["in_family"]["flagged"] == 5 and rows[family]["in_family"]["queries_to_flag"] == 100
+    assert result["benign_accounts"] == 20 and result["benign_flag_rate"] == 0.0
+    assert all(0.0 <= r["benign_flag_rate"] <= 0.1 for r in rows.values())
+
+
+def test_lofo_reports_a_family_it_cannot_train_without():
+    from flask_modelguard.evaluate.metrics import leave_one_family_out
+
+    families = {"margin": FAMILIES["margin"], "prada-like": FAMILIES["prada-like"]}
+    training, kinds = _evaluations(np.random.default_rng(0), families)
+    kinds.update({f"margin-{i}": "prada-like" for i in range(2)})  # 7 prada-like accounts, 3 margin
+    result = leave_one_family_out(training, training, kinds)
+    rows = {r["family"]: r for r in result["families"]}
+    assert rows["prada-like"]["held_out"] is None and "malicious accounts" in rows["prada-like"]["error"]
+    assert rows["margin"]["held_out"] is not None
+
+
+def test_rescore_matches_the_monitor_row_by_row():
+    from flask_modelguard.detectors.supervised import evidence, train
+    from flask_modelguard.detectors.supervised import rescore
+
+    training, _ = _evaluations(np.random.default_rng(0), FAMILIES)
+    trained = train(training["rows"], training["labels"], training["groups"], anomaly_kinds=["isolation_forest"])
+    rows = training["rows"][::7]
+    expected = []
+    for row in rows:
+        r = dict(row)
+        for model in [*trained.anomaly, trained.supervised]:
+            r[model.kind] = model.score(r)
+            r[f"{model.kind}_ratio"] = r[model.kind] / model.threshold
+        expected.append(trained.ensemble.malicious(evidence(r)))
+    assert np.allclose(rescore(trained, rows), expected)
+    assert rescore(trained, []).shape == (0,)

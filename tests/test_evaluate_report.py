@@ -120,3 +120,28 @@ def test_missing_matplotlib_is_a_clear_error_unless_plots_are_off(tmp_path, runs
     assert not (tmp_path / "a").exists()
     write_report(tmp_path / "b", SCENARIO, runs, plots=False)
     assert (tmp_path / "b" / "report.md").exists()
+
+
+LOFO = {"method": "offline re-scoring", "mode": "shadow", "threshold": 0.5, "benign_accounts": 25,
+        "benign_flag_rate": 0.0,
+        "families": [
+            {"family": "jacobian", "accounts": 1, "train_accounts_removed": 1,
+             "in_family": {"accounts": 1, "flagged": 1, "queries_to_flag": 250.0, "per_account": {"jbda": 250}},
+             "held_out": {"accounts": 1, "flagged": 0, "queries_to_flag": None, "per_account": {"jbda": None}},
+             "benign_flag_rate": 0.04},
+            {"family": "sybil", "accounts": 2, "train_accounts_removed": 2,
+             "in_family": {"accounts": 2, "flagged": 2, "queries_to_flag": 150.0, "per_account": {}},
+             "held_out": None, "benign_flag_rate": None, "error": "need at least 5 malicious accounts"}]}
+
+
+def test_lofo_table(tmp_path, runs):
+    report = write_report(tmp_path / "out", {**SCENARIO, "lofo": True}, runs, plots=False, lofo=LOFO)
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["lofo"]["families"][0]["family"] == "jacobian"
+    assert report["command"].endswith("--lofo")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Leave one family out" in md
+    assert "| jacobian | 1 | 0/1 | — | 1/1 | 250 | 4.00% |" in md
+    assert "| sybil | 2 | — | — | 2/2 | 150 | not trained: need at least 5 malicious accounts |" in md
+    assert "`shadow` run" in md
+    assert "## Leave one family out" not in (write_report(tmp_path / "plain", SCENARIO, runs, plots=False)
+                                             and (tmp_path / "plain" / "report.md").read_text())

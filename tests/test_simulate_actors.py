@@ -17,9 +17,12 @@ from flask_modelguard.simulate.attackers import (
     ACTORS,
     ActiveLearningThief,
     AdaptiveThief,
+    DataFreeThief,
     JacobianThief,
     KnockoffThief,
     LowAndSlowThief,
+    MixedThief,
+    NaturalPatchThief,
     RandomThief,
     SybilThief,
     _class_gradient,
@@ -27,6 +30,8 @@ from flask_modelguard.simulate.attackers import (
     make_actor,
     parameters,
 )
+from flask_modelguard.simulate.gradients import _entropy_gradient
+from flask_modelguard.simulate.natural import natural_patches, photographs
 from flask_modelguard.simulate.surrogate import train_clone
 from flask_modelguard.simulate.users import DAY, BenignUser, PowerUser
 
@@ -124,7 +129,7 @@ class FixedWindow:
 def test_registry_covers_every_kind() -> None:
     assert {"benign", "benign-power", "random", "random-uniform", "random-gaussian", "random-exhaustive",
             "random-systematic", "random-adversarial", "jacobian", "knockoff", "active", "adaptive", "sybil",
-            "low-and-slow"} == set(ACTORS)
+            "low-and-slow", "natural-patches", "mixed", "data-free"} == set(ACTORS)
     for kind, cls in ACTORS.items():
         actor = make_actor({"kind": kind, "name": f"a-{kind}", "budget": 10})
         assert isinstance(actor, cls) and actor.kind == kind and actor.name == f"a-{kind}"
@@ -147,6 +152,13 @@ def test_registry_covers_every_kind() -> None:
     ({"kind": "random-uniform", "budget": 5, "strategy": "gaussian"}, "always uses strategy 'uniform'"),
     ({"kind": "active", "budget": 5, "strategy": "entropy"}, "unknown strategy"),
     ({"kind": "knockoff", "budget": 0}, "budget"),
+    ({"kind": "natural-patches", "budget": 5, "strategy": "adaptive"}, "unknown strategy 'adaptive'"),
+    ({"kind": "natural-patches", "budget": 5, "step": 0}, "step must be >= 1"),
+    ({"kind": "mixed", "budget": 5, "real": 1.5}, "real must be in"),
+    ({"kind": "mixed", "budget": 5, "source": "psychic"}, "unknown source 'psychic'"),
+    ({"kind": "data-free", "budget": 5, "hard": -0.1}, "hard in"),
+    ({"kind": "data-free", "budget": 5, "substitute": "forest"}, "unknown substitute"),
+    ({"kind": "data-free", "budget": 5, "epochs": 0}, "epochs must be >= 1"),
 ])
 def test_make_actor_rejects_bad_entries(spec: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -176,7 +188,8 @@ def test_budget_exact_and_inputs_in_range(kind: str, space: str, world: World, u
         assert all(r.delay > 0 for _, r, _ in log)
 
 
-@pytest.mark.parametrize("kind", ["benign", "random-adversarial", "jacobian", "active", "adaptive"])
+@pytest.mark.parametrize("kind", ["benign", "random-adversarial", "jacobian", "active", "adaptive",
+                                  "natural-patches", "mixed", "data-free"])
 def test_deterministic_given_the_rng(kind: str, world: World) -> None:
     runs = [sent_inputs(drive(make_actor({"kind": kind, "budget": 150}), world, seed=7)) for _ in range(2)]
     assert np.array_equal(*runs)
@@ -463,3 +476,107 @@ def test_low_and_slow(world: World) -> None:
     assert set(sizes) == {1, 2}
     assert 400 < np.mean([r.delay for _, r, _ in log]) < 800
     assert log[-1][0] > DAY  # 300 inputs take more than a simulated day
+
+
+# -- natural images of another domain, mixed and data-free thieves ---------------------
+
+
+def test_photographs_are_loaded_once_and_grey() -> None:
+    photos = photographs()
+    assert len(photos) == 2 and all(p.ndim == 2 and 0.0 <= p.min() < p.max() <= 1.0 for p in photos)
+    assert photographs()[0] is photos[0]  # cached
+
+
+def test_natural_patches_are_not_digits(world: World) -> None:
+    thief = NaturalPatchThief("np", 500, batch=50)
+    X = sent_inputs(drive(thief, world))
+    assert X.min() == world.low and X.max() == world.high and np.array_equal(X, np.rint(X))
+    assert not rows(X) & (rows(world.pool) | rows(world.seeds) | rows(world.test))
+    digits = np.concatenate([world.pool, world.seeds])
+    # digits have a dark border (the first and last columns) and ink in the middle; photographs do not
+    border = np.r_[0:64:8, 7:64:8]
+    assert X[:, border].mean() > digits[:, border].mean() + 3.0
+    # photographs are smooth: neighbouring pixels differ less than in digits, relative to the spread
+    def roughness(Z: np.ndarray) -> float:
+        images = Z.reshape(-1, 8, 8)
+        return float(np.abs(np.diff(images, axis=2)).mean() / Z.std())
+    assert roughness(X) < roughness(digits)
+    # the nearest digit of a patch is farther than a digit's nearest other digit
+    def nearest(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+        d = ((A[:, None, :] - B[None]) ** 2).sum(axis=2)
+        return np.sqrt(np.where(d > 0, d, np.inf).min(axis=1))
+    assert np.median(nearest(X[:200], digits)) > np.median(nearest(world.pool[:200], digits))
+
+
+def test_natural_patches_of_other_shapes(world: World) -> None:
+    flat = World(pool=np.zeros((3, 10)), test=np.zeros((1, 10)), test_labels=np.zeros(1), victim=world.victim,
+                 n_classes=10, low=-1.0, high=1.0)
+    X = natural_patches(30, flat, np.random.default_rng(0))
+    assert X.shape == (30, 10) and X.min() >= -1.0 and X.max() <= 1.0 and len(rows(X)) == 30
+    wide = World(pool=np.zeros((3, 1000)), test=np.zeros((1, 1000)), test_labels=np.zeros(1), victim=world.victim,
+                 n_classes=10)
+    assert natural_patches(3, wide, np.random.default_rng(0), stretch=False).shape == (3, 1000)
+
+
+def test_natural_patches_balanced_spreads_the_labels(world: World) -> None:
+    runs = {s: drive(NaturalPatchThief("np", 1000, strategy=s, step=100, pool_size=1500, batch=50), world, seed=4)
+            for s in ("random", "balanced")}
+    counts = {s: np.bincount(np.concatenate([a.labels for _, _, a in log]), minlength=10)
+              for s, log in runs.items()}
+    # the label-balanced choice makes the answers less dominated by the most common class
+    assert counts["balanced"].max() < counts["random"].max() - 50
+    def entropy(c: np.ndarray) -> float:
+        p = c[c > 0] / c.sum()
+        return float(-(p * np.log(p)).sum())
+    assert entropy(counts["balanced"]) > entropy(counts["random"]) + 0.1
+
+
+@pytest.mark.parametrize("real", [0.3, 0.4, 0.5])
+def test_mixed_real_share(real: float, world: World) -> None:
+    thief = MixedThief("mx", 1000, real=real, batch=20)
+    X = sent_inputs(drive(thief, world))
+    natural = np.array([x.tobytes() in rows(world.seeds) for x in X])
+    assert abs(natural.mean() - real) <= 0.01
+    assert np.array_equal(natural, np.array(thief.is_real))
+    assert np.mean([0 < natural[i:i + 20].sum() < 20 for i in range(0, 1000, 20)]) > 0.9  # mixed in every batch
+    assert len(rows(X[natural])) == min(natural.sum(), len(world.seeds))  # without replacement until used up
+
+
+def test_mixed_with_patches(world: World) -> None:
+    thief = MixedThief("mx", 400, source="natural-patches", batch=20)
+    X = sent_inputs(drive(thief, world))
+    real = np.array(thief.is_real)
+    assert abs(real.mean() - 0.4) <= 0.01
+    assert not rows(X[~real]) & rows(world.seeds)
+    border = np.r_[0:64:8, 7:64:8]
+    assert X[~real][:, border].mean() > X[real][:, border].mean() + 3.0  # the rest are photographs
+
+
+def test_data_free_raises_the_clone_entropy(world: World) -> None:
+    thief = DataFreeThief("df", 1200, batch=50)
+    drive(thief, world)
+    assert thief.sent == 1200 and len(thief.entropy) >= 5
+    noise, generated = np.array(thief.entropy).T
+    assert (generated > noise).all() and generated.mean() > 1.3 * noise.mean()
+    assert not rows(thief.X) & (rows(world.pool) | rows(world.seeds) | rows(world.test))  # no natural data
+    # its last clone is unsure on its last queries, more than on fresh noise
+    assert thief.clone is not None
+    last = thief.X[-100:]
+    fresh = np.random.default_rng(1).integers(0, 17, last.shape).astype(float)
+    assert _entropy_gradient(thief.clone, last)[0].mean() > _entropy_gradient(thief.clone, fresh)[0].mean()
+
+
+def test_entropy_gradient_matches_finite_differences(digits: Any) -> None:
+    X_train, _, y_train, _ = digits
+    clone = train_clone(X_train[:300], y_train[:300], kind="mlp", low=0.0, high=16.0, hidden=16, seed=0)
+    x = X_train[300:303].astype(float)
+    _, grad = _entropy_gradient(clone, x)
+    eps = 1e-4
+    for j in (10, 27, 44):
+        step = np.zeros_like(x)
+        step[:, j] = eps
+        numeric = (_entropy_gradient(clone, x + step)[0] - _entropy_gradient(clone, x - step)[0]) / (2 * eps)
+        assert np.allclose(grad[:, j], numeric, atol=1e-5)
+    constant = train_clone(X_train[:5], np.full(5, 3), low=0.0, high=16.0)
+    h, g = _entropy_gradient(constant, x)
+    assert not g.any() and np.allclose(h, 0.0)

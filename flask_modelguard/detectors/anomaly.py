@@ -89,9 +89,15 @@ class AnomalyModel:
 
     def score(self, vector: Mapping[str, float | None]) -> float:
         """How anomalous (higher: more), on the scale of :attr:`threshold`."""
+        return float(self.score_many([vector])[0])
+
+    def score_many(self, vectors: Sequence[Mapping[str, float | None]]) -> np.ndarray:
+        """:meth:`score` of many vectors at once."""
         if self._model is None:
             raise RuntimeError("fit the anomaly model first")
-        return float(-self._model.decision_function(self._scaler.transform(self._matrix([vector])))[0])
+        if not len(vectors):
+            return np.empty(0)
+        return -self._model.decision_function(self._scaler.transform(self._matrix(vectors)))
 
     def flags(self, vector: Mapping[str, float | None]) -> bool:
         return self.score(vector) > self.threshold

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ..detectors.supervised import rescore
+
 #: Guard modes in the order tables show them; other modes follow, sorted.
 MODES = ("off", "shadow", "default")
 #: The ensemble score; the flag decision is taken on it.
@@ -295,3 +297,88 @@ def leaderboard(runs: Mapping[str, Run]) -> list[dict[str, Any]]:
                          "tpr_at_0_1pct": m["tpr_at_0_1pct"], **(flags if name == ENSEMBLE else none),
                          "n_benign": m["n_benign"], "n_malicious": m["n_malicious"]})
     return rows
+
+
+# -- leave one family out ----------------------------------------------------------------
+
+#: The ensemble score at which the guard flags.
+FLAG_AT = 0.5
+
+Evaluations = Mapping[str, Sequence[Any]]
+
+
+def _row_queries(evaluations: Evaluations) -> list[int]:
+    """Queries of the account at each evaluation: ``evaluations["queries"]``, else from ``log_queries``."""
+    if evaluations.get("queries") is not None:
+        return [int(q) for q in evaluations["queries"]]
+    return [int(round(math.expm1(float(r.get("log_queries") or 0.0)))) for r in evaluations["rows"]]
+
+
+def _flag_queries(trained: Any, evaluations: Evaluations, names: set[str], prada_threshold: float) -> dict[str, int | None]:
+    """Per account of ``names``: its queries at the first evaluation scored ≥ 0.5 (None: never)."""
+    groups = [str(g) for g in evaluations["groups"]]
+    index = [i for i, g in enumerate(groups) if g in names]
+    scores = rescore(trained, [evaluations["rows"][i] for i in index], prada_threshold)
+    queries = _row_queries(evaluations)
+    out: dict[str, int | None] = dict.fromkeys(sorted(names))
+    for i, score in zip(index, scores):  # rows are in order of each account's queries
+        if score >= FLAG_AT and out[groups[i]] is None:
+            out[groups[i]] = queries[i]
+    return out
+
+
+def _summary(first: Mapping[str, int | None]) -> dict[str, Any]:
+    flagged = [q for q in first.values() if q is not None]
+    return {"accounts": len(first), "flagged": len(flagged),
+            "queries_to_flag": float(np.median(flagged)) if flagged else None, "per_account": dict(first)}
+
+
+def leave_one_family_out(training: Evaluations, test: Evaluations, families: Mapping[str, str], *,
+                         anomaly_kinds: Sequence[str] = (), fpr: float = 0.005, prada_threshold: float = 0.9,
+                         seed: int = 0) -> dict[str, Any]:
+    """How the supervised detectors do on a thief family they never saw.
+
+    ``training`` and ``test`` are labelled evaluations ``{"rows", "labels",
+    "groups"}`` (and optionally ``"queries"``) of a practice run and of the
+    measured run; ``families`` maps every malicious account (of both) to its
+    family (the actor's kind). For each family F found in ``test``: the
+    detectors are trained (:func:`~flask_modelguard.detectors.supervised.train`)
+    on ``training`` without any account of F, and F's accounts in ``test``
+    are re-scored with them, evaluation by evaluation (:func:`rescore`);
+    queries-to-flag is an account's query count at its first evaluation
+    scored ≥ 0.5. The same is done with detectors trained on all of
+    ``training`` ("in family"). Each family's ``benign_flag_rate`` is the
+    share of benign accounts of ``test`` its held-out detectors flag.
+    """
+    from ..detectors.supervised import train
+
+    options = {"anomaly_kinds": list(anomaly_kinds), "fpr": fpr, "prada_threshold": prada_threshold, "seed": seed}
+    labels = [bool(v) for v in test["labels"]]
+    benign = {str(g) for g, m in zip(test["groups"], labels) if not m}
+    malicious = {str(g) for g, m in zip(test["groups"], labels) if m}
+    members: dict[str, set[str]] = {}
+    for name in sorted(malicious):
+        members.setdefault(families.get(name, "?"), set()).add(name)
+    everything = train(training["rows"], training["labels"], training["groups"], **options)
+    in_family = _flag_queries(everything, test, malicious | benign, prada_threshold)
+    out: dict[str, Any] = {"method": "offline re-scoring of the measured run's stored evaluations",
+                           "threshold": FLAG_AT, "benign_accounts": len(benign),
+                           "benign_flag_rate": _ratio(sum(in_family[b] is not None for b in benign), len(benign)),
+                           "families": []}
+    for family, names in sorted(members.items()):
+        row: dict[str, Any] = {"family": family, "accounts": len(names),
+                               "in_family": _summary({n: in_family[n] for n in names})}
+        keep = [i for i, g in enumerate(training["groups"]) if families.get(str(g)) != family]
+        row["train_accounts_removed"] = len({str(g) for g in training["groups"]} -
+                                            {str(training["groups"][i]) for i in keep})
+        try:
+            held = train([training["rows"][i] for i in keep], [training["labels"][i] for i in keep],
+                         [training["groups"][i] for i in keep], **options)
+        except ValueError as exc:  # too few accounts left to train on
+            row["held_out"], row["benign_flag_rate"], row["error"] = None, None, str(exc)
+        else:
+            first = _flag_queries(held, test, names | benign, prada_threshold)
+            row["held_out"] = _summary({n: first[n] for n in names})
+            row["benign_flag_rate"] = _ratio(sum(first[b] is not None for b in benign), len(benign))
+        out["families"].append(row)
+    return out

@@ -23,13 +23,13 @@ PLOTS = ("roc", "fidelity", "timelines")
 
 
 def write_report(out_dir: str | Path, scenario: Mapping[str, Any], runs: Mapping[str, Mapping[str, Any]],
-                 *, plots: bool = True) -> dict[str, Any]:
+                 *, plots: bool = True, lofo: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write report.json, report.md and (if ``plots``) roc/fidelity/timelines PNGs into ``out_dir``.
 
     Returns the report dict exactly as written to report.json: ``{scenario,
     command, modes, primary_mode, runs, metrics: {mode: {detection, theft}},
     leaderboard, plots: {name: file or None}, plot_notes: {name: why skipped}}``
-    (NaN/inf → None).
+    (NaN/inf → None), and ``lofo`` (:func:`~.metrics.leave_one_family_out`) when given.
     """
     if plots:
         try:
@@ -50,6 +50,8 @@ def write_report(out_dir: str | Path, scenario: Mapping[str, Any], runs: Mapping
                     for m in modes},
         "leaderboard": M.leaderboard(runs),
     }
+    if lofo is not None:
+        report["lofo"] = dict(lofo)
     report["plots"], report["plot_notes"] = (_draw(out, runs, primary) if plots else
                                              (dict.fromkeys(PLOTS), dict.fromkeys(PLOTS, "plots were not requested")))
     report = _jsonable(report)
@@ -61,6 +63,8 @@ def write_report(out_dir: str | Path, scenario: Mapping[str, Any], runs: Mapping
 def _command(scenario: Mapping[str, Any], out_dir: str | Path) -> str:
     args = ["flask", "--app", "example_app", "modelguard", "evaluate", "--scenario",
             str(scenario.get("name", "default")), "--seed", str(scenario.get("seed", 0)), "--out", str(out_dir)]
+    if scenario.get("lofo"):
+        args.append("--lofo")
     return shlex.join(args)
 
 
@@ -304,6 +308,31 @@ def _detector_section(report: Mapping[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _lofo_cells(side: Mapping[str, Any] | None) -> list[str]:
+    if not side:
+        return ["—", "—"]
+    return [f"{side['flagged']}/{side['accounts']}", _fmt(side.get("queries_to_flag"), 0)]
+
+
+def _lofo_section(report: Mapping[str, Any]) -> list[str]:
+    lofo = report.get("lofo")
+    if not lofo:
+        return []
+    rows = [[_cell(str(r["family"])), _fmt(r["accounts"]), *_lofo_cells(r.get("held_out")),
+             *_lofo_cells(r.get("in_family")),
+             _pct(r.get("benign_flag_rate")) if r.get("held_out") else _cell(f"not trained: {r.get('error')}")]
+            for r in lofo["families"]]
+    header = ["family", "accounts", "flagged (held out)", "queries to flag (held out)", "flagged (in family)",
+              "queries to flag (in family)", "benign flagged (held-out model)"]
+    return ["## Leave one family out", "", *_table(header, rows),
+            f"Each family's accounts judged by a random forest and stacked ensemble trained on the practice "
+            f"run without that family (held out) and with it (in family): the `{lofo.get('mode')}` "
+            f"run's stored evaluations re-scored offline, in query order; an account is flagged at its first "
+            f"evaluation with ensemble score ≥ {lofo.get('threshold', 0.5)}, and queries to flag is the median "
+            f"over the family's flagged accounts. Benign accounts flagged by the in-family model: "
+            f"{_pct(lofo.get('benign_flag_rate'))} of {_fmt(lofo.get('benign_accounts'))}.", ""]
+
+
 def _alerts_section(report: Mapping[str, Any]) -> list[str]:
     rows = [[m, _fmt(d["queries"]), _fmt(d["alerts"]), _fmt(d["alerts_per_1000_queries"], 2)]
             for m in report["modes"] for d in [report["metrics"][m]["detection"]]]
@@ -343,7 +372,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += ["Regenerate with:", "", "```", report["command"], "```", "",
               f"Modes: {', '.join(report['modes']) or 'none'}. Detection tables use the "
               f"`{report['primary_mode']}` run.", ""]
-    for section in (_attacker_section, _benign_section, _detector_section, _alerts_section,
+    for section in (_attacker_section, _benign_section, _detector_section, _lofo_section, _alerts_section,
                     _latency_section, _plot_section):
         lines += section(report)
     return "\n".join(lines).rstrip() + "\n"

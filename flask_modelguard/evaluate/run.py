@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..exc import InvalidValue
 from ..extension import ModelGuard
 from ..simulate.actor import Actor, World
 from ..simulate.clock import SimulatedClock
@@ -268,10 +269,14 @@ def run(
     plots: bool = True,
     progress: Progress | None = None,
     workdir: str | None = None,
+    lofo: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluate a scenario (a bundled name, a file, a dict): one run per guard
     mode; writes ``report.json``, ``report.md`` and plots to ``out`` when
-    given; returns the report."""
+    given; returns the report. ``lofo`` (default: the scenario's) adds the
+    leave-one-family-out measurement of the supervised detectors
+    (:func:`~.metrics.leave_one_family_out`; it needs a practice run, so a
+    scenario without ``train_seed`` gets ``seed + 1000``)."""
     from .report import write_report
 
     if not isinstance(scenario, Scenario):
@@ -280,8 +285,13 @@ def run(
         scenario.seed = seed
     if modes is not None:
         scenario.modes = list(modes)
+    if lofo is not None:
+        scenario.lofo = bool(lofo)
+    if scenario.lofo and scenario.train_seed is None:
+        scenario.train_seed = scenario.seed + 1000
+    lofo_mode = _lofo_mode(scenario) if scenario.lofo else None
     runs: dict[str, dict[str, Any]] = {}
-    training = None
+    training = practice_accounts = lofo_result = None
     with tempfile.TemporaryDirectory(prefix="modelguard-eval-") as tmp:
         if scenario.train_seed is not None:
             # The supervised detectors learn from another simulation (other
@@ -290,11 +300,15 @@ def run(
             result, _, _, app = run_mode(practice, "shadow", workdir or tmp, progress=_named(progress, "training"),
                                        name="training")
             ModelGuard.state(app).close()
-            training = result["training"]
+            training, practice_accounts = result["training"], result["accounts"]
         for mode in scenario.modes:
             result, actors, world, app = run_mode(scenario, mode, workdir or tmp, progress=progress,
                                                   training=training)
-            result.pop("training")
+            evaluations = result.pop("training")
+            if mode == lofo_mode:
+                settings = ModelGuard.state(app).settings
+                lofo_result = _lofo(training, practice_accounts, evaluations, result["accounts"], settings)
+                lofo_result["mode"] = mode
             try:
                 result["clones"] = _clones(scenario, mode, actors, world, app)
                 result["independent"] = _independent(scenario, actors, world, app)
@@ -315,9 +329,34 @@ def run(
     if out is None:
         from .metrics import detection_metrics, theft_metrics
 
-        return {"scenario": summary, "runs": runs,
-                "metrics": {m: {"detection": detection_metrics(r), "theft": theft_metrics(r)} for m, r in runs.items()}}
-    return write_report(out, summary, runs, plots=plots)
+        report = {"scenario": summary, "runs": runs,
+                  "metrics": {m: {"detection": detection_metrics(r), "theft": theft_metrics(r)}
+                              for m, r in runs.items()}}
+        return report if lofo_result is None else {**report, "lofo": lofo_result}
+    return write_report(out, summary, runs, plots=plots, lofo=lofo_result)
+
+
+def _lofo_mode(scenario: Scenario) -> str:
+    """The run whose evaluations LOFO re-scores: shadow (answers untouched, so the
+    traffic does not depend on the detectors' flags), else the first guarded mode."""
+    guarded = [m for m in scenario.modes if MODES[m].get("MODELGUARD_ENABLED", True)]
+    if not guarded:
+        raise InvalidValue("lofo needs a guarded mode (shadow or default)")
+    return "shadow" if "shadow" in guarded else guarded[0]
+
+
+def _lofo(training: dict[str, Any] | None, practice: list[dict[str, Any]] | None, evaluations: dict[str, Any],
+          accounts: list[dict[str, Any]], settings: Any) -> dict[str, Any]:
+    """Leave-one-family-out over the practice run's and this run's evaluations,
+    with the guard's own training options."""
+    from .metrics import leave_one_family_out
+
+    assert training is not None and practice is not None
+    families = {a["name"]: a["kind"] for a in [*practice, *accounts] if a["malicious"]}
+    timelines = {a["name"]: iter(a["timeline"]) for a in accounts}
+    test = {**evaluations, "queries": [next(timelines[g])[1] for g in evaluations["groups"]]}
+    return leave_one_family_out(training, test, families, anomaly_kinds=list(settings.anomaly_models),
+                                fpr=settings.ensemble_fpr, prada_threshold=settings.prada_threshold)
 
 
 def _latency(scenario: Scenario, workdir: str) -> dict[str, Any]:
