@@ -9,12 +9,17 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: run test bench evaluate
+.PHONY: run test lint bench evaluate
 run: $(BIN)/.installed
 	$(BIN)/python -m example_app
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# What CI checks besides the tests: ruff (lint, import order, complexity) and mypy.
+lint: $(BIN)/.installed
+	$(BIN)/ruff check flask_modelguard example_app tests benchmarks
+	$(BIN)/mypy
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/overhead.py

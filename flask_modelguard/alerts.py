@@ -80,6 +80,7 @@ class Webhook:
 
     def _deliver(self, alert: dict[str, Any]) -> None:
         data = json.dumps(alert).encode()
+        error: Exception
         for attempt in range(self.retries + 1):
             try:
                 request = urllib.request.Request(self.url, data=data, headers=self.headers, method="POST")

@@ -29,6 +29,7 @@ from .exc import (
 from .keys import key_hint, parse_key, verify_secret
 from .repository import Principal, Repository
 
+
 class Authenticator:
     def __init__(
         self,

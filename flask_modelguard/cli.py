@@ -260,7 +260,7 @@ def verify_watermark(account: str | None, url: str | None, headers: tuple[str, .
     if all_accounts == (account is not None):
         raise click.UsageError("Give an ACCOUNT or --all.")
     guard = _guard()
-    options = {"max_probes": max_probes, "null_rate": null_rate, "threshold_log2": threshold_log2}
+    options: dict[str, Any] = {"max_probes": max_probes, "null_rate": null_rate, "threshold_log2": threshold_log2}
     if predictions is not None:
         if all_accounts:
             raise click.UsageError("--all needs --url (a predictions file answers one account's export).")
@@ -274,8 +274,8 @@ def verify_watermark(account: str | None, url: str | None, headers: tuple[str, .
         parsed = dict(h.split(":", 1) for h in headers)
         try:
             suspect = http_suspect(url, {k.strip(): v.strip() for k, v in parsed.items()})  # type: ignore[arg-type]
-            results = (guard.attribute(suspect, **options) if all_accounts
-                       else [guard.verify_watermark(account, suspect, **options)])  # type: ignore[arg-type]
+            results = (guard.attribute(suspect, **options) if account is None
+                       else [guard.verify_watermark(account, suspect, **options)])
         except (OSError, ValueError) as exc:  # unreachable, or not an answer: say so, no traceback
             raise click.ClickException(f"Could not test the suspect: {exc}") from None
     for result in results:

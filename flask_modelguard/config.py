@@ -186,6 +186,12 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        """Raise :class:`InvalidValue` naming the first setting that is wrong."""
+        self._check_types()
+        self._check_values()
+        self._check_choices()
+
+    def _check_types(self) -> None:
         kinds: dict[str, Any] = {
             "enabled": bool, "metrics_enabled": bool, "create_tables": bool, "store_inputs": bool, "headers_enabled": bool, "detection": bool, "admin_enabled": bool, "admin_prefix": str,
             "storage_uri": str, "strategy": str, "namespace": str, "default_tier": str, "fail_mode": str,
@@ -211,6 +217,7 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise InvalidValue(f"{PREFIX}{name.upper()} must be a number >= 0, not {value!r}")
+    def _check_values(self) -> None:
         if self.clock is not None and not callable(self.clock):
             raise InvalidValue(f"{PREFIX}CLOCK must be a function returning epoch seconds")
         if self.reference is not None and not (callable(self.reference) or isinstance(self.reference, (str, os.PathLike))):
@@ -226,6 +233,8 @@ class Settings:
                 raise InvalidValue(f"{PREFIX}{name.upper()} must be an integer >= 1, not {value!r}")
         if self.feature_space is not None and (not isinstance(self.feature_space, str) or not self.feature_space):
             raise InvalidValue(f"{PREFIX}FEATURE_SPACE must be a non-empty string, not {self.feature_space!r}")
+
+    def _check_choices(self) -> None:
         if self.fail_mode not in FAIL_MODES:
             raise InvalidValue(f"MODELGUARD_FAIL_MODE must be 'open' or 'closed', not {self.fail_mode!r}")
         if not self.admin_prefix.startswith("/") or self.admin_prefix.endswith("/"):

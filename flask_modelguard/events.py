@@ -20,7 +20,6 @@ import numpy as np
 
 from .payload import read_predictions
 
-
 _NUMBER_TYPES = frozenset((int, float))
 
 
@@ -34,6 +33,7 @@ def _feed(update: Any, value: Any) -> None:
     """
     kind = type(value)
     if kind is list or kind is tuple:
+        packed: array[float] | None
         try:  # the common case, a list of numbers, packed in C
             packed = array("d", value)
         except (TypeError, OverflowError):  # strings, other items, or an integer beyond a double

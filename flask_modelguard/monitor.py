@@ -27,9 +27,9 @@ from .detectors.add import Reference, add_score
 from .detectors.anomaly import AnomalyModel
 from .detectors.population import PopulationSample
 from .detectors.prada import Prada
-from .detectors.window import Window, feature_entropy, rule_reasons
 from .detectors.supervised import StackedEnsemble, SupervisedModel
 from .detectors.supervised import evidence as evidence_of
+from .detectors.window import Window, feature_entropy, rule_reasons
 from .state import AccountState, Observation, behaviour, label_key
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeGuard
 
 import numpy as np
 
@@ -51,7 +51,7 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _is_vector(x: Any) -> bool:
+def _is_vector(x: Any) -> TypeGuard[list[float]]:
     """A non-empty list of numbers (checked in C by ``array``)."""
     if type(x) is not list or not x:
         return False
@@ -62,7 +62,7 @@ def _is_vector(x: Any) -> bool:
     return True
 
 
-def _is_scores(x: Any) -> bool:
+def _is_scores(x: Any) -> TypeGuard[Mapping[Any, float]]:
     return isinstance(x, Mapping) and len(x) > 0 and all(_is_number(v) for v in x.values())
 
 
@@ -217,7 +217,7 @@ def make_adapter(spec: Any) -> PayloadAdapter:
     if isinstance(spec, tuple) and len(spec) == 2 and all(callable(f) for f in spec):
         return CallableAdapter(*spec)
     if hasattr(spec, "read"):
-        return spec  # type: ignore[no-any-return]
+        return spec
     raise TypeError(f"Not a payload adapter: {spec!r}")
 
 

@@ -127,9 +127,12 @@ class QuotaEnforcer:
         self.check_tier(self.default_tier)
         self._unknown_tiers: set[str] = set()
         # Backend errors arrive as limits' StorageError, translated in hit().
-        self.storage: Storage = storage_from_string(
-            storage_uri, wrap_exceptions=True, **dict(storage_options or {})
+        # limits types options as float | str | bool, but storages take others (the simulated clock).
+        storage = storage_from_string(
+            storage_uri, wrap_exceptions=True, **dict(storage_options or {})  # type: ignore[arg-type]
         )
+        assert isinstance(storage, Storage)  # not async (as the RateLimiter below asserts)
+        self.storage: Storage = storage
         self.limiter: RateLimiter = STRATEGIES[strategy](self.storage)
         #: The clock of the storage's windows (``time.time`` but for simulated storage).
         self.clock: Callable[[], float] = getattr(self.storage, "clock", time.time)

@@ -433,7 +433,8 @@ class Repository:
                                  .order_by(table.c.account_id).with_for_update())
                         stored.update((r.account_id, r.state) for r in conn.execute(query))
                     now = self.now()
-                    new, old = [], []
+                    new: list[dict[str, Any]] = []
+                    old: list[dict[str, Any]] = []
                     for account_id in ids:
                         merged[account_id] = merges[account_id](stored.get(account_id))
                         row = {"b_id": account_id, "b_state": merged[account_id], "b_at": now}

@@ -45,6 +45,7 @@ from .telemetry import install as install_telemetry
 from .worker import EventWorker
 
 if TYPE_CHECKING:
+    from .admin.store import AdminStore
     from .extension import ModelGuard
 
 log = logging.getLogger("flask_modelguard")
@@ -187,10 +188,13 @@ class GuardState:
         #: Where flag alerts are POSTed (MODELGUARD_ALERT_WEBHOOK), if anywhere.
         self.webhook = None if not settings.alert_webhook else Webhook(
             settings.alert_webhook, headers=dict(settings.alert_webhook_headers))
-        self._action: dict[str, Any] = {
+        actions: dict[str, dict[str, Any]] = {
             "observe": {"observe": True}, "degrade": {},
             "throttle": {"tier": settings.throttle_tier}, "block": {"status": "blocked"},
-        }[settings.action]
+        }
+        self._action = actions[settings.action]
+        #: The admin tokens, alerts and audit log (set by ``init_app``).
+        self.admin: AdminStore
         #: Prometheus metrics (docs/metrics.md); None when off or prometheus_client is missing.
         self.telemetry = install_telemetry(app, settings, self.worker, self.detection_status)
 
@@ -321,7 +325,8 @@ class GuardState:
                 chunk = ordered[start : start + batch]
                 results: dict[int, AccountState] = {}
 
-                def merge(account_id: int, delta: AccountState) -> Callable[[dict[str, Any] | None], dict[str, Any]]:
+                def merge(account_id: int, delta: AccountState,
+                          results: dict[int, AccountState] = results) -> Callable[[dict[str, Any] | None], dict[str, Any]]:
                     def merge_one(stored: dict[str, Any] | None) -> dict[str, Any]:
                         if stored is None or not self._same_space(stored):
                             merged = delta.copy()  # nothing stored, or another feature space: start over
@@ -576,11 +581,11 @@ class GuardState:
             if isinstance(exc, HTTPException):
                 if exc.code is None or exc.code < 400:
                     raise
-                problem: Problem = HTTPProblem(exc.code, exc.name, exc.description or exc.name)
+                refusal: Problem = HTTPProblem(exc.code, exc.name, exc.description or exc.name)
             else:
-                problem = exc
-            problem.headers = {**dict(headers), **problem.headers}
-            response, rv = problem_response(problem), None
+                refusal = exc
+            refusal.headers = {**dict(headers), **refusal.headers}
+            response, rv = problem_response(refusal), None
         except BaseException:
             self._record(principal, route, now, 500, started, cost, body, None,
                          view_seconds=(view_ended or time.perf_counter()) - view_started)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -40,8 +40,9 @@ class Moments:
     dim: int
     diagonal: bool = False
     n: int = 0
-    mean: np.ndarray = field(default=None)  # type: ignore[assignment]
-    m2: np.ndarray = field(default=None)  # type: ignore[assignment]
+    # None until __post_init__ fills them in.
+    mean: np.ndarray = field(default=cast(np.ndarray, None))
+    m2: np.ndarray = field(default=cast(np.ndarray, None))
 
     def __post_init__(self) -> None:
         if self.mean is None:

@@ -49,7 +49,7 @@ class Answer:
     def but(self, **changes: Any) -> Answer:
         """A copy with some fields changed (``dataclasses.replace`` costs
         several µs per call, which the request path notices)."""
-        values = {
+        values: dict[str, Any] = {
             "probs": self.probs, "labels": self.labels, "keep": self.keep,
             "label_only": self.label_only, "watermarked": self.watermarked,
             "mark_labels": self.mark_labels,

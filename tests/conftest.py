@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, text
 
 from flask_modelguard import ModelGuard, models
 
+#: The server; each run makes a database of its own on it (``postgres_url``).
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REDIS_URI = "redis://127.0.0.1:6379/0"
 
@@ -47,20 +48,37 @@ def _redis_ready() -> str | None:
     return None
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
-    """A clean database for the guard's tables: a SQLite file, or PostgreSQL's ``test``."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/modelguard.db"
-        return
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database of this test run's own (``test_<random>``), dropped at
+    the end: two runs on one server never see each other's tables."""
     reason = _postgres_ready()
     if reason:
         pytest.skip(reason)
-    engine = create_engine(POSTGRES_URL)
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """A clean database for the guard's tables: a SQLite file, or this run's PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/modelguard.db"
+        return
+    url = request.getfixturevalue("postgres_url")
+    engine = create_engine(url)
     models.metadata.drop_all(engine)
     engine.dispose()
-    yield POSTGRES_URL
-    engine = create_engine(POSTGRES_URL)
+    yield url
+    engine = create_engine(url)
     models.metadata.drop_all(engine)
     engine.dispose()
 

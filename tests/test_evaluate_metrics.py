@@ -251,8 +251,7 @@ def test_lofo_reports_a_family_it_cannot_train_without():
 
 
 def test_rescore_matches_the_monitor_row_by_row():
-    from flask_modelguard.detectors.supervised import evidence, train
-    from flask_modelguard.detectors.supervised import rescore
+    from flask_modelguard.detectors.supervised import evidence, rescore, train
 
     training, _ = _evaluations(np.random.default_rng(0), FAMILIES)
     trained = train(training["rows"], training["labels"], training["groups"], anomaly_kinds=["isolation_forest"])

@@ -32,7 +32,6 @@ from flask_modelguard.transforms import (
 )
 
 
-
 def rng(n: int) -> KeyedRandom:
     return KeyedRandom.for_inputs(b"payload-test-key", 1, [f"fp{i}" for i in range(n)])
 

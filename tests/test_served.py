@@ -105,6 +105,20 @@ def first_start(served: ServedExample) -> str:
     return f"calibrated at start-up in {found.group(1)} s" if found else "no calibration in its log"
 
 
+def clone_fidelity(actor: Actor, world: Any) -> str:
+    """Agreement with the model, on held-out digits, of a clone trained to the end
+    on every label the thief was served (the evaluation's determined thief)."""
+    from flask_modelguard.evaluate.scenario import DEFAULT_SURROGATE
+    from flask_modelguard.simulate.surrogate import fidelity, train_clone
+
+    if len(actor.y) < 50 or len(set(np.asarray(actor.y).tolist())) < 2:
+        return "-"
+    options = {k: v for k, v in DEFAULT_SURROGATE.items() if k not in ("answers",)}
+    clone = train_clone(np.asarray(actor.X), np.asarray(actor.y), answers="labels", seed=0,
+                        low=world.low, high=world.high, **options)
+    return f"{fidelity(clone, world):.2f}"
+
+
 def family(actor: Actor) -> str:
     return actor.name if actor.name == actor.kind or actor.name == COPYCAT else f"{actor.kind} ({actor.name})"
 
@@ -206,7 +220,8 @@ def _run(served: ServedExample, plan: Plan, capsys: pytest.CaptureFixture[str]) 
             when, reason = "-", "-"
         score_now = max((checkpoint_rows[n]["score"] for n in account_names(actor)), default=0.0)
         lines.append([family(actor), actor.accounts, actor.sent, "yes" if flagged_now else "no", when,
-                      f"{score_now:.3g}", summary(best["scores"] if best else None), reason])
+                      f"{score_now:.3g}", clone_fidelity(actor, world), summary(best["scores"] if best else None),
+                      reason])
         if actor.name == COPYCAT:
             continue
         if not flagged_now or not flags or min(f[0] for f in flags) > WITHIN:
@@ -215,7 +230,7 @@ def _run(served: ServedExample, plan: Plan, capsys: pytest.CaptureFixture[str]) 
             problems.append(f"{family(actor)}: not flagged within {WITHIN} queries ({first_at}; {evaluated}; "
                             f"score {score_now:.3g} at the checkpoint; best: {summary(best['scores'] if best else None)})")
     benign_flagged = [(a, n) for a in benign for n in account_names(a) if final[n]["flagged"]]
-    for actor, name in benign_flagged:
+    for _actor, name in benign_flagged:
         hit = first_flag(served.score_history(name))
         problems.append(f"benign {name} flagged at {hit['queries'] if hit else '?'} queries: "
                         f"{'; '.join(hit['reasons']) if hit else 'no reasons recorded'} "
@@ -231,7 +246,7 @@ def _run(served: ServedExample, plan: Plan, capsys: pytest.CaptureFixture[str]) 
         f"{len(thieves)} thieves, {sum(a.sent for a in thieves)} queries "
         f"(checkpoint at {WITHIN} queries each, flags read within {FLAG_WAIT:.0f} s):",
         table(lines, ["family", "accts", "queries", f"flagged@{WITHIN}", "first flag at (queries)",
-                      f"score@{WITHIN}", f"best evaluation <= {WITHIN}", "reason"]),
+                      f"score@{WITHIN}", "clone fidelity", f"best evaluation <= {WITHIN}", "reason"]),
         f"server up in {served.started_in:.1f} s ({first_start(served)}); then {wall:.1f} s: reader app + accounts {setup:.1f} s, traffic {phase1:.1f} + {phase2:.1f} s, "
         f"{sum(statuses.values())} requests",
         "",

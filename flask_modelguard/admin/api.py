@@ -114,7 +114,7 @@ def _unrouted() -> Response | None:
     """A path under the API that matches no route (e.g. a name with a newline)
     gets a problem+json 404/405 too, not the app's HTML page."""
     exc = request.routing_exception
-    if exc is None or getattr(exc, "code", 0) < 400:
+    if exc is None or exc.code is None or exc.code < 400:
         return None
     state = current_app.extensions.get("modelguard")
     if state is None or not request.path.startswith(state.settings.admin_prefix + "/api/"):

@@ -64,7 +64,7 @@ def register(group: click.Group, friendly: Any) -> None:
         click.echo(f"{'NAME':<24} {'SCORE':>5} {'STATUS':<10} REASONS")
         for row in rows:
             history = state.guard.score_history(row["name"])
-            reasons = next((h["reasons"] for h in reversed(history) if h["reasons"]), [])
+            reasons: list[str] = next((h["reasons"] for h in reversed(history) if h["reasons"]), [])
             click.echo(f"{row['name']:<24} {row['score']:>5.2f} {row['status']:<10} {'; '.join(reasons) or '-'}")
 
     @group.command("show-account")

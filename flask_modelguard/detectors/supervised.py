@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -69,7 +69,11 @@ def _folds(groups: np.ndarray, labels: np.ndarray, k: int, seed: int) -> list[np
     return [np.flatnonzero(assignment == f) for f in range(k)]
 
 
-def _check(vectors: Sequence[Any], labels: Sequence[Any], groups: Sequence[Any] | None,
+#: Labels or groups: a sequence or an array of them.
+Column: TypeAlias = Sequence[Any] | np.ndarray
+
+
+def _check(vectors: Sequence[Any], labels: Column, groups: Column | None,
            folds: int) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(labels, dtype=bool)
     g = np.asarray(groups if groups is not None else np.arange(len(y)))
@@ -99,13 +103,13 @@ class SupervisedModel:
         return RandomForestClassifier(n_estimators=100, min_samples_leaf=2, class_weight="balanced",
                                       random_state=self.seed, n_jobs=1)
 
-    def fit(self, vectors: Sequence[Mapping[str, float | None]], labels: Sequence[Any],
-            groups: Sequence[Any] | None = None, folds: int = 5) -> SupervisedModel:
+    def fit(self, vectors: Sequence[Mapping[str, float | None]], labels: Column,
+            groups: Column | None = None, folds: int = 5) -> SupervisedModel:
         self.fit_out_of_fold(vectors, labels, groups, folds)
         return self
 
-    def fit_out_of_fold(self, vectors: Sequence[Mapping[str, float | None]], labels: Sequence[Any],
-                        groups: Sequence[Any] | None = None, folds: int = 5) -> np.ndarray:
+    def fit_out_of_fold(self, vectors: Sequence[Mapping[str, float | None]], labels: Column,
+                        groups: Column | None = None, folds: int = 5) -> np.ndarray:
         """Fit; return each vector's score from the model of the folds that did
         not see its account (what the threshold is calibrated on)."""
         y, g = _check(vectors, labels, groups, folds)
@@ -184,8 +188,8 @@ class StackedEnsemble:
 
         return LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000)
 
-    def fit(self, rows: Sequence[Mapping[str, float]], labels: Sequence[Any],
-            groups: Sequence[Any] | None = None, folds: int = 5) -> StackedEnsemble:
+    def fit(self, rows: Sequence[Mapping[str, float]], labels: Column,
+            groups: Column | None = None, folds: int = 5) -> StackedEnsemble:
         """``rows``: :func:`evidence` of each evaluation."""
         y, g = _check(rows, labels, groups, folds)
         if not self.detectors:
@@ -255,19 +259,19 @@ def train(
     from .anomaly import AnomalyModel
 
     y, g = _check(rows, labels, groups, 5)
-    rows = [dict(r) for r in rows]
-    benign = [r for r, malicious in zip(rows, y) if not malicious]
+    scored = [dict(r) for r in rows]  # copies: the models' scores are added
+    benign = [r for r, malicious in zip(scored, y) if not malicious]
     anomaly = [AnomalyModel(kind, fpr=fpr, seed=seed).fit(benign) for kind in anomaly_kinds]
-    for r in rows:
+    for r in scored:
         for model in anomaly:
             value = model.score(r)
             r[model.kind] = value
             if model.threshold > 0:
                 r[f"{model.kind}_ratio"] = value / model.threshold
     forest = SupervisedModel(fpr=fpr, seed=seed)
-    out_of_fold = forest.fit_out_of_fold(rows, y, g)
+    out_of_fold = forest.fit_out_of_fold(scored, y, g)
     evidence_rows = []
-    for r, p in zip(rows, out_of_fold):
+    for r, p in zip(scored, out_of_fold):
         e = evidence(r, prada_threshold)
         e[forest.kind] = p / forest.threshold if forest.threshold > 0 else 0.0
         evidence_rows.append(e)
@@ -280,15 +284,15 @@ def rescore(trained: Trained, rows: Sequence[Mapping[str, Any]], prada_threshold
     scores as the monitor recorded them), as the monitor computes it: every
     model's score and ``<kind>_ratio`` first, then the stacked ensemble over
     :func:`evidence`; batched."""
-    rows = [dict(r) for r in rows]
-    if not rows:
+    scored = [dict(r) for r in rows]
+    if not scored:
         return np.empty(0)
     for model in [*trained.anomaly, *([trained.supervised] if trained.supervised is not None else [])]:
         usable = np.isfinite(model.threshold) and model.threshold > 0
-        for r, value in zip(rows, model.score_many(rows)):
+        for r, value in zip(scored, model.score_many(scored)):
             r[model.kind] = float(value)
             if usable:
                 r[f"{model.kind}_ratio"] = float(value) / model.threshold
     if trained.ensemble is None:
-        return np.zeros(len(rows))
-    return trained.ensemble.malicious_many([evidence(r, prada_threshold) for r in rows])
+        return np.zeros(len(scored))
+    return trained.ensemble.malicious_many([evidence(r, prada_threshold) for r in scored])

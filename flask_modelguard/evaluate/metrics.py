@@ -106,7 +106,8 @@ def detector_names(run: Run) -> list[str]:
 
 
 def _pairs(run: Run, detector: str) -> list[tuple[float, bool]]:
-    pairs = [((a.get("scores") or {}).get(detector), bool(a.get("malicious"))) for a in run.get("accounts", [])]
+    pairs: list[tuple[Any, bool]] = [((a.get("scores") or {}).get(detector), bool(a.get("malicious")))
+                                     for a in run.get("accounts", [])]
     return [(s, m) for s, m in pairs if not is_missing(s)]
 
 
@@ -165,14 +166,19 @@ def _actor_row(actor: str, accounts: list[Mapping[str, Any]]) -> dict[str, Any]:
     if len(accounts) == 1:
         row["detection_basis"] = "actor"
         return row
-    times = {id(a): _flag_time(a) for a in timed}
-    if any(t is None for t in times.values()):
-        return row
+    times: dict[int, float] = {}
+    for a in timed:
+        if (t := _flag_time(a)) is None:
+            return row
+        times[id(a)] = t
     first = min(timed, key=lambda a: times[id(a)])
     t_flag = times[id(first)]
-    others = [_queries_at(a, t_flag) for a in accounts if a is not first]
-    if any(q is None for q in others):
-        return row
+    others: list[int] = []
+    for a in accounts:
+        if a is not first:
+            if (q := _queries_at(a, t_flag)) is None:
+                return row
+            others.append(q)
     row["reasons"] = list(first.get("reasons") or [])
     row["queries_to_detection"] = int(first["first_flag_queries"]) + sum(others)
     row["detection_basis"] = "actor"
@@ -250,6 +256,7 @@ def theft_metrics(run: Run) -> dict[str, Any]:
     model, served = benign.get("model_accuracy"), benign.get("served_accuracy")
     loss = benign.get("accuracy_loss")
     if is_missing(loss) and not is_missing(model) and not is_missing(served):
+        assert model is not None and served is not None  # not missing
         loss = model - served
     independent = run.get("independent") or {}
     return {
@@ -352,7 +359,7 @@ def leave_one_family_out(training: Evaluations, test: Evaluations, families: Map
     """
     from ..detectors.supervised import train
 
-    options = {"anomaly_kinds": list(anomaly_kinds), "fpr": fpr, "prada_threshold": prada_threshold, "seed": seed}
+    options: dict[str, Any] = {"anomaly_kinds": list(anomaly_kinds), "fpr": fpr, "prada_threshold": prada_threshold, "seed": seed}
     labels = [bool(v) for v in test["labels"]]
     benign = {str(g) for g, m in zip(test["groups"], labels) if not m}
     malicious = {str(g) for g, m in zip(test["groups"], labels) if m}

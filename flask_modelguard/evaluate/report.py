@@ -110,9 +110,9 @@ def _draw(out: Path, runs: Mapping[str, Mapping[str, Any]], primary: str | None)
 
 
 def _plot_roc(ax: Any, runs: Mapping[str, Mapping[str, Any]], primary: str | None) -> str | None:
-    run = runs.get(primary) if primary else None
+    run: Mapping[str, Any] = (runs.get(primary) if primary else None) or {}
     drawn = 0
-    for name in M.detector_names(run) if run else []:
+    for name in M.detector_names(run):
         fpr, tpr, _ = M.detector_roc(run, name)
         if np.isnan(fpr).any() or np.isnan(tpr).any():
             continue

@@ -188,6 +188,7 @@ def _benign(actors: list[Actor], world: World) -> dict[str, Any]:
 
 
 def _labels_of(inputs: np.ndarray, world: World) -> np.ndarray | None:
+    assert world.pool_labels is not None
     lookup = {row.tobytes(): label for row, label in zip(np.asarray(world.pool, dtype=np.float64), world.pool_labels)}
     labels = [lookup.get(row.tobytes()) for row in inputs]
     if any(label is None for label in labels):

@@ -48,7 +48,7 @@ class SimulatedStorage(Storage):
     STORAGE_SCHEME = ["simulated"]
 
     def __init__(self, uri: str | None = None, wrap_exceptions: bool = False,
-                 clock: Callable[[], float] | None = None, **options: object) -> None:
+                 clock: Callable[[], float] | None = None, **options: float | str | bool) -> None:
         if clock is None:
             raise ValueError("simulated:// needs the storage option clock=<callable>")
         self.clock = clock

@@ -117,12 +117,12 @@ class RandomThief(_Thief):
             rows.append((segment.a + segment.b) / 2.0)
             self._asked.append(segment)
         while len(rows) < n:
-            segment = self._new_segment()
-            if segment is None:
+            new = self._new_segment()
+            if new is None:
                 break
-            self._segments.append(segment)
-            rows.append((segment.a + segment.b) / 2.0)
-            self._asked.append(segment)
+            self._segments.append(new)
+            rows.append((new.a + new.b) / 2.0)
+            self._asked.append(new)
         explore = n - len(rows)
         if explore:  # anchors: natural inputs while the thief has unsent ones, then uniform
             fresh = len(self._anchors) < len(self._natural.X)

@@ -40,7 +40,7 @@ def _transformed(X: np.ndarray, world: World, rng: np.random.Generator, noise: f
     side = math.isqrt(d)
     if side * side == d and side > 2:
         images = X.reshape(n, side, side)
-        angle = rng.uniform(-np.pi / 12, np.pi / 12, n)[:, None]
+        angle = rng.uniform(-np.pi / 12, np.pi / 12, (n, 1))
         shift = rng.integers(-1, 2, (n, 2, 1))
         rows, cols = np.divmod(np.arange(d), side)
         centre = (side - 1) / 2.0
