@@ -3,8 +3,8 @@ Framework-free.
 
 :class:`Monitor` receives one :class:`~flask_modelguard.state.Observation` per
 answered request (in the worker thread, never in a request), updates the
-account's state and PRADA, and every ``every`` queries evaluates the
-detectors (and, once the account is large, every 5% of its size: the cost of
+account's state and PRADA, evaluates the detectors once the account has
+``min_queries`` queries, then every ``every`` queries (and, once the account is large, every 5% of its size: the cost of
 an evaluation does not grow with the account, so the amortised cost per query
 falls). A verdict lists the reasons an account is malicious, e.g.
 ``"PRADA W=0.71 < 0.9"`` or ``"ADD 1121.8 > 652.6 at 100 queries"``; the
@@ -93,7 +93,7 @@ class _Account:
     recent fingerprints and the window. The state the detectors read is
     ``base`` merged with ``delta``, built when an evaluation needs it."""
 
-    __slots__ = ("base", "delta", "prada", "seen", "since", "window")
+    __slots__ = ("base", "delta", "evaluated", "prada", "seen", "since", "window")
 
     def __init__(self, base: AccountState, prada: Prada, max_seen: int) -> None:
         self.base = base.compact()
@@ -101,6 +101,7 @@ class _Account:
         self.prada = prada
         self.seen = _Seen(max_seen)
         self.since = 0  # queries since the last evaluation
+        self.evaluated = False  # in this process: the first evaluation comes at min_queries
         self.window = Window()  # the last queries: windowed entropy, uniqueness, rate
 
     @property
@@ -207,9 +208,9 @@ class Monitor:
         account.since += len(obs.labels)
         queries = account.queries
         due = max(self.every, queries // 20)
-        if queries < self.min_queries or account.since < due:
+        if queries < self.min_queries or (account.evaluated and account.since < due):
             return None
-        account.since = 0
+        account.since, account.evaluated = 0, True
         return self.evaluate(account_id, obs.ts)
 
     def score_state(self, state: AccountState) -> dict[str, float | None]:
