@@ -37,22 +37,31 @@ def _other(X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(out).reshape(-1, 64)
 
 
-def world(app: Any) -> World:
-    """The :class:`World` of the example app, after fitting ADD's reference
-    (on the training digits, as the model's owner would) when none is stored."""
+def digits_world(victim: Any) -> World:
+    """The digits :class:`World` around ``victim`` (the model's ``predict_proba``):
+    held-out digits for benign users, 100 of them as thieves' seeds, the rest
+    to measure clones on, transformed training digits as other natural data."""
     X_train, X_test, _, y_test = split()
-    model = app.extensions["digits_model"]
-    state = ModelGuard.state(app)
-    if state.settings.enabled and state.monitor.reference is None:
-        with app.app_context():
-            ModelGuard.state(app).guard.fit_reference(X_train.tolist(), model.predict_proba(X_train).argmax(axis=1))
     rng = np.random.default_rng(1234)
     order = rng.permutation(len(X_test))
     seeds, test = order[:100], order[100:]
     return World(
         pool=X_test, pool_labels=y_test,
         test=X_test[test], test_labels=y_test[test],
-        victim=model.predict_proba, n_classes=N_CLASSES,
+        victim=victim, n_classes=N_CLASSES,
         low=0.0, high=16.0, integer=True,
         other=_other(X_train, rng), seeds=X_test[seeds],
     )
+
+
+def world(app: Any) -> World:
+    """The :class:`World` of the example app, after fitting ADD's reference
+    (on the training digits, as the model's owner would) when none is there
+    (the app's default, ``MODELGUARD_REFERENCE``, has fitted it already)."""
+    X_train = split()[0]
+    model = app.extensions["digits_model"]
+    state = ModelGuard.state(app)
+    if state.settings.enabled and state.monitor.reference is None:
+        with app.app_context():
+            state.guard.fit_reference(X_train.tolist(), model.predict_proba(X_train).argmax(axis=1))
+    return digits_world(model.predict_proba)

@@ -322,21 +322,12 @@ def evaluate(scenario: str, out: str, seed: int | None, modes: tuple[str, ...], 
     clone fidelity and benign utility."""
     from .evaluate import run
 
-    bars: dict[str, Any] = {}
-
-    def progress(mode: str, done: int, total: int) -> None:
-        bar = bars.get(mode)
-        if bar is None:
-            for other in bars.values():
-                other.render_finish()
-            bar = bars[mode] = click.progressbar(length=total, label=f"guard {mode:<7}", file=sys.stderr)
-            bar.__enter__()
-        bar.update(done - bar.pos)
-
-    report = run(scenario, out=out, seed=seed, modes=list(modes) or None, plots=not no_plots, progress=progress,
-                 lofo=lofo or None)
-    for bar in bars.values():
-        bar.render_finish()
+    progress, finish = progress_bars("guard")
+    try:
+        report = run(scenario, out=out, seed=seed, modes=list(modes) or None, plots=not no_plots,
+                     progress=progress, lofo=lofo or None)
+    finally:
+        finish()
     click.echo(f"Report written to {out}/report.md (seed {report['scenario']['seed']}).")
 
 

@@ -227,25 +227,6 @@ class ServedExample:
 # -- the simulated world of the digits example, built without the server -----------
 
 
-def digits_world(victim: Any) -> World:
-    """The World of ``example_app.simulation.world(app)``, built the same way
-    from ``example_app.model.split()``, without fitting anything on any app."""
-    from example_app.model import N_CLASSES, split
-    from example_app.simulation import _other
-
-    X_train, X_test, _, y_test = split()
-    rng = np.random.default_rng(1234)
-    order = rng.permutation(len(X_test))
-    seeds, test = order[:100], order[100:]
-    return World(
-        pool=X_test, pool_labels=y_test,
-        test=X_test[test], test_labels=y_test[test],
-        victim=victim, n_classes=N_CLASSES,
-        low=0.0, high=16.0, integer=True,
-        other=_other(X_train, rng), seeds=X_test[seeds],
-    )
-
-
 # -- traffic -----------------------------------------------------------------------------
 
 

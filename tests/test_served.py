@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
+from example_app.simulation import digits_world
 from flask_modelguard.simulate import Actor
 from flask_modelguard.simulate.attackers import ACTORS, make_actor
 
@@ -32,7 +33,6 @@ from .served import (
     Sent,
     ServedExample,
     account_names,
-    digits_world,
     drive,
     first_flag,
     replace_world,
