@@ -282,3 +282,24 @@ def test_unrouted_api_paths_are_problems_and_the_host_app_keeps_its_404s(admin):
     assert problem_of(g.client.delete(f"{API}/accounts", headers=auth))["status"] == 405
     elsewhere = g.client.get("/no-such-page")
     assert elsewhere.status_code == 404 and elsewhere.mimetype == "text/html"
+
+
+def test_a_reference_put_through_the_api_is_used_and_audited(admin):
+    import numpy as np
+
+    g, headers = admin
+    client = g.client
+    assert client.get(f"{API}/reference", headers=headers).status_code == 404
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 60)
+    inputs = rng.normal(labels[:, None], 1.0, (60, 3)).tolist()
+    bad = client.put(f"{API}/reference", json={"inputs": inputs, "labels": labels.tolist()[:-1]}, headers=headers)
+    assert bad.status_code == 400 and problem_of(bad)["detail"].startswith("Send inputs")
+    done = client.put(f"{API}/reference", json={"inputs": inputs, "labels": labels.tolist()}, headers=headers)
+    assert done.status_code == 200, done.get_json()
+    assert done.get_json()["source"] == "api" and done.get_json()["classes"] == ["0", "1"]
+    state = g.guard.state(g.app)
+    assert state.monitor.reference is not None and state.detection_status()["detectors"]["add"]["live"]
+    assert client.get(f"{API}/reference", headers=headers).get_json() == done.get_json()
+    with g.app.app_context():
+        assert state.admin.audit_entries()[0][0]["action"] == "fit-reference"

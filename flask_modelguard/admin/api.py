@@ -32,6 +32,7 @@ from ..exc import (
     ResourceNotFound,
 )
 from ..ownership import http_suspect, verify
+from ..reference_data import MIN_INPUTS
 from ..repository import STATUSES
 from ..responses import problem_response
 from .openapi import openapi_document
@@ -471,6 +472,45 @@ def watermark_inputs(name: str) -> Any:
     limit = _int_arg("limit", 250, 1, 10_000)
     records = _guard().watermark_records(name, limit)
     return {"items": [r["input"] for r in records], "total": len(records)}
+
+
+# -- detection set-up ------------------------------------------------------------------------
+
+#: Most inputs a reference may be fitted on through the API.
+MAX_REFERENCE_INPUTS = 100_000
+
+
+def _reference_view(state: Any) -> dict[str, Any]:
+    reference = state.monitor.reference
+    return {"source": state.reference_source, "space": reference.space, "classes": sorted(reference.classes),
+            "thresholds": [[n, t] for n, t in reference.thresholds]}
+
+
+@api.get("/reference")
+def show_reference() -> Any:
+    state = _state()
+    if state.monitor.reference is None:
+        raise ResourceNotFound("No reference is fitted: PUT one here, or set MODELGUARD_REFERENCE.")
+    return _reference_view(state)
+
+
+@api.put("/reference")
+@_audited("fit-reference")
+def fit_reference() -> Any:
+    data = _body("inputs", "labels")
+    inputs, labels = data.get("inputs"), data.get("labels")
+    if not isinstance(inputs, list) or not isinstance(labels, list) or len(inputs) != len(labels) \
+            or not MIN_INPUTS <= len(inputs) <= MAX_REFERENCE_INPUTS:
+        raise BadRequest(f"Send inputs and as many labels, {MIN_INPUTS} to {MAX_REFERENCE_INPUTS} of each.")
+    if any(isinstance(label, bool) or not isinstance(label, (str, int)) for label in labels):
+        raise BadRequest("labels must be strings or integers (the model's labels for the inputs).")
+    state = _state()
+    try:
+        state.fit_reference(inputs, labels, source="api")
+    except (TypeError, ValueError, ArithmeticError) as exc:  # inputs the feature function cannot take
+        raise BadRequest(f"Cannot fit a reference on these inputs ({exc.__class__.__name__}: {exc}).") from None
+    view = _reference_view(state)
+    return view, "reference", None, {"inputs": len(inputs), "classes": len(view["classes"])}
 
 
 # -- health and description ------------------------------------------------------------------

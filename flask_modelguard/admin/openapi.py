@@ -99,6 +99,11 @@ SCHEMAS: dict[str, Any] = {
                               "database": {"type": "boolean"}, "limits_storage": {"type": "boolean"},
                               "worker": {"type": "object"},
                               "detection": {"$ref": "#/components/schemas/DetectionStatus"}}},
+    "Reference": {
+        "type": "object", "required": ["source", "space", "classes", "thresholds"],
+        "properties": {"source": {"type": "string"}, "space": {"type": "string"},
+                       "classes": {"type": "array", "items": {"type": "string"}},
+                       "thresholds": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}}},
     "DetectionStatus": {
         "type": "object", "required": ["enabled", "degraded", "verdict", "detectors"],
         "description": "Which detectors are live in the answering process, and why the others are not.",
@@ -221,6 +226,19 @@ def openapi_document(base: str, tiers: list[str] | None = None) -> dict[str, Any
             "get": {"summary": "The audit log, newest first", "operationId": "audit",
                     "parameters": [_LIMIT, _OFFSET],
                     "responses": {"200": _json(_page("AuditEntry")), **errors}},
+        },
+        "/reference": {
+            "get": {"summary": "ADD's reference in use (where it came from, classes, thresholds)",
+                    "operationId": "showReference", "responses": {"200": _json(_ref("Reference")), **with_404}},
+            "put": {"summary": "Fit ADD's reference on known-good inputs and the model's labels; every "
+                               "process uses it from its worker's next tick", "operationId": "fitReference",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["inputs", "labels"], "additionalProperties": False,
+                        "properties": {"inputs": {"type": "array", "minItems": 20, "maxItems": 100000,
+                                                  "items": {}},
+                                       "labels": {"type": "array", "minItems": 20, "maxItems": 100000,
+                                                  "items": {"oneOf": [{"type": "string"}, {"type": "integer"}]}}}}}}},
+                    "responses": {"200": _json(_ref("Reference")), **errors}},
         },
         "/health": {
             "get": {"summary": "Worker, queue, dropped events, storage reachability", "operationId": "health",
