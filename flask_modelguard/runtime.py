@@ -466,9 +466,8 @@ class GuardState:
         return reference
 
     def load_reference(self, quiet: bool = False) -> None:
-        """Use the stored reference; at start-up (``configured``), fit the one
-        ``MODELGUARD_REFERENCE`` names when the stored one did not come from it
-        (an operator's reference, from the CLI or the admin API, stays)."""
+        """Use the stored reference (``load_configured_reference`` then fits
+        ``MODELGUARD_REFERENCE`` when the stored one did not come from it)."""
         try:
             data = self.repository.load_reference()
             self._reference_version = self.repository.reference_version()
