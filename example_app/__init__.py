@@ -75,11 +75,11 @@ def _vector(value: Any, where: str) -> np.ndarray:
         raise BadRequest(f"{where} must be a list of {N_FEATURES} numbers.")
     try:
         x = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (integers beyond float range overflow)
         raise BadRequest(f"{where} must be a list of {N_FEATURES} numbers.") from None
     if x.shape != (N_FEATURES,) or not np.isfinite(x).all():
         raise BadRequest(f"{where} must be a list of {N_FEATURES} finite numbers.")
-    return x
+    return np.clip(x, 0.0, 16.0)  # pixel intensities: the model's input range
 
 
 def _prediction(probs: np.ndarray) -> dict[str, Any]:

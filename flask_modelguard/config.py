@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import secrets
 from collections.abc import Mapping
@@ -99,6 +100,11 @@ class Settings:
     #: Fitted at start-up unless the stored reference was fitted on the same
     #: data (or by an operator, with ``fit-reference``); see docs/detection.md.
     reference: Any = None
+    #: Where input features may lie, ``[low, high]``: features beyond are
+    #: clipped before any statistic sees them (hostile numbers such as 1e308
+    #: cannot overflow an account's moments). None: the reference's range,
+    #: widened on each side by its widest feature's range; always within ±1e12.
+    input_range: Any = None
     #: The reference-free detector (ADD against the pooled recent traffic of
     #: all accounts, robust to a minority of thieves): "auto" (on while there
     #: is no reference), True or False.
@@ -222,6 +228,8 @@ class Settings:
             raise InvalidValue(f"{PREFIX}CLOCK must be a function returning epoch seconds")
         if self.reference is not None and not (callable(self.reference) or isinstance(self.reference, (str, os.PathLike))):
             raise InvalidValue(f"{PREFIX}REFERENCE must be a path (.npz, .json) or a function returning (inputs, labels)")
+        if self.input_range is not None and not _is_range(self.input_range):
+            raise InvalidValue(f"{PREFIX}INPUT_RANGE must be [low, high] with low < high, not {self.input_range!r}")
         if self.population not in ("auto", True, False):
             raise InvalidValue(f"{PREFIX}POPULATION must be 'auto', true or false, not {self.population!r}")
         if self.features is not None and not callable(self.features):
@@ -292,3 +300,12 @@ class Settings:
             )
             raw = secrets.token_bytes(32)
         return hashlib.blake2b(raw, person=b"mg-fingerprint", digest_size=32).digest()
+
+
+def _is_range(value: Any) -> bool:
+    """``[low, high]``: two finite numbers, low < high."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        return False
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in value):
+        return False
+    return bool(value[0] < value[1])

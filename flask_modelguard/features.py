@@ -9,6 +9,7 @@ process (a fixed seed), so states built on different hosts can be merged.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
@@ -16,6 +17,11 @@ from typing import Any
 import numpy as np
 
 FeatureFunction = Callable[[Any], np.ndarray]
+
+#: The largest magnitude a feature keeps: larger numbers (and infinities) are
+#: clipped to it, so a hostile input cannot overflow an account's moments
+#: (squares of 1e12 are 1e24, far from float64's 1.8e308). NaN becomes 0.
+LIMIT = 1e12
 
 
 def flatten(value: Any) -> np.ndarray:
@@ -25,8 +31,10 @@ def flatten(value: Any) -> np.ndarray:
     def walk(v: Any) -> None:
         if isinstance(v, bool):
             out.append(float(v))
-        elif isinstance(v, (int, float)):
-            out.append(float(v))
+        elif isinstance(v, int):  # beyond float range: an infinity, clipped later
+            out.append(float(v) if -(2**1023) < v < 2**1023 else math.copysign(math.inf, v))
+        elif isinstance(v, float):
+            out.append(v)
         elif isinstance(v, (list, tuple)):
             for item in v:
                 walk(item)
@@ -39,7 +47,7 @@ def flatten(value: Any) -> np.ndarray:
             flat = np.asarray(value, dtype=np.float64)
             if flat.ndim == 1:
                 return flat
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             pass
     walk(value)
     return np.asarray(out, dtype=np.float64)
@@ -61,10 +69,17 @@ def space_name(function: FeatureFunction | None, dim: int) -> str:
     return f"{module}.{name}/{dim}"
 
 
+def _bounded(x: np.ndarray) -> np.ndarray:
+    """``x`` within ±:data:`LIMIT` (NaN as 0); the same array when it already is."""
+    if x.size and np.isfinite(x).all() and -LIMIT <= x.min() and x.max() <= LIMIT:
+        return x
+    return np.clip(np.nan_to_num(x, nan=0.0, posinf=LIMIT, neginf=-LIMIT), -LIMIT, LIMIT)
+
+
 class Featurizer:
-    """Maps model inputs to feature vectors of exactly ``max_dim`` numbers:
-    longer ones are projected, shorter ones padded with zeros (which changes
-    no distance)."""
+    """Maps model inputs to feature vectors of exactly ``max_dim`` numbers
+    within ±:data:`LIMIT`: longer ones are projected, shorter ones padded with
+    zeros (which changes no distance)."""
 
     def __init__(self, function: FeatureFunction | None = None, max_dim: int = 64) -> None:
         self.function = function or flatten
@@ -72,10 +87,9 @@ class Featurizer:
 
     def __call__(self, value: Any) -> np.ndarray:
         x = np.asarray(self.function(value), dtype=np.float64).ravel()
-        if not np.isfinite(x).all():
-            x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        x = _bounded(x)
         if x.size > self.max_dim:
-            return x @ projection(x.size, self.max_dim)
+            return _bounded(x @ projection(x.size, self.max_dim))
         if x.size < self.max_dim:
             return np.pad(x, (0, self.max_dim - x.size))
         return x

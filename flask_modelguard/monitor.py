@@ -14,6 +14,7 @@ policy) and an alert.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections import OrderedDict
@@ -31,6 +32,8 @@ from .detectors.supervised import StackedEnsemble, SupervisedModel
 from .detectors.supervised import evidence as evidence_of
 from .detectors.window import Window, feature_entropy, rule_reasons
 from .state import AccountState, Observation, behaviour, label_key
+
+log = logging.getLogger("flask_modelguard")
 
 
 @dataclass
@@ -93,7 +96,7 @@ class _Account:
     recent fingerprints and the window. The state the detectors read is
     ``base`` merged with ``delta``, built when an evaluation needs it."""
 
-    __slots__ = ("base", "delta", "evaluated", "prada", "seen", "since", "window")
+    __slots__ = ("base", "delta", "errors", "evaluated", "prada", "seen", "since", "window")
 
     def __init__(self, base: AccountState, prada: Prada, max_seen: int) -> None:
         self.base = base.compact()
@@ -103,6 +106,7 @@ class _Account:
         self.since = 0  # queries since the last evaluation
         self.evaluated = False  # in this process: the first evaluation comes at min_queries
         self.window = Window()  # the last queries: windowed entropy, uniqueness, rate
+        self.errors = 0  # evaluations that failed (each one a verdict of its own)
 
     @property
     def queries(self) -> int:
@@ -165,6 +169,15 @@ class Monitor:
         self.population_reason = "off"
         #: "auto" mode: the sample is only fed while there is no reference.
         self.population_auto = True
+        #: Where features may lie, ``(low, high)`` (numbers or per-feature
+        #: arrays): features beyond are clipped before any statistic sees them.
+        #: None: the reference's widened range (:meth:`Reference.input_range`), if any.
+        self.input_range: tuple[Any, Any] | None = None
+        #: Feature rows clipped into the input range, and evaluations that failed.
+        self.clipped = 0
+        self.errors = 0
+        #: Stored states that were not finite (from before inputs were bounded): started over.
+        self.discarded = 0
         #: "any": an account is flagged when any detector crosses its threshold;
         #: "auto"/"ensemble": when an ensemble is trained, only when its score
         #: reaches 0.5 (one decision calibrated to one false-positive rate).
@@ -174,6 +187,11 @@ class Monitor:
         found = self.accounts.get(account_id)
         if found is None:
             stored = self.loader(account_id) if self.loader is not None else None
+            if stored is not None and not stored.finite():
+                self.discarded += 1
+                log.warning("modelguard: the stored state of account %s is not finite; its statistics start over",
+                            account_id)
+                stored = None
             found = self.accounts[account_id] = _Account(
                 stored or AccountState(self.dim, space=self.space), Prada(self.prada_threshold), self.max_seen)
             if len(self.accounts) > self.max_accounts:
@@ -188,6 +206,7 @@ class Monitor:
     def observe(self, account_id: int, obs: Observation) -> Evaluation | None:
         """Add one request's observation; an :class:`Evaluation` when it is time for one."""
         account = self._account(account_id)
+        self._bound(obs)
         hashes = [int(fingerprint[:16], 16) for fingerprint in obs.fingerprints]  # 64 bits of a keyed hash
         new = [account.seen.add(h) for h in hashes]  # a repeat is no new probe (PRADA would see distance 0)
         if len(new) == len(obs.labels):
@@ -211,7 +230,43 @@ class Monitor:
         if queries < self.min_queries or (account.evaluated and account.since < due):
             return None
         account.since, account.evaluated = 0, True
-        return self.evaluate(account_id, obs.ts)
+        try:
+            return self.evaluate(account_id, obs.ts)
+        except Exception as exc:  # a verdict of its own: never silently benign
+            return self._failed(account_id, account, obs.ts, exc)
+
+    def _bound(self, obs: Observation) -> None:
+        """Clip the observation's features (and PRADA's points, when they are
+        the same space) into the input range."""
+        bounds = self.input_range
+        if bounds is None and self.reference is not None:
+            bounds = self.reference.input_range()
+        features = np.asarray(obs.features, dtype=np.float64)
+        if bounds is None or not features.size:
+            return
+        low, high = bounds
+        if np.shape(low) not in ((), features.shape[1:]):
+            return  # a reference of another dimension: the space check reports it
+        outside = (features < low) | (features > high)
+        if not outside.any():
+            return
+        self.clipped += int(outside.any(axis=1).sum())
+        clipped = np.clip(features, low, high)
+        if obs.raw is obs.features:
+            obs.raw = clipped
+        obs.features = clipped
+
+    def _failed(self, account_id: int, account: _Account, ts: float, exc: Exception) -> Evaluation:
+        """The evaluation of an account whose detectors failed: suspicious, with
+        the error as its reason (hostile input must not buy a clean verdict)."""
+        account.errors += 1
+        self.errors += 1
+        if account.errors == 1:
+            log.warning("modelguard: detection failed for account %s (%s); treated as suspicious",
+                        account_id, exc.__class__.__name__, exc_info=exc)
+        scores: dict[str, float | None] = {"malicious": 0.5, "detection_errors": float(account.errors)}
+        return Evaluation(account_id, ts, account.queries, scores,
+                          [f"detection failed ({exc.__class__.__name__}): treated as suspicious"])
 
     def score_state(self, state: AccountState) -> dict[str, float | None]:
         """The behaviour vector of a state with ADD's score, threshold and ratio."""
@@ -280,6 +335,8 @@ class Monitor:
         else:
             scores["malicious"] = ensemble(evidence)
         reasons.extend(broken)
+        if account.errors:
+            scores["detection_errors"] = account.errors
         clean = {k: (None if v is None or not math.isfinite(v) else float(v)) for k, v in scores.items()}
         return Evaluation(account_id, ts, state.queries, clean, reasons)
 
@@ -317,4 +374,7 @@ class Monitor:
         return {
             "accounts": len(self.accounts),
             "state_bytes": sum(a.memory_bytes() for a in self.accounts.values()),
+            "inputs_clipped": self.clipped,
+            "evaluations_failed": self.errors,
+            "states_discarded": self.discarded,
         }

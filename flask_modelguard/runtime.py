@@ -153,6 +153,8 @@ class GuardState:
             loader=self._load_state,
         )
         self.monitor.verdict = settings.verdict
+        if settings.input_range is not None:
+            self.monitor.input_range = (float(settings.input_range[0]), float(settings.input_range[1]))
         if settings.detection and settings.population is not False:
             self.monitor.population = PopulationSample(space=self.space)
             self.monitor.population_auto = settings.population == "auto"
@@ -332,6 +334,10 @@ class GuardState:
                             merged = delta.copy()  # nothing stored, or another feature space: start over
                         else:
                             merged = AccountState.from_dict(stored).merge(delta)  # (the delta is only read)
+                        if not merged.finite():  # never stored: the statistics start over from the delta
+                            self.monitor.discarded += 1
+                            log.warning("modelguard: account %s's merged state is not finite; not stored", account_id)
+                            merged = delta.copy() if delta.finite() else AccountState(delta.dim, space=delta.space)
                         results[account_id] = merged
                         return merged.to_dict()
                     return merge_one

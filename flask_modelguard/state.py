@@ -182,6 +182,12 @@ class AccountState:
                 mine.merge(moments)
         return self
 
+    def finite(self) -> bool:
+        """Whether every moment is a finite number (what may be stored)."""
+        self.flush()
+        return all(np.isfinite(m.mean).all() and np.isfinite(m.m2).all()
+                   for m in (self.moments, *self.by_class.values()))
+
     # -- serialisation ------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

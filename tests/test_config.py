@@ -27,6 +27,9 @@ def test_resolution_order():
         {"MODELGUARD_DEFAULT_TIER": "gold"},
         {"MODELGUARD_AUTH_HEADER": None, "MODELGUARD_API_KEY_HEADER": None},
         {"MODELGUARD_FAIL_MODE": "half"},
+        {"MODELGUARD_INPUT_RANGE": [16, 0]},
+        {"MODELGUARD_INPUT_RANGE": [0, float("inf")]},
+        {"MODELGUARD_INPUT_RANGE": 16},
     ],
 )
 def test_invalid_settings(config):

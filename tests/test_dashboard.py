@@ -377,3 +377,25 @@ def test_in_a_browser_the_flagged_thief_is_on_top_and_blocked(simulated, tmp_pat
     with app.app_context():
         entry = app.extensions["modelguard"].admin.audit_entries()[0][0]
     assert (entry["actor"], entry["action"], entry["target"]) == ("ops", "update-account", "thief")
+
+
+def test_failed_detection_shows_on_the_account_page(make_guarded, monkeypatch):
+    from flask_modelguard.monitor import Monitor
+
+    g = make_guarded(MODELGUARD_DETECTION=True, MODELGUARD_FLUSH_INTERVAL=3600, MODELGUARD_DETECTION_MIN_QUERIES=2)
+    with g.app.app_context():
+        token = g.guard.state(g.app).admin.create_token("ops")
+    client = g.app.test_client()
+    assert sign_in(client, token).status_code == 302
+    name, key = g.account(limits="1000/minute")
+
+    def broken(self, account_id, ts):
+        raise FloatingPointError("overflow")
+
+    monkeypatch.setattr(Monitor, "evaluate", broken)
+    for i in range(3):
+        assert g.predict(key, {"features": [float(i)] * 8}).status_code == 200
+    g.guard.flush(g.app)
+    page = client.get(f"{UI}/accounts/{name}").get_data(as_text=True)
+    assert 'id="detection-errors"' in page and "Detection failed 1 time</strong>" in page
+    assert "detection failed (FloatingPointError)" in page

@@ -357,3 +357,68 @@ def test_account_flagged_signal(make_guarded):
         account_flagged.disconnect(broken, sender=g.app)
     account_id = ModelGuard.state(g.app).repository.get_account(name)["id"]
     assert received == [(g.app, {"account_id": account_id, "reason": "sent a canary input", "action": "canary"})]
+
+
+@pytest.mark.parametrize("huge", [1e308, 1e200, -1e300])
+def test_huge_numbers_cannot_switch_detection_off(tmp_path, huge):
+    """One request of huge finite numbers (the example answers it: they are
+    finite) must not poison the account's statistics: the stored state stays
+    finite, and the Jacobian-like thief that follows is flagged as it would be."""
+    app = create_app({"MODEL_CACHE_DIR": str(tmp_path), "SECRET_KEY": "hostile-test",
+                      "MODELGUARD_DATABASE_URL": f"sqlite:///{tmp_path}/h.db", "MODELGUARD_WATERMARK": 0.0})
+    X_train, X_test, _, _ = split()
+    model = app.extensions["digits_model"]
+    rng = np.random.default_rng(5)
+    with app.app_context():
+        guard.fit_reference(X_train.tolist(), model.predict_proba(X_train).argmax(axis=1))
+        guard.create_account("thief", limits="100000/minute")
+        key = guard.issue_key("thief")
+    client = app.test_client()
+    r = client.post("/predict", json={"features": [huge] * 64}, headers={"X-API-Key": key})
+    assert r.status_code == 200
+    _send(client, key, _jbda(rng, X_test[rng.permutation(len(X_test))[:15]], 250), app=app)
+    with app.app_context():
+        guard.flush()
+        account = {a["name"]: a for a in guard.list_accounts()}["thief"]
+        history = guard.score_history("thief")
+        state = guard.state(app)
+        stored = state.repository.load_state(account["id"])
+    assert account["flagged"], history[-1]
+    assert next(h for h in history if h["reasons"])["queries"] <= 150
+    assert all(np.isfinite(v) for h in history for v in (h["scores"] or {}).values() if v is not None)
+    assert np.isfinite(np.asarray(stored["moments"]["mean"], dtype=float)).all()
+    guard.close(app)
+
+
+def test_input_range_clips_features_and_a_failed_evaluation_is_suspicious(make_guarded, monkeypatch):
+    """MODELGUARD_INPUT_RANGE clips what the statistics see (counted); when
+    the detectors fail on an account, its evaluation is a verdict of its own
+    (flagged, the error counted in its scores), never a silent 0."""
+    from flask_modelguard import ModelGuard
+    from flask_modelguard.monitor import Monitor
+
+    g = make_guarded(MODELGUARD_DETECTION=True, MODELGUARD_FLUSH_INTERVAL=3600, MODELGUARD_INPUT_RANGE=[0, 10],
+                     MODELGUARD_DETECTION_MIN_QUERIES=5)
+    state = ModelGuard.state(g.app)
+    name, key = g.account(limits="100000/minute")
+    for i in range(4):
+        assert g.predict(key, {"features": [1e300 * (-1) ** i] * 8}).status_code == 200
+    g.guard.flush(g.app)
+    assert g.guard.stats(g.app)["inputs_clipped"] == 4
+    account_id = state.repository.get_account(name)["id"]
+    moments = state.monitor.state(account_id).moments
+    assert moments.mean.min() >= 0 and moments.mean.max() <= 10
+
+    def broken(self, account_id, ts):
+        raise np.linalg.LinAlgError("SVD did not converge")
+
+    monkeypatch.setattr(Monitor, "evaluate", broken)
+    assert g.predict(key, {"features": [3.0] * 8}).status_code == 200
+    g.guard.flush(g.app)
+    with g.app.app_context():
+        history = g.guard.score_history(name)
+        flagged = {a["name"]: a for a in g.guard.list_accounts()}[name]["flagged"]
+    assert flagged, history
+    assert history[-1]["reasons"] == ["detection failed (LinAlgError): treated as suspicious"]
+    assert history[-1]["scores"]["detection_errors"] == 1
+    assert g.guard.stats(g.app)["evaluations_failed"] == 1

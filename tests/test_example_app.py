@@ -81,6 +81,18 @@ def test_example_app_over_http(served):
     assert status == 401 and body["type"].endswith("missing-api-key")
 
 
+def test_numbers_at_the_float_limits_get_answers_or_clear_errors(served):
+    """Integers beyond float range are a 400 problem, not a 500; huge finite
+    numbers are clipped to the pixel range and answered with finite probabilities."""
+    app, base = served
+    key = demo_key(app)
+    status, headers, body = post(f"{base}/predict", b'{"features": [' + b",".join([b"1" + b"0" * 400] * 64) + b"]}", key)
+    assert status == 400 and headers["Content-Type"] == "application/problem+json", body
+    for value in (1e308, -1e308, 5e-324):
+        status, _, body = post(f"{base}/predict", {"features": [value] * 64}, key)
+        assert status == 200 and all(0.0 <= p <= 1.0 for p in body["probabilities"]), (value, body)
+
+
 def test_demo_key_is_replaced_on_each_start(served):
     app, base = served
     first = demo_key(app)

@@ -64,6 +64,9 @@ class Reference:
     thresholds: list[tuple[int, float]] = field(default_factory=list)
     #: The feature space it was fitted in (see ``MODELGUARD_FEATURE_SPACE``); "" unknown.
     space: str = ""
+    #: Per-feature minimum and maximum of the data it was fitted on (None: unknown).
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
     _roots: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def root(self, label: str) -> np.ndarray:
@@ -94,7 +97,7 @@ class Reference:
                 classes[str(name)] = Moments(Z.shape[1]).update(rows)
         if not classes:
             raise ValueError("the reference needs at least two samples of one class")
-        reference = cls(classes)
+        reference = cls(classes, low=X.min(axis=0), high=X.max(axis=0))
         if len(cal_rows):
             reference.calibrate(X[cal_rows], names[cal_rows].tolist(), seed=seed, **calibrate_options)
         return reference
@@ -168,6 +171,16 @@ class Reference:
               - 2.0 * np.sqrt(np.clip(values, 0.0, None)).sum(axis=1))
         return np.maximum(0.0, d2)
 
+    def input_range(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Where features may lie before they count as hostile: the fitted
+        data's range per feature, widened on each side by the widest
+        feature's range (so a feature constant in the data, such as a blank
+        corner pixel, still varies as much as any other). None when unknown."""
+        if self.low is None or self.high is None:
+            return None
+        span = max(float(np.max(self.high - self.low)), 1.0)
+        return self.low - span, self.high + span
+
     def threshold(self, queries: int) -> float | None:
         """The ADD threshold for an account with ``queries`` inputs (log-interpolated)."""
         if not self.thresholds:
@@ -177,10 +190,15 @@ class Reference:
         return float(np.interp(np.log(max(1, queries)), sizes, values))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"classes": {name: m.to_dict() for name, m in self.classes.items()},
-                "thresholds": [list(t) for t in self.thresholds], "space": self.space}
+        out: dict[str, Any] = {"classes": {name: m.to_dict() for name, m in self.classes.items()},
+                               "thresholds": [list(t) for t in self.thresholds], "space": self.space}
+        if self.low is not None and self.high is not None:
+            out["low"], out["high"] = self.low.tolist(), self.high.tolist()
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Reference:
+        bounds = [None if data.get(k) is None else np.asarray(data[k], dtype=np.float64) for k in ("low", "high")]
         return cls({name: Moments.from_dict(m) for name, m in data["classes"].items()},
-                   [(int(n), float(t)) for n, t in data.get("thresholds", [])], str(data.get("space") or ""))
+                   [(int(n), float(t)) for n, t in data.get("thresholds", [])], str(data.get("space") or ""),
+                   low=bounds[0], high=bounds[1])

@@ -104,7 +104,11 @@ class Prada:
     def update(self, x: np.ndarray, label: Any) -> float | None:
         """Add one query (feature vector and predicted class); returns its
         minimum distance to the growing set (None for a class's first query)."""
-        x = np.asarray(x, dtype=self.dtype).ravel()  # stored as it is compared
+        x = np.asarray(x, dtype=np.float64).ravel()
+        if self.dtype.kind == "f":  # beyond the stored type's range: its largest value, not an infinity
+            limit = float(np.finfo(self.dtype).max)
+            x = np.clip(x, -limit, limit)
+        x = x.astype(self.dtype)  # stored as it is compared
         self.queries += 1
         found = self.classes.get(label)
         if found is None:
