@@ -96,7 +96,7 @@ class _Account:
     recent fingerprints and the window. The state the detectors read is
     ``base`` merged with ``delta``, built when an evaluation needs it."""
 
-    __slots__ = ("base", "delta", "errors", "evaluated", "prada", "seen", "since", "window")
+    __slots__ = ("base", "delta", "errors", "evaluated", "prada", "seen", "since", "stepped", "window")
 
     def __init__(self, base: AccountState, prada: Prada, max_seen: int) -> None:
         self.base = base.compact()
@@ -107,6 +107,7 @@ class _Account:
         self.evaluated = False  # in this process: the first evaluation comes at min_queries
         self.window = Window()  # the last queries: windowed entropy, uniqueness, rate
         self.errors = 0  # evaluations that failed (each one a verdict of its own)
+        self.stepped = False  # sign steps reached their threshold (evaluated at once, not at the next due)
 
     @property
     def queries(self) -> int:
@@ -227,8 +228,10 @@ class Monitor:
         account.since += len(obs.labels)
         queries = account.queries
         due = max(self.every, queries // 20)
-        if queries < self.min_queries or (account.evaluated and account.since < due):
+        stepped = not account.stepped and account.prada.step_evidence() >= 1.0
+        if not stepped and (queries < self.min_queries or (account.evaluated and account.since < due)):
             return None
+        account.stepped = account.stepped or stepped
         account.since, account.evaluated = 0, True
         try:
             return self.evaluate(account_id, obs.ts)
@@ -298,6 +301,10 @@ class Monitor:
         scores.update(window)
         scores["feature_entropy"] = feature_entropy(state.moments.cov()) if state.moments.n > 1 else None
         broken = rule_reasons(window, self.rules)  # opt-in rules flag whatever the verdict mode
+        steps = account.prada.step_evidence()
+        scores["steps"], scores["steps_ratio"] = account.prada.steps, steps
+        if steps >= 1.0:  # hard evidence (benign inputs measured at none): flags whatever the verdict mode
+            broken.append(f"sign steps: {account.prada.steps} of {account.prada.queries} queries")
         w = account.prada.statistic()
         scores["prada_w"] = w
         if w is not None and w < self.prada_threshold:
@@ -315,6 +322,7 @@ class Monitor:
             evidence.append(add / limit)
         if pooled is not None and pooled_limit:
             evidence.append(pooled / pooled_limit)
+        evidence.append(steps)
         for model in self.anomaly:
             value = model.score(scores)
             scores[model.kind] = value

@@ -198,8 +198,10 @@ def test_user_controlled_text_is_escaped(signed_in):
 
 def test_charts_draw_evidence_and_timeline():
     scores = {"add_ratio": 1.8, "prada_w": 0.95, "unique_ratio": 0.9, "isolation_forest_ratio": 1.2,
-              "malicious": 0.9}
-    assert charts.evidence(scores, 0.9) == [("ADD", 1.8), ("PRADA", pytest.approx(0.5)), ("isolation forest", 1.2)]
+              "hour_unique_ratio": 0.4, "window_unique_ratio": 1.0, "steps_ratio": 0.2, "malicious": 0.9}
+    # window statistics (hour_unique_ratio, ...) are behaviour, not detectors: not drawn as ones
+    assert charts.evidence(scores, 0.9) == [("ADD", 1.8), ("PRADA", pytest.approx(0.5)), ("sign steps", 0.2),
+                                            ("isolation forest", 1.2)]
     assert charts.evidence({"add_ratio": float("nan")}, 0.9) == [("ADD", None), ("PRADA", None)]
     bars = str(charts.breakdown([("ADD", 25.0), ("PRADA", None), ("<b>", 0.5)]))
     assert bars.count('class="bar over"') == 1 and bars.count('class="bar"') == 1

@@ -82,9 +82,9 @@ def test_each_thief_is_flagged_within_about_100_queries(traffic, thief):
     _, accounts, history, *_ = traffic
     assert accounts[thief]["flagged"]
     first = next(h for h in history[thief] if h["reasons"])
-    # PRADA, which catches the Jacobian thief, needs more than 100 distances by design
-    assert first["queries"] <= 150, first
-    assert any(r.startswith(("ADD", "PRADA")) for r in first["reasons"])
+    # the Jacobian-like thief's 15 seeds are natural: its sign steps follow them
+    assert first["queries"] <= (50 if thief == "jbda" else 150), first
+    assert any(r.startswith(("ADD", "PRADA", "sign steps")) for r in first["reasons"])
 
 
 def test_malicious_score_reaches_the_account(traffic):

@@ -11,7 +11,7 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
-from ..state import BEHAVIOUR
+from ..detectors.supervised import detector_evidence
 
 #: Evaluations drawn in a timeline: more are thinned evenly, keeping where the flag changes.
 MAX_POINTS = 400
@@ -29,21 +29,16 @@ class Point:
     note: str = ""
 
 
+#: How the dashboard names each detector.
+NAMES = {"add": "ADD", "prada": "PRADA", "population": "population", "steps": "sign steps"}
+
+
 def evidence(scores: Mapping[str, Any], prada_threshold: float) -> list[tuple[str, float | None]]:
     """Each detector's evidence in one evaluation, its score over its own
-    threshold (1 is "at the threshold"); None when it gave no verdict."""
-    def finite(value: Any) -> float | None:
-        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-    w = finite(scores.get("prada_w"))
-    out: list[tuple[str, float | None]] = [
-        ("ADD", finite(scores.get("add_ratio"))),
-        ("PRADA", None if w is None else (1.0 - w) / (1.0 - prada_threshold)),
-    ]
-    for name in sorted(scores):  # the models' <kind>_ratio, not behaviour features such as unique_ratio
-        if name.endswith("_ratio") and name != "add_ratio" and name not in BEHAVIOUR:
-            out.append((name[: -len("_ratio")].replace("_", " "), finite(scores[name])))
-    return out
+    threshold (1 is "at the threshold"); None when it gave no verdict. The
+    detectors are :func:`~flask_modelguard.detectors.supervised.detector_evidence`'s."""
+    found = detector_evidence(scores, prada_threshold)
+    return [(NAMES.get(kind, kind.replace("_", " ")), value) for kind, value in found.items()]
 
 
 def _thin(points: Sequence[Point]) -> list[Point]:

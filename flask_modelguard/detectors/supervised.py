@@ -14,6 +14,7 @@ flagged, not benign evaluations.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -149,21 +150,29 @@ class SupervisedModel:
 
 def evidence(scores: Mapping[str, float | None], prada_threshold: float = 0.9) -> dict[str, float]:
     """Each detector's evidence in an evaluation: its score over its own
-    threshold (PRADA ``(1 - W) / (1 - δ)``, ADD its ratio, models their
-    ``<kind>_ratio``); 1 is "at its threshold"."""
-    out: dict[str, float] = {}
-    w = scores.get("prada_w")
-    out["prada"] = 0.0 if w is None else (1.0 - float(w)) / (1.0 - prada_threshold)
-    ratio = scores.get("add_ratio")
-    out["add"] = 0.0 if ratio is None else float(ratio)
-    pooled = scores.get("population_ratio")
-    if pooled is not None:  # only where the reference-free detector ran
-        out["population"] = float(pooled)
-    for kind in MODEL_KINDS:  # not every "*_ratio" is a detector's (unique_ratio is behaviour)
-        value = scores.get(f"{kind}_ratio")
-        if value is not None:
-            out[kind] = float(value)
-    return {k: (v if np.isfinite(v) else 0.0) for k, v in out.items()}
+    threshold (PRADA ``(1 - W) / (1 - δ)``, ADD its ratio, sign steps and
+    models their ``<kind>_ratio``); 1 is "at its threshold". A detector that
+    gave no verdict counts 0 (see :func:`detector_evidence` for the None)."""
+    return {k: (0.0 if v is None else v) for k, v in detector_evidence(scores, prada_threshold).items()}
+
+
+def detector_evidence(scores: Mapping[str, Any], prada_threshold: float = 0.9) -> dict[str, float | None]:
+    """The detectors of an evaluation and their evidence, None where one gave
+    no verdict yet (ADD and PRADA always listed; the population detector, sign
+    steps and the models where they ran). The one list of what a detector is:
+    window statistics such as ``hour_unique_ratio`` are behaviour, not detectors."""
+    def finite(value: Any) -> float | None:
+        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+    w = finite(scores.get("prada_w"))
+    out: dict[str, float | None] = {
+        "add": finite(scores.get("add_ratio")),
+        "prada": None if w is None else (1.0 - w) / (1.0 - prada_threshold),
+    }
+    for kind in ("population", "steps", *MODEL_KINDS):
+        if f"{kind}_ratio" in scores:
+            out[kind] = finite(scores[f"{kind}_ratio"])
+    return out
 
 
 @dataclass
