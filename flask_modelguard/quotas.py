@@ -6,6 +6,14 @@ Every limit is hit with the request's cost (a batch of N instances costs N),
 shortest window first; a refused request consumes nothing, so a client
 hammering a burst limit does not eat its daily quota.
 
+The default fixed window is exact: on Redis one Lua script tests every limit
+and, only when all admit, counts the request in all of them (one round trip,
+atomic across processes and hosts); in process memory the same is done under
+a lock (a refused request's count is taken back before anyone else can see
+it, and never into a window that opened meanwhile). On other storages a
+refused request is refunded afterwards, which can leak into the next window
+at its edge.
+
 The storage is chosen by URI (``memory://``, ``redis://host:port``, anything
 ``limits`` supports). When it is unreachable the :class:`QuotaEnforcer` fails
 open or closed, as configured, and tries the storage again after
@@ -21,10 +29,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from limits import RateLimitItem, parse_many
 from limits.errors import StorageError
-from limits.storage import Storage, storage_from_string
+from limits.storage import MemoryStorage, RedisClusterStorage, RedisStorage, Storage, storage_from_string
 from limits.strategies import STRATEGIES, RateLimiter
 
 from .exc import InvalidValue
@@ -39,6 +48,30 @@ DEFAULT_TIERS: dict[str, str] = {
 }
 
 FAIL_MODES = ("open", "closed")
+
+#: Test every limit, and count the request in all of them only when all admit
+#: it. KEYS: the limits' keys; ARGV: cost, then the amounts, then the expiries.
+#: Returns {1, count, pttl, count, pttl, ...} or {0, index of the refusing limit, count, pttl}.
+_HIT_ALL = """
+local cost = tonumber(ARGV[1])
+local n = #KEYS
+for i = 1, n do
+  local current = tonumber(redis.call('get', KEYS[i]) or '0')
+  if current + cost > tonumber(ARGV[1 + i]) then
+    return {0, i, current, redis.call('pttl', KEYS[i])}
+  end
+end
+local out = {1}
+for i = 1, n do
+  local current = redis.call('incrby', KEYS[i], cost)
+  if current == cost then
+    redis.call('expire', KEYS[i], ARGV[1 + n + i])
+  end
+  out[#out + 1] = current
+  out[#out + 1] = redis.call('pttl', KEYS[i])
+end
+return out
+"""
 
 
 @lru_cache(maxsize=1024)
@@ -137,6 +170,13 @@ class QuotaEnforcer:
         #: The clock of the storage's windows (``time.time`` but for simulated storage).
         self.clock: Callable[[], float] = getattr(self.storage, "clock", time.time)
         self._fixed_window = strategy == "fixed-window"
+        self._script: Any = None  # the Redis script of the exact fixed window (_HIT_ALL)
+        if self._fixed_window and isinstance(storage, RedisStorage) and not isinstance(storage, RedisClusterStorage):
+            self._script = storage.get_connection().register_script(_HIT_ALL.encode())
+        #: In-process storages: a refused request's count is taken back under
+        #: the lock of its account's stripe, before another request can see it.
+        self._local = isinstance(storage, MemoryStorage) or getattr(storage, "STORAGE_SCHEME", None) == ["simulated"]
+        self._stripes = [threading.Lock() for _ in range(64)]
         self._key_cache: dict[tuple[int, LimitSet], tuple[str, ...]] = {}
         self.namespace = namespace
         self.fail_mode = fail_mode
@@ -219,26 +259,59 @@ class QuotaEnforcer:
         return keys
 
     def _hit_fixed_window(self, account_id: int, limits: LimitSet, cost: int) -> Verdict:
-        # The fixed-window strategy's own hit() is ``storage.incr(key) <= amount``;
-        # calling the storage directly also yields the count, so the headers need
-        # one get_expiry for the binding limit instead of a get and a get_expiry
-        # per limit.
-        # A refused request is refunded (``incr`` by ``-cost``, which the memory
-        # and Redis storages support) on every limit it was counted in, so it
-        # consumes nothing; meanwhile a concurrent request may see the count
-        # briefly high and be refused at the edge of a window.
+        # The fixed-window strategy's own hit() is ``storage.incr(key) <= amount``
+        # per limit; calling the storage directly also yields the count, so the
+        # headers need one expiry read for the binding limit, not a get and a
+        # get_expiry per limit.
+        keys = self._keys(account_id, limits)
+        if self._script is not None:
+            return self._hit_redis(limits.items, keys, cost)
+        if self._local:
+            with self._stripes[account_id % len(self._stripes)]:
+                return self._hit_counting(limits.items, keys, cost)
+        return self._hit_counting(limits.items, keys, cost)
+
+    def _hit_counting(self, items: tuple[RateLimitItem, ...], keys: tuple[str, ...], cost: int) -> Verdict:
+        """Count in each limit, shortest first; a refusal takes the counts back."""
         storage = self.storage
         best_item, best_key, best_remaining = None, "", 0
-        items, keys = limits.items, self._keys(account_id, limits)
         for n, (item, key) in enumerate(zip(items, keys)):
             remaining = item.amount - storage.incr(key, item.get_expiry(), amount=cost)
             if remaining < 0:
                 for refund_item, refund_key in zip(items[: n + 1], keys[: n + 1]):
-                    storage.incr(refund_key, refund_item.get_expiry(), amount=-cost)
+                    self._refund(refund_key, refund_item, cost)
                 return Verdict(False, item, max(0, remaining + cost), storage.get_expiry(key))
             if best_item is None or remaining < best_remaining:
                 best_item, best_key, best_remaining = item, key, remaining
         return Verdict(True, best_item, best_remaining, storage.get_expiry(best_key))
+
+    def _refund(self, key: str, item: RateLimitItem, cost: int) -> None:
+        decr = getattr(self.storage, "decr", None)
+        if decr is not None:  # never below 0, never a new window
+            decr(key, cost)
+        else:
+            self.storage.incr(key, item.get_expiry(), amount=-cost)
+
+    def _hit_redis(self, items: tuple[RateLimitItem, ...], keys: tuple[str, ...], cost: int) -> Verdict:
+        """:data:`_HIT_ALL` in one round trip."""
+        storage = self.storage
+        assert isinstance(storage, RedisStorage)
+        args = [cost, *(i.amount for i in items), *(i.get_expiry() for i in items)]
+        try:
+            out = self._script(keys=[storage.prefixed_key(k) for k in keys], args=args)
+        except storage.base_exceptions as exc:
+            raise StorageError(exc) from exc
+        now = time.time()
+        if not out[0]:
+            item = items[int(out[1]) - 1]
+            return Verdict(False, item, max(0, item.amount - int(out[2])), now + max(0, int(out[3])) / 1000.0)
+        best: Verdict | None = None
+        for n, item in enumerate(items):
+            remaining = item.amount - int(out[1 + 2 * n])
+            if best is None or remaining < best.remaining:
+                best = Verdict(True, item, remaining, now + max(0, int(out[2 + 2 * n])) / 1000.0)
+        assert best is not None
+        return best
 
     def _hit_strategy(self, account_id: int, limits: LimitSet, cost: int) -> Verdict:
         # These strategies have no refund: test every limit first, so a refused

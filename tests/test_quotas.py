@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
 import uuid
+from typing import Any
 
 import pytest
 
@@ -182,3 +184,69 @@ def test_unknown_tier_falls_back_to_the_default_tier():
     assert limit_set("2/second").max_cost == 2 and limit_set("").max_cost is None
     with pytest.raises(InvalidValue):
         QuotaEnforcer("memory://", tiers={"a": "1/second"}, default_tier="zzz")
+
+
+def _hammer(uri: str, namespace: str, seconds: float, out: Any) -> None:
+    """Two threads hitting account 1's 20/second limit as fast as they can;
+    every verdict (allowed, remaining, reset) goes to ``out``."""
+    e = QuotaEnforcer(uri, namespace=namespace)
+    limits = limit_set("20/second;1000000/day")
+    verdicts: list[tuple[bool, int, float]] = []
+
+    def run() -> None:
+        end = time.time() + seconds
+        while time.time() < end:
+            cost = 1 + len(verdicts) % 3  # batches of 1 to 3 instances
+            v = e.hit(1, limits, cost=cost)
+            verdicts.append((v.allowed, v.remaining, v.reset, cost))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put(verdicts)
+
+
+def _windows(admitted: list[tuple[float, int]]) -> list[int]:
+    """Instances admitted per window, windows told apart by their reset times
+    (one window's resets agree to milliseconds; windows are a second apart)."""
+    counts: list[int] = []
+    last = None
+    for reset, cost in sorted(admitted):
+        if last is None or reset - last > 0.5:
+            counts.append(0)
+        counts[-1] += cost
+        last = reset
+    return counts
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_fixed_window_is_exact_at_window_edges(backend, request):
+    """4 processes × 2 threads on Redis (2 threads in one process on memory,
+    which is per process) hammer a 20/second limit with batches of 1 to 3:
+    no window admits more than 20 instances, no admitted answer says more
+    than 19 remain, and the counters are never negative (a refund never
+    leaks into the next window). 4 s here, 30 s with MODELGUARD_SLOW=1."""
+    import multiprocessing
+
+    uri = "memory://" if backend == "memory" else request.getfixturevalue("redis_uri")
+    seconds = 30.0 if os.environ.get("MODELGUARD_SLOW") else 4.0
+    namespace = f"t-{uuid.uuid4().hex}"
+    ctx = multiprocessing.get_context("fork")
+    queue: Any = ctx.Queue()
+    workers = [ctx.Process(target=_hammer, args=(uri, namespace, seconds, queue)) for _ in range(4 if backend == "redis" else 1)]
+    for w in workers:
+        w.start()
+    verdicts = [v for _ in workers for v in queue.get(timeout=seconds + 60)]
+    for w in workers:
+        w.join(timeout=30)
+    admitted = [(reset, cost) for allowed, _, reset, cost in verdicts if allowed]
+    refused = sum(1 for allowed, *_ in verdicts if not allowed)
+    assert refused > 10 * len(admitted) / 20, "the limit was not under pressure"
+    windows = _windows(admitted)
+    assert len(windows) >= seconds - 1
+    assert max(windows) <= 20, windows
+    assert sum(windows[1:-1]) >= 0.9 * 20 * len(windows[1:-1]), windows  # full windows are (nearly) full
+    assert max(remaining for allowed, remaining, _, _ in verdicts if allowed) <= 19
+    assert min(remaining for _, remaining, _, _ in verdicts) >= 0
