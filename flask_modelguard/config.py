@@ -67,6 +67,12 @@ class Settings:
     store_inputs: bool = False
     #: Bound of the event queue; events beyond it are dropped and counted.
     queue_size: int = 10_000
+    #: Bytes of request bodies the event queue holds at most (beyond, events are dropped and counted).
+    queue_bytes: int = 64 * 2**20
+    #: Where events that storage refused at shutdown are kept, for the next
+    #: process to write: a directory; None: ``<instance folder>/modelguard-spill``;
+    #: False: nowhere (they are counted in ``dropped``).
+    spill: Any = None
     #: Events written per database transaction.
     batch_size: int = 500
     #: Seconds between worker flushes.
@@ -234,7 +240,9 @@ class Settings:
             raise InvalidValue(f"{PREFIX}POPULATION must be 'auto', true or false, not {self.population!r}")
         if self.features is not None and not callable(self.features):
             raise InvalidValue(f"{PREFIX}FEATURES must be a function of one model input")
-        for name in ("key_cache_size", "queue_size", "batch_size", "feature_dim", "detection_min_queries", "detection_every",
+        if self.spill is not None and self.spill is not False and not isinstance(self.spill, (str, os.PathLike)):
+            raise InvalidValue(f"{PREFIX}SPILL must be a directory, None or False, not {self.spill!r}")
+        for name in ("key_cache_size", "queue_size", "queue_bytes", "batch_size", "feature_dim", "detection_min_queries", "detection_every",
                      "max_accounts"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -60,12 +60,14 @@ class ModelGuard:
         app.extensions[EXTENSION_KEY] = state
         app.register_error_handler(Problem, problem_response)
         if settings.create_tables:
-            state.repository.create_all()
+            state.create_tables()  # never blocks the boot: retried by the worker while the database is away
         state.refresh_canaries(quiet=True)
         state.load_reference(quiet=True)
         if settings.enabled and settings.detection:
             state.load_configured_reference()
         state.load_training(quiet=True)
+        if state.spill is not None and state.spill.waiting():
+            state.worker.start()  # its first tick writes what an earlier process spilled
         if settings.enabled:
             warn_if_degraded(state.detection_status())
         from .admin.store import AdminStore

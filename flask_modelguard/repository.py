@@ -103,6 +103,12 @@ class Repository:
     def create_all(self) -> None:
         m.metadata.create_all(self.engine)
 
+    def ping(self) -> bool:
+        """Whether the database answers (a ``SELECT 1``; raises when it does not)."""
+        with self.engine.connect() as conn:
+            conn.execute(select(1))
+        return True
+
     def drop_all(self) -> None:
         m.metadata.drop_all(self.engine)
 

@@ -40,6 +40,7 @@ from .reference_data import digest, read_source
 from .repository import Principal, Repository
 from .responses import add_headers, problem_response
 from .signals import account_blocked, account_flagged, quota_exceeded
+from .spill import SpillDirectory
 from .state import AccountState, Observation
 from .telemetry import install as install_telemetry
 from .worker import EventWorker
@@ -61,17 +62,26 @@ def _bad_data(exc: BaseException) -> bool:
 _live_states: weakref.WeakSet[GuardState] = weakref.WeakSet()
 
 
+def _spill_directory(setting: Any, app: Flask) -> SpillDirectory | None:
+    """MODELGUARD_SPILL: a directory, None for the app's instance folder, False for none."""
+    if setting is False:
+        return None
+    return SpillDirectory(setting if setting else os.path.join(app.instance_path, "modelguard-spill"))
+
+
 def _reset_in_child() -> None:
     for state in list(_live_states):
         state.monitor.reset()  # the parent merges what it saw; the child starts afresh
         state._pid = os.getpid()
+        if state.tables_pending:  # its worker's tick creates them once the database is back
+            state.worker.start()
 
 
 def _persist_at_exit() -> None:
     """Write queued events, then merge the account states they fed."""
     for state in list(_live_states):
         if state._pid == os.getpid():
-            state.worker.flush()
+            state.worker.final_flush()
             state._persist_quietly()
 
 
@@ -162,11 +172,16 @@ class GuardState:
         else:
             self.monitor.population_reason = "off (MODELGUARD_POPULATION)"
         self._next_population = 0.0
+        #: Where a final flush that storage refuses leaves its events (MODELGUARD_SPILL).
+        self.spill = _spill_directory(settings.spill, app)
         self.monitor.rules = settings.resolved_rules()
         self.worker: EventWorker[QueryEvent] = EventWorker(
             self._prepare,
             self._write_events,
             max_queue=settings.queue_size,
+            max_bytes=settings.queue_bytes,
+            probe=self.repository.ping,
+            spill=None if self.spill is None else self.spill.write,
             batch_size=settings.batch_size,
             flush_interval=settings.flush_interval,
             shutdown_timeout=settings.shutdown_timeout,
@@ -183,6 +198,8 @@ class GuardState:
         #: Events the detectors could not judge (inputs and answers do not pair up).
         self.detection_skipped = 0
         self._next_refit = 0.0
+        #: MODELGUARD_CREATE_TABLES could not create the tables yet (the worker retries).
+        self.tables_pending = False
         #: Where the reference in use came from ("" none, "config:<digest>", "operator", "cli", "api").
         self.reference_source = ""
         self._reference_version: Any = None
@@ -361,6 +378,9 @@ class GuardState:
     def _tick(self) -> None:
         if self.telemetry is not None:
             self.telemetry.sync()
+        if self.tables_pending and not self.create_tables():
+            return
+        self._replay_spilled()
         self.refresh_canaries()
         try:
             self._reload_changed()
@@ -522,6 +542,35 @@ class GuardState:
         if version != self._training_version:
             self.load_training(quiet=True)
 
+    def _replay_spilled(self) -> None:
+        """Events an earlier process spilled at shutdown: written with the next batch."""
+        if self.spill is None:
+            return
+        rows = self.spill.claim()
+        if rows:
+            self.worker.replay(rows)
+            log.warning("modelguard: %d events spilled by an earlier process are being written", len(rows))
+
+    def create_tables(self) -> bool:
+        """``MODELGUARD_CREATE_TABLES``: create the tables, or, when the
+        database is unreachable, say so once and leave it to the worker's
+        tick (the server starts and serves per its fail mode meanwhile)."""
+        try:
+            self.repository.create_all()
+        except SQLAlchemyError as exc:
+            if not self.tables_pending:
+                log.warning("modelguard: could not create the tables (%s: is the database reachable?); serving "
+                            "meanwhile and retrying every %.0f s", exc.__class__.__name__, self.settings.key_cache_ttl)
+            self.tables_pending = True
+            self.worker.start()  # its tick retries, traffic or not
+            return False
+        if self.tables_pending:
+            log.warning("modelguard: database reachable again: tables created")
+            self.tables_pending = False
+            self.refresh_canaries(quiet=True)
+            self.load_training(quiet=True)
+        return True
+
     def refresh_canaries(self, quiet: bool = False) -> None:
         """Reload the honey-trap fingerprints (the worker does it every key-cache TTL)."""
         try:
@@ -652,7 +701,8 @@ class GuardState:
             QueryEvent(
                 principal.account_id, principal.key_id, route, now, status,
                 elapsed * 1000.0, cost, body, answer, marks, canary, model_answer,
-            )
+            ),
+            request.content_length or 0,  # the body it holds, for the queue's byte bound
         )
         telemetry = self.telemetry
         if telemetry is not None:  # poisoned: answered under the suspicious-account policy

@@ -6,11 +6,16 @@ query events in batches. Framework-free.
 - The thread starts lazily on the first submit in each process, so it is safe
   under gunicorn's pre-fork model: a forked child starts its own thread and
   does not inherit the parent's queued events.
-- A failed write is retried with exponential backoff; the batch stays in memory
-  (bounded by ``max_queue``) until it is written.
+- A failed write is retried with exponential backoff (capped at
+  ``max_backoff``, 5 s); while it waits, a cheap ``probe`` (a ``SELECT 1``)
+  runs every second and cuts the wait short once storage answers. The batch
+  stays in memory until it is written; the queue is bounded in items
+  (``max_queue``) and in bytes of request bodies (``max_bytes``).
 - A batch the storage refuses for good (bad data, not an outage) is halved
   until the offending rows are found; they are dropped and counted.
-- :meth:`flush` writes everything now; it runs at interpreter exit too.
+- :meth:`flush` writes everything now; it runs at interpreter exit too. What
+  a final flush cannot write goes to ``spill`` (a local file, replayed at the
+  next start) or, without one, is counted in ``dropped``, with one log line.
 """
 
 from __future__ import annotations
@@ -44,8 +49,11 @@ class EventWorker(Generic[E]):
         max_queue: int = 10_000,
         batch_size: int = 500,
         flush_interval: float = 0.5,
-        max_backoff: float = 30.0,
+        max_backoff: float = 5.0,
+        max_bytes: int = 64 * 2**20,
         shutdown_timeout: float = 5.0,
+        probe: Callable[[], bool] | None = None,
+        spill: Callable[[list[Row]], Any] | None = None,
         permanent: Callable[[BaseException], bool] = lambda exc: False,
         on_tick: Callable[[], None] | None = None,
         tick_interval: float = 30.0,
@@ -62,6 +70,13 @@ class EventWorker(Generic[E]):
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_backoff = max_backoff
+        self.max_bytes = max_bytes
+        #: Whether storage answers again (called at most every second during a backoff).
+        self.probe = probe
+        #: Where rows a final flush could not write go (None: counted as dropped).
+        self.spill = spill
+        #: Rows spilled at shutdown.
+        self.spilled = 0
         self.shutdown_timeout = shutdown_timeout
         self.name = name
         #: Queue depth at which submit() starts yielding to the worker thread.
@@ -76,8 +91,10 @@ class EventWorker(Generic[E]):
         _live.add(self)
 
     def _init_process_state(self) -> None:
-        self._queue: deque[E] = deque()
+        self._queue: deque[tuple[E, int]] = deque()  # items and their sizes in bytes
+        self._bytes = 0
         self._pending: list[Row] = []  # prepared rows whose write failed
+        self._next_probe = 0.0
         self._pid: int | None = None
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
@@ -89,17 +106,19 @@ class EventWorker(Generic[E]):
 
     # -- request path -----------------------------------------------------------
 
-    def submit(self, item: E) -> bool:
-        """Queue ``item``; False (and counted in :attr:`dropped`) if the queue is full."""
+    def submit(self, item: E, size: int = 0) -> bool:
+        """Queue ``item`` (``size``: about what it holds, in bytes); False (and
+        counted in :attr:`dropped`) if the queue is full."""
         if self._pid != os.getpid():
             self._start()
         depth = len(self._queue) + len(self._pending)
-        if depth >= self.max_queue:
+        if depth >= self.max_queue or (size and self._bytes + size > self.max_bytes):
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("modelguard: event queue full, %d events dropped so far", self.dropped)
             return False
-        self._queue.append(item)
+        self._bytes += size
+        self._queue.append((item, size))
         if depth >= self._behind:
             # Backpressure. A request thread that never blocks (and releases the
             # GIL only briefly, in numpy or the database driver) can starve this
@@ -118,6 +137,12 @@ class EventWorker(Generic[E]):
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and self._pid == os.getpid()
 
+    def start(self) -> None:
+        """Run the thread in this process now (it otherwise starts with the
+        first item): for ticks that must come without traffic."""
+        if self._pid != os.getpid():
+            self._start()
+
     def _start(self) -> None:
         self._check_process()
         with self._start_lock:
@@ -128,17 +153,34 @@ class EventWorker(Generic[E]):
             self._thread.start()
 
     def _run(self) -> None:
-        next_tick = time.monotonic() + self.tick_interval
+        next_tick = time.monotonic()  # the first tick as the thread starts
         while not self._stopping:
-            self._wake.wait(self.flush_interval)
-            self._wake.clear()
             try:
-                self._drain()
                 if self.on_tick is not None and time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self.tick_interval
                     self.on_tick()
             except Exception:
+                log.exception("modelguard: worker tick error")
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            try:
+                self._probe()
+                self._drain()
+            except Exception:
                 log.exception("modelguard: worker loop error")
+
+    def _probe(self) -> None:
+        """During a backoff, ask storage (at most every second) whether it is back."""
+        now = time.monotonic()
+        if self.probe is None or now >= self._retry_at or now < self._next_probe:
+            return
+        self._next_probe = now + 1.0
+        try:
+            back = self.probe()
+        except Exception:
+            back = False
+        if back:
+            self._retry_at = 0.0
 
     def _check_process(self) -> None:
         if self._pid is not None and self._pid != os.getpid():
@@ -175,7 +217,8 @@ class EventWorker(Generic[E]):
                 batch = self._pending
                 queue = self._queue
                 while len(batch) < self.batch_size and queue:
-                    item = queue.popleft()
+                    item, size = queue.popleft()
+                    self._bytes -= size
                     try:
                         batch.append(self.prepare(item))
                     except Exception:
@@ -203,16 +246,49 @@ class EventWorker(Generic[E]):
 
     def flush(self, timeout: float | None = None) -> bool:
         """Write everything queued now, retrying until ``timeout`` (default
-        ``shutdown_timeout``) seconds; True if nothing is left."""
+        ``shutdown_timeout``) seconds; True if nothing is left (what is left
+        stays queued)."""
         self._check_process()
         deadline = time.monotonic() + (self.shutdown_timeout if timeout is None else timeout)
         while True:
             if self._drain(force=True, timeout=max(0.0, deadline - time.monotonic())):
                 return True
             if time.monotonic() >= deadline:
-                log.error("modelguard: %d events not written at flush", self.depth)
                 return False
             time.sleep(min(self._backoff or 0.1, max(0.0, deadline - time.monotonic())))
+
+    def final_flush(self, timeout: float | None = None) -> bool:
+        """:meth:`flush`, then spill what is left (or count it as dropped),
+        with one log line: the last thing a process does with its events."""
+        if self.flush(timeout):
+            return True
+        with self._drain_lock:
+            rows, self._pending = self._pending, []
+            while self._queue:
+                item, _ = self._queue.popleft()
+                try:
+                    rows.append(self.prepare(item))
+                except Exception:
+                    self.dropped += 1
+            self._bytes = 0
+        if self.spill is not None:
+            try:
+                self.spill(rows)
+                self.spilled += len(rows)
+                log.error("modelguard: storage unreachable at shutdown: %d events spilled, to be written at "
+                          "the next start", len(rows))
+                return False
+            except Exception as exc:
+                log.error("modelguard: could not spill events (%s)", _brief(exc))
+        self.dropped += len(rows)
+        log.error("modelguard: storage unreachable at shutdown: %d events lost (counted in dropped)", len(rows))
+        return False
+
+    def replay(self, rows: list[Row]) -> None:
+        """Rows spilled by an earlier process: written with the next batch."""
+        with self._drain_lock:
+            self._pending.extend(rows)
+        self._wake.set()
 
     def stop(self, timeout: float | None = None) -> bool:
         """Flush and stop the thread (it restarts on the next submit)."""
@@ -221,7 +297,7 @@ class EventWorker(Generic[E]):
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=1.0)
-        ok = self.flush(timeout)
+        ok = self.final_flush(timeout)
         self._stopping = False
         self._pid = None
         self._thread = None
@@ -232,6 +308,7 @@ class EventWorker(Generic[E]):
             "alive": self.alive,
             "queue_depth": self.depth,
             "dropped": self.dropped,
+            "spilled": self.spilled,
             "written": self.written,
             "write_failures": self.failures,
         }
@@ -255,7 +332,7 @@ if hasattr(os, "register_at_fork"):
 def _flush_all_at_exit() -> None:
     for worker in list(_live):
         if worker.depth and worker._pid == os.getpid():
-            worker.flush()
+            worker.final_flush()
 
 
 atexit.register(_flush_all_at_exit)

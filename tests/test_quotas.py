@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 import uuid
@@ -16,6 +15,7 @@ from flask_modelguard.exc import InvalidValue
 from flask_modelguard.quotas import limit_set, parse_limits
 
 from .conftest import model_app, problem_of
+from .faults import ToggleProxy
 
 
 def enforcer(uri: str, **kwargs) -> QuotaEnforcer:
@@ -66,65 +66,6 @@ def test_redis_limits_are_shared_between_enforcers(redis_uri):
     assert [a.hit(7, limits).allowed, b.hit(7, limits).allowed] == [True, True]
     assert b.hit(7, limits, cost=2).remaining == 0
     assert not a.hit(7, limits).allowed
-
-
-class ToggleProxy:
-    """A TCP proxy on loopback to a real server that can be switched off and on."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener: socket.socket | None = None
-        self.port = 0
-        self.conns: list[socket.socket] = []
-        self.up()
-
-    def up(self) -> None:
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", self.port))
-        self.port = self.listener.getsockname()[1]
-        self.listener.listen()
-        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
-
-    def down(self) -> None:
-        assert self.listener is not None
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
-        except OSError:
-            pass
-        self.listener.close()
-        for conn in self.conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            conn.close()
-        self.conns.clear()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.target)
-            self.conns += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.close()
-                except OSError:
-                    pass
 
 
 @pytest.mark.parametrize("fail_mode, down_status", [("open", 200), ("closed", 503)])

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -29,7 +30,7 @@ def test_flush_writes_everything_in_batches():
     assert [n for batch in batches for n in batch] == list(range(10))
     assert max(len(batch) for batch in batches) == 4
     assert worker.stats() | {"alive": True} == {
-        "alive": True, "queue_depth": 0, "dropped": 0, "written": 10, "write_failures": 0,
+        "alive": True, "queue_depth": 0, "dropped": 0, "spilled": 0, "written": 10, "write_failures": 0,
     }
     worker.stop()
 
@@ -204,3 +205,54 @@ def test_flush_in_a_forked_child_does_not_rewrite_the_parents_events(tmp_path):
     worker.flush(timeout=2)
     assert out.read_text().split() == ["parent"]
     worker.stop()
+
+
+def test_a_probe_cuts_a_long_backoff_short():
+    """Storage away long enough for the backoff to reach its cap (5 s): once
+    the probe says it is back, the rows are written within about a second."""
+    state = {"up": False}
+    written = []
+
+    def write(rows):
+        if not state["up"]:
+            raise ConnectionError("database away")
+        written.extend(rows)
+
+    worker = make(write, flush_interval=0.05, probe=lambda: state["up"])
+    worker.submit(1)
+    time.sleep(4.0)  # backoffs 0.1, 0.2, 0.4, 0.8, 1.6, then 3.2
+    assert worker.failures >= 5 and worker._backoff >= 3.2 and not written
+    state["up"] = True
+    began = time.monotonic()
+    while not written:
+        assert time.monotonic() - began < 2.0, "the probe did not cut the backoff short"
+        time.sleep(0.02)
+    worker.stop()
+
+
+def test_queue_is_bounded_in_bytes_too():
+    worker = make(lambda rows: None, max_bytes=100)
+    assert worker.submit(1, size=60)
+    assert not worker.submit(2, size=60) and worker.dropped == 1
+    assert worker.submit(3, size=40)  # 100 bytes in all: still within the bound
+    assert worker.flush(timeout=2)
+    assert worker.submit(4, size=90)  # written items no longer count
+    worker.stop()
+
+
+@pytest.mark.parametrize("spill", [True, False])
+def test_what_a_final_flush_cannot_write_is_spilled_or_counted(spill, caplog):
+    spilled: list[list[dict]] = []
+    worker = make(lambda rows: (_ for _ in ()).throw(ConnectionError("down")), shutdown_timeout=0.2,
+                  spill=spilled.append if spill else None)
+    for i in range(7):
+        worker.submit(i)
+    caplog.set_level("ERROR", logger="flask_modelguard")
+    assert worker.stop() is False
+    assert worker.depth == 0
+    if spill:
+        assert [r["n"] for r in spilled[0]] == list(range(7)) and worker.spilled == 7 and worker.dropped == 0
+        assert "7 events spilled" in caplog.text
+    else:
+        assert worker.dropped == 7 and "7 events lost (counted in dropped)" in caplog.text
+    assert len([r for r in caplog.records if "shutdown" in r.getMessage()]) == 1  # one line, not one per hook

@@ -1,0 +1,67 @@
+"""Fault injection for tests: a TCP proxy in front of a real server
+(PostgreSQL, Redis) that can refuse connections and cut the open ones, then
+let them through again."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+
+class ToggleProxy:
+    """A TCP proxy on loopback to a real server that can be switched off and on."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener: socket.socket | None = None
+        self.port = 0
+        self.conns: list[socket.socket] = []
+        self.up()
+
+    def up(self) -> None:
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", self.port))
+        self.port = self.listener.getsockname()[1]
+        self.listener.listen()
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def down(self) -> None:
+        assert self.listener is not None
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
+        self.listener.close()
+        for conn in self.conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+        self.conns.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            self.conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
