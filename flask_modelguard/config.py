@@ -67,6 +67,8 @@ class Settings:
     store_inputs: bool = False
     #: Bound of the event queue; events beyond it are dropped and counted.
     queue_size: int = 10_000
+    #: Largest request body a protected route reads, in bytes (larger: 413 problem, nothing read).
+    max_body: int = 2**20
     #: Bytes of request bodies the event queue holds at most (beyond, events are dropped and counted).
     queue_bytes: int = 64 * 2**20
     #: Where events that storage refused at shutdown are kept, for the next
@@ -242,7 +244,7 @@ class Settings:
             raise InvalidValue(f"{PREFIX}FEATURES must be a function of one model input")
         if self.spill is not None and self.spill is not False and not isinstance(self.spill, (str, os.PathLike)):
             raise InvalidValue(f"{PREFIX}SPILL must be a directory, None or False, not {self.spill!r}")
-        for name in ("key_cache_size", "queue_size", "queue_bytes", "batch_size", "feature_dim", "detection_min_queries", "detection_every",
+        for name in ("key_cache_size", "queue_size", "queue_bytes", "max_body", "batch_size", "feature_dim", "detection_min_queries", "detection_every",
                      "max_accounts"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -115,6 +115,10 @@ class DatabaseUnavailable(Problem):
     status, slug, title = 503, "database-unavailable", "Service unavailable"
 
 
+class PayloadTooLarge(Problem):
+    status, slug, title = 413, "payload-too-large", "Request body too large"
+
+
 class HTTPProblem(Problem):
     """A werkzeug ``HTTPException`` raised by a protected view, as a problem."""
 

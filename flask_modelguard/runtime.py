@@ -19,7 +19,7 @@ from flask import Flask, Response, current_app, request
 from sqlalchemy import create_engine
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError, StatementError
 from sqlalchemy.pool import StaticPool
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .alerts import Webhook
 from .auth import Authenticator
@@ -29,7 +29,15 @@ from .detectors.anomaly import AnomalyModel
 from .detectors.population import PopulationSample, fit_population
 from .detectors.supervised import SupervisedModel, Trained, train
 from .events import QueryEvent, fingerprint
-from .exc import BadRequest, CostExceedsLimit, HTTPProblem, Problem, RateLimitExceeded, StorageUnavailable
+from .exc import (
+    BadRequest,
+    CostExceedsLimit,
+    HTTPProblem,
+    PayloadTooLarge,
+    Problem,
+    RateLimitExceeded,
+    StorageUnavailable,
+)
 from .features import Featurizer, flatten, space_name
 from .monitor import Monitor
 from .payload import instances, read_predictions
@@ -595,10 +603,9 @@ class GuardState:
             elif self.telemetry is not None:
                 self.telemetry.request(problem.status, time.perf_counter() - started)
             return problem_response(problem)
-        try:
-            body = req.get_json(silent=True)  # None unless a JSON body; cached for the view
-        except RecursionError:
-            return self._refuse(BadRequest("The JSON body is nested too deeply."), principal, route, now, started, 1, None)
+        body, unreadable = self._read_body(req)
+        if unreadable is not None:
+            return self._refuse(unreadable, principal, route, now, started, 1, None)
         limits = self.enforcer.limits_for(principal.tier, principal.limits)
         try:
             cost = options.cost_of(body)
@@ -708,6 +715,33 @@ class GuardState:
         if telemetry is not None:  # poisoned: answered under the suspicious-account policy
             telemetry.request(status, elapsed - view_seconds, bool(marks),
                               principal.flagged or canary or principal.account_id in self.protector.caught)
+
+    def _read_body(self, req: Any) -> tuple[Any, Problem | None]:
+        """The JSON body (None unless one; cached for the view), or the problem
+        that refuses it: larger than ``MODELGUARD_MAX_BODY`` (413, before
+        anything is read, chunked bodies cut off at the bound), nested too
+        deeply, or unreadable (a broken chunked encoding, a client gone)."""
+        limit = self.settings.max_body
+        if req.max_content_length is not None:  # the app's MAX_CONTENT_LENGTH, when smaller
+            limit = min(limit, req.max_content_length)
+        too_large = PayloadTooLarge(f"The body is larger than this API takes ({limit} bytes).")
+        if req.content_length is not None and req.content_length > limit:
+            return None, too_large
+        try:  # Flask >= 3.1: a chunked body is read up to one byte past the bound, no further
+            req.max_content_length = limit + 1
+        except AttributeError:
+            pass
+        try:
+            # Read here: get_json(silent=True) would hide a broken stream.
+            if req.is_json and len(req.get_data(cache=True)) > limit:
+                return None, too_large
+            return req.get_json(silent=True), None
+        except RecursionError:
+            return None, BadRequest("The JSON body is nested too deeply.")
+        except RequestEntityTooLarge:
+            return None, too_large
+        except (HTTPException, ValueError, OSError) as exc:
+            return None, BadRequest(f"The request body could not be read ({exc.__class__.__name__}).")
 
     def _headers(self, verdict: Verdict, limits: LimitSet, now: float) -> list[tuple[str, str]]:
         if not self.settings.headers_enabled or verdict.limit is None:

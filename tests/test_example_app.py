@@ -93,6 +93,40 @@ def test_numbers_at_the_float_limits_get_answers_or_clear_errors(served):
         assert status == 200 and all(0.0 <= p <= 1.0 for p in body["probabilities"]), (value, body)
 
 
+def _raw(base: str, head: str, body: bytes) -> tuple[int, dict]:
+    """Send a hand-made HTTP request (what urllib will not send); status and JSON body."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(head.encode() + b"\r\n" + body)
+        conn.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    headers, _, payload = data.partition(b"\r\n\r\n")
+    assert b"application/problem+json" in headers, data[:500]
+    return status, json.loads(payload)
+
+
+def test_bodies_too_large_or_unreadable_are_problems_not_500s(served):
+    """Over 1 MiB by Content-Length (refused before reading, nothing consumed)
+    or by a chunked stream: 413; a broken chunked encoding: 400."""
+    app, base = served
+    key = demo_key(app)
+    big = b'{"features": [' + b"0," * 600_000 + b"0]}"
+    status, headers, body = post(f"{base}/predict", big, key)
+    assert status == 413 and body["type"].endswith("/payload-too-large"), body
+    head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n")
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in [b'{"features": ['] + [b"0," * 50_000] * 30) + b"0\r\n\r\n"
+    status, body = _raw(base, head, chunks)
+    assert status == 413, body
+    status, body = _raw(base, head, b"zz\r\nnot a chunk\r\n")
+    assert status == 400 and body["type"].endswith("/bad-request"), body
+    status, _, body = post(f"{base}/predict", {"features": [0] * 64}, key)
+    assert status == 200 and body["label"] is not None  # what was refused consumed nothing
+
+
 def test_demo_key_is_replaced_on_each_start(served):
     app, base = served
     first = demo_key(app)
