@@ -14,12 +14,13 @@ import unicodedata
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Flask, current_app
+from flask import Flask, Response, current_app, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from .config import Settings
 from .detectors.add import Reference
 from .events import fingerprint
-from .exc import InvalidValue, Problem
+from .exc import HTTPProblem, InvalidValue, Problem
 from .keys import KEY_SCHEME, parse_key
 from .ownership import DEFAULT_THRESHOLD_LOG2, Suspect, Verification, http_suspect, verify
 from .protection import RouteOptions
@@ -59,6 +60,7 @@ class ModelGuard:
         state = GuardState(self, app, settings)
         app.extensions[EXTENSION_KEY] = state
         app.register_error_handler(Problem, problem_response)
+        app.before_request(_method_not_allowed)
         if settings.create_tables:
             state.create_tables()  # never blocks the boot: retried by the worker while the database is away
         state.refresh_canaries(quiet=True)
@@ -307,6 +309,26 @@ def _check_name(name: str) -> None:
 def _prefix(key: str) -> str:
     """A key prefix from a prefix or a whole key."""
     return parse_key(key).prefix if key.startswith(KEY_SCHEME + "_") else key
+
+
+def _method_not_allowed() -> Response | None:
+    """A protected route called with a method it does not take (GET on a POST
+    route): a problem+json 405 with ``Allow``, like every error of a protected
+    path, not the app's HTML page."""
+    exc = request.routing_exception
+    if not isinstance(exc, MethodNotAllowed) or not exc.valid_methods:
+        return None
+    try:
+        adapter = current_app.url_map.bind_to_environ(request.environ)
+        endpoint, _ = adapter.match(method=sorted(exc.valid_methods)[0])
+    except HTTPException:
+        return None
+    view = current_app.view_functions.get(endpoint)
+    if getattr(view, "__modelguard__", None) is None:
+        return None
+    allow = ", ".join(sorted(exc.valid_methods))
+    return problem_response(HTTPProblem(405, "Method Not Allowed", f"This route takes {allow}.",
+                                        headers={"Allow": allow}))
 
 
 def protect(view: F | None = None, /, **options: Any) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -91,6 +92,8 @@ class Repository:
         self.clock = clock
         if engine.dialect.name == "sqlite":
             _enable_sqlite_concurrency(engine)
+        self._file_identity: tuple[int, int] | None = None
+        self.file_problem()  # remembers which file the engine opened
         mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(engine.dialect.paramstyle)
         self._raw_insert = None if mark is None else (
             f"INSERT INTO {m.query_events.name} ({', '.join(_EVENT_COLUMNS)}) "
@@ -102,6 +105,24 @@ class Repository:
 
     def create_all(self) -> None:
         m.metadata.create_all(self.engine)
+
+    def file_problem(self) -> str | None:
+        """For a SQLite file: what is wrong with it (gone, or replaced by
+        another file: SQLite then keeps writing to the old one, which nobody
+        will read), None while it is the file the engine first saw."""
+        path = self.engine.url.database
+        if self.engine.dialect.name != "sqlite" or not path or path == ":memory:" or path.startswith("file:"):
+            return None
+        try:
+            found = os.stat(path)
+        except OSError:
+            return f"the SQLite file {path} is gone" if self._file_identity is not None else None
+        identity = (found.st_dev, found.st_ino)
+        if self._file_identity is None:
+            self._file_identity = identity
+        elif identity != self._file_identity:
+            return f"the SQLite file {path} was replaced by another file"
+        return None
 
     def ping(self) -> bool:
         """Whether the database answers (a ``SELECT 1``; raises when it does not)."""

@@ -208,6 +208,7 @@ class GuardState:
         self._next_refit = 0.0
         #: MODELGUARD_CREATE_TABLES could not create the tables yet (the worker retries).
         self.tables_pending = False
+        self._file_problem: str | None = None
         #: Where the reference in use came from ("" none, "config:<digest>", "operator", "cli", "api").
         self.reference_source = ""
         self._reference_version: Any = None
@@ -388,6 +389,11 @@ class GuardState:
             self.telemetry.sync()
         if self.tables_pending and not self.create_tables():
             return
+        problem = self.repository.file_problem()
+        if problem != self._file_problem:
+            self._file_problem = problem
+            if problem:
+                log.error("modelguard: %s: events written now are lost; restart the server", problem)
         self._replay_spilled()
         self.refresh_canaries()
         try:

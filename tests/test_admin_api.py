@@ -303,3 +303,65 @@ def test_a_reference_put_through_the_api_is_used_and_audited(admin):
     assert client.get(f"{API}/reference", headers=headers).get_json() == done.get_json()
     with g.app.app_context():
         assert state.admin.audit_entries()[0][0]["action"] == "fit-reference"
+
+
+def test_health_notices_a_sqlite_file_deleted_under_the_server(tmp_path, caplog):
+    import shutil
+
+    from flask_modelguard import ModelGuard
+    from tests.conftest import model_app
+
+    folder = tmp_path / "db"
+    folder.mkdir()
+    guard = ModelGuard()
+    app = model_app(guard, MODELGUARD_DATABASE_URL=f"sqlite:///{folder}/m.db")
+    try:
+        with app.app_context():
+            auth = {"Authorization": "Bearer " + guard.state(app).admin.create_token("ops")}
+        assert app.test_client().get(f"{API}/health", headers=auth).get_json()["status"] == "ok"
+        shutil.rmtree(folder)
+        caplog.set_level("ERROR", logger="flask_modelguard")
+        health = app.test_client().get(f"{API}/health", headers=auth)
+        body = health.get_json()
+        assert health.status_code == 503 and body["status"] == "degraded" and not body["database"], body
+        assert "is gone" in body["database_problem"]
+        guard.state(app)._tick()
+        assert "is gone: events written now are lost" in caplog.text
+    finally:
+        guard.close(app)
+
+
+def test_health_answers_during_a_database_outage_for_a_token_verified_before(postgres_url):
+    """The admin token check needs the database; a token verified within the
+    last five minutes still opens health while the database is away, so it
+    answers its body (degraded), not a bare 503; an unknown one does not."""
+    import uuid
+
+    from sqlalchemy import create_engine
+
+    from flask_modelguard import ModelGuard, models
+    from tests.conftest import model_app
+    from tests.faults import ToggleProxy
+
+    engine = create_engine(postgres_url)
+    models.metadata.drop_all(engine)
+    engine.dispose()
+    proxy = ToggleProxy(("127.0.0.1", 5432))
+    guard = ModelGuard()
+    app = model_app(guard, MODELGUARD_DATABASE_URL=postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}"),
+                    MODELGUARD_NAMESPACE=f"t-{uuid.uuid4().hex}")
+    try:
+        with app.app_context():
+            admin = guard.state(app).admin
+            token, other = admin.create_token("ops"), admin.create_token("ops2")
+        client = app.test_client()
+        assert client.get(f"{API}/health", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        proxy.down()
+        health = client.get(f"{API}/health", headers={"Authorization": f"Bearer {token}"})
+        assert health.status_code == 503 and health.get_json()["status"] == "degraded"
+        assert not health.get_json()["database"]
+        refused = client.get(f"{API}/health", headers={"Authorization": f"Bearer {other}"})
+        assert problem_of(refused)["type"].endswith("/database-unavailable")
+    finally:
+        proxy.down()
+        guard.close(app)

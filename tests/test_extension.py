@@ -357,3 +357,17 @@ def test_non_finite_and_huge_numbers_are_logged_on_every_database(make_guarded):
     assert len(rows) == 3 and rows[0]["input"] == {"features": [None, 1]}
     assert all(row["fingerprint"] for row in rows)
     assert g.guard.stats(g.app)["dropped"] == 0
+
+
+def test_a_method_a_protected_route_does_not_take_is_a_problem_with_allow(guarded):
+    r = guarded.client.get("/predict")
+    body = problem_of(r)
+    assert r.status_code == 405 and body["status"] == 405 and r.headers["Allow"] == "OPTIONS, POST"
+    assert guarded.client.put("/open").status_code == 405  # unprotected routes keep the app's own page
+    assert guarded.client.put("/open").mimetype != "application/problem+json"
+
+
+def test_admin_api_405_has_allow(guarded):
+    r = guarded.client.delete("/modelguard/api/health")
+    assert r.status_code == 405 and "GET" in r.headers["Allow"]
+    assert problem_of(r)["status"] == 405

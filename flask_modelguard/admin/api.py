@@ -122,7 +122,9 @@ def _unrouted() -> Response | None:
         return None
     from ..exc import HTTPProblem
 
-    return problem_response(HTTPProblem(exc.code, exc.name, exc.description or exc.name))
+    allow = getattr(exc, "valid_methods", None)
+    headers = {"Allow": ", ".join(sorted(allow))} if allow else {}
+    return problem_response(HTTPProblem(exc.code, exc.name, exc.description or exc.name, headers=headers))
 
 
 @api.errorhandler(Problem)
@@ -152,7 +154,9 @@ def _database(exc: SQLAlchemyError) -> Response:
 def _http(exc: Any) -> Response:
     from ..exc import HTTPProblem
 
-    return problem_response(HTTPProblem(exc.code, exc.name, exc.description))
+    allow = getattr(exc, "valid_methods", None)
+    headers = {"Allow": ", ".join(sorted(allow))} if allow else {}
+    return problem_response(HTTPProblem(exc.code, exc.name, exc.description, headers=headers))
 
 
 def _body(*allowed: str) -> dict[str, Any]:
@@ -529,8 +533,11 @@ def health() -> Any:
         limits_ok = bool(state.enforcer.storage.check())
     except Exception:
         limits_ok = False
+    problem = state.repository.file_problem()
+    database = database and problem is None
     ok = database and limits_ok and not stats.get("limits_storage_down")
     body = {"status": "ok" if ok else "degraded", "database": database, "limits_storage": limits_ok,
+            **({"database_problem": problem} if problem else {}),
             "worker": {k: v for k, v in stats.items() if isinstance(v, (int, float, bool, str)) or v is None},
             "detection": state.detection_status()}
     return body, 200 if ok else 503

@@ -97,6 +97,8 @@ SCHEMAS: dict[str, Any] = {
     "Health": {"type": "object", "required": ["status", "database", "limits_storage", "worker"],
                "properties": {"status": {"type": "string", "enum": ["ok", "degraded"]},
                               "database": {"type": "boolean"}, "limits_storage": {"type": "boolean"},
+                              "database_problem": {"type": "string",
+                                                   "description": "A SQLite file gone or replaced under the server."},
                               "worker": {"type": "object"},
                               "detection": {"$ref": "#/components/schemas/DetectionStatus"}}},
     "Reference": {
