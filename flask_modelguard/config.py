@@ -159,6 +159,10 @@ class Settings:
     #: Optional ``fn(request) -> admin name or None``: the app's own admin
     #: authentication, tried before admin tokens.
     admin_auth: Any = None
+    #: The session cookie the dashboard signs in with is ``Secure`` (sent over
+    #: HTTPS only): None: outside debug and testing; True or False. Its
+    #: ``SameSite`` is ``Lax`` unless the app set one.
+    secure_cookies: bool | None = None
     #: URL that receives a JSON POST for every flagged account (retried; see docs/detection.md).
     alert_webhook: str | None = None
     #: Extra headers of the webhook requests (e.g. an ``Authorization`` token).
@@ -257,6 +261,8 @@ class Settings:
             raise InvalidValue(f"MODELGUARD_FAIL_MODE must be 'open' or 'closed', not {self.fail_mode!r}")
         if not self.admin_prefix.startswith("/") or self.admin_prefix.endswith("/"):
             raise InvalidValue(f"{PREFIX}ADMIN_PREFIX must start with '/' and not end with one: {self.admin_prefix!r}")
+        if self.secure_cookies not in (None, True, False):
+            raise InvalidValue(f"{PREFIX}SECURE_COOKIES must be None, true or false, not {self.secure_cookies!r}")
         if self.admin_auth is not None and not callable(self.admin_auth):
             raise InvalidValue(f"{PREFIX}ADMIN_AUTH must be a function of the request")
         if self.alert_webhook is not None and not self.alert_webhook.startswith(("http://", "https://")):

@@ -81,6 +81,7 @@ class ModelGuard:
 
             app.register_blueprint(api, url_prefix=settings.admin_prefix + "/api")
             app.register_blueprint(dashboard, url_prefix=settings.admin_prefix)
+            _harden_session_cookie(app, settings.secure_cookies)
         from .cli import modelguard_cli
 
         app.cli.add_command(modelguard_cli)
@@ -309,6 +310,17 @@ def _check_name(name: str) -> None:
 def _prefix(key: str) -> str:
     """A key prefix from a prefix or a whole key."""
     return parse_key(key).prefix if key.startswith(KEY_SCHEME + "_") else key
+
+
+def _harden_session_cookie(app: Flask, secure: bool | None) -> None:
+    """The dashboard signs in through the app's session cookie: ``SameSite=Lax``
+    unless the app chose, ``Secure`` outside debug and testing (or as set)."""
+    if app.config.get("SESSION_COOKIE_SAMESITE") is None:
+        app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    if secure is None:
+        secure = not (app.debug or app.testing)
+    if secure:
+        app.config["SESSION_COOKIE_SECURE"] = True
 
 
 def _method_not_allowed() -> Response | None:

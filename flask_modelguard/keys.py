@@ -2,7 +2,7 @@
 
 A key looks like ``mg_<prefix>_<secret>``. The prefix (10 characters) is
 stored in clear and used to look the key up; the secret (32 characters, about
-190 bits of entropy) is stored only as a SHA-256 digest. A fast hash is the
+165 bits of entropy: 32 of 36 letters and digits) is stored only as a SHA-256 digest. A fast hash is the
 right tool here: the secret is random, not a password, so there is nothing to
 brute-force and no reason to make each request pay for a slow KDF.
 """

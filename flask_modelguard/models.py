@@ -165,6 +165,19 @@ admin_tokens = Table(
     Column("revoked_at", DateTime(timezone=True), nullable=True),
 )
 
+#: Dashboard sign-ins: the session cookie holds a random id whose hash is
+#: here; signing out ends the row, so a copy of the cookie is worthless after.
+admin_sessions = Table(
+    "modelguard_admin_sessions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("sid_hash", String(64), nullable=False, unique=True),
+    Column("admin", String(128), nullable=False),
+    Column("token_prefix", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("ended_at", DateTime(timezone=True), nullable=True),
+)
+
 #: One row per alert (an account flagged, or found in shadow mode), until acknowledged.
 alerts = Table(
     "modelguard_alerts",

@@ -101,7 +101,7 @@ def test_alerts_from_a_flag_and_acknowledgement(admin):
     alert = alerts["items"][0]
     assert alert["account"] == name and alert["action"] == "canary" and "canary" in alert["reason"]
     acked = client.post(f"{API}/alerts/{alert['id']}/ack", headers=auth).get_json()
-    assert acked["acknowledged_by"] == "ops" and acked["changed"]
+    assert acked["acknowledged_by"] == "ops" and acked["changed"] and acked["account"] == alert["account"]
     assert client.get(f"{API}/alerts?open=true", headers=auth).get_json()["total"] == 0
     assert client.get(f"{API}/alerts?account={name}", headers=auth).get_json()["total"] == 1
     assert not client.post(f"{API}/alerts/{alert['id']}/ack", headers=auth).get_json()["changed"]

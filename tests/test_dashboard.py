@@ -401,3 +401,26 @@ def test_failed_detection_shows_on_the_account_page(make_guarded, monkeypatch):
     page = client.get(f"{UI}/accounts/{name}").get_data(as_text=True)
     assert 'id="detection-errors"' in page and "Detection failed 1 time</strong>" in page
     assert "detection failed (FloatingPointError)" in page
+
+
+def test_a_session_cookie_replayed_after_sign_out_signs_nobody_in(admin):
+    g, token = admin
+    client = g.app.test_client()
+    assert sign_in(client, token).status_code == 302
+    cookie = client.get_cookie("session").value
+    assert client.get(f"{UI}/").status_code == 200
+    page = client.get(f"{UI}/")
+    assert client.post(f"{UI}/logout", data={"csrf_token": csrf_of(page)}).status_code == 302
+    thief = g.app.test_client()
+    thief.set_cookie("session", cookie)
+    r = thief.get(f"{UI}/")
+    assert r.status_code == 302 and "/login" in r.location  # the copy is worthless after sign-out
+    again = g.app.test_client()
+    assert sign_in(again, token).status_code == 302 and again.get(f"{UI}/").status_code == 200
+
+
+def test_session_cookie_is_samesite_and_secure_outside_debug(make_guarded):
+    g = make_guarded()  # the test app is not in debug or testing mode
+    assert g.app.config["SESSION_COOKIE_SAMESITE"] == "Lax" and g.app.config["SESSION_COOKIE_SECURE"] is True
+    plain = make_guarded(MODELGUARD_SECURE_COOKIES=False)
+    assert plain.app.config["SESSION_COOKIE_SECURE"] is False

@@ -88,7 +88,7 @@ def test_nan_and_infinity_literals_are_refused_and_the_worker_stays_healthy(app)
                  {"features": [2**63] * 64}, {"features": [1e308, -1e308] * 32}):
         _check(client.post("/predict", json=body, headers={"X-API-Key": app.config["FUZZ_KEY"]}))
     for literal in ("NaN", "Infinity", "-Infinity"):
-        r = client.post("/predict", data='{"features": [%s]}' % ",".join([literal] * 64),
+        r = client.post("/predict", data='{"features": [' + ",".join([literal] * 64) + "]}",
                         content_type="application/json", headers={"X-API-Key": app.config["FUZZ_KEY"]})
         _check(r)
         assert r.status_code == 400

@@ -4,9 +4,11 @@ score timeline and detector evidence, alerts, and buttons to block, unblock,
 rotate keys and acknowledge alerts.
 
 Signing in takes an admin token (``flask modelguard create-admin-token``) or
-the app's own hook (``MODELGUARD_ADMIN_AUTH``); the admin's name, the token's
-prefix (a revoked token ends its sessions) and a random CSRF token live in
-Flask's signed session, so the app needs a ``SECRET_KEY``. Every form posts
+the app's own hook (``MODELGUARD_ADMIN_AUTH``); the admin's name, a random
+session id (recorded in ``modelguard_admin_sessions``: signing out, expiry
+after 12 hours or revoking the token ends it, so a copied cookie is worthless
+after) and a random CSRF token live in Flask's signed session, so the app
+needs a ``SECRET_KEY``. Every form posts
 the CSRF token back; every action is written to the audit log. No JavaScript,
 no external resources: charts are SVG drawn here (:mod:`.charts`)."""
 
@@ -35,7 +37,7 @@ dashboard = Blueprint("modelguard_dashboard", __name__, template_folder="templat
                       static_folder="static", static_url_path="/static")
 
 #: Session keys (namespaced: the session is the app's).
-ADMIN_KEY, TOKEN_KEY, CSRF_KEY = "modelguard_admin", "modelguard_token", "modelguard_csrf"
+ADMIN_KEY, SESSION_KEY, CSRF_KEY = "modelguard_admin", "modelguard_session", "modelguard_csrf"
 #: Accounts listed on the index page, highest scores first.
 INDEX_ROWS = 100
 _STATIC = "modelguard_dashboard.static"
@@ -88,17 +90,17 @@ def _current_admin() -> str | None:
     hooked = hooked_admin(state)
     if hooked:
         return hooked
-    who, prefix = session.get(ADMIN_KEY), session.get(TOKEN_KEY)
-    if not who or not prefix:
+    sid = session.get(SESSION_KEY)
+    if not sid:
         return None
-    if not any(t["prefix"] == prefix and t["name"] == who and not t["revoked_at"] for t in state.admin.list_tokens()):
-        _forget()  # the token was revoked (or renamed) since sign-in
-        return None
-    return str(who)
+    who = state.admin.session_admin(str(sid))
+    if who is None:
+        _forget()  # signed out elsewhere (a copied cookie), expired, or its token revoked
+    return who
 
 
 def _forget() -> None:
-    for key in (ADMIN_KEY, TOKEN_KEY, CSRF_KEY):
+    for key in (ADMIN_KEY, SESSION_KEY, CSRF_KEY):
         session.pop(key, None)
 
 
@@ -176,7 +178,8 @@ def login() -> Any:
         error = ("A customer API key is not an admin credential." if token.startswith("mg_")
                  else "Unknown or revoked admin token.")
         return render_template("modelguard/login.html", next=target, error=error), 401
-    session[ADMIN_KEY], session[TOKEN_KEY] = who, token.split("_")[1]
+    _forget()  # nothing of ours from before sign-in carries over (the rest of the session is the app's)
+    session[ADMIN_KEY], session[SESSION_KEY] = who, _state().admin.start_session(who, token.split("_")[1])
     session[CSRF_KEY] = secrets.token_urlsafe(32)  # a fresh token for the signed-in session
     _state().admin.audit(who, "dashboard-login", who)
     return redirect(target)
@@ -184,6 +187,9 @@ def login() -> Any:
 
 @dashboard.post("/logout")
 def logout() -> Any:
+    sid = session.get(SESSION_KEY)
+    if sid:
+        _state().admin.end_session(str(sid))  # a copy of the cookie no longer signs anyone in
     _forget()
     flash("Signed out.")
     return redirect(url_for(".login"))

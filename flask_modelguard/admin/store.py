@@ -4,8 +4,10 @@ alerts, the audit log, and query-log export. Framework-free (SQLAlchemy)."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import hmac
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,6 +24,14 @@ _TOKEN_RE = re.compile(rf"{ADMIN_SCHEME}_([a-z0-9]{{10}})_([a-z0-9]{{32}})")
 #: Seconds a token verified against the database still opens the admin API
 #: while the database is unreachable (health must answer during an outage).
 OUTAGE_GRACE = 300.0
+
+
+#: Seconds a dashboard sign-in lasts (then sign in again).
+SESSION_MAX_AGE = 12 * 3600.0
+
+
+def _sid_hash(sid: str) -> str:
+    return hashlib.sha256(sid.encode()).hexdigest()
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
@@ -80,6 +90,39 @@ class AdminStore:
         self._verified[digest] = (str(row.name), time.monotonic())
         return str(row.name)
 
+    # -- dashboard sessions ---------------------------------------------------------
+
+    def start_session(self, admin: str, token_prefix: str) -> str:
+        """A new dashboard session for ``admin`` signed in with ``token_prefix``;
+        returns its random id (kept only in the signed cookie; its hash here)."""
+        sid = secrets.token_urlsafe(32)
+        with self.engine.begin() as conn:
+            conn.execute(insert(m.admin_sessions).values(
+                sid_hash=_sid_hash(sid), admin=admin, token_prefix=token_prefix, created_at=self.now()))
+        return sid
+
+    def session_admin(self, sid: str, max_age: float = SESSION_MAX_AGE) -> str | None:
+        """The admin of a live session: not ended, younger than ``max_age``
+        seconds, its token not revoked. None otherwise."""
+        t, s = m.admin_tokens, m.admin_sessions
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(s.c.admin, s.c.created_at, s.c.ended_at, t.c.revoked_at, t.c.name)
+                .join(t, t.c.prefix == s.c.token_prefix).where(s.c.sid_hash == _sid_hash(sid))
+            ).first()
+        if row is None or row.ended_at is not None or row.revoked_at is not None or row.name != row.admin:
+            return None
+        created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=dt.timezone.utc)
+        if (self.now() - created).total_seconds() > max_age:
+            return None
+        return str(row.admin)
+
+    def end_session(self, sid: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(m.admin_sessions).where(m.admin_sessions.c.sid_hash == _sid_hash(sid),
+                                                        m.admin_sessions.c.ended_at.is_(None))
+                         .values(ended_at=self.now()))
+
     def list_tokens(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(m.admin_tokens.c.name, m.admin_tokens.c.prefix, m.admin_tokens.c.created_at,
@@ -115,7 +158,9 @@ class AdminStore:
         with self.engine.begin() as conn:
             done = conn.execute(update(m.alerts).where(m.alerts.c.id == alert_id, m.alerts.c.acknowledged_at.is_(None))
                                 .values(acknowledged_at=self.now(), acknowledged_by=by)).rowcount
-            row = conn.execute(select(m.alerts).where(m.alerts.c.id == alert_id)).first()
+            row = conn.execute(select(m.alerts, m.accounts.c.name.label("account"))
+                               .join(m.accounts, m.accounts.c.id == m.alerts.c.account_id)
+                               .where(m.alerts.c.id == alert_id)).first()
         if row is None:
             raise NotFound(f"No alert {alert_id}.")
         out = _jsonable(dict(row._mapping))
