@@ -49,6 +49,10 @@ DEFAULT_TIERS: dict[str, str] = {
 
 FAIL_MODES = ("open", "closed")
 
+#: Seconds a Redis call may take before the storage counts as down (unless
+#: ``storage_options`` set ``socket_timeout`` / ``socket_connect_timeout``).
+REDIS_TIMEOUT = 0.5
+
 #: Test every limit, and count the request in all of them only when all admit
 #: it. KEYS: the limits' keys; ARGV: cost, then the amounts, then the expiries.
 #: Returns {1, count, pttl, count, pttl, ...} or {0, index of the refusing limit, count, pttl}.
@@ -161,9 +165,11 @@ class QuotaEnforcer:
         self._unknown_tiers: set[str] = set()
         # Backend errors arrive as limits' StorageError, translated in hit().
         # limits types options as float | str | bool, but storages take others (the simulated clock).
-        storage = storage_from_string(
-            storage_uri, wrap_exceptions=True, **dict(storage_options or {})  # type: ignore[arg-type]
-        )
+        options = dict(storage_options or {})
+        if storage_uri.startswith(("redis", "rediss")):  # a hung Redis must not hang requests
+            options.setdefault("socket_timeout", REDIS_TIMEOUT)
+            options.setdefault("socket_connect_timeout", REDIS_TIMEOUT)
+        storage = storage_from_string(storage_uri, wrap_exceptions=True, **options)  # type: ignore[arg-type]
         assert isinstance(storage, Storage)  # not async (as the RateLimiter below asserts)
         self.storage: Storage = storage
         self.limiter: RateLimiter = STRATEGIES[strategy](self.storage)

@@ -16,6 +16,8 @@ class ToggleProxy:
         self.listener: socket.socket | None = None
         self.port = 0
         self.conns: list[socket.socket] = []
+        #: Hung: connections are accepted and bytes read, but nothing is forwarded either way.
+        self.hung = False
         self.up()
 
     def up(self) -> None:
@@ -41,22 +43,38 @@ class ToggleProxy:
             conn.close()
         self.conns.clear()
 
+    def hang(self, hung: bool = True) -> None:
+        """Stop forwarding (a server that accepts and never answers), or resume."""
+        self.hung = hung
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if self.hung:  # swallow what it sends: never connect, never answer
+                self.conns.append(client)
+                threading.Thread(target=self._swallow, args=(client,), daemon=True).start()
+                continue
             server = socket.create_connection(self.target)
             self.conns += [client, server]
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
     @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _swallow(conn: socket.socket) -> None:
+        try:
+            while conn.recv(65536):
+                pass
+        except OSError:
+            pass
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
-                dst.sendall(data)
+                if not self.hung:
+                    dst.sendall(data)
         except OSError:
             pass
         finally:

@@ -7,6 +7,7 @@ import os
 import time
 import uuid
 
+import pytest
 from sqlalchemy import create_engine, text
 
 from flask_modelguard import ModelGuard, models
@@ -100,4 +101,138 @@ def test_events_at_shutdown_during_an_outage_are_spilled_then_written_at_the_nex
         assert count == 30 and not os.listdir(tmp_path / "spill")
     finally:
         again.close(app2)
+        proxy.down()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, key: str) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps({"features": [3] * 64}).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "X-API-Key": key})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_gunicorn_through_a_database_outage_recycles_and_stops_losing_nothing(postgres_url, tmp_path, model_cache):
+    """The example under gunicorn (2 workers, recycled every 15 requests) on
+    PostgreSQL through a proxy: the database is cut mid-traffic, workers are
+    recycled and boot again during the cut, then gunicorn is stopped (SIGTERM)
+    while it is still down. The master never exits early; every answered
+    request is in the query log once the database is back and a process has
+    started on the spill folder (written at exit, or spilled and replayed)."""
+    import signal
+    import subprocess
+    import sys
+
+    from example_app import create_app, guard
+
+    engine = create_engine(postgres_url)
+    models.metadata.drop_all(engine)
+    engine.dispose()
+    proxy = ToggleProxy(("127.0.0.1", 5432))
+    url = _through(postgres_url, proxy)
+    namespace = f"t-{uuid.uuid4().hex}"
+    config = {"MODELGUARD_DATABASE_URL": url, "MODEL_CACHE_DIR": model_cache, "SECRET_KEY": "outage-test",
+              "MODELGUARD_SPILL": str(tmp_path / "spill"), "MODELGUARD_NAMESPACE": namespace}
+    setup = create_app(dict(config))
+    with setup.app_context():
+        guard.create_account("steady", limits="100000/minute")
+        key = guard.issue_key("steady")
+    guard.close(setup)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    port = _free_port()
+    env = {**os.environ, **{k: str(v) for k, v in config.items()}, "MODELGUARD_SHUTDOWN_TIMEOUT": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}",
+                             "--max-requests", "15", "example_app:create_app()"],
+                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    answered = 0
+    try:
+        _wait(lambda: _up(f"{base}/health"), timeout=60)
+        statuses = [_post(f"{base}/predict", key) for _ in range(10)]
+        proxy.down()
+        statuses += [_post(f"{base}/predict", key) for _ in range(50)]  # workers recycle meanwhile
+        assert proc.poll() is None, "gunicorn exited during the outage"
+        answered = statuses.count(200)
+        assert set(statuses) <= {200, 503} and answered >= 10, statuses
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 0, out[-3000:]
+    spilled = os.listdir(tmp_path / "spill")
+    assert len(spilled) >= 2, out[-3000:]  # recycled workers and the last two each left a file
+    assert "events spilled" in out and "Traceback" not in out, out[-3000:]
+    proxy.up()
+    after = create_app(dict(config))  # the next start: replays what was spilled
+    try:
+        def logged() -> int:
+            with create_engine(postgres_url).connect() as conn:
+                return int(conn.execute(text("select count(*) from modelguard_query_events where status = 200")).scalar())
+
+        _wait(lambda: logged() >= answered, timeout=30)
+        time.sleep(1.0)
+        assert logged() == answered, out[-3000:]  # every answer once: none lost, none twice
+    finally:
+        guard.close(after)
+        proxy.down()
+
+
+def _up(url: str) -> bool:
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url, timeout=1)
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("fail_mode", ["open", "closed"])
+def test_a_hung_redis_costs_a_request_at_most_its_timeout_and_recovers(redis_uri, fail_mode):
+    """Redis accepting connections and never answering: with the default
+    timeouts (0.5 s) a request waits at most about that, is answered per the
+    fail mode, the next ones do not wait at all (the storage is skipped for
+    MODELGUARD_STORAGE_RETRY), and limits apply again once Redis answers."""
+    proxy = ToggleProxy(("127.0.0.1", 6379))
+    guard = ModelGuard()
+    app = model_app(guard, MODELGUARD_DATABASE_URL="sqlite://", MODELGUARD_STORAGE_URI=f"redis://127.0.0.1:{proxy.port}/0",
+                    MODELGUARD_FAIL_MODE=fail_mode, MODELGUARD_STORAGE_RETRY=0.5,
+                    MODELGUARD_NAMESPACE=f"t-{uuid.uuid4().hex}")
+    try:
+        with app.app_context():
+            guard.create_account("a", limits="100/minute")
+            key = guard.issue_key("a")
+        client = app.test_client()
+
+        def call():
+            began = time.monotonic()
+            r = client.post("/predict", json={"features": [1, 2]}, headers={"X-API-Key": key})
+            return r, time.monotonic() - began
+
+        assert call()[0].status_code == 200
+        proxy.hang()
+        r, took = call()
+        assert took < 2.0 and r.status_code == (200 if fail_mode == "open" else 503), (took, r.status_code)
+        r, took = call()
+        assert took < 0.2  # skipped while it is down
+        proxy.hang(False)
+        proxy.down()
+        proxy.up()  # fresh connections
+        time.sleep(0.6)
+        _wait(lambda: call()[0].headers.get("X-RateLimit-Limit") == "100", timeout=10)
+    finally:
+        guard.close(app)
         proxy.down()
