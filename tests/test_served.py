@@ -5,7 +5,8 @@ has, next to benign users, over loopback HTTP.
 
 Nothing is set up on the server beyond creating accounts with the CLI. Every
 thief but the pure in-distribution copycat must be flagged within 100 of its
-queries; no benign account may be flagged. The per-family figures are printed
+queries (the Jacobian thief opens with one request of 1e308s, which must not
+switch detection off for it, issue #13); no benign account may be flagged. The per-family figures are printed
 to the terminal (outside pytest's capture) so the test log carries them.
 
 The small version runs by default; the large one is marked ``slow`` and runs
@@ -14,9 +15,11 @@ only with ``MODELGUARD_SLOW=1`` (``MODELGUARD_SLOW=1 pytest -m slow tests/test_s
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -123,6 +126,14 @@ def family(actor: Actor) -> str:
     return actor.name if actor.name == actor.kind or actor.name == COPYCAT else f"{actor.kind} ({actor.name})"
 
 
+def _hostile(url: str, key: str) -> int:
+    """One request of 1e308s, the statistics-poisoning request of issue 13."""
+    req = urllib.request.Request(f"{url}/predict", data=json.dumps({"features": [1e308] * 64}).encode(),
+                                 method="POST", headers={"Content-Type": "application/json", "X-API-Key": key})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return int(resp.status)
+
+
 def run(served: ServedExample, plan: Plan, capsys: pytest.CaptureFixture[str]) -> None:
     # The thieves' substitutes train here, next to the server: one BLAS thread each
     # (see served._environment).
@@ -159,6 +170,11 @@ def _run(served: ServedExample, plan: Plan, capsys: pytest.CaptureFixture[str]) 
         for k, name in enumerate(account_names(actor)):
             keys[(actor.name, k)] = served.create_account(name, tier="pro", limits=LIMITS, subprocess_cli=first)
             first = False
+    # The Jacobian thief opens with one request of huge finite numbers (which
+    # the example answers): it must not switch detection off for its account
+    # (issue #13). The other thieves stay clean: their families are measured.
+    jacobian = next(a for a in thieves if a.kind == "jacobian")
+    assert _hostile(served.url, keys[(jacobian.name, 0)]) == 200
     setup = time.monotonic() - wall
 
     # Phase 1: every thief up to its 100th query (benign users interleaved, a
