@@ -89,6 +89,11 @@ class Settings:
     tier_output: Mapping[str, Any] = field(default_factory=dict)
     #: Output transforms for flagged accounts (instead of the others).
     suspicious_output: Any = field(default_factory=lambda: ["misinformation"])
+    #: An answer of a protected route that cannot be protected (a shape no
+    #: adapter knows, labels the adapter cannot rewrite): "pass" (sent as the
+    #: model gave it) or "withhold" (a 502 problem). The same for every account;
+    #: counted and logged once per route either way.
+    unrecognised: str = "pass"
     #: Fraction of inputs per account answered with a watermark (deliberately wrong) label.
     watermark: float = 0.005
     #: Run the detectors in the worker and flag the accounts they find.
@@ -272,6 +277,8 @@ class Settings:
         if self.metrics_token == "":
             raise InvalidValue(f"{PREFIX}METRICS_TOKEN must not be empty (None turns it off)")
         self.resolved_rules()  # validates
+        if self.unrecognised not in ("pass", "withhold"):
+            raise InvalidValue(f"{PREFIX}UNRECOGNISED must be 'pass' or 'withhold', not {self.unrecognised!r}")
         if self.verdict not in ("any", "auto", "ensemble"):
             raise InvalidValue(f"{PREFIX}VERDICT must be 'any', 'auto' or 'ensemble', not {self.verdict!r}")
         if isinstance(self.ensemble_fpr, bool) or not isinstance(self.ensemble_fpr, float) or not 0 < self.ensemble_fpr < 1:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .payload import read_predictions
+from .payload import predictions
 
 _NUMBER_TYPES = frozenset((int, float))
 
@@ -110,6 +110,9 @@ class QueryEvent:
     #: The model's own answer when output protection changed it (the detectors
     #: judge accounts on what the model said, not on what was served).
     model_json: Any = None
+    #: The route's payload adapter (None: the common shapes), so that what a
+    #: custom adapter reads is what the query log and the detectors see.
+    adapter: Any = None
 
     def to_row(self, key: bytes, store_inputs: bool = False) -> dict[str, Any]:
         """The ``query_events`` row of this event (computed in the worker)."""
@@ -119,7 +122,7 @@ class QueryEvent:
                 response = json.loads(response)
             except ValueError:
                 response = None
-        predictions = read_predictions(response) if response is not None else []
+        found = predictions(response, self.adapter) if response is not None else []
         try:
             fp = None if self.request_json is None else fingerprint(self.request_json, key)
         except (RecursionError, ValueError):  # pathological bodies still get a row
@@ -133,8 +136,8 @@ class QueryEvent:
             "latency_ms": self.latency_ms,
             "n_instances": self.n_instances,
             "fingerprint": fp,
-            "labels": [p.label for p in predictions] or None,
-            "top_confidences": [_finite(p.confidence) for p in predictions] or None,
+            "labels": [p.label for p in found] or None,
+            "top_confidences": [_finite(p.confidence) for p in found] or None,
             "input": _finite(self.request_json) if store_inputs else None,
             "canary": self.canary,
             "watermarks": [

@@ -4,7 +4,9 @@ transformed ones back, and what a request's inputs are. Framework-free.
 :class:`AutoAdapter` (the default) understands
 
 - ``{"label": 3, "probabilities": [...]}`` and ``{"probabilities": [...]}``
-- ``{"predictions": [{"label": ..., "probabilities": [...]}, ...]}``
+  (the label may also be under ``class`` or ``prediction``)
+- ``{"predictions": [{"label": ..., "probabilities": [...]}, ...]}`` (or
+  ``results`` or ``outputs`` for ``predictions``)
 - ``{"scores": {"cat": 0.9, "dog": 0.1}}`` (class names), alone or per prediction
 - a top-level list of probability vectors, or of the objects above
 - a top-level probability vector.
@@ -47,6 +49,21 @@ class PayloadAdapter(Protocol):
     def read(self, payload: Any) -> Reading | None: ...
 
 
+#: Keys of a prediction's label, and of the list of predictions, in the shapes recognised.
+LABEL_KEYS = ("label", "class", "prediction")
+LIST_KEYS = ("predictions", "results", "outputs")
+
+
+def _label_key(item: Mapping[str, Any]) -> str | None:
+    return next((k for k in LABEL_KEYS if k in item), None)
+
+
+def _list_key(payload: Any) -> str | None:
+    if not isinstance(payload, Mapping):
+        return None
+    return next((k for k in LIST_KEYS if isinstance(payload.get(k), list)), None)
+
+
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
@@ -82,8 +99,9 @@ def _write_item(
     label is the same, the item's own ``label`` value is kept as it was."""
     label = int(answer.labels[i])
     label_value = classes[label] if classes is not None else label
-    if original is not None and label == original and isinstance(item, Mapping) and "label" in item:
-        label_value = item["label"]
+    label_key = _label_key(item) if isinstance(item, Mapping) else None
+    if original is not None and label == original and label_key is not None:
+        label_value = item[label_key]  # type: ignore[index]
     row = answer.probs[i]
     if item is None:  # a bare vector
         if answer.label_only:
@@ -93,10 +111,10 @@ def _write_item(
             return {"probabilities": row[idx].tolist(), "classes": idx.tolist()}
         return row.tolist()
     if answer.label_only:
-        return {"label": label_value}  # nothing else: other keys may carry scores
+        return {label_key or "label": label_value}  # nothing else: other keys may carry scores
     out = dict(item)
-    if "label" in out:
-        out["label"] = label_value
+    if label_key is not None:
+        out[label_key] = label_value
     idx = _sent(answer, i)
     if key == "scores":
         assert classes is not None
@@ -128,8 +146,9 @@ class AutoAdapter:
     """Recognises the common shapes listed in the module docstring."""
 
     def read(self, payload: Any) -> Reading | None:
-        if isinstance(payload, Mapping) and isinstance(payload.get("predictions"), list):
-            items, wrap = payload["predictions"], lambda rows: {**payload, "predictions": rows}
+        list_key = _list_key(payload)
+        if list_key is not None:
+            items, wrap = payload[list_key], lambda rows: {**payload, list_key: rows}
         elif isinstance(payload, list) and payload and not _is_number(payload[0]):
             items, wrap = payload, lambda rows: rows
         else:
@@ -221,6 +240,23 @@ def make_adapter(spec: Any) -> PayloadAdapter:
     raise TypeError(f"Not a payload adapter: {spec!r}")
 
 
+def describe(payload: Any, depth: int = 3) -> str:
+    """The shape of a decoded JSON value, for a log line: keys and types, the
+    first item of each list (``{"results": [{"class": str, "scores": {str: float}}]}``)."""
+    if depth == 0:
+        return "..."
+    if isinstance(payload, Mapping):
+        if payload and all(_is_number(v) for v in payload.values()):
+            return "{str: float}"
+        items = [f'"{k}": {describe(v, depth - 1)}' for k, v in list(payload.items())[:6]]
+        return "{" + ", ".join(items) + (", ..." if len(payload) > 6 else "") + "}"
+    if isinstance(payload, list):
+        return "[]" if not payload else f"[{describe(payload[0], depth - 1)}{', ...' if len(payload) > 1 else ''}]"
+    if isinstance(payload, bool) or payload is None:
+        return "bool" if isinstance(payload, bool) else "null"
+    return "float" if _is_number(payload) else type(payload).__name__
+
+
 class Prediction(NamedTuple):
     """One served prediction, as the query log records it."""
 
@@ -230,7 +266,8 @@ class Prediction(NamedTuple):
 
 def _prediction(item: Any) -> Prediction | None:
     found = _item_vector(item)
-    label = item.get("label") if isinstance(item, Mapping) else None
+    label_key = _label_key(item) if isinstance(item, Mapping) else None
+    label = item[label_key] if label_key is not None else None
     if found is not None:
         vector, names, _ = found
         classes = item.get("classes") if isinstance(item, Mapping) else None
@@ -246,13 +283,29 @@ def _prediction(item: Any) -> Prediction | None:
 
 def read_predictions(payload: Any) -> list[Prediction]:
     """Every prediction found in a decoded JSON answer (labels-only ones too), in order."""
-    if isinstance(payload, Mapping) and isinstance(payload.get("predictions"), list):
-        items = payload["predictions"]
+    list_key = _list_key(payload)
+    if list_key is not None:
+        items = payload[list_key]
     elif isinstance(payload, list) and payload and not _is_number(payload[0]):
         items = payload
     else:
         items = [payload]
     return [p for p in map(_prediction, items) if p is not None]
+
+
+def predictions(payload: Any, adapter: PayloadAdapter | None = None) -> list[Prediction]:
+    """The predictions of an answer as the route reads it: through its own
+    adapter when it has one (labels the adapter names, top probabilities),
+    else (or when the adapter does not recognise it) :func:`read_predictions`."""
+    if adapter is not None and not isinstance(adapter, AutoAdapter):
+        try:
+            reading = adapter.read(payload)
+        except Exception:
+            reading = None
+        if reading is not None and reading.answer.probs.size:
+            top = reading.answer.probs.max(axis=1)
+            return [Prediction(reading.label_value(int(label)), float(c)) for label, c in zip(reading.answer.labels, top)]
+    return read_predictions(payload)
 
 
 #: Keys that hold a request's model inputs (at most one may be present).

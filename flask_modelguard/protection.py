@@ -19,7 +19,7 @@ import numpy as np
 
 from .events import fingerprint
 from .exc import AnswerWithheld
-from .payload import Reading, instances, make_adapter
+from .payload import Reading, describe, instances, make_adapter
 from .transforms import Answer, KeyedRandom, LabelOnly, OutputPolicy, Transform, apply, parse_all
 
 log = logging.getLogger("flask_modelguard")
@@ -84,6 +84,7 @@ class OutputProtector:
         tier_output: Mapping[str, Any] | None = None,
         suspicious_output: Any = ("misinformation",),
         watermark: float = 0.005,
+        unrecognised: str = "pass",
     ) -> None:
         self.key = key
         self.output: tuple[Transform, ...] = parse_all(output)
@@ -95,8 +96,13 @@ class OutputProtector:
         self.caught: set[int] = set()
         self._policies: dict[tuple[RouteOptions, str], OutputPolicy] = {}
         self._lock = threading.Lock()
-        #: Answers whose shape no adapter recognised (passed through untouched).
+        #: Answers that could not be protected (shape unknown, labels not rewritable), in all and by route.
         self.unrecognised = 0
+        self.unrecognised_routes: dict[str, int] = {}
+        #: What happens to them: "pass" (sent as the model gave them) or "withhold" (502).
+        self.unrecognised_mode = unrecognised
+        #: Told the route of each (the metrics).
+        self.on_unprotected: Callable[[str], None] | None = None
         #: Answers a transform failed on (passed through untouched, logged).
         self.errors = 0
 
@@ -127,15 +133,18 @@ class OutputProtector:
         score: float,
         policy: OutputPolicy,
         options: RouteOptions,
+        route: str = "",
     ) -> tuple[Any, list[Mark], bool]:
         """The answer to send, the watermark answers in it, and whether the
         request held a canary (the account is then treated as flagged).
 
-        Fails closed where it matters: when a flagged account's answer, or an
-        answer of a label-only policy, cannot be read, rewritten with its
-        labels, or transformed, :class:`~flask_modelguard.exc.AnswerWithheld`
-        is raised instead of sending the model's answer. Otherwise an answer
-        that cannot be protected goes out unchanged and is counted.
+        A flagged account's answer goes through the same steps as anyone's
+        (the suspicious transforms come first, then the route's own), and an
+        answer that cannot be protected is handled alike for every account,
+        by ``unrecognised``: "pass" sends it as the model gave it, "withhold"
+        raises :class:`~flask_modelguard.exc.AnswerWithheld`; either way it
+        is counted and its route logged once. Answers of a label-only policy
+        are withheld rather than sent whole.
         """
         flagged = flagged or account_id in self.caught
         pipeline = policy.pipeline(flagged)
@@ -143,30 +152,25 @@ class OutputProtector:
         if not pipeline and not canaries:
             return payload, [], False
         canary = False
-        strict = flagged
         try:
             inputs = options.inputs(body) if options.inputs is not None else instances(body)
             fingerprints = [fingerprint(x, self.key) for x in inputs]
             canary = bool(canaries) and not canaries.isdisjoint(fingerprints)
             if canary and not flagged:
                 self.caught.add(account_id)  # until the worker has flagged it in the database
-                pipeline, strict = policy.pipeline(True), True
+                pipeline = policy.pipeline(True)
             if not pipeline:
                 return payload, [], canary
-            strict = strict or any(isinstance(t, LabelOnly) for t in pipeline)
             rng = KeyedRandom.for_inputs(self.key, account_id, fingerprints, score)
             if all(t.skips(rng) for t in pipeline):  # e.g. no input of this request carries a watermark
                 return payload, [], canary
             reading = options.adapter.read(payload)
             if reading is None:
-                self.unrecognised += 1
-                if strict:
-                    raise AnswerWithheld("The answer could not be protected as this account requires.")
-                return payload, [], canary
-            if not reading.writes_labels:
-                if strict:
-                    raise AnswerWithheld("The answer's labels could not be protected as this account requires.")
-                # Labels outside the adapter's reach stay the model's: nothing may change them.
+                return self._unprotected(payload, route, None, policy), [], canary
+            if not reading.writes_labels and not all(t.keeps_argmax for t in pipeline):
+                # Labels outside the adapter's reach stay the model's, for every
+                # account alike: only the transforms that keep them run.
+                self._unprotected(payload, route, reading, policy)
                 pipeline = tuple(t for t in pipeline if t.keeps_argmax)
             n = len(reading.answer.labels)
             if len(fingerprints) != n:  # inputs and answers do not pair up: key on the body and position
@@ -176,14 +180,39 @@ class OutputProtector:
             answer = apply(pipeline, reading.answer, rng)
             return reading.write(answer), self._marks(reading, answer, fingerprints, inputs), canary
         except AnswerWithheld:
-            self.errors += 1
             raise
         except Exception:
             self.errors += 1
-            log.exception("modelguard: output protection failed")
-            if strict:
-                raise AnswerWithheld("The answer could not be protected as this account requires.") from None
-            return payload, [], canary
+            if self.errors == 1 or self.errors % 1000 == 0:
+                log.exception("modelguard: output protection failed (%d so far)", self.errors)
+            return self._unprotected(payload, route, None, policy, counted=False), [], canary
+
+    def _unprotected(self, payload: Any, route: str, reading: Reading | None, policy: OutputPolicy,
+                     counted: bool = True) -> Any:
+        """An answer the pipeline cannot protect (its shape unknown, or labels
+        the adapter cannot rewrite): the same for every account, by mode."""
+        if counted:
+            with self._lock:
+                self.unrecognised += 1
+                self.unrecognised_routes[route] = self.unrecognised_routes.get(route, 0) + 1
+                first = self.unrecognised_routes[route] == 1
+            if self.on_unprotected is not None:
+                self.on_unprotected(route)
+            if first:
+                if reading is not None:
+                    what, done = ("not fully protected: its labels cannot be rewritten by the route's adapter",
+                                  "only transforms that keep the labels ran (no watermark, no misinformation)")
+                else:
+                    what, done = f"not protected: no adapter recognises its shape {describe(payload)}", \
+                        "it was sent as the model gave it"
+                if self.unrecognised_mode == "withhold":
+                    done = "it was withheld (502)"
+                log.warning("modelguard: an answer of route %r is %s; %s (MODELGUARD_UNRECOGNISED=%r, the same for "
+                            "every account). See docs/output-protection.md for the shapes and adapters.",
+                            route, what, done, self.unrecognised_mode)
+        if self.unrecognised_mode == "withhold" or any(isinstance(t, LabelOnly) for t in policy.transforms):
+            raise AnswerWithheld("The answer could not be protected as this route requires.")
+        return payload
 
     @staticmethod
     def _marks(reading: Reading, answer: Answer, fingerprints: list[str], inputs: list[Any]) -> list[Mark]:

@@ -40,7 +40,7 @@ from .exc import (
 )
 from .features import Featurizer, flatten, space_name
 from .monitor import Monitor
-from .payload import instances, read_predictions
+from .payload import instances, predictions
 from .protection import OutputProtector, RouteOptions
 from .quotas import LimitSet, QuotaEnforcer, Verdict
 from .readiness import detection_status
@@ -156,6 +156,7 @@ class GuardState:
             tier_output=settings.tier_output,
             suspicious_output=settings.suspicious_output,
             watermark=settings.watermark,
+            unrecognised=settings.unrecognised,
         )
         self.featurizer = Featurizer(settings.features, settings.feature_dim)
         self.raw = Featurizer(None, settings.feature_dim)  # PRADA's space: the inputs themselves
@@ -225,6 +226,8 @@ class GuardState:
         self.admin: AdminStore
         #: Prometheus metrics (docs/metrics.md); None when off or prometheus_client is missing.
         self.telemetry = install_telemetry(app, settings, self.worker, self.detection_status)
+        if self.telemetry is not None:
+            self.protector.on_unprotected = self.telemetry.unprotected
 
     def _prepare(self, event: QueryEvent) -> dict[str, Any]:
         """The event's row (worker thread); detection runs here, once per event."""
@@ -242,7 +245,7 @@ class GuardState:
         """Feed the monitor; attach its evaluation, when one is due, to the row."""
         inputs = instances(event.request_json)
         if event.model_json is not None:
-            found = read_predictions(event.model_json)
+            found = predictions(event.model_json, event.adapter)
             labels, confidences = [p.label for p in found], [p.confidence for p in found]
         else:
             labels, confidences = row["labels"], row["top_confidences"]
@@ -641,7 +644,7 @@ class GuardState:
         try:
             rv = model_rv = view(*args, **kwargs)
             view_ended = time.perf_counter()
-            rv, marks, canary = self._protect(rv, body, principal, options)
+            rv, marks, canary = self._protect(rv, body, principal, options, route)
             response = current_app.make_response(rv)
         except (Problem, HTTPException) as exc:
             view_ended = view_ended or time.perf_counter()
@@ -670,10 +673,11 @@ class GuardState:
             if not isinstance(model_answer, (dict, list)):
                 model_answer = None
         self._record(principal, route, now, response.status_code, started, cost, body, rv, marks, canary, model_answer,
-                     view_ended - view_started)
+                     view_ended - view_started, options.adapter)
         return response
 
-    def _protect(self, rv: Any, body: Any, principal: Principal, options: RouteOptions) -> tuple[Any, list[Any], bool]:
+    def _protect(self, rv: Any, body: Any, principal: Principal, options: RouteOptions,
+                 route: str = "") -> tuple[Any, list[Any], bool]:
         """Apply the route's output policy to a successful JSON answer."""
         policy = self.protector.policy(options, principal.tier)
         extra: tuple[Any, ...] = ()
@@ -688,12 +692,12 @@ class GuardState:
             if payload is None:
                 return rv, [], False
             new, marks, canary = self.protector.protect(
-                payload, body, principal.account_id, principal.flagged, principal.score, policy, options)
+                payload, body, principal.account_id, principal.flagged, principal.score, policy, options, route)
             if new is not payload:
                 rv.set_data(current_app.json.dumps(new))
             return rv, marks, canary
         new, marks, canary = self.protector.protect(
-            rv, body, principal.account_id, principal.flagged, principal.score, policy, options)
+            rv, body, principal.account_id, principal.flagged, principal.score, policy, options, route)
         return ((new, *extra) if extra else new), marks, canary
 
     def _refuse(
@@ -707,13 +711,13 @@ class GuardState:
         self, principal: Principal, route: str, now: float, status: int,
         started: float, cost: int, body: Any, answer: Any,
         marks: list[Any] | None = None, canary: bool = False, model_answer: Any = None,
-        view_seconds: float = 0.0,
+        view_seconds: float = 0.0, adapter: Any = None,
     ) -> None:
         elapsed = time.perf_counter() - started
         self.worker.submit(
             QueryEvent(
                 principal.account_id, principal.key_id, route, now, status,
-                elapsed * 1000.0, cost, body, answer, marks, canary, model_answer,
+                elapsed * 1000.0, cost, body, answer, marks, canary, model_answer, adapter,
             ),
             request.content_length or 0,  # the body it holds, for the queue's byte bound
         )

@@ -80,6 +80,9 @@ class _Metrics:
                                " (state only) or evaluate (state and every detector).", ["stage"],
                                buckets=DETECTOR_BUCKETS, registry=registry)
         self.detector = {name: detector.labels(stage=name) for name in ("update", "evaluate")}
+        self.unprotected = p.Counter("modelguard_answers_unprotected", "Answers of a protected route that could"
+                                     " not be protected (shape unknown, labels not rewritable), by route.",
+                                     ["route"], registry=registry)
         if multiprocess:  # no scrape-time collector sees other processes: the worker copies its counts
             self.queue_depth = p.Gauge("modelguard_queue_depth", _DEPTH_HELP, multiprocess_mode="livesum",
                                        registry=None)
@@ -167,6 +170,9 @@ class Telemetry:
         child = self.metrics.flagged.get(action)
         if child is not None:
             child.inc()
+
+    def unprotected(self, route: str) -> None:
+        self.metrics.unprotected.labels(route=route).inc()
 
     def detector(self, seconds: float, evaluated: bool) -> None:
         self.metrics.detector["evaluate" if evaluated else "update"].observe(seconds)

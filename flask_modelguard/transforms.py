@@ -318,11 +318,30 @@ class Renormalise(Transform):
         return answer.but(probs=renormalise(answer.probs))
 
 
+def _redeal(p: np.ndarray, wrong: np.ndarray, rng: KeyedRandom, purpose: str) -> np.ndarray:
+    """Each row's own values re-dealt: the top one to class ``wrong[i]``, the
+    rest to the remaining classes in a keyed random order (so the true class
+    sits at a random rank, not at a tell-tale second place)."""
+    n, k = p.shape
+    values = -np.sort(-p, axis=1)
+    order = np.argsort(rng.uniform(purpose, k), axis=1)
+    q = np.empty_like(p)
+    for i in range(n):
+        others = [c for c in order[i] if c != wrong[i]]
+        q[i, wrong[i]] = values[i, 0]
+        q[i, others] = values[i, 1:]
+    return q
+
+
 @dataclass(frozen=True)
 class RandomPoison(Transform):
     """D-ADD-style poisoning: each answer is replaced, with probability
-    ``p + (p_max - p) * score``, by a random probability vector (uniform on the
-    simplex) and its argmax as label. Meant for flagged accounts only."""
+    ``p + (p_max - p) * score``, by a random one: the answer's own values in
+    a keyed random order, so the served class is uniformly random while the
+    vector's entropy and top confidence are the model's (a Dirichlet draw, as
+    in D-ADD, would stand out from honest answers: no tells): the top value
+    goes to a class other than the model's, uniformly, the others to the
+    remaining classes in a keyed order. Meant for flagged accounts only."""
 
     p: float = 1.0
     p_max: float | None = None
@@ -340,10 +359,12 @@ class RandomPoison(Transform):
         hit = rng.uniform("poison/select", 1)[:, 0] < rate
         if not hit.any():
             return answer
-        random = -np.log(rng.uniform("poison/vector", k))  # Exp(1): normalised, Dirichlet(1,...,1)
-        random /= random.sum(axis=1, keepdims=True)
-        probs = np.where(hit[:, None], random, answer.probs)
-        labels = np.where(hit, random.argmax(axis=1), answer.labels)
+        # A class other than the model's, uniformly, takes the top value.
+        wrong = (answer.labels + 1 + np.minimum((rng.uniform("poison/vector", 1)[:, 0] * (k - 1)).astype(np.int64),
+                                                k - 2)) % k
+        redealt = _redeal(answer.probs, wrong, rng, "poison/order")
+        probs = np.where(hit[:, None], redealt, answer.probs)
+        labels = np.where(hit, wrong, answer.labels)
         return answer.but(probs=probs, labels=labels)
 
 
@@ -385,14 +406,7 @@ class Misinformation(Transform):
         weights[rows, answer.labels] = 0.0
         cumulative = np.cumsum(weights / weights.sum(axis=1, keepdims=True), axis=1)
         wrong = np.minimum((cumulative < rng.uniform("misinformation/class", 1)).sum(axis=1), k - 1)
-        # The remaining values, in a keyed random order over the remaining classes.
-        values = -np.sort(-p, axis=1)
-        order = np.argsort(rng.uniform("misinformation/order", k), axis=1)
-        q = np.empty_like(p)
-        for i in range(n):
-            others = [c for c in order[i] if c != wrong[i]]
-            q[i, wrong[i]] = values[i, 0]
-            q[i, others] = values[i, 1:]
+        q = _redeal(p, wrong, rng, "misinformation/order")
         a = self.strength
         if self.adaptive:
             a = a + (1.0 - a) * rng.score
@@ -484,7 +498,7 @@ def apply(transforms: Sequence[Transform], answer: Answer, rng: KeyedRandom) -> 
 @dataclass(frozen=True)
 class OutputPolicy:
     """What a route does to answers: transforms for everyone, transforms for
-    flagged accounts (applied instead), and the watermark fraction."""
+    flagged accounts (applied before them), and the watermark fraction."""
 
     transforms: tuple[Transform, ...] = ()
     suspicious: tuple[Transform, ...] = ()
@@ -493,11 +507,13 @@ class OutputPolicy:
 
     def pipeline(self, flagged: bool) -> tuple[Transform, ...]:
         """The transforms of one answer: watermark first (so later steps treat
-        the mark like any answer), then the account's transforms."""
+        the mark like any answer), for a flagged account the suspicious
+        transforms next, then the route's own, for everyone: a flagged
+        account's answer has the form (rounding, top-k, label-only) of any."""
         cached = self._cache.get(flagged)
         if cached is None:
             marks: tuple[Transform, ...] = (Watermark(self.watermark),) if self.watermark > 0 else ()
-            cached = self._cache[flagged] = marks + (self.suspicious if flagged else self.transforms)
+            cached = self._cache[flagged] = marks + (self.suspicious if flagged else ()) + self.transforms
         return cached
 
     @property

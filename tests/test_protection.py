@@ -237,19 +237,30 @@ def test_label_only_never_fails_open(make_guarded):
     assert body == {"label": 1}
 
 
-def test_flagged_accounts_never_get_unprotected_answers(make_guarded):
-    g = make_guarded()
+@pytest.mark.parametrize("mode, status", [("pass", 200), ("withhold", 502)])
+def test_labels_an_adapter_cannot_rewrite_are_handled_alike_for_every_account(make_guarded, caplog, mode, status):
+    """A path adapter cannot rewrite a label outside its path: watermarks and
+    misinformation cannot run there. Flagged or not, the account gets the same
+    status and form (no tell): in "pass" mode the transforms that keep labels
+    (rounding), in "withhold" mode a 502; counted and logged once for the route."""
+    g = make_guarded(MODELGUARD_UNRECOGNISED=mode, MODELGUARD_OUTPUT=["round(2)"], MODELGUARD_WATERMARK=0.5)
 
     @g.app.post("/nested")
     @g.guard.protect(adapter="result.scores")
     def nested():
-        return {"result": {"scores": PROBS}, "label": 1}
+        return {"result": {"scores": [0.123456, 0.876544]}, "label": 1}
 
-    name, key = g.account()
+    (flagged, key_f), (_, key_u) = g.account(), g.account()
     with g.app.app_context():
-        g.guard.update_account(name, flagged=True)
-    r = g.client.post("/nested", json={}, headers={"X-API-Key": key})
-    assert r.status_code == 502  # the label outside the path cannot be rewritten
+        g.guard.update_account(flagged, flagged=True)
+    caplog.set_level("WARNING", logger="flask_modelguard")
+    answers = [g.client.post("/nested", json={"features": [i]}, headers={"X-API-Key": key})
+               for key in (key_f, key_u) for i in range(5)]
+    assert {r.status_code for r in answers} == {status}
+    if mode == "pass":
+        assert all(r.get_json() == {"result": {"scores": [0.12, 0.88]}, "label": 1} for r in answers)
+    assert g.guard.stats(g.app)["answers_unprotected_by_route"] == {"nested": 10}
+    assert caplog.text.count("labels cannot be rewritten") == 1
 
 
 def test_the_views_own_label_values_are_kept(make_guarded):
