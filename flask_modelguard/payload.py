@@ -240,7 +240,7 @@ def make_adapter(spec: Any) -> PayloadAdapter:
     raise TypeError(f"Not a payload adapter: {spec!r}")
 
 
-def describe(payload: Any, depth: int = 3) -> str:
+def describe(payload: Any, depth: int = 5) -> str:
     """The shape of a decoded JSON value, for a log line: keys and types, the
     first item of each list (``{"results": [{"class": str, "scores": {str: float}}]}``)."""
     if depth == 0:

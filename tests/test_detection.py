@@ -422,3 +422,44 @@ def test_input_range_clips_features_and_a_failed_evaluation_is_suspicious(make_g
     assert history[-1]["reasons"] == ["detection failed (LinAlgError): treated as suspicious"]
     assert history[-1]["scores"]["detection_errors"] == 1
     assert g.guard.stats(g.app)["evaluations_failed"] == 1
+
+
+def test_a_route_with_its_own_adapter_feeds_detection(tmp_path, model_cache):
+    """A route whose answers only a custom adapter reads: what the adapter
+    reads goes into the query log, and a uniform-noise thief on that route
+    is flagged as on the example's own route."""
+    from flask import request
+
+    app = create_app({"MODEL_CACHE_DIR": model_cache, "SECRET_KEY": "adapter-test",
+                      "MODELGUARD_DATABASE_URL": f"sqlite:///{tmp_path}/a.db", "MODELGUARD_WATERMARK": 0.0})
+    model = app.extensions["digits_model"]
+
+    def read(payload):
+        return payload["out"]["p"]
+
+    def write(payload, answer):
+        return {"out": {"p": answer.probs.tolist(), "k": answer.labels.tolist()}}
+
+    @app.post("/odd")
+    @guard.protect(adapter=(read, write))
+    def odd():
+        X = np.clip(np.asarray(request.get_json()["instances"], dtype=float), 0, 16)
+        return {"out": {"p": model.predict_proba(X).tolist()}}
+
+    with app.app_context():
+        guard.create_account("odd-thief", limits="100000/minute")
+        key = guard.issue_key("odd-thief")
+    client = app.test_client()
+    rng = np.random.default_rng(3)
+    for _ in range(15):
+        r = client.post("/odd", json={"instances": rng.integers(0, 17, (10, 64)).tolist()}, headers={"X-API-Key": key})
+        assert r.status_code == 200 and len(r.get_json()["out"]["p"]) == 10
+        guard.flush(app)
+    with app.app_context():
+        account = {a["name"]: a for a in guard.list_accounts()}["odd-thief"]
+        history = guard.score_history("odd-thief")
+        state = guard.state(app)
+        rows = list(state.repository.events(account["id"]))
+    assert all(row["labels"] and len(row["labels"]) == 10 for row in rows)  # the adapter's reading, logged
+    assert account["flagged"] and next(h for h in history if h["reasons"])["queries"] <= 50, history[-1:]
+    guard.close(app)

@@ -313,3 +313,52 @@ def test_cli_flag_and_canaries(make_guarded, tmp_path):
 
 def problem_of_type(response):
     return response.get_json()["type"].rsplit("/", 1)[1]
+
+
+@pytest.mark.parametrize("mode, status", [("pass", 200), ("withhold", 502)])
+def test_an_answer_no_adapter_knows_is_loud_and_alike_for_every_account(make_guarded, caplog, mode, status):
+    """A shape no adapter recognises: the same status for a flagged and an
+    unflagged account (no tell), counted by route in stats, health and the
+    metrics, logged once with the shape."""
+    g = make_guarded(MODELGUARD_UNRECOGNISED=mode, MODELGUARD_OUTPUT=["round(2)"], MODELGUARD_WATERMARK=0.5)
+
+    @g.app.post("/odd")
+    @g.guard.protect
+    def odd():
+        return {"out": {"p": [[0.123456, 0.876544]]}}
+
+    (flagged, key_f), (_, key_u) = g.account(), g.account()
+    with g.app.app_context():
+        g.guard.update_account(flagged, flagged=True)
+        auth = {"Authorization": "Bearer " + g.guard.state(g.app).admin.create_token("ops")}
+    caplog.set_level("WARNING", logger="flask_modelguard")
+    answers = [g.client.post("/odd", json={"features": [i]}, headers={"X-API-Key": key})
+               for key in (key_f, key_u) for i in range(3)]
+    assert {r.status_code for r in answers} == {status}
+    assert caplog.text.count("is not protected: no adapter recognises its shape") == 1
+    assert '{"out": {"p": [[float, ...]]}}' in caplog.text
+    assert g.guard.stats(g.app)["answers_unprotected_by_route"] == {"odd": 6}
+    health = g.client.get("/modelguard/api/health", headers=auth).get_json()
+    assert health["worker"]["answers_unprotected"] == 6
+    metrics = g.client.get("/modelguard/metrics").get_data(as_text=True)
+    assert 'modelguard_answers_unprotected_total{route="odd"} 6.0' in metrics
+
+
+def test_results_with_class_names_are_recognised_and_protected(make_guarded):
+    """The shape a newcomer's iris app returned (issue #12), now protected:
+    rounded, watermarked, the class names kept."""
+    g = make_guarded(MODELGUARD_OUTPUT=["round(2)"], MODELGUARD_WATERMARK=1.0)
+
+    @g.app.post("/iris")
+    @g.guard.protect
+    def iris():
+        return {"results": [{"class": "setosa", "scores": {"setosa": 0.91234, "versicolor": 0.05555,
+                                                           "virginica": 0.03211}}]}
+
+    _, key = g.account()
+    out = g.client.post("/iris", json={"features": [5.1, 3.5, 1.4, 0.2]}, headers={"X-API-Key": key}).get_json()
+    result = out["results"][0]
+    assert set(result["scores"]) == {"setosa", "versicolor", "virginica"}
+    assert all(v == round(v, 2) for v in result["scores"].values())
+    assert result["class"] in ("versicolor", "virginica")  # every answer is a watermark at fraction 1
+    assert g.guard.stats(g.app)["answers_unprotected"] == 0
