@@ -89,6 +89,10 @@ class Settings:
     tier_output: Mapping[str, Any] = field(default_factory=dict)
     #: Output transforms for flagged accounts (instead of the others).
     suspicious_output: Any = field(default_factory=lambda: ["misinformation"])
+    #: When a request's cost is kept: "success" (a request the view answers
+    #: with a 4xx, a malformed body say, gives it back; the fixed window only)
+    #: or "always" (Flask-Limiter's ``deduct_when`` default).
+    deduct_when: str = "success"
     #: An answer of a protected route that cannot be protected (a shape no
     #: adapter knows, labels the adapter cannot rewrite): "pass" (sent as the
     #: model gave it) or "withhold" (a 502 problem). The same for every account;
@@ -277,6 +281,8 @@ class Settings:
         if self.metrics_token == "":
             raise InvalidValue(f"{PREFIX}METRICS_TOKEN must not be empty (None turns it off)")
         self.resolved_rules()  # validates
+        if self.deduct_when not in ("success", "always"):
+            raise InvalidValue(f"{PREFIX}DEDUCT_WHEN must be 'success' or 'always', not {self.deduct_when!r}")
         if self.unrecognised not in ("pass", "withhold"):
             raise InvalidValue(f"{PREFIX}UNRECOGNISED must be 'pass' or 'withhold', not {self.unrecognised!r}")
         if self.verdict not in ("any", "auto", "ensemble"):
@@ -308,14 +314,22 @@ class Settings:
             out[name] = {**RULES[name], **{k: float(v) for k, v in params.items()}}
         return out
 
-    def fingerprint_key(self, app_secret_key: Any) -> bytes:
-        """The key of input fingerprints: ``secret``, else derived from the app's
-        ``SECRET_KEY``, else random for this process (with a warning: fingerprints
-        then differ between processes)."""
+    def fingerprint_key(self, app_secret_key: Any, required: bool = False) -> bytes:
+        """The key of input fingerprints, watermarks and misinformation:
+        ``secret``, else derived from the app's ``SECRET_KEY``. With neither,
+        :class:`InvalidValue` when ``required`` (a served app: each process
+        would answer the same question differently, and canaries registered
+        from the CLI would never match), else random for this process, with a
+        warning (debug and testing)."""
         if self.secret:
             raw = self.secret.encode() if isinstance(self.secret, str) else bytes(self.secret)
         elif app_secret_key:
             raw = app_secret_key.encode() if isinstance(app_secret_key, str) else bytes(app_secret_key)
+        elif required:
+            raise InvalidValue(
+                "Set the app's SECRET_KEY (or MODELGUARD_SECRET), the same in every process: watermarks, "
+                "misinformation and input fingerprints are keyed by it. Without one, each process would give "
+                "a different answer to the same question. (Only debug and testing apps may run without.)")
         else:
             log.warning(
                 "modelguard: neither MODELGUARD_SECRET nor SECRET_KEY is set; input "

@@ -56,6 +56,9 @@ class RouteOptions:
     #: canaries): a function of the decoded body; default ``instances``,
     #: ``inputs``, ``[features]`` or ``[body]``.
     inputs: Callable[[Any], list[Any]] | None = None
+    #: Limits of this route, per account, on top of the account's own
+    #: (``"10/minute"``): a costly route can have a tighter budget.
+    limits: str | None = None
 
     def __post_init__(self) -> None:
         if self.output is not None:
@@ -63,6 +66,10 @@ class RouteOptions:
         if self.suspicious_output is not None:
             object.__setattr__(self, "suspicious_output", parse_all(self.suspicious_output))
         object.__setattr__(self, "adapter", make_adapter(self.adapter))
+        if self.limits is not None:
+            from .quotas import parse_limits
+
+            parse_limits(self.limits)  # a malformed limit fails at import, not on the first request
 
     def cost_of(self, body: Any) -> int:
         cost = self.cost

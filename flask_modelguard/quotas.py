@@ -55,17 +55,19 @@ REDIS_TIMEOUT = 0.5
 
 #: Test every limit, and count the request in all of them only when all admit
 #: it. KEYS: the limits' keys; ARGV: cost, then the amounts, then the expiries.
-#: Returns {1, count, pttl, count, pttl, ...} or {0, index of the refusing limit, count, pttl}.
+#: Returns {1, now_ms, count, pttl, count, pttl, ...} or {0, now_ms, index of the refusing limit, count, pttl}.
 _HIT_ALL = """
 local cost = tonumber(ARGV[1])
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = #KEYS
 for i = 1, n do
   local current = tonumber(redis.call('get', KEYS[i]) or '0')
   if current + cost > tonumber(ARGV[1 + i]) then
-    return {0, i, current, redis.call('pttl', KEYS[i])}
+    return {0, now, i, current, redis.call('pttl', KEYS[i])}
   end
 end
-local out = {1}
+local out = {1, now}
 for i = 1, n do
   local current = redis.call('incrby', KEYS[i], cost)
   if current == cost then
@@ -75,6 +77,25 @@ for i = 1, n do
   out[#out + 1] = redis.call('pttl', KEYS[i])
 end
 return out
+"""
+
+#: Give a request's cost back to the windows it was counted in, only where
+#: that window is still open (never into one that opened since), never below
+#: 0. KEYS: the limits' keys; ARGV: cost, the hit's time (ms, Redis's
+#: clock), then the windows' lengths (s).
+_REFUND = """
+local cost = tonumber(ARGV[1])
+local at = tonumber(ARGV[2])
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #KEYS do
+  local pttl = redis.call('pttl', KEYS[i])
+  if pttl > 0 and now + pttl - tonumber(ARGV[2 + i]) * 1000 <= at + 2 then
+    local current = tonumber(redis.call('get', KEYS[i]) or '0')
+    redis.call('decrby', KEYS[i], math.min(cost, current))
+  end
+end
+return 1
 """
 
 
@@ -132,6 +153,8 @@ class Verdict:
     failed_open: bool = False
     #: True when the storage was unreachable and the request must be refused.
     unavailable: bool = False
+    #: When it was counted, on the storage's clock (what :meth:`QuotaEnforcer.refund` needs).
+    at: float = 0.0
 
 
 def policy_name(item: RateLimitItem) -> str:
@@ -176,14 +199,16 @@ class QuotaEnforcer:
         #: The clock of the storage's windows (``time.time`` but for simulated storage).
         self.clock: Callable[[], float] = getattr(self.storage, "clock", time.time)
         self._fixed_window = strategy == "fixed-window"
-        self._script: Any = None  # the Redis script of the exact fixed window (_HIT_ALL)
+        self._script: Any = None  # the Redis scripts of the exact fixed window (_HIT_ALL, _REFUND)
+        self._refund_script: Any = None
         if self._fixed_window and isinstance(storage, RedisStorage) and not isinstance(storage, RedisClusterStorage):
             self._script = storage.get_connection().register_script(_HIT_ALL.encode())
+            self._refund_script = storage.get_connection().register_script(_REFUND.encode())
         #: In-process storages: a refused request's count is taken back under
         #: the lock of its account's stripe, before another request can see it.
         self._local = isinstance(storage, MemoryStorage) or getattr(storage, "STORAGE_SCHEME", None) == ["simulated"]
         self._stripes = [threading.Lock() for _ in range(64)]
-        self._key_cache: dict[tuple[int, LimitSet], tuple[str, ...]] = {}
+        self._key_cache: dict[tuple[int | str, LimitSet], tuple[str, ...]] = {}
         self.namespace = namespace
         self.fail_mode = fail_mode
         self.retry_interval = retry_interval
@@ -234,8 +259,9 @@ class QuotaEnforcer:
             return Verdict(True, failed_open=True)
         return Verdict(False, unavailable=True, reset=time.time() + self.retry_interval)
 
-    def hit(self, account_id: int, limits: LimitSet, cost: int = 1) -> Verdict:
-        """Consume ``cost`` from every limit; stop at the first that refuses."""
+    def hit(self, account_id: int | str, limits: LimitSet, cost: int = 1) -> Verdict:
+        """Consume ``cost`` from every limit; stop at the first that refuses. ``account_id``
+        may be scoped, ``"7@predict"``: a route's own limits for account 7."""
         if not limits.items:
             return Verdict(True)
         if self._down_until and self.storage_down:
@@ -254,7 +280,7 @@ class QuotaEnforcer:
             log.warning("modelguard: rate-limit storage reachable again")
         return verdict
 
-    def _keys(self, account_id: int, limits: LimitSet) -> tuple[str, ...]:
+    def _keys(self, account_id: int | str, limits: LimitSet) -> tuple[str, ...]:
         """Storage keys of an account's limits, cached (``key_for`` costs µs per call)."""
         keys = self._key_cache.get((account_id, limits))
         if keys is None:
@@ -264,7 +290,7 @@ class QuotaEnforcer:
             keys = self._key_cache[(account_id, limits)] = tuple(i.key_for(*ident) for i in limits.items)
         return keys
 
-    def _hit_fixed_window(self, account_id: int, limits: LimitSet, cost: int) -> Verdict:
+    def _hit_fixed_window(self, account_id: int | str, limits: LimitSet, cost: int) -> Verdict:
         # The fixed-window strategy's own hit() is ``storage.incr(key) <= amount``
         # per limit; calling the storage directly also yields the count, so the
         # headers need one expiry read for the binding limit, not a get and a
@@ -273,7 +299,7 @@ class QuotaEnforcer:
         if self._script is not None:
             return self._hit_redis(limits.items, keys, cost)
         if self._local:
-            with self._stripes[account_id % len(self._stripes)]:
+            with self._stripes[hash(account_id) % len(self._stripes)]:
                 return self._hit_counting(limits.items, keys, cost)
         return self._hit_counting(limits.items, keys, cost)
 
@@ -286,10 +312,10 @@ class QuotaEnforcer:
             if remaining < 0:
                 for refund_item, refund_key in zip(items[: n + 1], keys[: n + 1]):
                     self._refund(refund_key, refund_item, cost)
-                return Verdict(False, item, max(0, remaining + cost), storage.get_expiry(key))
+                return Verdict(False, item, max(0, remaining + cost), storage.get_expiry(key), at=self.clock())
             if best_item is None or remaining < best_remaining:
                 best_item, best_key, best_remaining = item, key, remaining
-        return Verdict(True, best_item, best_remaining, storage.get_expiry(best_key))
+        return Verdict(True, best_item, best_remaining, storage.get_expiry(best_key), at=self.clock())
 
     def _refund(self, key: str, item: RateLimitItem, cost: int) -> None:
         decr = getattr(self.storage, "decr", None)
@@ -307,19 +333,47 @@ class QuotaEnforcer:
             out = self._script(keys=[storage.prefixed_key(k) for k in keys], args=args)
         except storage.base_exceptions as exc:
             raise StorageError(exc) from exc
-        now = time.time()
+        now = int(out[1]) / 1000.0  # Redis's clock: resets are where Redis will expire the windows
         if not out[0]:
-            item = items[int(out[1]) - 1]
-            return Verdict(False, item, max(0, item.amount - int(out[2])), now + max(0, int(out[3])) / 1000.0)
+            item = items[int(out[2]) - 1]
+            return Verdict(False, item, max(0, item.amount - int(out[3])), now + max(0, int(out[4])) / 1000.0, at=now)
         best: Verdict | None = None
         for n, item in enumerate(items):
-            remaining = item.amount - int(out[1 + 2 * n])
+            remaining = item.amount - int(out[2 + 2 * n])
             if best is None or remaining < best.remaining:
-                best = Verdict(True, item, remaining, now + max(0, int(out[2 + 2 * n])) / 1000.0)
+                best = Verdict(True, item, remaining, now + max(0, int(out[3 + 2 * n])) / 1000.0, at=now)
         assert best is not None
         return best
 
-    def _hit_strategy(self, account_id: int, limits: LimitSet, cost: int) -> Verdict:
+    def refund(self, account_id: int | str, limits: LimitSet, cost: int, verdict: Verdict) -> bool:
+        """Give back what an admitted request was counted (the view refused
+        it: a 4xx), in the windows it was counted in that are still open.
+        Only the fixed window can; False where nothing was given back."""
+        if not (self._fixed_window and verdict.allowed and limits.items) or verdict.failed_open or self.storage_down:
+            return False
+        keys = self._keys(account_id, limits)
+        try:
+            if self._script is not None:
+                storage = self.storage
+                assert isinstance(storage, RedisStorage)
+                args = [cost, int(verdict.at * 1000), *(i.get_expiry() for i in limits.items)]
+                try:
+                    self._refund_script(keys=[storage.prefixed_key(k) for k in keys], args=args)
+                except storage.base_exceptions as exc:
+                    raise StorageError(exc) from exc
+                return True
+            if not self._local:
+                return False  # a refund there could land in a window that opened since
+            with self._stripes[hash(account_id) % len(self._stripes)]:
+                for item, key in zip(limits.items, keys):
+                    if self.storage.get_expiry(key) - item.get_expiry() <= verdict.at + 1e-6:  # the same window
+                        self._refund(key, item, cost)
+            return True
+        except StorageError as exc:
+            self._storage_failed(exc.storage_error)
+            return False
+
+    def _hit_strategy(self, account_id: int | str, limits: LimitSet, cost: int) -> Verdict:
         # These strategies have no refund: test every limit first, so a refused
         # request consumes nothing (a race between test and hit can still
         # count a refused request in the limits hit before the refusing one).

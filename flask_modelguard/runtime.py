@@ -42,7 +42,7 @@ from .features import Featurizer, flatten, space_name
 from .monitor import Monitor
 from .payload import instances, predictions
 from .protection import OutputProtector, RouteOptions
-from .quotas import LimitSet, QuotaEnforcer, Verdict
+from .quotas import LimitSet, QuotaEnforcer, Verdict, limit_set
 from .readiness import detection_status
 from .reference_data import digest, read_source
 from .repository import Principal, Repository
@@ -81,6 +81,7 @@ def _reset_in_child() -> None:
     for state in list(_live_states):
         state.monitor.reset()  # the parent merges what it saw; the child starts afresh
         state._pid = os.getpid()
+        state._served_once = False  # a forked worker checks its first request again
         if state.tables_pending:  # its worker's tick creates them once the database is back
             state.worker.start()
 
@@ -148,7 +149,8 @@ class GuardState:
             maxsize=settings.key_cache_size,
             clock=self.clock,
         )
-        fingerprint_key = settings.fingerprint_key(app.config.get("SECRET_KEY"))
+        fingerprint_key = settings.fingerprint_key(
+            app.config.get("SECRET_KEY"), required=settings.enabled and not (app.debug or app.testing))
         self.fingerprint_key = fingerprint_key
         self.protector = OutputProtector(
             fingerprint_key,
@@ -210,6 +212,7 @@ class GuardState:
         #: MODELGUARD_CREATE_TABLES could not create the tables yet (the worker retries).
         self.tables_pending = False
         self._file_problem: str | None = None
+        self._served_once = False
         #: Where the reference in use came from ("" none, "config:<digest>", "operator", "cli", "api").
         self.reference_source = ""
         self._reference_version: Any = None
@@ -602,6 +605,8 @@ class GuardState:
             return view(*args, **kwargs)
         started = time.perf_counter()
         req = request._get_current_object()  # type: ignore[attr-defined]
+        if not self._served_once:
+            self._first_request(req.environ)
         route = options.name or req.endpoint or req.path
         now = self.clock()
         try:
@@ -628,8 +633,12 @@ class GuardState:
                 " per window; send smaller batches.", cost=cost, max_cost=max_cost,
             ), principal, route, now, started, cost, body)
         verdict = self.enforcer.hit(principal.account_id, limits, cost)
+        shown, scoped = verdict, None  # the verdict the headers show; the route's own, if any
+        if verdict.allowed and options.limits:
+            shown, scoped = self._hit_route(principal.account_id, route, options.limits, limits, cost, verdict)
         wall = self.enforcer.clock()  # limit windows run on the storage's clock
-        headers = self._headers(verdict, limits, wall)
+        headers = self._headers(shown, limits if shown is verdict else limit_set(options.limits or ""), wall)
+        verdict = verdict if shown.allowed else shown
         if not verdict.allowed:
             if quota_exceeded.receivers and verdict.limit is not None:
                 self._send(quota_exceeded, account_id=principal.account_id, limit=str(verdict.limit), cost=cost)
@@ -672,6 +681,10 @@ class GuardState:
             model_answer = model_rv[0] if isinstance(model_rv, tuple) else model_rv
             if not isinstance(model_answer, (dict, list)):
                 model_answer = None
+        if 400 <= response.status_code < 500 and self.settings.deduct_when == "success":
+            self.enforcer.refund(principal.account_id, limits, cost, verdict)  # the view refused it: free
+            if scoped is not None and options.limits:
+                self.enforcer.refund(f"{principal.account_id}@{route}", limit_set(options.limits), cost, scoped)
         self._record(principal, route, now, response.status_code, started, cost, body, rv, marks, canary, model_answer,
                      view_ended - view_started, options.adapter)
         return response
@@ -725,6 +738,29 @@ class GuardState:
         if telemetry is not None:  # poisoned: answered under the suspicious-account policy
             telemetry.request(status, elapsed - view_seconds, bool(marks),
                               principal.flagged or canary or principal.account_id in self.protector.caught)
+
+    def _hit_route(self, account_id: int, route: str, spec: str, limits: LimitSet, cost: int,
+                   verdict: Verdict) -> tuple[Verdict, Verdict]:
+        """The route's own limits (``@protect(limits=...)``) after the account's:
+        the verdict to show (the one that binds; a refusal by the route gives
+        the account's count back) and the route's own verdict."""
+        scoped = self.enforcer.hit(f"{account_id}@{route}", limit_set(spec), cost)
+        if not scoped.allowed:
+            self.enforcer.refund(account_id, limits, cost, verdict)
+            return scoped, scoped
+        if scoped.limit is not None and (verdict.limit is None or scoped.remaining < verdict.remaining):
+            return scoped, scoped
+        return verdict, scoped
+
+    def _first_request(self, environ: Any) -> None:
+        """Checks only a request can make: several processes serving one app
+        (``wsgi.multiprocess``, e.g. gunicorn with 2+ workers) with limits in
+        process memory count each process's share apart: say so, once."""
+        self._served_once = True
+        if environ.get("wsgi.multiprocess") and self.settings.storage_uri.startswith("memory://"):
+            log.warning("modelguard: several processes serve this app but MODELGUARD_STORAGE_URI is memory://: "
+                        "each process counts its own limits, so an account gets its limits once per process. "
+                        "Share them: MODELGUARD_STORAGE_URI = \"redis://host:6379/0\" (docs/deployment.md).")
 
     def _read_body(self, req: Any) -> tuple[Any, Problem | None]:
         """The JSON body (None unless one; cached for the view), or the problem

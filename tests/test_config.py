@@ -69,3 +69,20 @@ def test_constructor_checks_names_and_leaves_values_to_the_app(tmp_path):
     with app.app_context():
         assert guard.create_account("x")["tier"] == "internal"
     guard.close(app)
+
+
+def test_a_served_app_without_a_secret_is_refused_unless_debug_or_testing(tmp_path):
+    from flask import Flask
+
+    from flask_modelguard import ModelGuard
+
+    def app(**config):
+        a = Flask(__name__)
+        a.config.update(MODELGUARD_DATABASE_URL=f"sqlite:///{tmp_path}/s.db", **config)
+        return a
+
+    with pytest.raises(InvalidValue, match="SECRET_KEY"):
+        ModelGuard(app())
+    for ok in (app(TESTING=True), app(DEBUG=True), app(MODELGUARD_SECRET="own"), app(SECRET_KEY="k"),
+               app(MODELGUARD_ENABLED=False)):
+        ModelGuard(ok).state(ok).close()

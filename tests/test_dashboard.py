@@ -256,7 +256,7 @@ def test_accounts_ranked_by_score_with_quota_use_and_alerts(signed_in):
 
 
 def test_no_secret_key_is_a_clear_error_and_admin_off_removes_it(make_guarded):
-    g = make_guarded(SECRET_KEY=None)
+    g = make_guarded(SECRET_KEY=None, MODELGUARD_SECRET="the guard's own")  # the dashboard still needs SECRET_KEY
     page = g.app.test_client().get(f"{UI}/login")
     assert page.status_code == 500 and "SECRET_KEY" in page.get_data(as_text=True)
     assert g.app.test_client().get(f"{UI}/static/dashboard.css").status_code == 200

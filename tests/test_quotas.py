@@ -191,3 +191,62 @@ def test_fixed_window_is_exact_at_window_edges(backend, request):
     assert sum(windows[1:-1]) >= 0.9 * 20 * len(windows[1:-1]), windows  # full windows are (nearly) full
     assert max(remaining for allowed, remaining, _, _ in verdicts if allowed) <= 19
     assert min(remaining for _, remaining, _, _ in verdicts) >= 0
+
+
+def test_memory_storage_under_several_processes_warns_once(make_guarded, caplog):
+    g = make_guarded()
+    _, key = g.account()
+    caplog.set_level("WARNING", logger="flask_modelguard")
+    for _ in range(3):
+        r = g.client.post("/predict", json={"features": [1]}, headers={"X-API-Key": key},
+                          environ_overrides={"wsgi.multiprocess": True})
+        assert r.status_code == 200
+    assert caplog.text.count("each process counts its own limits") == 1 and "redis://" in caplog.text
+    single = make_guarded()
+    _, key = single.account()
+    caplog.clear()
+    single.client.post("/predict", json={"features": [1]}, headers={"X-API-Key": key})
+    assert "each process counts its own limits" not in caplog.text
+
+
+@pytest.mark.parametrize("deduct_when", ["success", "always"])
+def test_answers_the_view_refuses_give_their_cost_back(make_guarded, storage_uri, deduct_when):
+    """A request the view answers with a 4xx (a malformed body) consumes
+    nothing by default: the next valid ones get the whole limit."""
+    from flask import request as flask_request
+
+    from flask_modelguard import BadRequest
+
+    g = make_guarded(MODELGUARD_STORAGE_URI=storage_uri, MODELGUARD_DEDUCT_WHEN=deduct_when)
+
+    @g.app.post("/strict")
+    @g.guard.protect
+    def strict():
+        if "features" not in (flask_request.get_json(silent=True) or {}):
+            raise BadRequest("Send features.")
+        return {"label": 1, "probabilities": [0.2, 0.8]}
+
+    _, key = g.account(limits="3/minute")
+    bad = [g.client.post("/strict", json={"nope": 1}, headers={"X-API-Key": key}).status_code for _ in range(5)]
+    good = [g.client.post("/strict", json={"features": [1]}, headers={"X-API-Key": key}).status_code for _ in range(4)]
+    if deduct_when == "success":
+        assert bad == [400] * 5 and good == [200, 200, 200, 429]
+    else:
+        assert bad == [400, 400, 400, 429, 429] and good == [429] * 4
+
+
+def test_a_route_can_have_limits_of_its_own_on_top_of_the_accounts(make_guarded, storage_uri):
+    g = make_guarded(MODELGUARD_STORAGE_URI=storage_uri)
+
+    @g.app.post("/costly")
+    @g.guard.protect(limits="2/minute")
+    def costly():
+        return {"label": 1, "probabilities": [0.2, 0.8]}
+
+    _, key = g.account(limits="5/minute")
+    costly_answers = [g.client.post("/costly", json={"features": [1]}, headers={"X-API-Key": key}) for _ in range(3)]
+    assert [r.status_code for r in costly_answers] == [200, 200, 429]
+    assert costly_answers[1].headers["X-RateLimit-Limit"] == "2"  # the route's limit binds, so it is shown
+    assert problem_of(costly_answers[2])["type"].endswith("/rate-limit-exceeded")
+    # the refused request did not count against the account: 5 - 2 = 3 left for other routes
+    assert [g.predict(key).status_code for _ in range(4)] == [200, 200, 200, 429]
