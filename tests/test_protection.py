@@ -362,3 +362,42 @@ def test_results_with_class_names_are_recognised_and_protected(make_guarded):
     assert all(v == round(v, 2) for v in result["scores"].values())
     assert result["class"] in ("versicolor", "virginica")  # every answer is a watermark at fraction 1
     assert g.guard.stats(g.app)["answers_unprotected"] == 0
+
+
+@pytest.mark.parametrize("mode", ["pass", "withhold"])
+def test_a_mixed_app_every_answer_protected_or_handled_by_mode(make_guarded, mode):
+    """Six routes, five shapes the adapter knows and one it does not, 10
+    requests each from a flagged and an unflagged account: the known ones are
+    all rounded (protected), the unknown one all passed or all withheld."""
+    g = make_guarded(MODELGUARD_UNRECOGNISED=mode, MODELGUARD_OUTPUT=["round(2)"])
+    p = [0.123456, 0.3, 0.576544]
+    shapes = {
+        "single": {"label": 2, "probabilities": p},
+        "predictions": {"predictions": [{"label": 2, "probabilities": p}]},
+        "results": {"results": [{"class": "c", "scores": {"a": p[0], "b": p[1], "c": p[2]}}]},
+        "bare": p,
+        "vectors": [p],
+        "unknown": {"out": {"p": [p]}},
+    }
+    for name, answer in shapes.items():
+        g.app.add_url_rule(f"/{name}", name, g.guard.protect(lambda answer=answer: answer), methods=["POST"])
+    (flagged, key_f), (_, key_u) = g.account(limits="1000/minute"), g.account(limits="1000/minute")
+    with g.app.app_context():
+        g.guard.update_account(flagged, flagged=True)
+    outcome: dict[str, dict[str, int]] = {}
+    for name in shapes:
+        for key in (key_f, key_u):
+            for i in range(10):
+                r = g.client.post(f"/{name}", json={"features": [i]}, headers={"X-API-Key": key})
+                if r.status_code == 502:
+                    kind = "withheld"
+                else:
+                    text = r.get_data(as_text=True)
+                    assert r.status_code == 200, text
+                    kind = "passed" if "0.123456" in text else "protected"
+                outcome.setdefault(name, {}).setdefault(kind, 0)
+                outcome[name][kind] += 1
+    for name in shapes:
+        expected = ("passed" if mode == "pass" else "withheld") if name == "unknown" else "protected"
+        assert outcome[name] == {expected: 20}, (name, outcome)
+    assert g.guard.stats(g.app)["answers_unprotected_by_route"] == {"unknown": 20}
