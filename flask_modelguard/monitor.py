@@ -51,6 +51,16 @@ class Evaluation:
         return bool(self.reasons)
 
 
+#: Evidence that flags on its own at 1 whatever the verdict mode (benign
+#: inputs measured at none): the sign steps of Jacobian augmentation.
+HARD_EVIDENCE = ("steps_ratio",)
+
+
+def hard_flag(scores: dict[str, Any]) -> bool:
+    """Whether an evaluation's scores hold hard evidence (:data:`HARD_EVIDENCE`) at its threshold."""
+    return any((scores.get(name) or 0.0) >= 1.0 for name in HARD_EVIDENCE)
+
+
 def ensemble(evidence: list[float]) -> float:
     """The malicious score in [0, 1] from each detector's evidence, its score
     divided by its own calibrated threshold (PRADA: ``(1 − W) / (1 − δ)``).
@@ -303,7 +313,7 @@ class Monitor:
         broken = rule_reasons(window, self.rules)  # opt-in rules flag whatever the verdict mode
         steps = account.prada.step_evidence()
         scores["steps"], scores["steps_ratio"] = account.prada.steps, steps
-        if steps >= 1.0:  # hard evidence (benign inputs measured at none): flags whatever the verdict mode
+        if hard_flag(scores):  # hard evidence (benign inputs measured at none): flags whatever the verdict mode
             broken.append(f"sign steps: {account.prada.steps} of {account.prada.queries} queries")
         w = account.prada.statistic()
         scores["prada_w"] = w

@@ -178,3 +178,24 @@ def test_ensemble_score_is_half_at_the_threshold_and_bounded():
     assert ensemble([0.2, 1.0]) == 0.5  # the most convinced detector sits at its threshold
     assert ensemble([3.0]) == 1.0 and ensemble([-1.0]) == 0.0
     assert ensemble([0.4]) < 0.5 < ensemble([1.2])
+
+
+def test_sign_steps_are_counted_for_jacobian_steps_and_not_for_natural_digits():
+    from example_app.model import split
+    from flask_modelguard.detectors.prada import Prada, sign_step
+    from flask_modelguard.monitor import hard_flag
+
+    _, X_test, _, y_test = split()
+    natural = Prada()
+    for x, y in zip(X_test[:300], y_test[:300]):
+        natural.update(x, int(y))
+    assert natural.steps == 0 and natural.step_evidence() == 0
+    rng = np.random.default_rng(0)
+    grown = Prada()
+    for x, y in zip(X_test[:20], y_test[:20]):
+        grown.update(x, int(y))
+        grown.update(np.clip(x + 2.0 * rng.choice([-1, 1], size=64), 0, 16), int(y))  # x + λ·sign(g)
+    assert grown.steps >= 15 and grown.step_evidence() >= 1.0
+    assert sign_step(np.array([2.0] * 20 + [-2.0] * 10 + [0.0] * 34)) and not sign_step(np.arange(64, dtype=float))
+    assert not sign_step(np.array([2.0] * 10 + [0.0] * 54))  # too few coordinates changed (16 of 64 needed)
+    assert hard_flag({"steps_ratio": 1.0}) and not hard_flag({"steps_ratio": 0.9, "add_ratio": 50.0})

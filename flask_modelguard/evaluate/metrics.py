@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..detectors.supervised import rescore
+from ..monitor import hard_flag
 
 #: Guard modes in the order tables show them; other modes follow, sorted.
 MODES = ("off", "shadow", "default")
@@ -322,14 +323,16 @@ def _row_queries(evaluations: Evaluations) -> list[int]:
 
 
 def _flag_queries(trained: Any, evaluations: Evaluations, names: set[str], prada_threshold: float) -> dict[str, int | None]:
-    """Per account of ``names``: its queries at the first evaluation scored ≥ 0.5 (None: never)."""
+    """Per account of ``names``: its queries at the first evaluation scored
+    ≥ 0.5, or holding hard evidence that flags whatever the verdict (sign
+    steps, :func:`~flask_modelguard.monitor.hard_flag`); None: never."""
     groups = [str(g) for g in evaluations["groups"]]
     index = [i for i, g in enumerate(groups) if g in names]
     scores = rescore(trained, [evaluations["rows"][i] for i in index], prada_threshold)
     queries = _row_queries(evaluations)
     out: dict[str, int | None] = dict.fromkeys(sorted(names))
     for i, score in zip(index, scores):  # rows are in order of each account's queries
-        if score >= FLAG_AT and out[groups[i]] is None:
+        if (score >= FLAG_AT or hard_flag(evaluations["rows"][i])) and out[groups[i]] is None:
             out[groups[i]] = queries[i]
     return out
 

@@ -328,7 +328,8 @@ def _lofo_section(report: Mapping[str, Any]) -> list[str]:
             f"Each family's accounts judged by a random forest and stacked ensemble trained on the practice "
             f"run without that family (held out) and with it (in family): the `{lofo.get('mode')}` "
             f"run's stored evaluations re-scored offline, in query order; an account is flagged at its first "
-            f"evaluation with ensemble score ≥ {lofo.get('threshold', 0.5)}, and queries to flag is the median "
+            f"evaluation with ensemble score ≥ {lofo.get('threshold', 0.5)} or hard evidence (sign steps, which "
+            f"flag whatever the ensemble says), and queries to flag is the median "
             f"over the family's flagged accounts. Benign accounts flagged by the in-family model: "
             f"{_pct(lofo.get('benign_flag_rate'))} of {_fmt(lofo.get('benign_accounts'))}.", ""]
 
