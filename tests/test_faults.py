@@ -173,7 +173,9 @@ def test_gunicorn_through_a_database_outage_recycles_and_stops_losing_nothing(po
         out = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode == 0, out[-3000:]
     spilled = os.listdir(tmp_path / "spill")
-    assert len(spilled) >= 2, out[-3000:]  # recycled workers and the last two each left a file
+    # Each worker that exits holding unwritten events leaves a file (one that
+    # booted during the cut never cached the key: it answered only 503s).
+    assert len(spilled) >= 1, out[-3000:]
     assert "events spilled" in out and "Traceback" not in out, out[-3000:]
     proxy.up()
     after = create_app(dict(config))  # the next start: replays what was spilled
