@@ -122,7 +122,9 @@ def create_app(config: dict[str, Any] | None = None, *, guarded: bool = True) ->
     app = Flask(__name__, instance_relative_config=True,
                 instance_path=os.environ.get("EXAMPLE_INSTANCE_PATH") or None)
     # 100 inputs of 64 numbers are about 30 KB: nothing this API answers needs more than 1 MiB.
-    app.config.update(MODELGUARD_CREATE_TABLES=True, MAX_CONTENT_LENGTH=2**20)
+    # `make run` serves plain HTTP on 127.0.0.1: the dashboard's cookie cannot be HTTPS-only
+    # there (set MODELGUARD_SECURE_COOKIES=true behind TLS).
+    app.config.update(MODELGUARD_CREATE_TABLES=True, MAX_CONTENT_LENGTH=2**20, MODELGUARD_SECURE_COOKIES=False)
     app.config.update(_env_config())
     for name in ("SECRET_KEY", "MODEL_CACHE_DIR"):
         if os.environ.get(name):
