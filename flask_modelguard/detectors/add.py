@@ -68,6 +68,7 @@ class Reference:
     low: np.ndarray | None = None
     high: np.ndarray | None = None
     _roots: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    _range: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def root(self, label: str) -> np.ndarray:
         """The PSD square root of a class covariance (computed once)."""
@@ -178,8 +179,11 @@ class Reference:
         corner pixel, still varies as much as any other). None when unknown."""
         if self.low is None or self.high is None:
             return None
-        span = max(float(np.max(self.high - self.low)), 1.0)
-        return self.low - span, self.high + span
+        found = self._range
+        if found is None:
+            span = max(float(np.max(self.high - self.low)), 1.0)
+            found = self._range = (self.low - span, self.high + span)
+        return found
 
     def threshold(self, queries: int) -> float | None:
         """The ADD threshold for an account with ``queries`` inputs (log-interpolated)."""
