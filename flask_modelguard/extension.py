@@ -127,6 +127,7 @@ class ModelGuard:
             "answers_unprotected": state.protector.unrecognised,
             "answers_unprotected_by_route": dict(state.protector.unrecognised_routes),
             "protection_errors": state.protector.errors,
+            "states_lost": state.states_lost,
             "detection_errors": state.detection_errors,
             "detection_skipped": state.detection_skipped,
             **state.monitor.stats(),

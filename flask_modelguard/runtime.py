@@ -213,6 +213,8 @@ class GuardState:
         self.tables_pending = False
         self._file_problem: str | None = None
         self._served_once = False
+        #: Accounts whose unmerged queries were lost at a shutdown during an outage (no spill folder).
+        self.states_lost = 0
         #: Where the reference in use came from ("" none, "config:<digest>", "operator", "cli", "api").
         self.reference_source = ""
         self._reference_version: Any = None
@@ -570,6 +572,11 @@ class GuardState:
         if rows:
             self.worker.replay(rows)
             log.warning("modelguard: %d events spilled by an earlier process are being written", len(rows))
+        states = self.spill.claim("states")
+        if states:
+            with self.monitor.lock:  # merged into the stored states with this process's own, at the next merge
+                self.monitor.evicted.extend((int(r["account_id"]), AccountState.from_dict(r["state"])) for r in states)
+            log.warning("modelguard: %d account states spilled by an earlier process are being merged", len(states))
 
     def create_tables(self) -> bool:
         """``MODELGUARD_CREATE_TABLES``: create the tables, or, when the
@@ -819,7 +826,24 @@ class GuardState:
         self.repository.engine.dispose()
 
     def _persist_quietly(self) -> None:
+        """Merge the account deltas at exit; when storage refuses, spill them
+        (the next process merges them) or count them, with one log line."""
         try:
             self.persist_states()
         except SQLAlchemyError as exc:
-            log.error("modelguard: account states not stored (%s)", exc.__class__.__name__)
+            with self.monitor.lock:
+                pending = self.monitor.deltas()
+                for account in self.monitor.accounts.values():
+                    account.delta = None  # handed over below: never merged twice
+            rows = [{"account_id": account_id, "state": delta.to_dict()} for account_id, delta in pending]
+            if self.spill is not None and rows:
+                try:
+                    self.spill.write(rows, kind="states")
+                    log.error("modelguard: account states not stored (%s): %d accounts' spilled, to be merged at "
+                              "the next start", exc.__class__.__name__, len(rows))
+                    return
+                except OSError:
+                    pass
+            self.states_lost += len(rows)
+            log.error("modelguard: account states not stored (%s): %d accounts' queries lost from their statistics",
+                      exc.__class__.__name__, len(rows))

@@ -48,12 +48,13 @@ class SpillDirectory:
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def write(self, rows: list[dict[str, Any]]) -> str | None:
-        """Store ``rows``; returns the file's path (None when there were none)."""
+    def write(self, rows: list[dict[str, Any]], kind: str = "events") -> str | None:
+        """Store ``rows`` (``kind``: "events", or "states" for account-state
+        deltas); returns the file's path (None when there were none)."""
         if not rows:
             return None
         os.makedirs(self.path, mode=0o700, exist_ok=True)
-        name = os.path.join(self.path, f"events-{os.getpid()}-{time.time_ns()}")
+        name = os.path.join(self.path, f"{kind}-{os.getpid()}-{time.time_ns()}")
         with open(name + ".tmp", "w", encoding="utf-8") as fh:
             for row in rows:
                 fh.write(json.dumps(row, default=_plain, separators=(",", ":")) + "\n")
@@ -63,16 +64,16 @@ class SpillDirectory:
     def waiting(self) -> bool:
         """Whether spilled files wait to be claimed (a directory listing)."""
         try:
-            return any(n.endswith(_SUFFIX) for n in os.listdir(self.path))
+            return any(n.endswith(_SUFFIX) for n in os.listdir(self.path))  # of any kind
         except FileNotFoundError:
             return False
 
-    def claim(self) -> list[dict[str, Any]]:
-        """Take every spilled file (renamed first: no other process gets it),
-        read and delete it; returns their rows. A file that cannot be read is
-        left aside as ``*.bad`` and logged."""
+    def claim(self, kind: str = "events") -> list[dict[str, Any]]:
+        """Take every spilled file of ``kind`` (renamed first: no other
+        process gets it), read and delete it; returns their rows. A file that
+        cannot be read is left aside as ``*.bad`` and logged."""
         try:
-            names = sorted(n for n in os.listdir(self.path) if n.endswith(_SUFFIX))
+            names = sorted(n for n in os.listdir(self.path) if n.endswith(_SUFFIX) and n.startswith(f"{kind}-"))
         except FileNotFoundError:
             return []
         rows: list[dict[str, Any]] = []
