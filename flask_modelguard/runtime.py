@@ -77,6 +77,10 @@ def _spill_directory(setting: Any, app: Flask) -> SpillDirectory | None:
     return SpillDirectory(setting if setting else os.path.join(app.instance_path, "modelguard-spill"))
 
 
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The body is larger than this API takes ({limit} bytes).")
+
+
 def _reset_in_child() -> None:
     for state in list(_live_states):
         state.monitor.reset()  # the parent merges what it saw; the child starts afresh
@@ -640,11 +644,13 @@ class GuardState:
                 " per window; send smaller batches.", cost=cost, max_cost=max_cost,
             ), principal, route, now, started, cost, body)
         verdict = self.enforcer.hit(principal.account_id, limits, cost)
-        shown, scoped = verdict, None  # the verdict the headers show; the route's own, if any
+        # The verdict the headers show and its limits; the route's own verdict, if it has limits.
+        shown, shown_limits, scoped = verdict, limits, None
         if verdict.allowed and options.limits:
-            shown, scoped = self._hit_route(principal.account_id, route, options.limits, limits, cost, verdict)
+            shown, shown_limits, scoped = self._hit_route(principal.account_id, route, options.limits, limits,
+                                                          cost, verdict)
         wall = self.enforcer.clock()  # limit windows run on the storage's clock
-        headers = self._headers(shown, limits if shown is verdict else limit_set(options.limits or ""), wall)
+        headers = self._headers(shown, shown_limits, wall)
         verdict = verdict if shown.allowed else shown
         if not verdict.allowed:
             if quota_exceeded.receivers and verdict.limit is not None:
@@ -747,17 +753,18 @@ class GuardState:
                               principal.flagged or canary or principal.account_id in self.protector.caught)
 
     def _hit_route(self, account_id: int, route: str, spec: str, limits: LimitSet, cost: int,
-                   verdict: Verdict) -> tuple[Verdict, Verdict]:
+                   verdict: Verdict) -> tuple[Verdict, LimitSet, Verdict]:
         """The route's own limits (``@protect(limits=...)``) after the account's:
-        the verdict to show (the one that binds; a refusal by the route gives
-        the account's count back) and the route's own verdict."""
-        scoped = self.enforcer.hit(f"{account_id}@{route}", limit_set(spec), cost)
+        the verdict to show and its limits (the one that binds; a refusal by
+        the route gives the account's count back), and the route's own verdict."""
+        own = limit_set(spec)
+        scoped = self.enforcer.hit(f"{account_id}@{route}", own, cost)
         if not scoped.allowed:
             self.enforcer.refund(account_id, limits, cost, verdict)
-            return scoped, scoped
+            return scoped, own, scoped
         if scoped.limit is not None and (verdict.limit is None or scoped.remaining < verdict.remaining):
-            return scoped, scoped
-        return verdict, scoped
+            return scoped, own, scoped
+        return verdict, limits, scoped
 
     def _first_request(self, environ: Any) -> None:
         """Checks only a request can make: several processes serving one app
@@ -777,9 +784,8 @@ class GuardState:
         limit = self.settings.max_body
         if req.max_content_length is not None:  # the app's MAX_CONTENT_LENGTH, when smaller
             limit = min(limit, req.max_content_length)
-        too_large = PayloadTooLarge(f"The body is larger than this API takes ({limit} bytes).")
         if req.content_length is not None and req.content_length > limit:
-            return None, too_large
+            return None, _too_large(limit)
         try:  # Flask >= 3.1: a chunked body is read up to one byte past the bound, no further
             req.max_content_length = limit + 1
         except AttributeError:
@@ -787,12 +793,12 @@ class GuardState:
         try:
             # Read here: get_json(silent=True) would hide a broken stream.
             if req.is_json and len(req.get_data(cache=True)) > limit:
-                return None, too_large
+                return None, _too_large(limit)
             return req.get_json(silent=True), None
         except RecursionError:
             return None, BadRequest("The JSON body is nested too deeply.")
         except RequestEntityTooLarge:
-            return None, too_large
+            return None, _too_large(limit)
         except (HTTPException, ValueError, OSError) as exc:
             return None, BadRequest(f"The request body could not be read ({exc.__class__.__name__}).")
 

@@ -8,7 +8,7 @@ import time
 import uuid
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from flask_modelguard import ModelGuard, models
 
@@ -21,6 +21,14 @@ UNKNOWN_KEY = "mg_" + "a" * 10 + "_" + "b" * 32
 
 def _through(url: str, proxy: ToggleProxy) -> str:
     return url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+
+
+def _empty(url: str) -> Engine:
+    """An engine on ``url`` with none of the guard's tables (each test starts with none)."""
+    engine = create_engine(url)
+    models.metadata.drop_all(engine)
+    engine.dispose()
+    return engine
 
 
 def _wait(condition, timeout: float = 15.0) -> float:
@@ -36,9 +44,7 @@ def test_a_server_started_while_the_database_is_down_serves_and_recovers(postgre
     returns (no exception: a gunicorn worker boots), requests get a 503
     problem, and once the database is back the worker's tick creates the
     tables without any traffic; the next requests are served."""
-    engine = create_engine(postgres_url)
-    models.metadata.drop_all(engine)
-    engine.dispose()
+    _empty(postgres_url)
     proxy = ToggleProxy(("127.0.0.1", 5432))
     proxy.down()
     caplog.set_level("WARNING", logger="flask_modelguard")
@@ -69,9 +75,7 @@ def test_events_at_shutdown_during_an_outage_are_spilled_then_written_at_the_nex
     """PostgreSQL cut, then the server stops: its unwritten events go to the
     spill directory (counted, one log line), and the next server to start on
     that directory writes every one of them, without any traffic."""
-    engine = create_engine(postgres_url)
-    models.metadata.drop_all(engine)
-    engine.dispose()
+    engine = _empty(postgres_url)
     proxy = ToggleProxy(("127.0.0.1", 5432))
     config = {"MODELGUARD_DATABASE_URL": _through(postgres_url, proxy), "MODELGUARD_FLUSH_INTERVAL": 3600,
               "MODELGUARD_SPILL": str(tmp_path / "spill"), "MODELGUARD_SHUTDOWN_TIMEOUT": 0.5,
@@ -139,9 +143,7 @@ def test_gunicorn_through_a_database_outage_recycles_and_stops_losing_nothing(po
 
     from example_app import create_app, guard
 
-    engine = create_engine(postgres_url)
-    models.metadata.drop_all(engine)
-    engine.dispose()
+    _empty(postgres_url)
     proxy = ToggleProxy(("127.0.0.1", 5432))
     url = _through(postgres_url, proxy)
     namespace = f"t-{uuid.uuid4().hex}"
@@ -244,9 +246,7 @@ def test_account_states_at_shutdown_during_an_outage_are_spilled_then_merged(pos
     """The statistics of the queries a server saw since its last merge are
     not lost either: spilled at a shutdown during a cut, merged into the
     stored state by the next process (the account counts every query once)."""
-    engine = create_engine(postgres_url)
-    models.metadata.drop_all(engine)
-    engine.dispose()
+    _empty(postgres_url)
     proxy = ToggleProxy(("127.0.0.1", 5432))
     config = {"MODELGUARD_DATABASE_URL": _through(postgres_url, proxy), "MODELGUARD_FLUSH_INTERVAL": 3600,
               "MODELGUARD_SPILL": str(tmp_path / "spill"), "MODELGUARD_SHUTDOWN_TIMEOUT": 0.5,
