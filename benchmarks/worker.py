@@ -49,7 +49,7 @@ def main() -> None:
                 events.append(QueryEvent(1 + i % args.accounts, 1, "predict", 1.8e9 + i, 200, 1.0, 1,
                                          {"features": x.tolist()}, {"label": int(p.argmax()), "probabilities": p.tolist()}))
             t0 = time.perf_counter()
-            rows = [state._prepare(e) for e in events]
+            rows = [state.pipeline.prepare(e) for e in events]
             t1 = time.perf_counter()
             for start in range(0, len(rows), 500):
                 state.repository.insert_events(rows[start : start + 500])

@@ -13,6 +13,8 @@ import urllib.request
 from collections import deque
 from typing import Any
 
+from . import lifecycle
+
 log = logging.getLogger("flask_modelguard")
 
 
@@ -31,13 +33,18 @@ class Webhook:
         self.retries = retries
         self.backoff = backoff
         self.headers = {"Content-Type": "application/json", "User-Agent": "flask-modelguard", **(headers or {})}
-        self._queue: deque[dict[str, Any]] = deque()
         self._max_queue = max_queue
+        self.delivered = 0
+        self.dropped = 0
+        self._reset()
+        lifecycle.after_fork(self._reset)
+
+    def _reset(self) -> None:
+        """A new queue and no thread: a forked child does not deliver its parent's alerts."""
+        self._queue: deque[dict[str, Any]] = deque()
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._busy = False
-        self.delivered = 0
-        self.dropped = 0
 
     def send(self, alert: dict[str, Any]) -> None:
         """Queue ``alert`` for delivery (never blocks)."""

@@ -24,9 +24,9 @@ from .exc import HTTPProblem, InvalidValue, Problem
 from .keys import KEY_SCHEME, parse_key
 from .ownership import DEFAULT_THRESHOLD_LOG2, Suspect, Verification, http_suspect, verify
 from .protection import RouteOptions
-from .readiness import warn_if_degraded
 from .responses import PROBLEM_MIMETYPE, problem_response
 from .runtime import GuardState
+from .signals import account_blocked, send
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXTENSION_KEY = "modelguard"
@@ -56,22 +56,14 @@ class ModelGuard:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError("ModelGuard is already initialised on this app; call init_app once per app.")
         settings = Settings.resolve(app.config, self.options)
         state = GuardState(self, app, settings)
         app.extensions[EXTENSION_KEY] = state
         app.register_error_handler(Problem, problem_response)
         app.before_request(_method_not_allowed)
-        if settings.create_tables:
-            state.create_tables()  # never blocks the boot: retried by the worker while the database is away
-        state.refresh_canaries(quiet=True)
-        state.load_reference(quiet=True)
-        if settings.enabled and settings.detection:
-            state.load_configured_reference()
-        state.load_training(quiet=True)
-        if state.spill is not None and state.spill.waiting():
-            state.worker.start()  # its first tick writes what an earlier process spilled
-        if settings.enabled:
-            warn_if_degraded(state.detection_status())
+        state.start()
         from .admin.store import AdminStore
 
         state.admin = AdminStore(state.repository.engine, state.clock)
@@ -113,25 +105,12 @@ class ModelGuard:
         database; True if no event is left."""
         state = self.state(app)
         done = state.worker.flush(timeout)
-        state._persist_quietly()
+        state.states.persist_or_spill()
         return done
 
     def stats(self, app: Flask | None = None) -> dict[str, Any]:
         """Worker and storage counters of this process."""
-        state = self.state(app)
-        return {
-            **state.worker.stats(),
-            "limits_storage_errors": state.enforcer.storage_errors,
-            "limits_storage_down": state.enforcer.storage_down,
-            "failed_open": state.failed_open,
-            "answers_unprotected": state.protector.unrecognised,
-            "answers_unprotected_by_route": dict(state.protector.unrecognised_routes),
-            "protection_errors": state.protector.errors,
-            "states_lost": state.states_lost,
-            "detection_errors": state.detection_errors,
-            "detection_skipped": state.detection_skipped,
-            **state.monitor.stats(),
-        }
+        return self.state(app).stats()
 
     def close(self, app: Flask | None = None) -> None:
         """Flush, stop the worker and release the database connections."""
@@ -196,10 +175,8 @@ class ModelGuard:
             state.protector.caught.discard(account["id"])
         state.auth.invalidate(account_id=account["id"])
         if blocking:
-            from .signals import account_blocked
-
-            state._send(account_blocked, account_id=account["id"], account=name, reason="blocked by an operator",
-                        by="operator")
+            send(account_blocked, app or current_app._get_current_object(), account_id=account["id"],  # type: ignore[attr-defined]
+                 account=name, reason="blocked by an operator", by="operator")
         return account
 
     def issue_key(self, account: str, app: Flask | None = None) -> str:
@@ -359,7 +336,7 @@ def protect(view: F | None = None, /, **options: Any) -> Any:
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return ModelGuard.state().guarded_call(fn, route_options, args, kwargs)
+            return ModelGuard.state().serving.guarded_call(fn, route_options, args, kwargs)
 
         wrapper.__modelguard__ = route_options  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]

@@ -9,12 +9,15 @@ process (a fixed seed), so states built on different hosts can be merged.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger("flask_modelguard")
 
 FeatureFunction = Callable[[Any], np.ndarray]
 
@@ -93,3 +96,23 @@ class Featurizer:
         if x.size < self.max_dim:
             return np.pad(x, (0, self.max_dim - x.size))
         return x
+
+
+class FeatureSpace:
+    """The feature space this process works in (a name and a dimension), and
+    the check that stored data (account states, a reference) belongs to it: an
+    unnamed one of the same dimension counts; the first mismatch is logged once."""
+
+    def __init__(self, name: str, dim: int) -> None:
+        self.name = name
+        self.dim = dim
+        self._warned = False
+
+    def holds(self, data: Mapping[str, Any], what: str = "account state") -> bool:
+        space = data.get("space") or ""
+        same = data.get("dim", self.dim) == self.dim and space in ("", self.name)
+        if not same and not self._warned:
+            self._warned = True
+            log.warning("modelguard: a stored %s is of feature space %r, not %r: it is not used (account "
+                        "statistics start over; refit the reference)", what, space or data.get("dim"), self.name)
+        return same

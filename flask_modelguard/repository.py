@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from . import models as m
 from .exc import InvalidValue, NotFound
 from .keys import NewKey, generate_key
+from .policy import AccountFacts, Catch, FlagPolicy
 
 STATUSES = ("active", "suspended", "blocked")
 
@@ -63,25 +64,6 @@ def _enable_sqlite_concurrency(engine: Engine) -> None:
         cursor.execute("PRAGMA busy_timeout=5000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
-
-
-def _action_name(action: Mapping[str, Any]) -> str:
-    """The MODELGUARD_ACTION that set these account columns."""
-    if action.get("status") == "blocked":
-        return "block"
-    return "throttle" if "tier" in action else "degrade"
-
-
-def _reason(rows: Sequence[dict[str, Any]], account_id: int) -> str:
-    """Why an account was caught in this batch of rows: its canary or its detectors' reasons."""
-    for row in rows:
-        if row["account_id"] == account_id and row["canary"]:
-            return "sent a canary input"
-    for row in rows:
-        evaluation = row.get("evaluation")
-        if evaluation and evaluation["account_id"] == account_id and evaluation["reasons"]:
-            return "; ".join(evaluation["reasons"])
-    return "?"
 
 
 class Repository:
@@ -289,96 +271,75 @@ class Repository:
 
     # -- query events -----------------------------------------------------------
 
-    def insert_events(self, rows: Sequence[dict[str, Any]], action: Mapping[str, Any] | None = None) -> set[int]:
-        """Insert query-event rows, their watermark records, and flag the
-        accounts that sent a canary, in one transaction.
+    def insert_events(self, rows: Sequence[dict[str, Any]], policy: FlagPolicy | None = None) -> list[Catch]:
+        """Insert query-event rows, their watermark records and evaluations,
+        and what ``policy`` decides of the accounts they concern (flags,
+        action columns, alerts), in one transaction; returns the catches.
 
         The worker's hot path: with the common DBAPI parameter styles the event
         rows go straight to the driver's ``executemany`` (JSON columns
         serialised here), which costs about half of SQLAlchemy's per-row
-        processing. Returns the accounts flagged by this call (not those that
-        were flagged already, nor allow-listed ones) and, in shadow mode, those
-        the detectors found for the first time (alerted, not flagged). ``action`` holds the
-        account columns to set besides ``flagged`` when the *detectors* find
-        an account (e.g. ``{"status": "blocked"}``), or ``{"observe": True}``
-        to record verdicts without acting on them; a canary always flags.
+        processing.
         """
-        action = dict(action or {})
-        observe = action.pop("observe", False)
         if not rows:
-            return set()
-        marks = [mark for row in rows for mark in row.get("watermarks") or ()]
-        canaries = {row["account_id"] for row in rows if row["canary"]}
-        evaluations = [row["evaluation"] for row in rows if row.get("evaluation")]
-        latest: dict[int, int] = {}
-        if not observe:
-            for e in evaluations:
-                if e["reasons"]:
-                    latest[e["account_id"]] = max(latest.get(e["account_id"], 0), int(e["queries"]))
+            return []
         with self.engine.begin() as conn:
-            if self._raw_insert is None:
-                conn.execute(insert(m.query_events), [{c: r[c] for c in _EVENT_COLUMNS} for r in rows])
-            else:
-                params = []
-                for row in rows:
-                    values = [row[name] for name in _EVENT_COLUMNS]
-                    for i in _EVENT_JSON_AT:
-                        if values[i] is not None:
-                            values[i] = json.dumps(values[i])
-                    params.append(tuple(values))
-                conn.exec_driver_sql(self._raw_insert, params)
-            if marks:
-                conn.execute(insert(m.watermarks), marks)
-            if evaluations:
-                conn.execute(insert(m.scores), evaluations)
-                scored: dict[int, float] = {}
-                for e in evaluations:  # the latest evaluation of each account sets its score
-                    value = (e.get("scores") or {}).get("malicious")
-                    if value is not None:
-                        scored[e["account_id"]] = float(value)
-                for account_id, value in scored.items():
-                    conn.execute(update(m.accounts).where(m.accounts.c.id == account_id).values(score=value))
-            detected: set[int] = set()
-            if latest:  # an operator's review stands until 100 queries of new evidence
-                reviewed = dict(conn.execute(
-                    select(m.accounts.c.id, m.accounts.c.reviewed_queries).where(m.accounts.c.id.in_(latest))
-                ).all())
-                detected = {a for a, q in latest.items() if q >= reviewed.get(a, 0) + (100 if reviewed.get(a) else 0)}
-            caught = canaries | detected
-            observed = self._observe_alerts(conn, rows, evaluations) if observe and evaluations else set()
-            flagged: set[int] = set()
-            if caught:
-                eligible = (m.accounts.c.id.in_(caught), m.accounts.c.allowlisted.is_(False),
-                            m.accounts.c.flagged.is_(False))
-                flagged = set(conn.execute(select(m.accounts.c.id).where(*eligible)).scalars())
-                if flagged:
-                    conn.execute(update(m.accounts).where(m.accounts.c.id.in_(flagged))
-                                 .values(flagged=True, updated_at=self.now()))
-                    acted = flagged & detected
-                    if acted and action:
-                        conn.execute(update(m.accounts).where(m.accounts.c.id.in_(acted)).values(**action))
-                    name = _action_name(action)
-                    conn.execute(insert(m.alerts), [
-                        {"account_id": a, "ts": self.clock(), "action": "canary" if a in canaries else name,
-                         "reason": _reason(rows, a), "acknowledged_at": None, "acknowledged_by": None}
-                        for a in sorted(flagged)])
-        return flagged | observed
+            self._insert_rows(conn, rows)
+            suspects = policy.suspects(rows) if policy is not None else set()
+            if not suspects:
+                return []
+            assert policy is not None
+            catches = policy.decide(rows, self._facts(conn, suspects))
+            self._apply(conn, catches)
+        return catches
 
-    def _observe_alerts(self, conn: Any, rows: Sequence[dict[str, Any]],
-                        evaluations: list[dict[str, Any]]) -> set[int]:
-        """Shadow mode: one alert per account the detectors find (nothing else
-        happens to it); returns the accounts alerted now."""
-        found = {e["account_id"] for e in evaluations if e["reasons"]}
-        if not found:
-            return set()
-        alerted = set(conn.execute(select(m.alerts.c.account_id).where(
-            m.alerts.c.account_id.in_(found), m.alerts.c.action == "observe")).scalars())
-        new = sorted(found - alerted)
-        if new:
-            conn.execute(insert(m.alerts), [
-                {"account_id": a, "ts": self.clock(), "action": "observe", "reason": _reason(rows, a),
-                 "acknowledged_at": None, "acknowledged_by": None} for a in new])
-        return set(new)
+    def _insert_rows(self, conn: Any, rows: Sequence[dict[str, Any]]) -> None:
+        if self._raw_insert is None:
+            conn.execute(insert(m.query_events), [{c: r[c] for c in _EVENT_COLUMNS} for r in rows])
+        else:
+            params = []
+            for row in rows:
+                values = [row[name] for name in _EVENT_COLUMNS]
+                for i in _EVENT_JSON_AT:
+                    if values[i] is not None:
+                        values[i] = json.dumps(values[i])
+                params.append(tuple(values))
+            conn.exec_driver_sql(self._raw_insert, params)
+        marks = [mark for row in rows for mark in row.get("watermarks") or ()]
+        if marks:
+            conn.execute(insert(m.watermarks), marks)
+        evaluations = [row["evaluation"] for row in rows if row.get("evaluation")]
+        if evaluations:
+            conn.execute(insert(m.scores), evaluations)
+            scored: dict[int, float] = {}
+            for e in evaluations:  # the latest evaluation of each account sets its score
+                value = (e.get("scores") or {}).get("malicious")
+                if value is not None:
+                    scored[e["account_id"]] = float(value)
+            for account_id, value in scored.items():
+                conn.execute(update(m.accounts).where(m.accounts.c.id == account_id).values(score=value))
+
+    def _facts(self, conn: Any, account_ids: set[int]) -> dict[int, AccountFacts]:
+        """What the flag policy needs to know of ``account_ids``."""
+        a = m.accounts.c
+        observed = set(conn.execute(select(m.alerts.c.account_id).where(
+            m.alerts.c.account_id.in_(account_ids), m.alerts.c.action == "observe")).scalars())
+        rows = conn.execute(select(a.id, a.flagged, a.allowlisted, a.reviewed_queries).where(a.id.in_(account_ids)))
+        return {row.id: AccountFacts(bool(row.flagged), bool(row.allowlisted), int(row.reviewed_queries or 0),
+                                     row.id in observed) for row in rows}
+
+    def _apply(self, conn: Any, catches: Sequence[Catch]) -> None:
+        """Write the policy's decisions: flags, action columns, one alert each."""
+        if not catches:
+            return
+        a = m.accounts.c
+        for catch in catches:
+            if catch.flag:
+                conn.execute(update(m.accounts).where(a.id == catch.account_id)
+                             .values(flagged=True, updated_at=self.now(), **catch.columns))
+        conn.execute(insert(m.alerts), [
+            {"account_id": c.account_id, "ts": self.clock(), "action": c.action, "reason": c.reason,
+             "acknowledged_at": None, "acknowledged_by": None} for c in catches])
 
     # -- watermarks and canaries --------------------------------------------------
 
@@ -539,3 +500,82 @@ class Repository:
         )
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
+
+    # == Admin queries (used by flask_modelguard.admin.service) ===================
+    # Accounts filtered, sorted and paged in SQL with a total count, and the
+    # flagged accounts with their latest reasons, in one query each. Only new
+    # methods here: nothing above depends on them.
+
+    #: The orders ``page_accounts`` knows: (column, descending) pairs, the
+    #: account id last so that pages never overlap. "score" and "created_at"
+    #: are the admin API's (ties by name, descending too), "rank" the
+    #: dashboard's (highest score first, flagged before not, then by name).
+    ACCOUNT_SORTS: Mapping[str, tuple[tuple[str, bool], ...]] = {
+        "score": (("score", True), ("name", True)),
+        "created_at": (("created_at", True), ("name", True)),
+        "name": (("name", False),),
+        "rank": (("score", True), ("flagged", True), ("name", False)),
+    }
+
+    def page_accounts(
+        self, *, status: str | None = None, flagged: bool | None = None, tier: str | None = None,
+        search: str | None = None, sort: str = "score", limit: int | None = 50, offset: int = 0,
+        with_reasons: bool = False,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Accounts matching every filter given (``search``: part of the name,
+        case-insensitive), in ``sort`` order (one of :attr:`ACCOUNT_SORTS`;
+        names compare by code point on every database), at most ``limit``
+        (None: all) from ``offset``; each with ``active_keys`` (its keys not
+        revoked) and, ``with_reasons``, ``reasons`` (those of its latest
+        evaluation that found something, [] if none). And how many match."""
+        if sort not in self.ACCOUNT_SORTS:
+            raise InvalidValue(f"sort must be one of {', '.join(self.ACCOUNT_SORTS)}.")
+        a = m.accounts
+        where = self._account_filters(status, flagged, tier, search)
+        keys = (select(m.api_keys.c.account_id, func.count().label("n")).where(m.api_keys.c.revoked_at.is_(None))
+                .group_by(m.api_keys.c.account_id).subquery())
+        columns: list[Any] = [a, func.coalesce(keys.c.n, 0).label("active_keys")]
+        if with_reasons:
+            columns.append(self._latest_reasons().label("reasons"))
+        order = [self._by_code_point(a.c[name]) if name == "name" else a.c[name] for name, _ in self.ACCOUNT_SORTS[sort]]
+        directions = [d for _, d in self.ACCOUNT_SORTS[sort]]
+        query = (select(*columns).outerjoin(keys, keys.c.account_id == a.c.id).where(*where)
+                 .order_by(*[c.desc() if d else c.asc() for c, d in zip(order, directions)], a.c.id.asc())
+                 .limit(limit).offset(offset))
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+            total = int(conn.execute(select(func.count()).select_from(a).where(*where)).scalar_one())
+        if with_reasons:
+            for row in rows:
+                row["reasons"] = list(row["reasons"] or [])
+        return rows, total
+
+    @staticmethod
+    def _account_filters(status: str | None, flagged: bool | None, tier: str | None,
+                         search: str | None) -> list[Any]:
+        if status is not None and status not in STATUSES:
+            raise InvalidValue(f"status must be one of {', '.join(STATUSES)}.")
+        a = m.accounts
+        where: list[Any] = []
+        if status is not None:
+            where.append(a.c.status == status)
+        if flagged is not None:
+            where.append(a.c.flagged.is_(bool(flagged)))
+        if tier is not None:
+            where.append(a.c.tier == tier)
+        if search:
+            where.append(a.c.name.icontains(search, autoescape=True))
+        return where
+
+    def _by_code_point(self, column: Any) -> Any:
+        """``column`` compared by code point (SQLite's default; PostgreSQL's
+        default collation follows the locale)."""
+        return column.collate("C") if self.engine.dialect.name == "postgresql" else column
+
+    @staticmethod
+    def _latest_reasons() -> Any:
+        """The reasons of the account's latest evaluation with any, as a correlated subquery."""
+        s = m.scores
+        return (select(s.c.reasons)
+                .where(s.c.account_id == m.accounts.c.id, func.json_array_length(s.c.reasons) > 0)
+                .order_by(s.c.ts.desc(), s.c.id.desc()).limit(1).correlate(m.accounts).scalar_subquery())

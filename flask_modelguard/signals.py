@@ -27,10 +27,27 @@ receiver that raises is logged, never turned into an error for the client.
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from blinker import Namespace
+
+log = logging.getLogger("flask_modelguard")
 
 _signals = Namespace()
 
 account_flagged = _signals.signal("modelguard-account-flagged")
 account_blocked = _signals.signal("modelguard-account-blocked")
 quota_exceeded = _signals.signal("modelguard-quota-exceeded")
+
+
+def send(signal: Any, app: Any, **kwargs: Any) -> None:
+    """Send ``signal`` for ``app`` (None: nobody to tell), each receiver on its
+    own: one that fails is logged and does not silence the others."""
+    if app is None:
+        return
+    for receiver in signal.receivers_for(app):
+        try:
+            receiver(app, **kwargs)
+        except Exception:
+            log.exception("modelguard: a %s receiver failed", signal.name)

@@ -20,23 +20,20 @@ query events in batches. Framework-free.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
+
+from . import lifecycle
 
 log = logging.getLogger("flask_modelguard")
 
 E = TypeVar("E")
 Row = dict[str, Any]
-
-_live: weakref.WeakSet[EventWorker[Any]] = weakref.WeakSet()
-
 
 class EventWorker(Generic[E]):
     """Batches items from the request path into ``write`` on a background thread."""
@@ -88,10 +85,12 @@ class EventWorker(Generic[E]):
         #: Failed write attempts (each retried).
         self.failures = 0
         self._init_process_state()
-        _live.add(self)
+        lifecycle.after_fork(self._init_process_state)
+        lifecycle.at_exit(self._flush_at_exit)
 
     def _init_process_state(self) -> None:
         self._queue: deque[tuple[E, int]] = deque()  # items and their sizes in bytes
+        self._counts = threading.Lock()  # dropped and _bytes change in request threads and this one
         self._bytes = 0
         self._pending: list[Row] = []  # prepared rows whose write failed
         self._next_probe = 0.0
@@ -112,12 +111,15 @@ class EventWorker(Generic[E]):
         if self._pid != os.getpid():
             self._start()
         depth = len(self._queue) + len(self._pending)
-        if depth >= self.max_queue or (size and self._bytes + size > self.max_bytes):
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.warning("modelguard: event queue full, %d events dropped so far", self.dropped)
+        with self._counts:
+            full = depth >= self.max_queue or (size and self._bytes + size > self.max_bytes)
+            if not full:
+                self._bytes += size
+        if full:
+            dropped = self._drop()
+            if dropped == 1 or dropped % 1000 == 0:
+                log.warning("modelguard: event queue full, %d events dropped so far", dropped)
             return False
-        self._bytes += size
         self._queue.append((item, size))
         if depth >= self._behind:
             # Backpressure. A request thread that never blocks (and releases the
@@ -197,7 +199,7 @@ class EventWorker(Generic[E]):
             if not self.permanent(exc):
                 raise
             if len(batch) == 1:
-                self.dropped += 1
+                self._drop()
                 log.error("modelguard: an event was refused by the database and dropped (%s)", _brief(exc))
                 return
             half = len(batch) // 2
@@ -218,11 +220,13 @@ class EventWorker(Generic[E]):
                 queue = self._queue
                 while len(batch) < self.batch_size and queue:
                     item, size = queue.popleft()
-                    self._bytes -= size
+                    if size:
+                        with self._counts:
+                            self._bytes -= size
                     try:
                         batch.append(self.prepare(item))
                     except Exception:
-                        self.dropped += 1
+                        self._drop()
                         log.exception("modelguard: could not prepare an event; dropped")
                 self._pending = batch
                 if not batch:
@@ -269,8 +273,9 @@ class EventWorker(Generic[E]):
                 try:
                     rows.append(self.prepare(item))
                 except Exception:
-                    self.dropped += 1
-            self._bytes = 0
+                    self._drop()
+            with self._counts:
+                self._bytes = 0
         if self.spill is not None:
             try:
                 self.spill(rows)
@@ -280,7 +285,7 @@ class EventWorker(Generic[E]):
                 return False
             except Exception as exc:
                 log.error("modelguard: could not spill events (%s)", _brief(exc))
-        self.dropped += len(rows)
+        self._drop(len(rows))
         log.error("modelguard: storage unreachable at shutdown: %d events lost (counted in dropped)", len(rows))
         return False
 
@@ -303,6 +308,16 @@ class EventWorker(Generic[E]):
         self._thread = None
         return ok
 
+    def _drop(self, n: int = 1) -> int:
+        """Count ``n`` events lost; returns the count so far."""
+        with self._counts:
+            self.dropped += n
+            return self.dropped
+
+    def _flush_at_exit(self) -> None:
+        if self.depth and self._pid == os.getpid():
+            self.final_flush()
+
     def stats(self) -> dict[str, Any]:
         return {
             "alive": self.alive,
@@ -318,21 +333,3 @@ def _brief(exc: BaseException) -> str:
     """An exception in one line, without the statement's parameters."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{exc.__class__.__name__}: {first[:200]}"
-
-
-def _reset_in_child() -> None:
-    for worker in list(_live):
-        worker._init_process_state()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_in_child)
-
-
-def _flush_all_at_exit() -> None:
-    for worker in list(_live):
-        if worker.depth and worker._pid == os.getpid():
-            worker.final_flush()
-
-
-atexit.register(_flush_all_at_exit)

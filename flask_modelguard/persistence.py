@@ -1,0 +1,133 @@
+"""Account states between memory and storage: the monitor's loader, the
+periodic merge of this process's deltas into the stored states, and what
+happens to unmerged deltas at a shutdown the storage refuses (spilled for the
+next start, or counted). Framework-free."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from .features import FeatureSpace
+from .monitor import Monitor
+from .repository import Repository
+from .spill import SpillDirectory
+from .state import AccountState
+
+log = logging.getLogger("flask_modelguard")
+
+Merge = Callable[[dict[str, Any] | None], dict[str, Any]]
+
+
+class StateStore:
+    """Merges the monitor's account deltas into ``repository``."""
+
+    def __init__(self, monitor: Monitor, repository: Repository, space: FeatureSpace,
+                 spill: SpillDirectory | None = None) -> None:
+        self.monitor = monitor
+        self.repository = repository
+        self.space = space
+        self.spill = spill
+        #: Accounts whose unmerged queries were lost at a shutdown during an outage (no spill folder).
+        self.lost = 0
+
+    def load(self, account_id: int) -> AccountState | None:
+        """An account's stored state (None: none, another feature space, or storage away)."""
+        try:
+            data = self.repository.load_state(account_id)
+        except SQLAlchemyError as exc:
+            log.warning("modelguard: could not load the state of account %d (%s)", account_id, exc.__class__.__name__)
+            return None
+        if data is None or not self.space.holds(data):
+            return None
+        return AccountState.from_dict(data)
+
+    def persist(self, batch: int = 200) -> int:
+        """Merge every account's unmerged delta into its stored state (the worker
+        does it every key-cache TTL, and at flush and shutdown), up to
+        ``batch`` accounts a transaction; returns how many accounts were merged."""
+        done = 0
+        with self.monitor.lock:
+            pending = self.monitor.deltas()
+            deltas: dict[int, AccountState] = {}
+            for account_id, delta in pending:  # an evicted account back in memory has two
+                deltas[account_id] = delta if account_id not in deltas else deltas[account_id].copy().merge(delta)
+            ordered = list(deltas.items())
+            merged_ids: set[int] = set()
+            for start in range(0, len(ordered), batch):
+                chunk = ordered[start : start + batch]
+                results: dict[int, AccountState] = {}
+                try:
+                    self.repository.merge_states({a: self._merge(a, delta, results) for a, delta in chunk})
+                except Exception:
+                    self._keep_unmerged(pending, merged_ids)
+                    raise
+                for account_id, _ in chunk:
+                    self.monitor.merged(account_id, results[account_id])
+                    merged_ids.add(account_id)
+                done += len(chunk)
+        return done
+
+    def _merge(self, account_id: int, delta: AccountState, results: dict[int, AccountState]) -> Merge:
+        """The read-modify-write of one account's stored state (run by the
+        repository inside its transaction); the result lands in ``results``."""
+
+        def merge_one(stored: dict[str, Any] | None) -> dict[str, Any]:
+            if stored is None or not self.space.holds(stored):
+                merged = delta.copy()  # nothing stored, or another feature space: start over
+            else:
+                merged = AccountState.from_dict(stored).merge(delta)  # (the delta is only read)
+            if not merged.finite():  # never stored: the statistics start over from the delta
+                self.monitor.discarded += 1
+                log.warning("modelguard: account %s's merged state is not finite; not stored", account_id)
+                merged = delta.copy() if delta.finite() else AccountState(delta.dim, space=delta.space)
+            results[account_id] = merged
+            return merged.to_dict()
+
+        return merge_one
+
+    def _keep_unmerged(self, pending: list[tuple[int, AccountState]], merged_ids: set[int]) -> None:
+        """After a failed merge, keep every delta not merged yet for the next
+        attempt: an account in memory still holds its current one, not those
+        of its evictions (call with the monitor's lock held)."""
+        for later_id, later in pending:
+            account = self.monitor.accounts.get(later_id)
+            if later_id not in merged_ids and (account is None or account.delta is not later):
+                self.monitor.evicted.append((later_id, later))
+
+    def persist_or_spill(self) -> None:
+        """At exit: merge the deltas; when storage refuses, spill them (the next
+        process merges them) or count them, with one log line."""
+        try:
+            self.persist()
+        except SQLAlchemyError as exc:
+            with self.monitor.lock:
+                pending = self.monitor.deltas()
+                for account in self.monitor.accounts.values():
+                    account.delta = None  # handed over below: never merged twice
+            rows = [{"account_id": account_id, "state": delta.to_dict()} for account_id, delta in pending]
+            if self.spill is not None and rows:
+                try:
+                    self.spill.write(rows, kind="states")
+                    log.error("modelguard: account states not stored (%s): %d accounts' spilled, to be merged at "
+                              "the next start", exc.__class__.__name__, len(rows))
+                    return
+                except OSError:
+                    pass
+            self.lost += len(rows)
+            log.error("modelguard: account states not stored (%s): %d accounts' queries lost from their statistics",
+                      exc.__class__.__name__, len(rows))
+
+    def replay_spilled(self) -> None:
+        """States an earlier process spilled at shutdown: merged into the stored
+        states with this process's own, at the next merge."""
+        if self.spill is None:
+            return
+        states = self.spill.claim("states")
+        if states:
+            with self.monitor.lock:
+                self.monitor.evicted.extend((int(r["account_id"]), AccountState.from_dict(r["state"])) for r in states)
+            log.warning("modelguard: %d account states spilled by an earlier process are being merged", len(states))
