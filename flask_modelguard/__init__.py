@@ -1,11 +1,17 @@
-"""flask_modelguard: protect machine-learning prediction APIs against model stealing."""
+"""flask_modelguard: protect machine-learning prediction APIs against model stealing.
+
+The names below are the public API. Everything else (the event worker, the
+quota enforcer, the detectors...) is importable from its own module but may
+change without notice.
+"""
 
 from .config import Settings
-from .events import QueryEvent, fingerprint
 from .exc import (
     AccountBlocked,
     AccountSuspended,
+    AnswerWithheld,
     BadRequest,
+    CostExceedsLimit,
     DatabaseUnavailable,
     ExpiredKey,
     InvalidKey,
@@ -14,44 +20,78 @@ from .exc import (
     MissingKey,
     ModelGuardError,
     NotFound,
+    PayloadTooLarge,
     Problem,
     RateLimitExceeded,
     RevokedKey,
     StorageUnavailable,
 )
 from .extension import ModelGuard, RouteOptions, problem_response, protect
-from .quotas import DEFAULT_TIERS, QuotaEnforcer, Verdict
-from .signals import account_flagged
-from .worker import EventWorker
+from .payload import PayloadAdapter, Reading
+from .signals import account_blocked, account_flagged, quota_exceeded
+from .transforms import (
+    Answer,
+    GaussianNoise,
+    HighConfidence,
+    LabelOnly,
+    LaplaceNoise,
+    Misinformation,
+    RandomPoison,
+    Renormalise,
+    ReverseSigmoid,
+    Round,
+    TopK,
+    Transform,
+    Watermark,
+)
 
+#: Not in ``__all__`` (no private-looking names there), but public: ``flask_modelguard.__version__``.
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_TIERS",
+    # the extension
+    "ModelGuard",
+    "RouteOptions",
+    "Settings",
+    "problem_response",
+    "protect",
+    # errors
     "AccountBlocked",
     "AccountSuspended",
+    "AnswerWithheld",
     "BadRequest",
+    "CostExceedsLimit",
     "DatabaseUnavailable",
-    "EventWorker",
     "ExpiredKey",
     "InvalidKey",
     "InvalidValue",
     "MalformedKey",
     "MissingKey",
-    "ModelGuard",
     "ModelGuardError",
     "NotFound",
+    "PayloadTooLarge",
     "Problem",
-    "QueryEvent",
-    "QuotaEnforcer",
     "RateLimitExceeded",
     "RevokedKey",
-    "RouteOptions",
-    "Settings",
     "StorageUnavailable",
-    "Verdict",
+    # signals
+    "account_blocked",
     "account_flagged",
-    "fingerprint",
-    "problem_response",
-    "protect",
+    "quota_exceeded",
+    # output protection
+    "Answer",
+    "GaussianNoise",
+    "HighConfidence",
+    "LabelOnly",
+    "LaplaceNoise",
+    "Misinformation",
+    "PayloadAdapter",
+    "RandomPoison",
+    "Reading",
+    "Renormalise",
+    "ReverseSigmoid",
+    "Round",
+    "TopK",
+    "Transform",
+    "Watermark",
 ]

@@ -28,6 +28,7 @@ from flask import Flask
 from .detectors.supervised import Trained, rescore
 from .exc import InvalidValue
 from .reference_data import read_source
+from .runtime import state_of
 from .simulate.actor import World
 from .simulate.attackers import ACTORS, make_actor
 from .simulate.clock import SimulatedClock
@@ -81,10 +82,8 @@ def calibrate(
     from ``inputs``/``labels`` (default: ``MODELGUARD_REFERENCE``); ``route``
     is the protected endpoint attacked (default: the only one); ``budget``
     queries per thief."""
-    from .extension import ModelGuard
-
     began = time.perf_counter()
-    state = ModelGuard.state(app)
+    state = state_of(app)
     if inputs is None:
         if state.settings.reference is None:
             raise InvalidValue("Calibration needs known-good inputs: set MODELGUARD_REFERENCE, or pass a file "
@@ -98,7 +97,7 @@ def calibrate(
             runs = [_simulate(sandbox, X, path, benign, budget, families, seed + k, f"{name}-", _stage(progress, name))
                     for k, name in enumerate(("training", "check"))]
         finally:
-            ModelGuard.state(sandbox["app"]).close()
+            state_of(sandbox["app"]).close()
     training, check = runs
     trained = state.fit_detectors(_with_shifted_benign(training), store=store)
     result = _expectations(trained, check, state.settings.prada_threshold)
@@ -128,8 +127,6 @@ def _route(app: Flask, route: str | None) -> str:
 
 def _sandbox(app: Flask, db: str, X: np.ndarray, labels: list[Any], seed: int) -> dict[str, Any]:
     """A copy of ``app``'s protected views with a guard of its own, in shadow mode."""
-    from .extension import ModelGuard
-
     clock = SimulatedClock()
     sandbox = Flask(app.import_name, instance_path=os.path.dirname(db))
     sandbox.config.update({k: v for k, v in app.config.items() if not k.startswith("MODELGUARD_")})
@@ -140,7 +137,7 @@ def _sandbox(app: Flask, db: str, X: np.ndarray, labels: list[Any], seed: int) -
         "MODELGUARD_STORAGE_OPTIONS": {"clock": clock}, "MODELGUARD_FLUSH_INTERVAL": 3600.0,
         "MODELGUARD_METRICS_ENABLED": False, "MODELGUARD_ADMIN_ENABLED": False, "MODELGUARD_WATERMARK": 0.0,
     })
-    state = ModelGuard.state(app)
+    state = state_of(app)
     for name in ("feature_dim", "feature_space", "anomaly_models", "prada_threshold", "detection_min_queries",
                  "detection_every", "rules", "ensemble_fpr", "output", "secret"):
         sandbox.config["MODELGUARD_" + name.upper()] = getattr(state.settings, name)
@@ -152,14 +149,14 @@ def _sandbox(app: Flask, db: str, X: np.ndarray, labels: list[Any], seed: int) -
     level = log.level
     log.setLevel(logging.ERROR)  # the sandbox has no reference yet: its "degraded" warning would mislead
     try:
-        guard = ModelGuard(sandbox, clock=clock)
+        guard = type(state.guard)(sandbox, clock=clock)  # the app's own extension class
     finally:
         log.setLevel(level)
     # The sandbox's reference is fitted on 70 % of the data; benign users draw from the rest.
     order = np.random.default_rng(seed).permutation(len(X))
     cut = int(len(X) * 0.7)
     with sandbox.app_context():
-        ModelGuard.state(sandbox).fit_reference(X[order[:cut]].tolist(), [labels[i] for i in order[:cut]])
+        state_of(sandbox).fit_reference(X[order[:cut]].tolist(), [labels[i] for i in order[:cut]])
     return {"app": sandbox, "guard": guard, "clock": clock, "pool": X[order[cut:]]}
 
 
@@ -178,10 +175,8 @@ def _simulate(sandbox: dict[str, Any], X: np.ndarray, path: str, benign: int, bu
               families: tuple[str, ...], seed: int, prefix: str,
               progress: Callable[[int, int], None] | None) -> dict[str, Any]:
     """One simulation against the sandbox; the labelled evaluations of its accounts."""
-    from .extension import ModelGuard
-
     app, guard, clock = sandbox["app"], sandbox["guard"], sandbox["clock"]
-    state = ModelGuard.state(app)
+    state = state_of(app)
     specs: list[dict[str, Any]] = [{"kind": "benign", "name": f"{prefix}benign-{i:03d}", "budget": b,
                                     "interval": 120}
                                    for i, b in enumerate(np.random.default_rng(seed).integers(30, 250, benign))]

@@ -17,14 +17,14 @@ from flask.cli import with_appcontext
 from sqlalchemy.exc import SQLAlchemyError
 
 from .exc import InvalidValue, ModelGuardError
-from .extension import ModelGuard
 from .keys import key_hint
 from .ownership import DEFAULT_THRESHOLD_LOG2, file_suspect, http_suspect, verify
 from .repository import STATUSES
+from .runtime import state_of
 
 
-def _guard() -> ModelGuard:
-    return ModelGuard.state(current_app).guard
+def _guard() -> Any:
+    return state_of(current_app).guard
 
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -49,11 +49,11 @@ def _audit(action: str, target: str | None, before: Any = None, after: Any = Non
     """Record a change made from the shell in the audit log (actor ``cli:<user>``)."""
     from .admin.cli import cli_actor
 
-    ModelGuard.state(current_app).admin.audit(cli_actor(), action, target, before, after)
+    state_of(current_app).admin.audit(cli_actor(), action, target, before, after)
 
 
 def _account_fields(account: str, *fields: str) -> dict[str, Any]:
-    row = ModelGuard.state(current_app).repository.get_account(account)
+    row = state_of(current_app).repository.get_account(account)
     return {f: row[f] for f in fields}
 
 
@@ -429,7 +429,7 @@ def progress_bars(prefix: str) -> tuple[Callable[[str, int, int], None], Callabl
 
 
 def _guard_settings() -> Any:
-    return ModelGuard.state(current_app).settings
+    return state_of(current_app).settings
 
 
 from .admin.cli import register as _register_admin_commands  # noqa: E402

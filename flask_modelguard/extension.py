@@ -25,11 +25,10 @@ from .keys import KEY_SCHEME, parse_key
 from .ownership import DEFAULT_THRESHOLD_LOG2, Suspect, Verification, http_suspect, verify
 from .protection import RouteOptions
 from .responses import PROBLEM_MIMETYPE, problem_response
-from .runtime import GuardState
+from .runtime import EXTENSION_KEY, GuardState, state_of
 from .signals import account_blocked, send
 
 F = TypeVar("F", bound=Callable[..., Any])
-EXTENSION_KEY = "modelguard"
 
 __all__ = ["EXTENSION_KEY", "PROBLEM_MIMETYPE", "ModelGuard", "RouteOptions", "problem_response", "protect"]
 
@@ -88,13 +87,8 @@ class ModelGuard:
 
     @staticmethod
     def state(app: Flask | None = None) -> GuardState:
-        app = app or current_app
-        try:
-            return app.extensions[EXTENSION_KEY]
-        except KeyError:
-            raise RuntimeError(
-                "ModelGuard is not initialised on this app; call ModelGuard(app) or guard.init_app(app)."
-            ) from None
+        """The guard's per-app state (default: the current app's)."""
+        return state_of(app)
 
     def init_db(self, app: Flask | None = None) -> None:
         """Create the guard's tables if they are missing."""

@@ -22,11 +22,6 @@ def problem_response(problem: Problem) -> Response:
 
 
 def add_headers(response: Response, headers: list[tuple[str, str]]) -> None:
-    """Append headers we built ourselves (ASCII names, digits and quoted policy
-    names, never user input) without werkzeug's per-value validation, which
-    costs more than building them."""
-    raw = getattr(response.headers, "_list", None)
-    if isinstance(raw, list):
-        raw.extend(headers)
-    else:  # pragma: no cover - a future werkzeug without _list
-        response.headers.extend(headers)
+    """Append the rate-limit headers (werkzeug's public API: about 2 µs for
+    five headers, each value checked for line breaks)."""
+    response.headers.extend(headers)

@@ -13,7 +13,7 @@ import os
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask
+from flask import Flask, current_app
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError, StatementError
 
 from . import lifecycle
@@ -45,6 +45,20 @@ if TYPE_CHECKING:
     from .extension import ModelGuard
 
 log = logging.getLogger("flask_modelguard")
+
+#: Where ``init_app`` keeps the app's :class:`GuardState`: ``app.extensions[EXTENSION_KEY]``.
+EXTENSION_KEY = "modelguard"
+
+
+def state_of(app: Flask | None = None) -> GuardState:
+    """The guard's state of ``app`` (default: the current app)."""
+    app = app or current_app
+    try:
+        return app.extensions[EXTENSION_KEY]
+    except KeyError:
+        raise RuntimeError(
+            "ModelGuard is not initialised on this app; call ModelGuard(app) or guard.init_app(app)."
+        ) from None
 
 
 def _bad_data(exc: BaseException) -> bool:

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from flask_modelguard import ModelGuard, QuotaEnforcer
+from flask_modelguard import ModelGuard
 from flask_modelguard.exc import InvalidValue
-from flask_modelguard.quotas import limit_set, parse_limits
+from flask_modelguard.quotas import QuotaEnforcer, limit_set, parse_limits
 
 from .conftest import model_app, problem_of
 from .faults import ToggleProxy

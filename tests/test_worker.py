@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from flask_modelguard import EventWorker
+from flask_modelguard.worker import EventWorker
 
 from .conftest import sql
 

@@ -37,11 +37,25 @@ computation against at most ``max_set`` vectors.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import shapiro
+
+#: ``scipy.stats.shapiro``, imported on first use (scipy.stats takes most of a
+#: second to import; the guard's import and the request path never need it).
+_shapiro: Callable[[np.ndarray], Any] | None = None
+
+
+def shapiro_w(d: np.ndarray) -> float:
+    """The Shapiro–Wilk W of ``d``."""
+    global _shapiro
+    if _shapiro is None:
+        from scipy.stats import shapiro
+
+        _shapiro = shapiro
+    return float(_shapiro(d).statistic)
 
 
 @dataclass(slots=True)
@@ -174,7 +188,7 @@ class Prada:
             return None
         if np.ptp(d) == 0:
             return None  # identical distances (inputs without numbers, say): no evidence either way
-        return float(shapiro(d).statistic)
+        return shapiro_w(d)
 
     def flagged(self) -> bool:
         w = self.statistic()
