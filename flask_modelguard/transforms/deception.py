@@ -1,0 +1,140 @@
+"""Deliberately wrong answers, keyed and deterministic per (account, input):
+random poisoning and misinformation for flagged accounts, watermark answers
+for everyone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from .base import Answer, KeyedRandom, Transform, _number, _restore_argmax
+
+
+def _redeal(p: np.ndarray, wrong: np.ndarray, rng: KeyedRandom, purpose: str) -> np.ndarray:
+    """Each row's own values re-dealt: the top one to class ``wrong[i]``, the
+    rest to the remaining classes in a keyed random order (so the true class
+    sits at a random rank, not at a tell-tale second place)."""
+    n, k = p.shape
+    values = -np.sort(-p, axis=1)
+    order = np.argsort(rng.uniform(purpose, k), axis=1)
+    q = np.empty_like(p)
+    for i in range(n):
+        others = [c for c in order[i] if c != wrong[i]]
+        q[i, wrong[i]] = values[i, 0]
+        q[i, others] = values[i, 1:]
+    return q
+
+
+@dataclass(frozen=True)
+class RandomPoison(Transform):
+    """D-ADD-style poisoning: each answer is replaced, with probability
+    ``p + (p_max - p) * score``, by a random one: the answer's own values in
+    a keyed random order, so the served class is uniformly random while the
+    vector's entropy and top confidence are the model's (a Dirichlet draw, as
+    in D-ADD, would stand out from honest answers: no tells): the top value
+    goes to a class other than the model's, uniformly, the others to the
+    remaining classes in a keyed order. Meant for flagged accounts only."""
+
+    p: float = 1.0
+    p_max: float | None = None
+    name: ClassVar[str] = "poison"
+    keeps_argmax: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _number(self.p, "poison p", 0.0, 1.0)
+        if self.p_max is not None:
+            _number(self.p_max, "poison p_max", 0.0, 1.0)
+
+    def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
+        n, k = answer.probs.shape
+        rate = self.p if self.p_max is None else self.p + (self.p_max - self.p) * rng.score
+        hit = rng.uniform("poison/select", 1)[:, 0] < rate
+        if not hit.any():
+            return answer
+        # A class other than the model's, uniformly, takes the top value.
+        wrong = (answer.labels + 1 + np.minimum((rng.uniform("poison/vector", 1)[:, 0] * (k - 1)).astype(np.int64),
+                                                k - 2)) % k
+        redealt = _redeal(answer.probs, wrong, rng, "poison/order")
+        probs = np.where(hit[:, None], redealt, answer.probs)
+        labels = np.where(hit, wrong, answer.labels)
+        return answer.but(probs=probs, labels=labels)
+
+
+@dataclass(frozen=True)
+class Misinformation(Transform):
+    """Wrong but plausible answers, in the spirit of Adaptive Misinformation
+    (Kariyappa and Qureshi 2020). The answer's own values are re-dealt: the
+    top value goes to a wrong class drawn (keyed per account and input) in
+    proportion to the model's probabilities raised to ``plausibility`` (1:
+    usually the runner-up; 0: any wrong class alike; the default ½ is in
+    between: a runner-up still leaks the model's ranking to a clone, which
+    measured 0.34 fidelity from uniform-noise queries at 1, 0.24 at ½, 0.03
+    at 0); the
+    other values go to the remaining classes in a keyed random order, so the
+    true class sits at a random rank, not at a tell-tale zero or second place.
+    The result is blended with the true answer, ``(1 - a) p + a q``, with
+    ``a = strength`` (grown towards 1 by the score when ``adaptive``); above
+    about ½ the served label is wrong. Meant for flagged accounts only."""
+
+    strength: float = 1.0
+    adaptive: bool = False
+    plausibility: float = 0.5
+    name: ClassVar[str] = "misinformation"
+    keeps_argmax: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _number(self.strength, "misinformation strength", 0.0, 1.0)
+        _number(self.plausibility, "misinformation plausibility", 0.0, 1.0)
+
+    def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
+        p = answer.probs
+        n, k = p.shape
+        if k < 2:
+            return answer
+        rows = np.arange(n)
+        # The wrong class: a keyed draw among the others, weighted by the model
+        # (a small floor keeps classes with zero mass possible).
+        weights = (np.clip(p, 0.0, None) + 1e-3) ** self.plausibility
+        weights[rows, answer.labels] = 0.0
+        cumulative = np.cumsum(weights / weights.sum(axis=1, keepdims=True), axis=1)
+        wrong = np.minimum((cumulative < rng.uniform("misinformation/class", 1)).sum(axis=1), k - 1)
+        q = _redeal(p, wrong, rng, "misinformation/order")
+        a = self.strength
+        if self.adaptive:
+            a = a + (1.0 - a) * rng.score
+        out = (1.0 - a) * p + a * q
+        return answer.but(probs=out, labels=out.argmax(axis=1))
+
+
+@dataclass(frozen=True)
+class Watermark(Transform):
+    """DAWN-style watermark answers (Szyller et al. 2021): a keyed hash of the
+    account and input selects about ``fraction`` of the inputs; for them the
+    served label is a keyed choice among the other classes, and its probability
+    swaps places with the top one (a matching, confident-looking vector). The
+    same input from the same account is always marked, or never."""
+
+    fraction: float = 0.005
+    name: ClassVar[str] = "watermark"
+    keeps_argmax: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _number(self.fraction, "watermark fraction", 0.0, 1.0)
+
+    def skips(self, rng: KeyedRandom) -> bool:
+        return all(u >= self.fraction for u in rng.first("watermark/select"))
+
+    def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
+        n, k = answer.probs.shape
+        marked = (rng.uniform("watermark/select", 1)[:, 0] < self.fraction) & (k > 1)
+        if answer.watermarked is not None:
+            marked |= answer.watermarked
+        if not marked.any():
+            return answer.but(watermarked=marked)
+        # A keyed offset in 1..k-1: any class but the model's own, uniformly.
+        offset = 1 + np.minimum((rng.uniform("watermark/label", 1)[:, 0] * (k - 1)).astype(np.int64), k - 2)
+        labels = np.where(marked, (answer.labels + offset) % k, answer.labels)
+        return answer.but(probs=_restore_argmax(answer.probs, labels), labels=labels, watermarked=marked,
+                          mark_labels=np.where(marked, labels, -1))

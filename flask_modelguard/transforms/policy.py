@@ -1,0 +1,88 @@
+"""Transforms by name, parsed from strings, applied in order, and a route's
+output policy."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ..exc import InvalidValue
+from .base import Answer, KeyedRandom, Transform
+from .deception import Misinformation, RandomPoison, Watermark
+from .shaping import GaussianNoise, HighConfidence, LabelOnly, LaplaceNoise, Renormalise, ReverseSigmoid, Round, TopK
+
+#: Transforms by name, for strings and configuration.
+REGISTRY: dict[str, type[Transform]] = {
+    cls.name: cls
+    for cls in (Round, TopK, LabelOnly, HighConfidence, GaussianNoise, LaplaceNoise,
+                ReverseSigmoid, Renormalise, RandomPoison, Misinformation, Watermark)
+}
+REGISTRY["renormalize"] = Renormalise
+
+
+def parse(spec: str | Transform) -> Transform:
+    """A transform from ``"name"`` or ``"name(arg, key=value)"`` (literals only)."""
+    if isinstance(spec, Transform):
+        return spec
+    if not isinstance(spec, str):
+        raise InvalidValue(f"A transform is a string like 'round(2)' or a Transform, not {spec!r}")
+    try:
+        node = ast.parse(spec.strip(), mode="eval").body
+        if isinstance(node, ast.Name):
+            name, args, kwargs = node.id, [], {}
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            name = node.func.id
+            args = [ast.literal_eval(a) for a in node.args]
+            kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg}
+        else:
+            raise ValueError("not a call")
+        cls = REGISTRY[name]
+        return cls(*args, **kwargs)
+    except InvalidValue:
+        raise
+    except (SyntaxError, ValueError, KeyError, TypeError) as exc:
+        known = ", ".join(sorted(REGISTRY))
+        raise InvalidValue(f"Cannot read transform {spec!r} ({exc}); known: {known}") from None
+
+
+def parse_all(specs: Iterable[str | Transform] | str | Transform | None) -> tuple[Transform, ...]:
+    if specs is None:
+        return ()
+    if isinstance(specs, (str, Transform)):
+        specs = [specs]
+    return tuple(parse(s) for s in specs)
+
+
+def apply(transforms: Sequence[Transform], answer: Answer, rng: KeyedRandom) -> Answer:
+    """Apply ``transforms`` in order."""
+    for transform in transforms:
+        answer = transform(answer, rng)
+    return answer
+
+
+@dataclass(frozen=True)
+class OutputPolicy:
+    """What a route does to answers: transforms for everyone, transforms for
+    flagged accounts (applied before them), and the watermark fraction."""
+
+    transforms: tuple[Transform, ...] = ()
+    suspicious: tuple[Transform, ...] = ()
+    watermark: float = 0.0
+    _cache: dict[bool, tuple[Transform, ...]] = field(default_factory=dict, compare=False, repr=False)
+
+    def pipeline(self, flagged: bool) -> tuple[Transform, ...]:
+        """The transforms of one answer: watermark first (so later steps treat
+        the mark like any answer), for a flagged account the suspicious
+        transforms next, then the route's own, for everyone: a flagged
+        account's answer has the form (rounding, top-k, label-only) of any."""
+        cached = self._cache.get(flagged)
+        if cached is None:
+            marks: tuple[Transform, ...] = (Watermark(self.watermark),) if self.watermark > 0 else ()
+            cached = self._cache[flagged] = marks + (self.suspicious if flagged else ()) + self.transforms
+        return cached
+
+    @property
+    def active(self) -> bool:
+        return bool(self.transforms or self.suspicious or self.watermark > 0)
+
