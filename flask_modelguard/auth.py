@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from cachetools import TTLCache
 from sqlalchemy.exc import SQLAlchemyError
@@ -26,14 +27,19 @@ from .exc import (
     Problem,
     RevokedKey,
 )
-from .keys import key_hint, parse_key, verify_secret
-from .repository import Principal, Repository
+from .keys import Principal, key_hint, parse_key, verify_secret
+
+
+class KeySource(Protocol):
+    """Where keys are looked up on a cache miss (the repository)."""
+
+    def lookup(self, prefix: str) -> Principal | None: ...
 
 
 class Authenticator:
     def __init__(
         self,
-        repository: Repository,
+        repository: KeySource,
         *,
         auth_header: str | None = "Authorization",
         api_key_header: str | None = "X-API-Key",

@@ -25,7 +25,7 @@ from dataclasses import Field, dataclass, field, fields
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .exc import InvalidValue
-from .quotas import DEFAULT_TIERS, FAIL_MODES
+from .limitset import DEFAULT_TIERS, FAIL_MODES
 
 log = logging.getLogger("flask_modelguard")
 

@@ -14,6 +14,7 @@ import hmac
 import re
 import secrets
 import string
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from .exc import MalformedKey
@@ -73,3 +74,21 @@ def verify_secret(parsed: ParsedKey, secret_hash: str) -> bool:
 def key_hint(prefix: str) -> str:
     """What may be shown or logged about a key: its scheme and prefix, never the secret."""
     return f"{KEY_SCHEME}_{prefix}_…"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Everything the request path needs to know about a presented key, cached as one object."""
+
+    key_id: int
+    prefix: str
+    secret_hash: str
+    expires_at: float | None
+    revoked: bool
+    account_id: int
+    account: str
+    tier: str
+    status: str
+    limits: str | None
+    flagged: bool = False
+    score: float = 0.0

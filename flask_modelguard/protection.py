@@ -67,7 +67,7 @@ class RouteOptions:
             object.__setattr__(self, "suspicious_output", parse_all(self.suspicious_output))
         object.__setattr__(self, "adapter", make_adapter(self.adapter))
         if self.limits is not None:
-            from .quotas import parse_limits
+            from .limitset import parse_limits
 
             parse_limits(self.limits)  # a malformed limit fails at import, not on the first request
 

@@ -28,9 +28,10 @@ from .exc import (
     RateLimitExceeded,
     StorageUnavailable,
 )
+from .keys import Principal
+from .limitset import LimitSet, Verdict, limit_set, rate_limit_headers
 from .protection import OutputProtector, RouteOptions
-from .quotas import LimitSet, QuotaEnforcer, Verdict, limit_set
-from .repository import Principal
+from .quotas import QuotaEnforcer
 from .responses import add_headers, problem_response
 from .signals import quota_exceeded, send
 from .worker import EventWorker
@@ -321,7 +322,7 @@ class RequestPath:
     def _headers(self, verdict: Verdict, limits: LimitSet, now: float) -> list[tuple[str, str]]:
         if not self.settings.headers_enabled or verdict.limit is None:
             return []
-        return QuotaEnforcer.headers(verdict, limits, now)
+        return rate_limit_headers(verdict, limits, now)
 
     @staticmethod
     def _refusal(verdict: Verdict, cost: int, now: float, headers: list[tuple[str, str]]) -> Problem:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import threading
 
 from flask_modelguard.auth import Authenticator
-from flask_modelguard.keys import generate_key
-from flask_modelguard.repository import Principal
+from flask_modelguard.keys import Principal, generate_key
 
 
 class SlowRepository:

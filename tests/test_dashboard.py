@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from flask_modelguard.admin import charts
-from flask_modelguard.quotas import QuotaEnforcer, limit_set
+from flask_modelguard.limitset import limit_set
+from flask_modelguard.quotas import QuotaEnforcer
 from tests.conftest import problem_of
 
 UI = "/modelguard"
@@ -175,7 +176,7 @@ def test_user_controlled_text_is_escaped(signed_in):
     base.update(key_id=1, route="r", ts=1.0, status=200, latency_ms=1.0, n_instances=1, canary=False, watermarks=[])
     evaluation = {"account_id": account_id, "ts": 1.0, "queries": 30, "scores": {"malicious": 0.9, "add_ratio": 1.8},
                   "reasons": ['<img src=x onerror="alert(2)">']}
-    state._write_events([{**base, "account_id": account_id, "evaluation": evaluation}])
+    state.pipeline.write([{**base, "account_id": account_id, "evaluation": evaluation}])
     index = client.get(f"{UI}/")
     text = index.get_data(as_text=True)
     assert XSS not in text and html.escape(XSS, quote=False) in text
@@ -200,9 +201,9 @@ def test_charts_draw_evidence_and_timeline():
     scores = {"add_ratio": 1.8, "prada_w": 0.95, "unique_ratio": 0.9, "isolation_forest_ratio": 1.2,
               "hour_unique_ratio": 0.4, "window_unique_ratio": 1.0, "steps_ratio": 0.2, "malicious": 0.9}
     # window statistics (hour_unique_ratio, ...) are behaviour, not detectors: not drawn as ones
-    assert charts.evidence(scores, 0.9) == [("ADD", 1.8), ("PRADA", pytest.approx(0.5)), ("sign steps", 0.2),
+    assert charts.evidence(scores, 0.9) == [("PRADA", pytest.approx(0.5)), ("ADD", 1.8), ("sign steps", 0.2),
                                             ("isolation forest", 1.2)]
-    assert charts.evidence({"add_ratio": float("nan")}, 0.9) == [("ADD", None), ("PRADA", None)]
+    assert charts.evidence({"add_ratio": float("nan")}, 0.9) == [("PRADA", None), ("ADD", None)]
     bars = str(charts.breakdown([("ADD", 25.0), ("PRADA", None), ("<b>", 0.5)]))
     assert bars.count('class="bar over"') == 1 and bars.count('class="bar"') == 1
     assert "no verdict yet" in bars and "25.00×+" in bars and "&lt;b&gt;" in bars and "<b>" not in bars

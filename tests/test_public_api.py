@@ -75,7 +75,8 @@ def test_errors_and_transforms_are_the_defining_modules_classes():
 
 def test_internals_stay_importable_from_their_modules():
     from flask_modelguard.events import QueryEvent, fingerprint  # noqa: F401
-    from flask_modelguard.quotas import DEFAULT_TIERS, QuotaEnforcer, Verdict  # noqa: F401
+    from flask_modelguard.limitset import DEFAULT_TIERS, Verdict  # noqa: F401
+    from flask_modelguard.quotas import QuotaEnforcer  # noqa: F401
     from flask_modelguard.worker import EventWorker  # noqa: F401
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from flask_modelguard import ModelGuard
 from flask_modelguard.exc import InvalidValue
-from flask_modelguard.quotas import QuotaEnforcer, limit_set, parse_limits
+from flask_modelguard.limitset import limit_set, parse_limits
+from flask_modelguard.quotas import QuotaEnforcer
 
 from .conftest import model_app, problem_of
 from .faults import ToggleProxy

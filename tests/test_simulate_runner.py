@@ -8,7 +8,8 @@ import pytest
 from flask import Flask, request
 
 from flask_modelguard import ModelGuard
-from flask_modelguard.quotas import QuotaEnforcer, limit_set
+from flask_modelguard.limitset import limit_set
+from flask_modelguard.quotas import QuotaEnforcer
 from flask_modelguard.simulate import Actor, SimulatedClock, Simulation, World, WSGITransport, read_answer
 
 
