@@ -158,41 +158,57 @@ class OutputProtector:
         canaries = self.canaries
         if not pipeline and not canaries:
             return payload, [], False
-        canary = False
         try:
             inputs = options.inputs(body) if options.inputs is not None else instances(body)
             fingerprints = [fingerprint(x, self.key) for x in inputs]
-            canary = bool(canaries) and not canaries.isdisjoint(fingerprints)
-            if canary and not flagged:
-                self.caught.add(account_id)  # until the worker has flagged it in the database
-                pipeline = policy.pipeline(True)
-            if not pipeline:
-                return payload, [], canary
-            rng = KeyedRandom.for_inputs(self.key, account_id, fingerprints, score)
-            if all(t.skips(rng) for t in pipeline):  # e.g. no input of this request carries a watermark
-                return payload, [], canary
-            reading = options.adapter.read(payload)
-            if reading is None:
-                return self._unprotected(payload, route, None, policy), [], canary
-            if not reading.writes_labels and not all(t.keeps_argmax for t in pipeline):
-                # Labels outside the adapter's reach stay the model's, for every
-                # account alike: only the transforms that keep them run.
-                self._unprotected(payload, route, reading, policy)
-                pipeline = tuple(t for t in pipeline if t.keeps_argmax)
-            n = len(reading.answer.labels)
-            if len(fingerprints) != n:  # inputs and answers do not pair up: key on the body and position
-                fingerprints = [fingerprint([body, i], self.key) for i in range(n)]
-                inputs = [body] * n
-                rng = KeyedRandom.for_inputs(self.key, account_id, fingerprints, score)
-            answer = apply(pipeline, reading.answer, rng)
-            return reading.write(answer), self._marks(reading, answer, fingerprints, inputs), canary
+        except Exception:
+            return self._failed(payload, route, policy), [], False
+        canary = bool(canaries) and not canaries.isdisjoint(fingerprints)
+        if canary and not flagged:
+            self.caught.add(account_id)  # until the worker has flagged it in the database
+            pipeline = policy.pipeline(True)
+        if not pipeline:
+            return payload, [], canary
+        try:
+            new, marks = self._transform(payload, body, account_id, score, policy, options, route, pipeline,
+                                         inputs, fingerprints)
         except AnswerWithheld:
             raise
         except Exception:
+            return self._failed(payload, route, policy), [], canary
+        return new, marks, canary
+
+    def _transform(self, payload: Any, body: Any, account_id: int, score: float, policy: OutputPolicy,
+                   options: RouteOptions, route: str, pipeline: tuple[Transform, ...], inputs: list[Any],
+                   fingerprints: list[str]) -> tuple[Any, list[Mark]]:
+        """Read the answer with the route's adapter, run ``pipeline``, write it back."""
+        rng = KeyedRandom.for_inputs(self.key, account_id, fingerprints, score)
+        if all(t.skips(rng) for t in pipeline):  # e.g. no input of this request carries a watermark
+            return payload, []
+        reading = options.adapter.read(payload)
+        if reading is None:
+            return self._unprotected(payload, route, None, policy), []
+        if not reading.writes_labels and not all(t.keeps_argmax for t in pipeline):
+            # Labels outside the adapter's reach stay the model's, for every
+            # account alike: only the transforms that keep them run.
+            self._unprotected(payload, route, reading, policy)
+            pipeline = tuple(t for t in pipeline if t.keeps_argmax)
+        n = len(reading.answer.labels)
+        if len(fingerprints) != n:  # inputs and answers do not pair up: key on the body and position
+            fingerprints = [fingerprint([body, i], self.key) for i in range(n)]
+            inputs = [body] * n
+            rng = KeyedRandom.for_inputs(self.key, account_id, fingerprints, score)
+        answer = apply(pipeline, reading.answer, rng)
+        return reading.write(answer), self._marks(reading, answer, fingerprints, inputs)
+
+    def _failed(self, payload: Any, route: str, policy: OutputPolicy) -> Any:
+        """Protection raised: counted, logged now and then, answered as an unprotected answer."""
+        with self._lock:
             self.errors += 1
-            if self.errors == 1 or self.errors % 1000 == 0:
-                log.exception("modelguard: output protection failed (%d so far)", self.errors)
-            return self._unprotected(payload, route, None, policy, counted=False), [], canary
+            errors = self.errors
+        if errors == 1 or errors % 1000 == 0:
+            log.exception("modelguard: output protection failed (%d so far)", errors)
+        return self._unprotected(payload, route, None, policy, counted=False)
 
     def _unprotected(self, payload: Any, route: str, reading: Reading | None, policy: OutputPolicy,
                      counted: bool = True) -> Any:

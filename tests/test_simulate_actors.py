@@ -25,14 +25,13 @@ from flask_modelguard.simulate.attackers import (
     NaturalPatchThief,
     RandomThief,
     SybilThief,
-    _class_gradient,
-    _transformed,
     make_actor,
     parameters,
 )
-from flask_modelguard.simulate.gradients import _entropy_gradient
+from flask_modelguard.simulate.gradients import _class_gradient, _entropy_gradient
 from flask_modelguard.simulate.natural import natural_patches, photographs
 from flask_modelguard.simulate.surrogate import train_clone
+from flask_modelguard.simulate.thief import _transformed
 from flask_modelguard.simulate.users import DAY, BenignUser, PowerUser
 
 Serve = Callable[[float, Request], Answer]

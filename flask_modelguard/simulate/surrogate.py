@@ -97,6 +97,37 @@ def train_clone(X: np.ndarray, y: np.ndarray, P: np.ndarray | None = None, *, ki
     otherwise (a thief that fits its data to the end memorises watermark
     answers; one that stops early may not).
     """
+    X, y, P = _checked(X, y, P, kind, answers)
+    shift, scale = _scaling(X, low, high)
+    Z = (X - shift) / scale
+    classes = np.unique(y)
+    if len(classes) < 2:
+        return Clone(None, classes, shift, scale)
+    early = len(X) >= _EARLY_STOPPING_FROM if early_stopping is None else early_stopping
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter: expected, the clone is still usable
+        if answers == "probabilities" and kind == "mlp":
+            assert P is not None
+            from sklearn.neural_network import MLPRegressor
+            reg = MLPRegressor(hidden_layer_sizes=(hidden,), max_iter=max_iter, random_state=seed,
+                               early_stopping=early)
+            seen = np.flatnonzero(P.max(axis=0) > 0)
+            return Clone(reg.fit(Z, P), seen, shift, scale, regression=True)
+        if answers == "probabilities":
+            assert P is not None
+            return _soft_logreg(Z, P, shift, scale, seed)
+        if kind == "logreg":
+            from sklearn.linear_model import LogisticRegression
+            model = LogisticRegression(max_iter=max_iter, random_state=seed).fit(Z, y)
+            return Clone(model, model.classes_, shift, scale)
+        from sklearn.neural_network import MLPClassifier
+        early = early and np.unique(y, return_counts=True)[1].min() >= 2  # a stratified split needs 2 per class
+        mlp = MLPClassifier(hidden_layer_sizes=(hidden,), max_iter=max_iter, random_state=seed, early_stopping=early)
+        return Clone(mlp.fit(Z, y), mlp.classes_, shift, scale)
+
+
+def _checked(X: Any, y: Any, P: Any, kind: str, answers: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``train_clone``'s arguments checked and as arrays (inputs flattened)."""
     if kind not in KINDS:
         raise ValueError(f"unknown clone kind {kind!r} (expected one of {KINDS})")
     if answers not in ANSWERS:
@@ -109,34 +140,7 @@ def train_clone(X: np.ndarray, y: np.ndarray, P: np.ndarray | None = None, *, ki
         if P is None:
             raise ValueError("answers='probabilities' needs the served probabilities P")
         P = np.asarray(P, dtype=np.float64).reshape(len(X), -1)
-    shift, scale = _scaling(X, low, high)
-    Z = (X - shift) / scale
-    classes = np.unique(y)
-    if len(classes) < 2:
-        return Clone(None, classes, shift, scale)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter: expected, the clone is still usable
-        if answers == "probabilities" and kind == "mlp":
-            assert P is not None
-            from sklearn.neural_network import MLPRegressor
-            reg = MLPRegressor(hidden_layer_sizes=(hidden,), max_iter=max_iter, random_state=seed,
-                               early_stopping=len(X) >= _EARLY_STOPPING_FROM if early_stopping is None
-                               else early_stopping)
-            seen = np.flatnonzero(P.max(axis=0) > 0)
-            return Clone(reg.fit(Z, P), seen, shift, scale, regression=True)
-        if answers == "probabilities":
-            assert P is not None
-            return _soft_logreg(Z, P, shift, scale, seed)
-        if kind == "logreg":
-            from sklearn.linear_model import LogisticRegression
-            model = LogisticRegression(max_iter=max_iter, random_state=seed).fit(Z, y)
-            return Clone(model, model.classes_, shift, scale)
-        from sklearn.neural_network import MLPClassifier
-        counts = np.unique(y, return_counts=True)[1]
-        early = len(X) >= _EARLY_STOPPING_FROM if early_stopping is None else early_stopping
-        early = early and counts.min() >= 2  # a stratified split needs 2 per class
-        mlp = MLPClassifier(hidden_layer_sizes=(hidden,), max_iter=max_iter, random_state=seed, early_stopping=early)
-        return Clone(mlp.fit(Z, y), mlp.classes_, shift, scale)
+    return X, y, P
 
 
 def _scaling(X: np.ndarray, low: float | None, high: float | None) -> tuple[np.ndarray | float, np.ndarray | float]:
