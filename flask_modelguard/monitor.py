@@ -28,8 +28,8 @@ from .detectors.add import Reference, add_score
 from .detectors.anomaly import AnomalyModel
 from .detectors.population import PopulationSample
 from .detectors.prada import Prada
+from .detectors.registry import KINDS, evidence, ratios
 from .detectors.supervised import StackedEnsemble, SupervisedModel
-from .detectors.supervised import evidence as evidence_of
 from .detectors.window import Window, feature_entropy, rule_reasons
 from .state import AccountState, Observation, behaviour, label_key
 
@@ -49,16 +49,6 @@ class Evaluation:
     @property
     def malicious(self) -> bool:
         return bool(self.reasons)
-
-
-#: Evidence that flags on its own at 1 whatever the verdict mode (benign
-#: inputs measured at none): the sign steps of Jacobian augmentation.
-HARD_EVIDENCE = ("steps_ratio",)
-
-
-def hard_flag(scores: dict[str, Any]) -> bool:
-    """Whether an evaluation's scores hold hard evidence (:data:`HARD_EVIDENCE`) at its threshold."""
-    return any((scores.get(name) or 0.0) >= 1.0 for name in HARD_EVIDENCE)
 
 
 def ensemble(evidence: list[float]) -> float:
@@ -284,14 +274,14 @@ class Monitor:
     def score_state(self, state: AccountState) -> dict[str, float | None]:
         """The behaviour vector of a state with ADD's score, threshold and ratio."""
         scores: dict[str, float | None] = dict(behaviour(state))
-        for name, reference in (("add", self.reference), ("population", self.population_reference)):
-            if reference is None:
+        for kind, reference in ((KINDS["add"], self.reference), (KINDS["population"], self.population_reference)):
+            if reference is None or kind.ratio is None:
                 continue
             value = add_score(state, reference)
             limit = reference.threshold(max(1, state.distinct))
-            scores[name], scores[f"{name}_threshold"] = value, limit
+            scores[kind.score], scores[kind.threshold_key] = value, limit
             if value is not None and limit:
-                scores[f"{name}_ratio"] = value / limit
+                scores[kind.ratio] = value / limit
         return scores
 
     def population_status(self) -> dict[str, Any]:
@@ -306,52 +296,30 @@ class Monitor:
         account = self._account(account_id)
         state = account.view()
         scores = self.score_state(state)
-        reasons: list[str] = []
         window = account.window.stats()
         scores.update(window)
         scores["feature_entropy"] = feature_entropy(state.moments.cov()) if state.moments.n > 1 else None
         broken = rule_reasons(window, self.rules)  # opt-in rules flag whatever the verdict mode
-        steps = account.prada.step_evidence()
-        scores["steps"], scores["steps_ratio"] = account.prada.steps, steps
-        if hard_flag(scores):  # hard evidence (benign inputs measured at none): flags whatever the verdict mode
-            broken.append(f"sign steps: {account.prada.steps} of {account.prada.queries} queries")
-        w = account.prada.statistic()
-        scores["prada_w"] = w
-        if w is not None and w < self.prada_threshold:
-            reasons.append(f"PRADA W={w:.3f} < {self.prada_threshold}")
-        add, limit = scores.get("add"), scores.get("add_threshold")
-        if add is not None and limit is not None and add > limit:
-            reasons.append(f"ADD {add:.1f} > {limit:.1f} at {state.distinct} distinct queries")
-        pooled, pooled_limit = scores.get("population"), scores.get("population_threshold")
-        if pooled is not None and pooled_limit is not None and pooled > pooled_limit:
-            reasons.append(f"population {pooled:.1f} > {pooled_limit:.1f} at {state.distinct} distinct queries")
-        evidence: list[float] = []
-        if w is not None:
-            evidence.append((1.0 - w) / (1.0 - self.prada_threshold))
-        if add is not None and limit:
-            evidence.append(add / limit)
-        if pooled is not None and pooled_limit:
-            evidence.append(pooled / pooled_limit)
-        evidence.append(steps)
+        scores["steps"], scores["steps_ratio"] = account.prada.steps, account.prada.step_evidence()
+        scores["prada_w"] = account.prada.statistic()
         for model in self.anomaly:
-            value = model.score(scores)
-            scores[model.kind] = value
-            if value > model.threshold:
-                reasons.append(f"{model.kind} {value:.3f} > {model.threshold:.3f}")
+            value = scores[model.kind] = model.score(scores)
             if math.isfinite(model.threshold) and model.threshold > 0:
-                evidence.append(value / model.threshold)
                 scores[f"{model.kind}_ratio"] = value / model.threshold
+        found = evidence(scores, self.prada_threshold, {model.kind: model.threshold for model in self.anomaly})
+        if any(e.hard and e.over for e in found):  # benign inputs measured at none: flags whatever the verdict mode
+            broken.append(f"sign steps: {account.prada.steps} of {account.prada.queries} queries")
+        over = [e for e in found if e.over and not e.hard]
+        reasons = [e.reason(state.distinct) for e in over]
         if self.ensemble is not None:
-            stacked = self.ensemble.malicious(evidence_of(scores, self.prada_threshold))
-            scores["malicious"] = stacked
-            if self.verdict != "any":
-                reasons = [r for r in reasons if not r.startswith(tuple(m.kind for m in self.anomaly))]
-                reasons = [f"ensemble {stacked:.2f} >= 0.5 ({'; '.join(reasons) or 'no single detector'})"] \
-                    if stacked >= 0.5 else []
+            stacked = scores["malicious"] = self.ensemble.malicious(ratios(found))
+            if self.verdict != "any":  # the models' own flags give way to the ensemble's calibrated one
+                named = "; ".join(e.reason(state.distinct) for e in over if KINDS[e.kind].threshold != "calibrated")
+                reasons = [f"ensemble {stacked:.2f} >= 0.5 ({named or 'no single detector'})"] if stacked >= 0.5 else []
             elif stacked >= 0.5:
                 reasons.append(f"ensemble {stacked:.2f} >= 0.5")
         else:
-            scores["malicious"] = ensemble(evidence)
+            scores["malicious"] = ensemble([e.ratio for e in found if e.ratio is not None])
         reasons.extend(broken)
         if account.errors:
             scores["detection_errors"] = account.errors

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .detectors.registry import KINDS, Kind
+
 log = logging.getLogger("flask_modelguard")
 
 _NO_REFERENCE = ("no reference of known-good inputs: set MODELGUARD_REFERENCE (a file or a function) "
@@ -21,30 +23,47 @@ _NO_CALIBRATION = ("not calibrated: run `flask modelguard calibrate` (until then
 
 def detection_status(monitor: Any, settings: Any, reference_source: str = "") -> dict[str, Any]:
     """``{"enabled", "degraded", "verdict", "detectors": {name: {"live", "why"}}}``
-    for a :class:`~flask_modelguard.monitor.Monitor` and its settings.
+    for a :class:`~flask_modelguard.monitor.Monitor` and its settings, the
+    detectors in :data:`~flask_modelguard.detectors.registry.KINDS`' order.
     ``degraded``: detection is on but runs without a reference-based detector
     (neither ADD nor the population reference) or without calibration."""
-    detectors: dict[str, dict[str, Any]] = {"prada": {"live": True, "why": "needs no set-up"}}
-    reference = monitor.reference
-    detectors["add"] = {"live": reference is not None,
-                        "why": f"reference from {_source(reference_source)}" if reference is not None
-                        else _NO_REFERENCE}
-    mode = getattr(settings, "population", False)
-    if mode is True or (mode == "auto" and reference is None):  # "auto" with a reference: not needed
-        detectors["population"] = monitor.population_status()
-    fitted = {model.kind for model in monitor.anomaly}
-    for kind in settings.anomaly_models:
-        detectors[kind] = {"live": kind in fitted, "why": "fitted" if kind in fitted else
-                           "not fitted yet: refitted in the worker once 10 benign accounts are stored"}
+    detectors: dict[str, dict[str, Any]] = {}
+    for kind in KINDS.values():
+        status = _status(kind, monitor, settings, reference_source)
+        if status is not None:
+            detectors[kind.name] = status
     calibrated = monitor.ensemble is not None
-    for name in ("random_forest", "ensemble"):
-        live = calibrated and (name == "ensemble" or "random_forest" in fitted)
-        detectors[name] = {"live": live, "why": "calibrated" if live else _NO_CALIBRATION}
     verdict = "ensemble score >= 0.5" if calibrated and settings.verdict != "any" else \
         "any detector over its own calibrated threshold"
     referenced = detectors["add"]["live"] or detectors.get("population", {}).get("live", False)
     return {"enabled": bool(settings.detection), "degraded": bool(settings.detection) and not (referenced and calibrated),
             "verdict": verdict, "detectors": detectors}
+
+
+def _status(kind: Kind, monitor: Any, settings: Any, reference_source: str) -> dict[str, Any] | None:
+    """Whether one kind of detector is live and why (None: not reported, it is
+    part of another one or not configured), by what it needs (:attr:`Kind.needs`)."""
+    fitted = {model.kind for model in monitor.anomaly}
+    if kind.needs == "nothing":
+        return {"live": True, "why": "needs no set-up"}
+    if kind.needs == "reference":
+        reference = monitor.reference
+        return {"live": reference is not None,
+                "why": f"reference from {_source(reference_source)}" if reference is not None else _NO_REFERENCE}
+    if kind.needs == "population":
+        mode = getattr(settings, "population", False)
+        if mode is True or (mode == "auto" and monitor.reference is None):  # "auto" with a reference: not needed
+            return monitor.population_status()
+        return None
+    if kind.needs == "fit":
+        if kind.name not in settings.anomaly_models:
+            return None
+        return {"live": kind.name in fitted, "why": "fitted" if kind.name in fitted else
+                "not fitted yet: refitted in the worker once 10 benign accounts are stored"}
+    if kind.needs == "calibration":
+        live = monitor.ensemble is not None and (kind.combines or kind.name in fitted)
+        return {"live": live, "why": "calibrated" if live else _NO_CALIBRATION}
+    return None
 
 
 def _source(source: str) -> str:

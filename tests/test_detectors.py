@@ -183,7 +183,7 @@ def test_ensemble_score_is_half_at_the_threshold_and_bounded():
 def test_sign_steps_are_counted_for_jacobian_steps_and_not_for_natural_digits():
     from example_app.model import split
     from flask_modelguard.detectors.prada import Prada, sign_step
-    from flask_modelguard.monitor import hard_flag
+    from flask_modelguard.detectors.registry import hard_flag
 
     _, X_test, _, y_test = split()
     natural = Prada()

@@ -251,7 +251,8 @@ def test_lofo_reports_a_family_it_cannot_train_without():
 
 
 def test_rescore_matches_the_monitor_row_by_row():
-    from flask_modelguard.detectors.supervised import evidence, rescore, train
+    from flask_modelguard.detectors.registry import evidence, ratios
+    from flask_modelguard.detectors.supervised import rescore, train
 
     training, _ = _evaluations(np.random.default_rng(0), FAMILIES)
     trained = train(training["rows"], training["labels"], training["groups"], anomaly_kinds=["isolation_forest"])
@@ -262,6 +263,6 @@ def test_rescore_matches_the_monitor_row_by_row():
         for model in [*trained.anomaly, trained.supervised]:
             r[model.kind] = model.score(r)
             r[f"{model.kind}_ratio"] = r[model.kind] / model.threshold
-        expected.append(trained.ensemble.malicious(evidence(r)))
+        expected.append(trained.ensemble.malicious(ratios(evidence(r))))
     assert np.allclose(rescore(trained, rows), expected)
     assert rescore(trained, []).shape == (0,)

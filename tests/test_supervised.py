@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from flask_modelguard.detectors.registry import evidence, ratios
 from flask_modelguard.detectors.supervised import (
     StackedEnsemble,
     SupervisedModel,
     _folds,
-    evidence,
     per_account_threshold,
     train,
 )
@@ -79,7 +79,7 @@ def test_random_forest_catches_thieves_at_the_calibrated_benign_rate():
 def test_stacked_ensemble_is_half_at_its_threshold_and_weighs_informative_detectors():
     rng = np.random.default_rng(2)
     rows, labels, groups = _accounts(rng, 150, 30)
-    evidences = [{**evidence(r), "noise": float(rng.uniform(0, 2))} for r in rows]
+    evidences = [{**ratios(evidence(r)), "noise": float(rng.uniform(0, 2))} for r in rows]
     ensemble = StackedEnsemble(fpr=0.02).fit(evidences, labels, groups)
     weights = ensemble.weights()
     assert weights["add"] > 0 and weights["prada"] > 0
@@ -123,7 +123,7 @@ def test_monitor_uses_the_trained_ensemble_for_score_and_verdict():
         for i in range(5):
             evaluation = monitor.observe(1, Observation(float(i), [f"{i:032x}"], rng.uniform(0, 1, (1, 4)), ["1"], [0.9]))
         assert evaluation is not None
-        e = evidence(evaluation.scores)
+        e = ratios(evidence(evaluation.scores))
         e["random_forest"] = evaluation.scores["random_forest_ratio"]
         assert evaluation.scores["malicious"] == pytest.approx(trained.ensemble.malicious(e))
         if verdict != "any":
@@ -134,4 +134,4 @@ def test_monitor_uses_the_trained_ensemble_for_score_and_verdict():
 def test_evidence_counts_detectors_only():
     scores = {"prada_w": 0.8, "add_ratio": 2.0, "unique_ratio": 0.97, "lof_ratio": 1.5, "random_forest_ratio": 0.4,
               "lof": 3.0, "label_entropy": 0.9}
-    assert evidence(scores) == pytest.approx({"prada": 2.0, "add": 2.0, "lof": 1.5, "random_forest": 0.4})
+    assert ratios(evidence(scores)) == pytest.approx({"prada": 2.0, "add": 2.0, "lof": 1.5, "random_forest": 0.4})

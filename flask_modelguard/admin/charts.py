@@ -11,7 +11,7 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
-from ..detectors.supervised import detector_evidence
+from ..detectors import registry
 
 #: Evaluations drawn in a timeline: more are thinned evenly, keeping where the flag changes.
 MAX_POINTS = 400
@@ -29,16 +29,11 @@ class Point:
     note: str = ""
 
 
-#: How the dashboard names each detector.
-NAMES = {"add": "ADD", "prada": "PRADA", "population": "population", "steps": "sign steps"}
-
-
 def evidence(scores: Mapping[str, Any], prada_threshold: float) -> list[tuple[str, float | None]]:
-    """Each detector's evidence in one evaluation, its score over its own
-    threshold (1 is "at the threshold"); None when it gave no verdict. The
-    detectors are :func:`~flask_modelguard.detectors.supervised.detector_evidence`'s."""
-    found = detector_evidence(scores, prada_threshold)
-    return [(NAMES.get(kind, kind.replace("_", " ")), value) for kind, value in found.items()]
+    """Each detector's label and evidence in one evaluation, its score over its
+    own threshold (1 is "at the threshold"); None when it gave no verdict. The
+    detectors and their labels are :mod:`~flask_modelguard.detectors.registry`'s."""
+    return [(e.label, e.ratio) for e in registry.evidence(scores, prada_threshold)]
 
 
 def _thin(points: Sequence[Point]) -> list[Point]:

@@ -14,7 +14,6 @@ flagged, not benign evaluations.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -22,6 +21,7 @@ from typing import Any, TypeAlias
 import numpy as np
 
 from .anomaly import DEFAULT_FEATURES
+from .registry import evidence, ratios
 
 #: Features a simulation cannot teach: when real users send their queries
 #: (simulated benign users' timing is not your users'; a forest that learnt it
@@ -30,9 +30,6 @@ TIMING_FEATURES = ("burstiness",)
 #: Inputs of the random forest: the behaviour features (timing left out) plus PRADA's statistic.
 FOREST_FEATURES = (*(f for f in DEFAULT_FEATURES if f not in TIMING_FEATURES), "prada_w", "log_queries",
                    "classes_seen")
-
-#: Detectors whose evidence is ``<kind>_ratio`` in an evaluation's scores.
-MODEL_KINDS = ("isolation_forest", "one_class_svm", "lof", "random_forest")
 
 #: Value of a feature an evaluation lacks (PRADA has too few distances, no ADD reference).
 MISSING = {"prada_w": 1.0}
@@ -148,33 +145,6 @@ class SupervisedModel:
         return dict(zip(self.features, map(float, self._model.feature_importances_)))
 
 
-def evidence(scores: Mapping[str, float | None], prada_threshold: float = 0.9) -> dict[str, float]:
-    """Each detector's evidence in an evaluation: its score over its own
-    threshold (PRADA ``(1 - W) / (1 - δ)``, ADD its ratio, sign steps and
-    models their ``<kind>_ratio``); 1 is "at its threshold". A detector that
-    gave no verdict counts 0 (see :func:`detector_evidence` for the None)."""
-    return {k: (0.0 if v is None else v) for k, v in detector_evidence(scores, prada_threshold).items()}
-
-
-def detector_evidence(scores: Mapping[str, Any], prada_threshold: float = 0.9) -> dict[str, float | None]:
-    """The detectors of an evaluation and their evidence, None where one gave
-    no verdict yet (ADD and PRADA always listed; the population detector, sign
-    steps and the models where they ran). The one list of what a detector is:
-    window statistics such as ``hour_unique_ratio`` are behaviour, not detectors."""
-    def finite(value: Any) -> float | None:
-        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-    w = finite(scores.get("prada_w"))
-    out: dict[str, float | None] = {
-        "add": finite(scores.get("add_ratio")),
-        "prada": None if w is None else (1.0 - w) / (1.0 - prada_threshold),
-    }
-    for kind in ("population", "steps", *MODEL_KINDS):
-        if f"{kind}_ratio" in scores:
-            out[kind] = finite(scores[f"{kind}_ratio"])
-    return out
-
-
 @dataclass
 class StackedEnsemble:
     """A logistic regression over the detectors' evidence (stacking), with a
@@ -199,7 +169,7 @@ class StackedEnsemble:
 
     def fit(self, rows: Sequence[Mapping[str, float]], labels: Column,
             groups: Column | None = None, folds: int = 5) -> StackedEnsemble:
-        """``rows``: :func:`evidence` of each evaluation."""
+        """``rows``: each evaluation's :func:`~.registry.ratios` of its :func:`~.registry.evidence`."""
         y, g = _check(rows, labels, groups, folds)
         if not self.detectors:
             self.detectors = tuple(sorted({k for r in rows for k in r}))
@@ -281,7 +251,7 @@ def train(
     out_of_fold = forest.fit_out_of_fold(scored, y, g)
     evidence_rows = []
     for r, p in zip(scored, out_of_fold):
-        e = evidence(r, prada_threshold)
+        e = ratios(evidence(r, prada_threshold))
         e[forest.kind] = p / forest.threshold if forest.threshold > 0 else 0.0
         evidence_rows.append(e)
     ensemble = StackedEnsemble(fpr=fpr, seed=seed).fit(evidence_rows, y, g)
@@ -292,7 +262,7 @@ def rescore(trained: Trained, rows: Sequence[Mapping[str, Any]], prada_threshold
     """The malicious score that ``trained`` gives each stored evaluation (its
     scores as the monitor recorded them), as the monitor computes it: every
     model's score and ``<kind>_ratio`` first, then the stacked ensemble over
-    :func:`evidence`; batched."""
+    each evaluation's evidence (:mod:`.registry`); batched."""
     scored = [dict(r) for r in rows]
     if not scored:
         return np.empty(0)
@@ -304,4 +274,4 @@ def rescore(trained: Trained, rows: Sequence[Mapping[str, Any]], prada_threshold
                 r[f"{model.kind}_ratio"] = float(value) / model.threshold
     if trained.ensemble is None:
         return np.zeros(len(scored))
-    return trained.ensemble.malicious_many([evidence(r, prada_threshold) for r in scored])
+    return trained.ensemble.malicious_many([ratios(evidence(r, prada_threshold)) for r in scored])

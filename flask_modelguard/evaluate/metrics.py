@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from ..detectors.registry import ENSEMBLE_SCORE, hard_flag
 from ..detectors.supervised import rescore
-from ..monitor import hard_flag
 
 #: Guard modes in the order tables show them; other modes follow, sorted.
 MODES = ("off", "shadow", "default")
 #: The ensemble score; the flag decision is taken on it.
-ENSEMBLE = "malicious"
+ENSEMBLE = ENSEMBLE_SCORE
 
 Run = Mapping[str, Any]
 
@@ -322,10 +322,11 @@ def _row_queries(evaluations: Evaluations) -> list[int]:
     return [int(round(math.expm1(float(r.get("log_queries") or 0.0)))) for r in evaluations["rows"]]
 
 
-def _flag_queries(trained: Any, evaluations: Evaluations, names: set[str], prada_threshold: float) -> dict[str, int | None]:
+def _flag_queries(trained: Any, evaluations: Evaluations, names: set[str],
+                  prada_threshold: float) -> dict[str, int | None]:
     """Per account of ``names``: its queries at the first evaluation scored
     ≥ 0.5, or holding hard evidence that flags whatever the verdict (sign
-    steps, :func:`~flask_modelguard.monitor.hard_flag`); None: never."""
+    steps, :func:`~flask_modelguard.detectors.registry.hard_flag`); None: never."""
     groups = [str(g) for g in evaluations["groups"]]
     index = [i for i, g in enumerate(groups) if g in names]
     scores = rescore(trained, [evaluations["rows"][i] for i in index], prada_threshold)
@@ -362,7 +363,8 @@ def leave_one_family_out(training: Evaluations, test: Evaluations, families: Map
     """
     from ..detectors.supervised import train
 
-    options: dict[str, Any] = {"anomaly_kinds": list(anomaly_kinds), "fpr": fpr, "prada_threshold": prada_threshold, "seed": seed}
+    options: dict[str, Any] = {"anomaly_kinds": list(anomaly_kinds), "fpr": fpr, "prada_threshold": prada_threshold,
+                               "seed": seed}
     labels = [bool(v) for v in test["labels"]]
     benign = {str(g) for g, m in zip(test["groups"], labels) if not m}
     malicious = {str(g) for g, m in zip(test["groups"], labels) if m}

@@ -14,33 +14,26 @@ from typing import Any
 
 import numpy as np
 
+from ..detectors.registry import ENSEMBLE_SCORE, evidence
 from ..exc import InvalidValue
-from ..extension import ModelGuard
+from ..runtime import state_of
 from ..simulate.actor import Actor, World
 from ..simulate.clock import SimulatedClock
 from ..simulate.runner import Simulation, WSGITransport
 from .scenario import ACCOUNT_KEYS, MODES, Scenario, import_string, load_scenario
+from .theft import account_names, clones, independent
 
 Progress = Callable[[str, int, int], None]
 
 
-def _account_names(actor: Actor) -> list[str]:
-    return [actor.name] if actor.accounts == 1 else [f"{actor.name}#{k}" for k in range(actor.accounts)]
-
-
 def _evidence(scores: dict[str, Any], prada_threshold: float) -> dict[str, float]:
-    """Each detector's evidence in one evaluation (higher: more malicious)."""
-    out: dict[str, float] = {}
-    if scores.get("malicious") is not None:
-        out["malicious"] = scores["malicious"]
-    if scores.get("add_ratio") is not None:
-        out["add"] = scores["add_ratio"]
-    if scores.get("prada_w") is not None:
-        out["prada"] = (1.0 - scores["prada_w"]) / (1.0 - prada_threshold)
-    for kind in ("isolation_forest", "one_class_svm", "lof", "random_forest"):
-        if scores.get(kind) is not None:
-            out[kind] = scores[kind]
-    return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}
+    """Each detector's evidence in one evaluation (:func:`~..detectors.registry.evidence`:
+    its score over its threshold), and the ensemble's score; those with a verdict."""
+    out = {e.kind: e.ratio for e in evidence(scores, prada_threshold) if e.ratio is not None}
+    malicious = scores.get(ENSEMBLE_SCORE)
+    if isinstance(malicious, (int, float)) and math.isfinite(malicious):
+        out = {ENSEMBLE_SCORE: float(malicious), **out}
+    return out
 
 
 def _build(scenario: Scenario, actors_spec: list[dict[str, Any]]) -> list[Actor]:
@@ -60,37 +53,75 @@ def run_mode(
     labelled evaluations), the actors (with what they were served), the world
     and the app."""
     clock = SimulatedClock()
-    config = {
+    app = import_string(scenario.app)(_config(scenario, mode, workdir, name or mode, clock))
+    state = state_of(app)
+    world: World = import_string(scenario.world)(app)
+    if training is not None and state.settings.enabled:
+        state.fit_detectors(training)
+    specs = scenario.expand()
+    actors = _build(scenario, specs)
+    keys = _open_accounts(app, scenario, actors, specs)
+    simulation, elapsed = _simulate(app, scenario, mode, world, actors, keys, clock, progress)
+    accounts, rows = _collect(app, actors, clock, simulation)
+    result = {
+        "mode": mode,
+        "queries": int(sum(s.n for s in simulation.log if s.status != 429)),
+        "requests": len(simulation.log),
+        "refused": int(sum(1 for s in simulation.log if s.status >= 400)),
+        "alerts": int(sum(a["flagged"] for a in accounts)),  # one alert per flag (no unflagging here)
+        "simulated_seconds": clock.elapsed,
+        "wall_seconds": round(elapsed, 2),
+        "accounts": accounts,
+        "benign": _benign([a for a in actors if not a.malicious], world),
+        "benign_unflagged": _benign([a for a in actors if not a.malicious
+                                     and not any(r["flagged"] for r in accounts if r["actor"] == a.name)], world),
+        "training": rows,
+    }
+    return result, actors, world, app
+
+
+def _config(scenario: Scenario, mode: str, workdir: str, name: str, clock: SimulatedClock) -> dict[str, Any]:
+    """The app's configuration for one run: the scenario's, the mode's, a fresh
+    database in ``workdir`` and the simulated clock."""
+    return {
         # The keys of watermarks and misinformation come from the app's secret:
         # fixed by the seed, so that a seed reproduces a run on any machine.
         "SECRET_KEY": f"modelguard-evaluation-{scenario.seed}",
         **scenario.config,
         **MODES[mode],
-        "MODELGUARD_DATABASE_URL": f"sqlite:///{os.path.join(workdir, name or mode)}.db",
+        "MODELGUARD_DATABASE_URL": f"sqlite:///{os.path.join(workdir, name)}.db",
         "MODELGUARD_CREATE_TABLES": True,
         "MODELGUARD_CLOCK": clock,
         "MODELGUARD_STORAGE_URI": "simulated://",
         "MODELGUARD_STORAGE_OPTIONS": {"clock": clock},
         "MODELGUARD_FLUSH_INTERVAL": 3600.0,  # the simulation drains the worker itself
     }
-    app = import_string(scenario.app)(config)
-    state = ModelGuard.state(app)
+
+
+def _open_accounts(app: Any, scenario: Scenario, actors: list[Actor],
+                   specs: list[dict[str, Any]]) -> dict[tuple[str, int], str]:
+    """Each actor's accounts created and their keys issued ("none" with the guard off)."""
+    state = state_of(app)
     guard = state.guard
-    world: World = import_string(scenario.world)(app)
-    if training is not None and state.settings.enabled:
-        state.fit_detectors(training)
-    specs = scenario.expand()
-    actors = _build(scenario, specs)
     keys: dict[tuple[str, int], str] = {}
-    enabled = state.settings.enabled
     with app.app_context():
         for actor, spec in zip(actors, specs):
-            for k, name in enumerate(_account_names(actor)):
-                if enabled:
+            for k, name in enumerate(account_names(actor)):
+                if state.settings.enabled:
                     guard.create_account(name, tier=spec.get("tier"), limits=spec.get("limits", scenario.limits))
                     keys[(actor.name, k)] = guard.issue_key(name)
                 else:
                     keys[(actor.name, k)] = "none"
+    return keys
+
+
+def _simulate(app: Any, scenario: Scenario, mode: str, world: World, actors: list[Actor],
+              keys: dict[tuple[str, int], str], clock: SimulatedClock,
+              progress: Progress | None) -> tuple[Simulation, float]:
+    """Send the actors' traffic (draining the worker and persisting states on
+    the scenario's schedule); the simulation and its wall time."""
+    state = state_of(app)
+    enabled = state.settings.enabled
     persisted = [clock()]
 
     def every(n: int) -> None:
@@ -106,43 +137,34 @@ def run_mode(
                             clock=clock, seed=scenario.seed, every=every)
     started = time.perf_counter()
     simulation.run(None if progress is None else (lambda done, total: progress(mode, done, total)))
-    elapsed = time.perf_counter() - started
+    return simulation, time.perf_counter() - started
+
+
+def _collect(app: Any, actors: list[Actor], clock: SimulatedClock,
+             simulation: Simulation) -> tuple[list[dict[str, Any]], dict[str, list[Any]]]:
+    """Each account's result, and the labelled evaluations of the guard's score
+    history (``{"rows", "labels", "groups"}``: the supervised detectors' training set)."""
+    state = state_of(app)
     accounts: list[dict[str, Any]] = []
     rows: dict[str, list[Any]] = {"rows": [], "labels": [], "groups": []}
-    alerts = 0
-    if enabled:
-        guard.flush(app)
-        with app.app_context():
-            stored = {a["name"]: a for a in guard.list_accounts()}
-            for actor in actors:
-                for name in _account_names(actor):
-                    history = guard.score_history(name)
-                    accounts.append(_account(actor, name, stored[name], history, state.settings.prada_threshold,
-                                             clock.start, simulation))
-                    alerts += int(accounts[-1]["flagged"])  # one alert per flag (no unflagging here)
-                    for h in history:
-                        rows["rows"].append({k: v for k, v in (h["scores"] or {}).items() if v is not None})
-                        rows["labels"].append(actor.malicious)
-                        rows["groups"].append(name)
-    else:
+    if not state.settings.enabled:
         for actor in actors:
-            for name in _account_names(actor):
-                accounts.append(_account(actor, name, None, [], 0.9, clock.start, simulation))
-    result = {
-        "mode": mode,
-        "queries": int(sum(s.n for s in simulation.log if s.status != 429)),
-        "requests": len(simulation.log),
-        "refused": int(sum(1 for s in simulation.log if s.status >= 400)),
-        "alerts": alerts,
-        "simulated_seconds": clock.elapsed,
-        "wall_seconds": round(elapsed, 2),
-        "accounts": accounts,
-        "benign": _benign([a for a in actors if not a.malicious], world),
-        "benign_unflagged": _benign([a for a in actors if not a.malicious
-                                     and not any(r["flagged"] for r in accounts if r["actor"] == a.name)], world),
-        "training": rows,
-    }
-    return result, actors, world, app
+            accounts += [_account(actor, name, None, [], 0.9, clock.start, simulation) for name in account_names(actor)]
+        return accounts, rows
+    guard = state.guard
+    guard.flush(app)
+    with app.app_context():
+        stored = {a["name"]: a for a in guard.list_accounts()}
+        for actor in actors:
+            for name in account_names(actor):
+                history = guard.score_history(name)
+                accounts.append(_account(actor, name, stored[name], history, state.settings.prada_threshold,
+                                         clock.start, simulation))
+                for h in history:
+                    rows["rows"].append({k: v for k, v in (h["scores"] or {}).items() if v is not None})
+                    rows["labels"].append(actor.malicious)
+                    rows["groups"].append(name)
+    return accounts, rows
 
 
 def _account(actor: Actor, name: str, stored: dict[str, Any] | None, history: list[dict[str, Any]],
@@ -196,71 +218,6 @@ def _labels_of(inputs: np.ndarray, world: World) -> np.ndarray | None:
     return np.asarray(labels)
 
 
-def _clones(scenario: Scenario, mode: str, actors: list[Actor], world: World, app: Any) -> list[dict[str, Any]]:
-    from ..simulate.surrogate import learning_curve
-
-    state = ModelGuard.state(app)
-    options = dict(scenario.surrogate)
-    answers = options.pop("answers", "labels")
-    kind = options.pop("kind", "mlp")
-    out = []
-    for actor in actors:
-        if not actor.malicious:
-            continue
-        served = "probabilities" if answers == "auto" and actor.P is not None else "labels"
-        last: dict[str, Any] = {}
-
-        def keep(size: int, clone: Any, last: dict[str, Any] = last) -> None:
-            last["clone"] = clone  # the clone of the largest prefix comes last
-
-        curve = learning_curve(actor, world, checkpoints=scenario.checkpoints, kind=kind, answers=served,
-                               seed=scenario.seed, on_clone=keep, **options)
-        watermark = None
-        if state.settings.enabled and "clone" in last:
-            watermark = _watermark(state, _account_names(actor), last["clone"])
-        out.append({"actor": actor.name, "kind": actor.kind, "surrogate": kind,
-                    "answers": served, "curve": curve, "watermark": watermark})
-    return out
-
-
-def _watermark(state: Any, names: list[str], clone: Any) -> dict[str, Any] | None:
-    """The most significant ownership test of ``clone`` over ``names``'
-    watermarks, and the attribution: the account, among all that received
-    watermarks, whose test is the most significant."""
-    def suspect(xs: list[Any]) -> list[Any]:
-        return list(clone.predict(np.asarray(xs, dtype=float)))
-
-    best = None
-    with state._app().app_context():
-        for name in names:
-            result = state.guard.verify_watermark(name, suspect)
-            if result.probes and (best is None or result.log2_p < best.log2_p):
-                best = result
-        ranked = state.guard.attribute(suspect) if best is not None else []
-    if best is None:
-        return None
-    top = ranked[0] if ranked and ranked[0].claimed else None
-    return {"account": best.account, "probes": best.probes, "matched": best.matches,
-            "log2_p": best.log2_p, "claimed": best.claimed,
-            "attributed_to": None if top is None else top.account}
-
-
-def _independent(scenario: Scenario, actors: list[Actor], world: World, app: Any) -> dict[str, Any] | None:
-    """An independently trained model (on the owner's own labelled data, not
-    on stolen answers), tested against every thief's watermarks: a control."""
-    from ..simulate.surrogate import train_clone
-
-    state = ModelGuard.state(app)
-    if not state.settings.enabled:
-        return None
-    labels = world.victim(world.pool).argmax(axis=1)
-    options = {k: v for k, v in scenario.surrogate.items() if k != "answers"}
-    clone = train_clone(world.pool, labels, answers="labels", seed=scenario.seed + 1,
-                        low=world.low, high=world.high, **options)
-    names = [n for a in actors if a.malicious for n in _account_names(a)]
-    return {"watermark": _watermark(state, names, clone)}
-
-
 def run(
     scenario: str | dict[str, Any] | Scenario,
     *,
@@ -278,10 +235,26 @@ def run(
     leave-one-family-out measurement of the supervised detectors
     (:func:`~.metrics.leave_one_family_out`; it needs a practice run, so a
     scenario without ``train_seed`` gets ``seed + 1000``)."""
-    from .report import write_report
+    scenario = _prepared(scenario if isinstance(scenario, Scenario) else load_scenario(scenario), seed, modes, lofo)
+    lofo_mode = _lofo_mode(scenario) if scenario.lofo else None
+    runs: dict[str, dict[str, Any]] = {}
+    training: dict[str, Any] | None = None
+    practice: list[dict[str, Any]] | None = None
+    lofo_result: dict[str, Any] | None = None
+    with tempfile.TemporaryDirectory(prefix="modelguard-eval-") as tmp:
+        where = workdir or tmp
+        if scenario.train_seed is not None:
+            training, practice = _practice(scenario, where, progress)
+        for mode in scenario.modes:
+            runs[mode], measured = _measure(scenario, mode, where, progress, training, practice,
+                                            lofo=mode == lofo_mode)
+            lofo_result = measured or lofo_result
+        latency = _latency(scenario, where) if scenario.latency_requests else None
+    return _finish(scenario, runs, latency, training, lofo_result, out=out, plots=plots)
 
-    if not isinstance(scenario, Scenario):
-        scenario = load_scenario(scenario)
+
+def _prepared(scenario: Scenario, seed: int | None, modes: list[str] | None, lofo: bool | None) -> Scenario:
+    """``scenario`` with :func:`run`'s overrides (a LOFO run gets a practice run's seed)."""
     if seed is not None:
         scenario.seed = seed
     if modes is not None:
@@ -290,43 +263,47 @@ def run(
         scenario.lofo = bool(lofo)
     if scenario.lofo and scenario.train_seed is None:
         scenario.train_seed = scenario.seed + 1000
-    lofo_mode = _lofo_mode(scenario) if scenario.lofo else None
-    runs: dict[str, dict[str, Any]] = {}
-    training = practice_accounts = lofo_result = None
-    with tempfile.TemporaryDirectory(prefix="modelguard-eval-") as tmp:
-        if scenario.train_seed is not None:
-            # The supervised detectors learn from another simulation (other
-            # users, other seeds) of the same scenario, in shadow mode.
-            practice = Scenario.from_dict({**scenario.to_dict(), "seed": scenario.train_seed})
-            result, _, _, app = run_mode(practice, "shadow", workdir or tmp, progress=_named(progress, "training"),
-                                       name="training")
-            ModelGuard.state(app).close()
-            training, practice_accounts = result["training"], result["accounts"]
-        for mode in scenario.modes:
-            result, actors, world, app = run_mode(scenario, mode, workdir or tmp, progress=progress,
-                                                  training=training)
-            evaluations = result.pop("training")
-            if mode == lofo_mode:
-                settings = ModelGuard.state(app).settings
-                lofo_result = _lofo(training, practice_accounts, evaluations, result["accounts"], settings)
-                lofo_result["mode"] = mode
-            try:
-                result["clones"] = _clones(scenario, mode, actors, world, app)
-                result["independent"] = _independent(scenario, actors, world, app)
-            finally:
-                ModelGuard.state(app).close()
-            runs[mode] = result
-        latency = _latency(scenario, workdir or tmp) if scenario.latency_requests else None
+    return scenario
+
+
+def _practice(scenario: Scenario, workdir: str,
+              progress: Progress | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The practice run the supervised detectors learn from: another simulation
+    (other users, other seeds) of the same scenario, in shadow mode; its
+    labelled evaluations and its accounts."""
+    practice = Scenario.from_dict({**scenario.to_dict(), "seed": scenario.train_seed})
+    result, _, _, app = run_mode(practice, "shadow", workdir, progress=_named(progress, "training"), name="training")
+    state_of(app).close()
+    return result["training"], result["accounts"]
+
+
+def _measure(scenario: Scenario, mode: str, workdir: str, progress: Progress | None,
+             training: dict[str, Any] | None, practice: list[dict[str, Any]] | None,
+             *, lofo: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One mode's run, its thieves' clones and the independent control; and,
+    when ``lofo``, the leave-one-family-out measurement on its evaluations."""
+    result, actors, world, app = run_mode(scenario, mode, workdir, progress=progress, training=training)
+    evaluations = result.pop("training")
+    lofo_result = None
+    if lofo:
+        settings = state_of(app).settings
+        lofo_result = {**_lofo(training, practice, evaluations, result["accounts"], settings), "mode": mode}
+    try:
+        result["clones"] = clones(scenario, actors, world, app)
+        result["independent"] = independent(scenario, actors, world, app)
+    finally:
+        state_of(app).close()
+    return result, lofo_result
+
+
+def _finish(scenario: Scenario, runs: dict[str, dict[str, Any]], latency: dict[str, Any] | None,
+            training: dict[str, Any] | None, lofo_result: dict[str, Any] | None, *, out: str | None,
+            plots: bool) -> dict[str, Any]:
+    """The report of the runs: returned, or written to ``out`` (with the training set, when there is one)."""
     summary = scenario.to_dict()
     summary["config"] = {k: v for k, v in summary["config"].items() if _jsonable(v)}
     if latency is not None:
         summary["latency"] = latency
-    if out is not None and training is not None:
-        import json
-
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "training.json"), "w") as fh:
-            json.dump(training, fh)
     if out is None:
         from .metrics import detection_metrics, theft_metrics
 
@@ -334,6 +311,14 @@ def run(
                   "metrics": {m: {"detection": detection_metrics(r), "theft": theft_metrics(r)}
                               for m, r in runs.items()}}
         return report if lofo_result is None else {**report, "lofo": lofo_result}
+    if training is not None:
+        import json
+
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "training.json"), "w") as fh:
+            json.dump(training, fh)
+    from .report import write_report
+
     return write_report(out, summary, runs, plots=plots, lofo=lofo_result)
 
 
@@ -377,7 +362,7 @@ def _latency(scenario: Scenario, workdir: str) -> dict[str, Any]:
         key = "none"
         if mode != "off":
             with app.app_context():
-                guard = ModelGuard.state(app).guard
+                guard = state_of(app).guard
                 guard.create_account("latency", limits="100000000/day")
                 key = guard.issue_key("latency")
         bodies[mode] = ({"instances": world.pool[:1].tolist()}, {"X-API-Key": key})
@@ -394,7 +379,7 @@ def _latency(scenario: Scenario, workdir: str) -> dict[str, Any]:
                 if r and response.status_code == 200:  # round 0 warms up
                     times[mode].append(elapsed)
     for app in apps:
-        ModelGuard.state(app).close()
+        state_of(app).close()
     bare, guarded = float(np.median(times["off"])) * 1e3, float(np.median(times["default"])) * 1e3
     return {"bare_ms": bare, "guarded_ms": guarded, "ratio": guarded / bare, "requests": len(times["default"])}
 

@@ -1,0 +1,85 @@
+"""What the thieves of a run got: each one's clone, its fidelity and the
+ownership test of the guard's watermarks on it; and a control, a model trained
+independently, tested against the same watermarks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..runtime import state_of
+from ..simulate.actor import Actor, World
+from .scenario import Scenario
+
+
+def account_names(actor: Actor) -> list[str]:
+    """The accounts of an actor: its name, or ``name#k`` for each of a sybil's accounts."""
+    return [actor.name] if actor.accounts == 1 else [f"{actor.name}#{k}" for k in range(actor.accounts)]
+
+
+def clones(scenario: Scenario, actors: list[Actor], world: World, app: Any) -> list[dict[str, Any]]:
+    """Each thief's clone trained on what it was served (the learning curve of
+    :func:`~..simulate.surrogate.learning_curve`), and the last clone's watermark test."""
+    from ..simulate.surrogate import learning_curve
+
+    state = state_of(app)
+    options = dict(scenario.surrogate)
+    answers = options.pop("answers", "labels")
+    kind = options.pop("kind", "mlp")
+    out = []
+    for actor in actors:
+        if not actor.malicious:
+            continue
+        served = "probabilities" if answers == "auto" and actor.P is not None else "labels"
+        last: dict[str, Any] = {}
+
+        def keep(size: int, clone: Any, last: dict[str, Any] = last) -> None:
+            last["clone"] = clone  # the clone of the largest prefix comes last
+
+        curve = learning_curve(actor, world, checkpoints=scenario.checkpoints, kind=kind, answers=served,
+                               seed=scenario.seed, on_clone=keep, **options)
+        watermark = None
+        if state.settings.enabled and "clone" in last:
+            watermark = _watermark(state, account_names(actor), last["clone"])
+        out.append({"actor": actor.name, "kind": actor.kind, "surrogate": kind,
+                    "answers": served, "curve": curve, "watermark": watermark})
+    return out
+
+
+def _watermark(state: Any, names: list[str], clone: Any) -> dict[str, Any] | None:
+    """The most significant ownership test of ``clone`` over ``names``'
+    watermarks, and the attribution: the account, among all that received
+    watermarks, whose test is the most significant."""
+    def suspect(xs: list[Any]) -> list[Any]:
+        return list(clone.predict(np.asarray(xs, dtype=float)))
+
+    best = None
+    with state._app().app_context():
+        for name in names:
+            result = state.guard.verify_watermark(name, suspect)
+            if result.probes and (best is None or result.log2_p < best.log2_p):
+                best = result
+        ranked = state.guard.attribute(suspect) if best is not None else []
+    if best is None:
+        return None
+    top = ranked[0] if ranked and ranked[0].claimed else None
+    return {"account": best.account, "probes": best.probes, "matched": best.matches,
+            "log2_p": best.log2_p, "claimed": best.claimed,
+            "attributed_to": None if top is None else top.account}
+
+
+def independent(scenario: Scenario, actors: list[Actor], world: World, app: Any) -> dict[str, Any] | None:
+    """An independently trained model (on the owner's own labelled data, not
+    on stolen answers), tested against every thief's watermarks: a control."""
+    from ..simulate.surrogate import train_clone
+
+    state = state_of(app)
+    if not state.settings.enabled:
+        return None
+    labels = world.victim(world.pool).argmax(axis=1)
+    options = {k: v for k, v in scenario.surrogate.items() if k != "answers"}
+    clone = train_clone(world.pool, labels, answers="labels", seed=scenario.seed + 1,
+                        low=world.low, high=world.high, **options)
+    names = [n for a in actors if a.malicious for n in account_names(a)]
+    return {"watermark": _watermark(state, names, clone)}
