@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from flask import Flask
 
+from .detectors.registry import KINDS
 from .detectors.supervised import Trained, rescore
 from .exc import InvalidValue
 from .reference_data import read_source
@@ -33,6 +34,9 @@ from .simulate.actor import World
 from .simulate.attackers import ACTORS, make_actor
 from .simulate.clock import SimulatedClock
 from .simulate.runner import Simulation, WSGITransport
+
+#: The ratios of the detectors that measure distance to a reference (what a shifted copy of a benign user moves).
+_REFERENCE_RATIOS = tuple(k.ratio for k in KINDS.values() if k.threshold == "reference" and k.ratio)
 
 log = logging.getLogger("flask_modelguard")
 
@@ -229,7 +233,7 @@ def _with_shifted_benign(training: dict[str, Any]) -> dict[str, Any]:
         if label:
             continue
         shifted = dict(row)
-        for name in ("add_ratio", "population_ratio"):
+        for name in _REFERENCE_RATIOS:
             if shifted.get(name) is not None:
                 shifted[name] = shifted[name] * SHIFT
         for key, value in zip(("rows", "labels", "groups", "families", "queries"), (shifted, label, f"{group}~", *rest)):

@@ -67,7 +67,7 @@ _RATE = _strict(lambda value: 0 < value < 1, "{key} must be a fraction in (0, 1)
 
 # Checks that raise InvalidValue with a message of their own (a rule of just ``{"check": ...}``).
 def _anomaly_models(value: Any) -> bool:
-    from .detectors.anomaly import KINDS
+    from .detectors.registry import ANOMALY_KINDS as KINDS
 
     if not isinstance(value, (list, tuple)) or not set(value) <= set(KINDS):
         raise InvalidValue(f"{PREFIX}ANOMALY_MODELS must list some of {', '.join(KINDS)}")

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from .registry import ANOMALY_KINDS
+
 #: Behaviour features that do not grow with the account's size (plus the
 #: other detectors' size-normalised scores).
 DEFAULT_FEATURES = (
@@ -27,7 +29,8 @@ DEFAULT_FEATURES = (
     "high_confidence_share", "feature_spread", "burstiness", "add_ratio",
 )
 
-KINDS = ("isolation_forest", "one_class_svm", "lof")
+#: The anomaly models there are (the registry's "fit" kinds: MODELGUARD_ANOMALY_MODELS).
+KINDS = ANOMALY_KINDS
 
 
 def _make(kind: str, seed: int) -> Any:
