@@ -16,6 +16,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy.exc import SQLAlchemyError
 
+from .admin.service import AdminService
 from .exc import InvalidValue, ModelGuardError
 from .keys import key_hint
 from .ownership import DEFAULT_THRESHOLD_LOG2, file_suspect, http_suspect, verify
@@ -45,16 +46,15 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _audit(action: str, target: str | None, before: Any = None, after: Any = None) -> None:
-    """Record a change made from the shell in the audit log (actor ``cli:<user>``)."""
+def _service() -> AdminService:
+    """The admin service: every change made from the shell goes through it (audited as :func:`_actor`)."""
+    return AdminService.of(state_of(current_app))
+
+
+def _actor() -> str:
     from .admin.cli import cli_actor
 
-    state_of(current_app).admin.audit(cli_actor(), action, target, before, after)
-
-
-def _account_fields(account: str, *fields: str) -> dict[str, Any]:
-    row = state_of(current_app).repository.get_account(account)
-    return {f: row[f] for f in fields}
+    return cli_actor()
 
 
 def _show_key(token: str, what: str) -> None:
@@ -85,13 +85,11 @@ def init_db() -> None:
 @_friendly
 def create_account(name: str, tier: str | None, limits: str | None, key: bool) -> None:
     """Create an account (and its first API key)."""
-    account = _guard().create_account(name, tier=tier, limits=limits)
-    _audit("create-account", name, None, {"tier": account["tier"], "limits": account["limits"]})
+    service, actor = _service(), _actor()
+    account = service.create_account(actor, name, tier=tier, limits=limits)
     click.echo(f"Created account {account['name']!r} (tier {account['tier']}).")
     if key:
-        token = _guard().issue_key(name)
-        _audit("issue-key", name, None, {"prefix": token.split("_")[1]})
-        _show_key(token, "API key")
+        _show_key(service.issue_key(actor, name).token, "API key")
 
 
 @modelguard_cli.command("issue-key")
@@ -100,9 +98,7 @@ def create_account(name: str, tier: str | None, limits: str | None, key: bool) -
 @_friendly
 def issue_key(account: str) -> None:
     """Issue a new API key for ACCOUNT."""
-    token = _guard().issue_key(account)
-    _audit("issue-key", account, None, {"prefix": token.split("_")[1]})
-    _show_key(token, "API key")
+    _show_key(_service().issue_key(_actor(), account).token, "API key")
 
 
 @modelguard_cli.command("rotate-key")
@@ -112,10 +108,7 @@ def issue_key(account: str) -> None:
 @_friendly
 def rotate_key(key: str, grace: float | None) -> None:
     """Replace KEY (its prefix or the whole key) with a new one."""
-    token = _guard().rotate_key(key, grace=grace)
-    old = key.split("_")[1] if key.startswith("mg_") else key
-    _audit("rotate-key", old, {"prefix": old}, {"prefix": token.split("_")[1], "grace": grace})
-    _show_key(token, "New API key")
+    _show_key(_service().rotate_key(_actor(), key, grace).token, "New API key")
 
 
 @modelguard_cli.command("revoke-key")
@@ -124,8 +117,7 @@ def rotate_key(key: str, grace: float | None) -> None:
 @_friendly
 def revoke_key(key: str) -> None:
     """Revoke KEY (its prefix or the whole key) now."""
-    row = _guard().revoke_key(key)
-    _audit("revoke-key", row["prefix"], None, {"revoked_at": str(row["revoked_at"])})
+    row = _service().revoke_key(_actor(), key)
     click.echo(f"Revoked {key_hint(row['prefix'])} of account {row['account']!r}.")
 
 
@@ -136,7 +128,7 @@ def revoke_key(key: str) -> None:
 @_friendly
 def list_accounts(status: str | None, as_json: bool) -> None:
     """List accounts with tier, status and number of live keys."""
-    rows = _guard().list_accounts(status)
+    rows = _service().accounts(status=status, sort="name", limit=None).items
     if as_json:
         for row in rows:
             click.echo(json.dumps(row, default=str))
@@ -166,9 +158,7 @@ def list_keys(account: str) -> None:
 @_friendly
 def set_status(account: str, status: str) -> None:
     """Set ACCOUNT's status: active, suspended or blocked."""
-    before = _account_fields(account, "status")
-    _guard().update_account(account, status=status)
-    _audit("update-account", account, before, {"status": status})
+    _service().update_account(_actor(), account, status=status)
     click.echo(f"Account {account!r} is now {status}.")
 
 
@@ -179,9 +169,7 @@ def set_status(account: str, status: str) -> None:
 @_friendly
 def set_tier(account: str, tier: str) -> None:
     """Move ACCOUNT to TIER."""
-    before = _account_fields(account, "tier")
-    _guard().update_account(account, tier=tier)
-    _audit("update-account", account, before, {"tier": tier})
+    _service().update_account(_actor(), account, tier=tier)
     click.echo(f"Account {account!r} is now on tier {tier}.")
 
 
@@ -192,9 +180,7 @@ def set_tier(account: str, tier: str) -> None:
 @_friendly
 def set_limits(account: str, limits: str) -> None:
     """Override ACCOUNT's limits ("5/second;100/day"); "tier" restores the tier's."""
-    before = _account_fields(account, "limits")
-    _guard().update_account(account, limits=None if limits == "tier" else limits)
-    _audit("update-account", account, before, {"limits": None if limits == "tier" else limits})
+    _service().update_account(_actor(), account, limits=None if limits == "tier" else limits)
     click.echo(f"Account {account!r} limits: {limits}.")
 
 
@@ -205,9 +191,7 @@ def set_limits(account: str, limits: str) -> None:
 @_friendly
 def flag(account: str, off: bool) -> None:
     """Flag ACCOUNT: its answers follow the suspicious-account policy."""
-    before = _account_fields(account, "flagged")
-    _guard().update_account(account, flagged=not off)
-    _audit("update-account", account, before, {"flagged": not off})
+    _service().update_account(_actor(), account, flagged=not off)
     click.echo(f"Account {account!r} is {'no longer ' if off else ''}flagged.")
 
 
@@ -221,8 +205,7 @@ def add_canaries(file: Any, note: str | None) -> None:
     inputs = json.load(file)
     if not isinstance(inputs, list) or not inputs:
         raise click.ClickException("FILE must hold a non-empty JSON list of inputs.")
-    added = _guard().add_canaries(inputs, note)
-    _audit("add-canaries", None, None, {"added": added, "note": note})
+    added = _service().add_canaries(_actor(), inputs, note)
     click.echo(f"{added} new canary input(s) registered ({len(inputs) - added} already known).")
 
 
@@ -297,8 +280,7 @@ def fit_reference(file: str) -> None:
         inputs, labels = read_source(file)
     except InvalidValue as exc:
         raise click.ClickException(str(exc)) from None
-    reference = _guard().fit_reference(inputs, labels, source="cli")
-    _audit("fit-reference", file, None, {"inputs": len(inputs), "classes": len(reference.classes)})
+    reference = _service().fit_reference(_actor(), inputs, labels, source="cli", target=file)
     sizes = ", ".join(f"{n}: {t:.1f}" for n, t in reference.thresholds)
     click.echo(f"Reference of {len(reference.classes)} classes stored; ADD thresholds by account size: {sizes}")
 
@@ -344,11 +326,10 @@ def fit_detectors(file: str) -> None:
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("rows", "labels", "groups")):
         raise click.ClickException('FILE must hold {"rows": [...], "labels": [...], "groups": [...]}.')
     try:
-        trained = _guard().fit_detectors(data)
+        trained = _service().fit_detectors(_actor(), data, target=file)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     assert trained.supervised is not None and trained.ensemble is not None
-    _audit("fit-detectors", file, None, {"rows": len(data["rows"]), "accounts": trained.accounts})
     click.echo(f"Trained on {len(data['rows'])} evaluations of {trained.accounts} accounts "
                f"({trained.malicious_accounts} malicious): random forest threshold "
                f"{trained.supervised.threshold:.3f}, ensemble threshold {trained.ensemble.threshold:.3f} "
@@ -375,7 +356,6 @@ def calibrate(reference: str | None, route: str | None, benign: int, budget: int
     sandboxed copy of the protected route; the trained set is stored, and
     every process of the app uses it from its worker's next tick."""
     from .calibration import FAMILIES
-    from .calibration import calibrate as run_calibration
     from .reference_data import read_source
 
     chosen = tuple(f.strip() for f in families.split(",") if f.strip()) if families else FAMILIES
@@ -390,12 +370,10 @@ def calibrate(reference: str | None, route: str | None, benign: int, budget: int
             raise click.ClickException(str(exc)) from None
     progress, finish = progress_bars("simulation")
     try:
-        result = run_calibration(current_app._get_current_object(), inputs=inputs, labels=labels,  # type: ignore[attr-defined]
-                                 route=route, benign=benign, budget=budget, families=chosen, seed=seed,
-                                 progress=progress)
+        result = _service().calibrate(_actor(), inputs=inputs, labels=labels, route=route, benign=benign,
+                                      budget=budget, families=chosen, seed=seed, progress=progress)
     finally:
         finish()
-    _audit("calibrate", None, None, result.summary())
     echo_calibration(result)
 
 

@@ -143,3 +143,8 @@ class ResourceNotFound(Problem):
 
 class Conflict(Problem):
     status, slug, title = 409, "conflict", "Conflict"
+
+
+class AlreadyExists(InvalidValue):
+    """An operator tried to create something (an account, an admin token)
+    under a name that is taken. The admin API answers it with 409."""

@@ -128,7 +128,7 @@ def test_shadow_mode_alerts_once_without_flagging(make_guarded, caplog):
     for queries in (30, 40):
         evaluation = {"account_id": account_id, "ts": 1.0, "queries": queries, "scores": {},
                       "reasons": ["ADD 50.0 > 26.3 at 30 distinct queries"]}
-        state._write_events([{**base, "account_id": account_id, "evaluation": evaluation}])
+        state.pipeline.write([{**base, "account_id": account_id, "evaluation": evaluation}])
     alerts, total = state.admin.alerts()
     assert total == 1 and alerts[0]["action"] == "observe" and alerts[0]["reason"].startswith("ADD")
     assert not state.repository.get_account(name)["flagged"]
@@ -214,8 +214,9 @@ def test_review_fixes_names_exports_audit_and_odd_ids(make_guarded):
     assert key.split("_")[2] not in json.dumps(client.get(f"{API}/audit?limit=1000", headers=auth).get_json())
     assert problem_of(client.post(f"{API}/alerts/%C2%B2/ack", headers=auth))["status"] == 404
     again = make_guarded()
-    again.guard.init_app(again.app)  # a second init_app on the same app registers nothing twice
-    assert again.client.get(f"{API}/openapi.json").status_code == 200
+    with pytest.raises(RuntimeError, match="already initialised"):
+        again.guard.init_app(again.app)  # a second init_app on the same app is refused ...
+    assert again.client.get(f"{API}/openapi.json").status_code == 200  # ... and the first one's API still answers
 
 
 def test_a_cookie_trusting_hook_does_not_open_the_api_to_cross_site_forms(make_guarded):

@@ -7,46 +7,42 @@ by a customer's API key. Every change is written to the audit log."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
-import re
-from collections.abc import Callable, Iterator
-from functools import wraps
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, g, request, stream_with_context
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..exc import (
     AdminAuthRequired,
     AdminForbidden,
+    AlreadyExists,
     BadRequest,
     Conflict,
+    DatabaseUnavailable,
+    HTTPProblem,
     InvalidValue,
     NotFound,
     Problem,
     ResourceNotFound,
 )
-from ..ownership import http_suspect, verify
 from ..reference_data import MIN_INPUTS
 from ..repository import STATUSES
 from ..responses import problem_response
+from ..runtime import state_of
 from .openapi import openapi_document
+from .service import ACCOUNT_FIELDS, AdminService
+from .store import attachment, export_columns, export_csv, export_jsonl
 
 api = Blueprint("modelguard_admin_api", __name__)
 
-EXPORT_COLUMNS = ("id", "ts", "route", "status", "latency_ms", "n_instances", "fingerprint", "labels",
-                  "top_confidences", "canary", "key_id")
+#: Most inputs a reference may be fitted on through the API.
+MAX_REFERENCE_INPUTS = 100_000
 
 
 def _state() -> Any:
-    from ..extension import ModelGuard
-
-    return ModelGuard.state(current_app)
+    return state_of(current_app)
 
 
 def hooked_admin(state: Any) -> str | None:
@@ -93,7 +89,7 @@ def _admin() -> str:
 #: Query parameters each operation takes; any other is refused (a typo such
 #: as ``?stauts=blocked`` must not silently list every account).
 _QUERY = {
-    "list_accounts": {"status", "flagged", "sort", "limit", "offset"},
+    "list_accounts": {"status", "flagged", "tier", "q", "sort", "limit", "offset"},
     "scores": {"limit"}, "alerts": {"open", "account", "limit", "offset"}, "audit": {"limit", "offset"},
     "export_events": {"format", "since", "until"}, "watermark_inputs": {"limit"},
 }
@@ -110,6 +106,12 @@ def _authenticate() -> None:
         raise BadRequest(f"Unknown query parameter(s): {', '.join(sorted(unknown))}.")
 
 
+def _http_problem(exc: Any) -> Response:
+    allow = getattr(exc, "valid_methods", None)
+    headers = {"Allow": ", ".join(sorted(allow))} if allow else {}
+    return problem_response(HTTPProblem(exc.code, exc.name, exc.description or exc.name, headers=headers))
+
+
 @api.before_app_request
 def _unrouted() -> Response | None:
     """A path under the API that matches no route (e.g. a name with a newline)
@@ -120,47 +122,34 @@ def _unrouted() -> Response | None:
     state = current_app.extensions.get("modelguard")
     if state is None or not request.path.startswith(state.settings.admin_prefix + "/api/"):
         return None
-    from ..exc import HTTPProblem
-
-    allow = getattr(exc, "valid_methods", None)
-    headers = {"Allow": ", ".join(sorted(allow))} if allow else {}
-    return problem_response(HTTPProblem(exc.code, exc.name, exc.description or exc.name, headers=headers))
+    return _http_problem(exc)
 
 
-@api.errorhandler(Problem)
-def _problem(exc: Problem) -> Response:
-    return problem_response(exc)
+#: The library's typed errors as problems (the first class that matches).
+_AS_PROBLEM: tuple[tuple[type[Exception], type[Problem]], ...] = (
+    (NotFound, ResourceNotFound), (AlreadyExists, Conflict), (InvalidValue, BadRequest))
 
 
-@api.errorhandler(NotFound)
-def _not_found(exc: NotFound) -> Response:
-    return problem_response(ResourceNotFound(str(exc)))
-
-
-@api.errorhandler(InvalidValue)
-def _invalid(exc: InvalidValue) -> Response:
-    return problem_response(BadRequest(str(exc)))
-
-
-@api.errorhandler(SQLAlchemyError)
-def _database(exc: SQLAlchemyError) -> Response:
-    from ..exc import DatabaseUnavailable
-
+def _typed_error(exc: Exception) -> Response:
+    if isinstance(exc, Problem):
+        return problem_response(exc)
+    for kind, problem in _AS_PROBLEM:
+        if isinstance(exc, kind):
+            return problem_response(problem(str(exc)))
     return problem_response(DatabaseUnavailable(f"Database error ({exc.__class__.__name__})."))
 
 
-@api.errorhandler(404)
-@api.errorhandler(405)
-def _http(exc: Any) -> Response:
-    from ..exc import HTTPProblem
-
-    allow = getattr(exc, "valid_methods", None)
-    headers = {"Allow": ", ".join(sorted(allow))} if allow else {}
-    return problem_response(HTTPProblem(exc.code, exc.name, exc.description, headers=headers))
+for _kind in (Problem, NotFound, InvalidValue, SQLAlchemyError):
+    api.register_error_handler(_kind, _typed_error)
+api.register_error_handler(404, _http_problem)
+api.register_error_handler(405, _http_problem)
 
 
-def _body(*allowed: str) -> dict[str, Any]:
+def _body(*allowed: str, optional: bool = False) -> dict[str, Any]:
+    """The JSON object sent, with no field but ``allowed`` (``optional``: or no body, as {})."""
     data = request.get_json(silent=True)
+    if optional and not data:
+        return {}
     if not isinstance(data, dict):
         raise BadRequest("Send a JSON object.")
     unknown = set(data) - set(allowed)
@@ -169,220 +158,153 @@ def _body(*allowed: str) -> dict[str, Any]:
     return data
 
 
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
+def _number(name: str, kind: type[int] | type[float], default: Any, low: float = -math.inf,
+            high: float = math.inf) -> Any:
+    """Query parameter ``name`` as an int or a finite float in [low, high]."""
     raw = request.args.get(name)
     if raw is None:
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise BadRequest(f"{name} must be an integer.") from None
+        raise BadRequest(f"{name} must be {'an integer' if kind is int else 'a number (epoch seconds)'}.") from None
+    if not math.isfinite(value):
+        raise BadRequest(f"{name} must be finite.")
     if not low <= value <= high:
         raise BadRequest(f"{name} must be between {low} and {high}.")
     return value
 
 
-def _float_arg(name: str) -> float | None:
-    raw = request.args.get(name)
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be a number (epoch seconds).") from None
-    if not math.isfinite(value):
-        raise BadRequest(f"{name} must be finite.")
+def _choice(name: str, allowed: tuple[str, ...], what: str, default: str | None = None) -> str | None:
+    """Query parameter ``name``, one of ``allowed`` (``what`` says which, in the refusal)."""
+    value = request.args.get(name, default)
+    if value is not None and value not in allowed:
+        raise BadRequest(f"{name} must be {what}.")
     return value
 
 
-def _audited(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Record the decorated change in the audit log: ``fn`` returns (response, target, before, after)."""
-
-    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        @wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            response, target, before, after = fn(*args, **kwargs)
-            _state().admin.audit(g.modelguard_admin, action, target, before, after)
-            return response
-
-        return wrapper
-
-    return decorate
+def _paging() -> tuple[int, int]:
+    return _number("limit", int, 50, 1, 1000), _number("offset", int, 0, 0, 10**9)
 
 
-def _account_view(account: dict[str, Any]) -> dict[str, Any]:
-    out = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in account.items()}
-    return out
+def _view(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as JSON: datetimes as ISO strings."""
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
 
 
-def _guard() -> Any:
-    return _state().guard
+def _service() -> AdminService:
+    return AdminService.of(_state())
+
+
+def _actor() -> str:
+    return str(g.modelguard_admin)
+
+
+_SHOWN_ONCE = "Store the key now: it is shown only once."
 
 
 # -- accounts ------------------------------------------------------------------------
 
 @api.get("/accounts")
 def list_accounts() -> Any:
-    status = request.args.get("status")
-    if status is not None and status not in STATUSES:
-        raise BadRequest(f"status must be one of {', '.join(STATUSES)}.")
-    flagged = request.args.get("flagged")
-    if flagged not in (None, "true", "false"):
-        raise BadRequest("flagged must be true or false.")
-    sort = request.args.get("sort", "score")
-    if sort not in ("score", "name", "created_at"):
-        raise BadRequest("sort must be score, name or created_at.")
-    limit, offset = _int_arg("limit", 50, 1, 1000), _int_arg("offset", 0, 0, 10**9)
-    rows = _guard().list_accounts(status)
-    if flagged is not None:
-        rows = [r for r in rows if bool(r["flagged"]) == (flagged == "true")]
-    reverse = sort != "name"
-    rows.sort(key=lambda r: (r[sort], r["name"]) if sort != "name" else r["name"], reverse=reverse)
-    page = rows[offset: offset + limit]
-    return {"items": [_account_view(r) for r in page], "total": len(rows), "limit": limit, "offset": offset}
+    status = _choice("status", STATUSES, f"one of {', '.join(STATUSES)}")
+    flagged = _choice("flagged", ("true", "false"), "true or false")
+    sort = _choice("sort", ("score", "name", "created_at"), "score, name or created_at", "score")
+    tiers = tuple(_state().enforcer.tiers)
+    tier = _choice("tier", tiers, f"one of {', '.join(tiers)}")
+    limit, offset = _paging()
+    page = _service().accounts(status=status, flagged=None if flagged is None else flagged == "true", tier=tier,
+                               search=request.args.get("q"), sort=sort or "score", limit=limit, offset=offset)
+    return {"items": [_view(r) for r in page.items], "total": page.total, "limit": limit, "offset": offset}
 
 
 @api.post("/accounts")
-@_audited("create-account")
 def create_account() -> Any:
     data = _body("name", "tier", "limits")
-    name = data.get("name")
-    if not isinstance(name, str) or not 1 <= len(name) <= 128:
+    if not isinstance(data.get("name"), str) or not 1 <= len(data["name"]) <= 128:
         raise BadRequest("name must be a string of 1 to 128 characters.")
-    for field in ("tier", "limits"):
-        if field in data and not isinstance(data[field], str):
-            raise BadRequest(f"{field} must be a string.")
-    try:
-        account = _guard().create_account(name, tier=data.get("tier"), limits=data.get("limits"))
-    except InvalidValue as exc:
-        if "already exists" in str(exc):
-            raise Conflict(str(exc)) from None
-        raise
-    view = _account_view(account)
-    return (view, 201), name, None, view
+    account = _service().create_account(_actor(), data["name"], tier=data.get("tier"), limits=data.get("limits"))
+    return _view(account), 201
 
 
 @api.get("/accounts/<path:name>")
 def show_account(name: str) -> Any:
     state = _state()
     account = state.repository.get_account(name)
-    view = _account_view(account)
-    view["keys"] = [_account_view(k) for k in state.repository.list_keys(name)]
+    view = _view(account)
+    view["keys"] = [_view(k) for k in state.repository.list_keys(name)]
     view["limits_effective"] = [str(item) for item in state.enforcer.limits_for(account["tier"], account["limits"]).items]
     return view
 
 
 @api.patch("/accounts/<path:name>")
-@_audited("update-account")
 def update_account(name: str) -> Any:
-    data = _body("status", "tier", "limits", "flagged", "allowlisted")
-    if not data:
-        raise BadRequest("Give at least one of status, tier, limits, flagged, allowlisted.")
-    before = _account_view(_state().repository.get_account(name))
-    changes: dict[str, Any] = {}
-    if "status" in data:
-        if data["status"] not in STATUSES:
-            raise BadRequest(f"status must be one of {', '.join(STATUSES)}.")
-        changes["status"] = data["status"]
-    if "tier" in data:
-        if not isinstance(data["tier"], str):
-            raise BadRequest("tier must be a string.")
-        changes["tier"] = data["tier"]
-    if "limits" in data:
-        if data["limits"] is not None and not isinstance(data["limits"], str):
-            raise BadRequest("limits must be a string such as '10/second;1000/day', or null.")
-        changes["limits"] = data["limits"]
-    for flag in ("flagged", "allowlisted"):
-        if flag in data:
-            if not isinstance(data[flag], bool):
-                raise BadRequest(f"{flag} must be true or false.")
-            changes[flag] = data[flag]
-    after = _account_view(_guard().update_account(name, **changes))
-    return after, name, before, after
+    data = _body(*ACCOUNT_FIELDS)
+    return _view(_service().update_account(_actor(), name, **data).after)
 
 
 # -- keys -----------------------------------------------------------------------------
 
 @api.get("/accounts/<path:name>/keys")
 def list_keys(name: str) -> Any:
-    return {"items": [_account_view(k) for k in _guard().list_keys(name)]}
+    return {"items": [_view(k) for k in _state().repository.list_keys(name)]}
 
 
 @api.post("/accounts/<path:name>/keys")
-@_audited("issue-key")
 def issue_key(name: str) -> Any:
-    token = _guard().issue_key(name)
-    prefix = token.split("_")[1]
-    return ({"key": token, "prefix": prefix, "note": "Store the key now: it is shown only once."}, 201), \
-        name, None, {"prefix": prefix}
+    issued = _service().issue_key(_actor(), name)
+    return {"key": issued.token, "prefix": issued.prefix, "note": _SHOWN_ONCE}, 201
 
 
 @api.post("/keys/<prefix>/rotate")
-@_audited("rotate-key")
 def rotate_key(prefix: str) -> Any:
-    data = request.get_json(silent=True) or {}
-    if not isinstance(data, dict) or set(data) - {"grace"}:
-        raise BadRequest("The body may hold only {\"grace\": seconds}.")
-    grace = data.get("grace")
-    if grace is not None and (isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 0 <= grace <= 10**8):
-        raise BadRequest("grace must be a number of seconds >= 0.")
-    _state().repository.get_key(prefix)
-    token = _guard().rotate_key(prefix, grace=grace)
-    new_prefix = token.split("_")[1]
-    return ({"key": token, "prefix": new_prefix, "replaces": prefix,
-             "note": "Store the key now: it is shown only once."}, 201), prefix, {"prefix": prefix}, \
-        {"prefix": new_prefix, "grace": grace}
+    issued = _service().rotate_key(_actor(), prefix, _body("grace", optional=True).get("grace"))
+    return {"key": issued.token, "prefix": issued.prefix, "replaces": issued.replaces, "note": _SHOWN_ONCE}, 201
 
 
 @api.post("/keys/<prefix>/revoke")
-@_audited("revoke-key")
 def revoke_key(prefix: str) -> Any:
-    row = _account_view(_guard().revoke_key(prefix))
-    return row, row["prefix"], None, {"revoked_at": row.get("revoked_at")}  # never the path: it may be a whole key
+    return _view(_service().revoke_key(_actor(), prefix))  # audited under the prefix: the path may be a whole key
 
 
 # -- scores, alerts, audit ---------------------------------------------------------------
 
+def _evaluation(h: dict[str, Any]) -> dict[str, Any]:
+    return {"ts": h["ts"], "queries": h["queries"], "scores": h["scores"], "reasons": h["reasons"]}
+
+
 @api.get("/accounts/<path:name>/scores")
 def scores(name: str) -> Any:
-    account = _state().repository.get_account(name)
-    history = _guard().score_history(name)
-    limit = _int_arg("limit", 200, 1, 10_000)
-    latest = history[-1] if history else None
-    return {
-        "account": name, "score": account["score"], "flagged": account["flagged"],
-        "current": None if latest is None else {"ts": latest["ts"], "queries": latest["queries"],
-                                                  "scores": latest["scores"], "reasons": latest["reasons"]},
-        "history": [{"ts": h["ts"], "queries": h["queries"], "scores": h["scores"], "reasons": h["reasons"]}
-                    for h in history[-limit:]],
-    }
+    state = _state()
+    account = state.repository.get_account(name)
+    history = state.repository.score_history(name)
+    limit = _number("limit", int, 200, 1, 10_000)
+    return {"account": name, "score": account["score"], "flagged": account["flagged"],
+            "current": _evaluation(history[-1]) if history else None,
+            "history": [_evaluation(h) for h in history[-limit:]]}
 
 
 @api.get("/alerts")
 def alerts() -> Any:
     state = _state()
-    open_only = request.args.get("open", "false")
-    if open_only not in ("true", "false"):
-        raise BadRequest("open must be true or false.")
+    open_only = _choice("open", ("true", "false"), "true or false", "false")
     account = request.args.get("account")
     account_id = state.repository.get_account(account)["id"] if account else None
-    limit, offset = _int_arg("limit", 50, 1, 1000), _int_arg("offset", 0, 0, 10**9)
+    limit, offset = _paging()
     items, total = state.admin.alerts(open_only=open_only == "true", account_id=account_id, limit=limit, offset=offset)
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
 @api.post("/alerts/<alert_id>/ack")
-@_audited("acknowledge-alert")
 def acknowledge(alert_id: str) -> Any:
     if not (alert_id.isascii() and alert_id.isdigit()) or len(alert_id) > 18:
         raise ResourceNotFound(f"No alert {alert_id!r}.")
-    row = _state().admin.acknowledge(int(alert_id), g.modelguard_admin)
-    return row, alert_id, None, {"acknowledged_by": row["acknowledged_by"]}
+    return _service().acknowledge_alert(_actor(), int(alert_id))
 
 
 @api.get("/audit")
 def audit() -> Any:
-    limit, offset = _int_arg("limit", 50, 1, 1000), _int_arg("offset", 0, 0, 10**9)
+    limit, offset = _paging()
     items, total = _state().admin.audit_entries(limit, offset)
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
@@ -391,98 +313,40 @@ def audit() -> Any:
 
 @api.get("/accounts/<path:name>/events")
 def export_events(name: str) -> Any:
-    state = _state()
-    fmt = request.args.get("format", "jsonl")
-    if fmt not in ("jsonl", "csv"):
-        raise BadRequest("format must be jsonl or csv.")
-    since, until = _float_arg("since"), _float_arg("until")
-    account = state.repository.get_account(name)
-    with_inputs = state.settings.store_inputs
-    columns = EXPORT_COLUMNS + (("input",) if with_inputs else ())
-    rows = state.admin.events(account["id"], since, until, with_inputs)
-    _state().admin.audit(g.modelguard_admin, "export-events", name, None,
-                         {"format": fmt, "since": since, "until": until})
-
-    def jsonl() -> Iterator[str]:
-        for row in rows:
-            yield json.dumps({c: row.get(c) for c in columns}) + "\n"
-
-    def as_csv() -> Iterator[str]:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(columns)
-        for n, row in enumerate(rows):
-            writer.writerow([_csv_cell(row.get(c)) for c in columns])
-            if n % 200 == 0:
-                yield buffer.getvalue()
-                buffer.seek(0)
-                buffer.truncate()
-        yield buffer.getvalue()
-
-    mimetype = "application/x-ndjson" if fmt == "jsonl" else "text/csv"
-    filename = f"{name}-events.{fmt}"
-    ascii_name = re.sub(r"[^A-Za-z0-9._-]", "_", filename)
-    disposition = f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
-    return Response(stream_with_context(jsonl() if fmt == "jsonl" else as_csv()), mimetype=mimetype,
-                    headers={"Content-Disposition": disposition})
-
-
-def _csv_cell(value: Any) -> Any:
-    """A CSV cell; text a spreadsheet would run as a formula is quoted with a leading '."""
-    if isinstance(value, (list, dict)):
-        value = json.dumps(value)
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
+    fmt = _choice("format", ("jsonl", "csv"), "jsonl or csv", "jsonl")
+    since, until = _number("since", float, None), _number("until", float, None)
+    service = _service()
+    rows = service.export_events(_actor(), name, since=since, until=until, fmt=fmt or "jsonl")
+    columns = export_columns(service.store_inputs)
+    body = export_jsonl(rows, columns) if fmt == "jsonl" else export_csv(rows, columns)
+    return Response(stream_with_context(body), mimetype="application/x-ndjson" if fmt == "jsonl" else "text/csv",
+                    headers={"Content-Disposition": attachment(f"{name}-events.{fmt}")})
 
 
 # -- watermark verification ------------------------------------------------------------------
 
 @api.post("/accounts/<path:name>/verify-watermark")
-@_audited("verify-watermark")
 def verify_watermark(name: str) -> Any:
     """Test a suspect model: ``{"url": ...}`` (its prediction API) or
     ``{"predictions": [labels...]}`` for the account's watermark inputs, in the
     order of ``GET .../watermark-inputs``."""
     data = _body("url", "predictions", "max_probes")
-    max_probes = data.get("max_probes", 250)
-    if isinstance(max_probes, bool) or not isinstance(max_probes, int) or not 1 <= max_probes <= 10_000:
-        raise BadRequest("max_probes must be an integer from 1 to 10000.")
-    guard = _guard()
     if ("url" in data) == ("predictions" in data):
         raise BadRequest("Give either url or predictions.")
-    if "url" in data:
-        url = data["url"]
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise BadRequest("url must be an http(s) URL.")
-        try:
-            result = guard.verify_watermark(name, http_suspect(url), max_probes=max_probes)
-        except (OSError, ValueError) as exc:  # unreachable, or an answer that is not one
-            raise BadRequest(f"Could not query the suspect ({exc.__class__.__name__}).") from None
-    else:
-        labels = data["predictions"]
-        records = guard.watermark_records(name, max_probes)
-        if not isinstance(labels, list) or len(labels) != len(records):
-            raise BadRequest(f"predictions must list {len(records)} labels, one per watermark input.")
-        result = verify(name, records, labels)
-    out = {"account": result.account, "probes": result.probes, "matches": result.matches,
-           "null_rate": result.null_rate, "log2_p": result.log2_p, "claimed": result.claimed,
-           "summary": result.summary()}
-    return out, name, None, {"claimed": result.claimed, "log2_p": result.log2_p}
+    result = _service().verify_watermark(_actor(), name, **data)
+    return {"account": result.account, "probes": result.probes, "matches": result.matches,
+            "null_rate": result.null_rate, "log2_p": result.log2_p, "claimed": result.claimed,
+            "summary": result.summary()}
 
 
 @api.get("/accounts/<path:name>/watermark-inputs")
 def watermark_inputs(name: str) -> Any:
-    limit = _int_arg("limit", 250, 1, 10_000)
-    records = _guard().watermark_records(name, limit)
+    limit = _number("limit", int, 250, 1, 10_000)
+    records = _state().repository.watermark_records(name, limit)
     return {"items": [r["input"] for r in records], "total": len(records)}
 
 
 # -- detection set-up ------------------------------------------------------------------------
-
-#: Most inputs a reference may be fitted on through the API.
-MAX_REFERENCE_INPUTS = 100_000
-
 
 def _reference_view(state: Any) -> dict[str, Any]:
     reference = state.monitor.reference
@@ -499,7 +363,6 @@ def show_reference() -> Any:
 
 
 @api.put("/reference")
-@_audited("fit-reference")
 def fit_reference() -> Any:
     data = _body("inputs", "labels")
     inputs, labels = data.get("inputs"), data.get("labels")
@@ -508,13 +371,11 @@ def fit_reference() -> Any:
         raise BadRequest(f"Send inputs and as many labels, {MIN_INPUTS} to {MAX_REFERENCE_INPUTS} of each.")
     if any(isinstance(label, bool) or not isinstance(label, (str, int)) for label in labels):
         raise BadRequest("labels must be strings or integers (the model's labels for the inputs).")
-    state = _state()
     try:
-        state.fit_reference(inputs, labels, source="api")
+        _service().fit_reference(_actor(), inputs, labels, source="api", target="reference")
     except (TypeError, ValueError, ArithmeticError) as exc:  # inputs the feature function cannot take
         raise BadRequest(f"Cannot fit a reference on these inputs ({exc.__class__.__name__}: {exc}).") from None
-    view = _reference_view(state)
-    return view, "reference", None, {"inputs": len(inputs), "classes": len(view["classes"])}
+    return _reference_view(_state())
 
 
 # -- health and description ------------------------------------------------------------------
@@ -523,10 +384,8 @@ def fit_reference() -> Any:
 def health() -> Any:
     state = _state()
     stats = state.guard.stats(current_app)
-    database = True
     try:
-        with state.repository.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        database = state.repository.ping()
     except SQLAlchemyError:
         database = False
     try:

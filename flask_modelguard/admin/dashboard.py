@@ -27,9 +27,10 @@ from markupsafe import Markup
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..exc import InvalidValue, NotFound
-from ..repository import STATUSES
+from ..runtime import state_of
 from . import charts
 from .api import hooked_admin
+from .service import AdminService
 
 log = logging.getLogger("flask_modelguard")
 
@@ -59,9 +60,11 @@ class PageError(Exception):
 
 
 def _state() -> Any:
-    from ..extension import ModelGuard
+    return state_of(current_app)
 
-    return ModelGuard.state(current_app)
+
+def _service() -> AdminService:
+    return AdminService.of(_state())
 
 
 # -- sign-in and CSRF ---------------------------------------------------------------------
@@ -179,9 +182,8 @@ def login() -> Any:
                  else "Unknown or revoked admin token.")
         return render_template("modelguard/login.html", next=target, error=error), 401
     _forget()  # nothing of ours from before sign-in carries over (the rest of the session is the app's)
-    session[ADMIN_KEY], session[SESSION_KEY] = who, _state().admin.start_session(who, token.split("_")[1])
+    session[ADMIN_KEY], session[SESSION_KEY] = who, _service().sign_in(who, token.split("_")[1])
     session[CSRF_KEY] = secrets.token_urlsafe(32)  # a fresh token for the signed-in session
-    _state().admin.audit(who, "dashboard-login", who)
     return redirect(target)
 
 
@@ -189,7 +191,7 @@ def login() -> Any:
 def logout() -> Any:
     sid = session.get(SESSION_KEY)
     if sid:
-        _state().admin.end_session(str(sid))  # a copy of the cookie no longer signs anyone in
+        _service().sign_out(str(sid))  # a copy of the cookie no longer signs anyone in
     _forget()
     flash("Signed out.")
     return redirect(url_for(".login"))
@@ -231,10 +233,10 @@ def _key_view(key: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
 @dashboard.get("/")
 def index() -> Any:
     state = _state()
-    rows = sorted(state.guard.list_accounts(), key=lambda a: (-a["score"], not a["flagged"], a["name"]))
-    shown = [{**a, "quota": _quota(state, a)} for a in rows[:INDEX_ROWS]]
+    page = _service().accounts(sort="rank", limit=INDEX_ROWS)
+    shown = [{**a, "quota": _quota(state, a)} for a in page.items]
     alerts, open_total = state.admin.alerts(open_only=True, limit=20)
-    return render_template("modelguard/index.html", accounts=shown, total=len(rows), alerts=alerts,
+    return render_template("modelguard/index.html", accounts=shown, total=page.total, alerts=alerts,
                            open_total=open_total, storage_down=state.enforcer.storage_down,
                            detection=state.detection_status())
 
@@ -265,43 +267,26 @@ def account(name: str) -> Any:
 
 @dashboard.post("/accounts/<path:name>/status")
 def set_status(name: str) -> Any:
-    status = request.form.get("status", "")
-    if status not in STATUSES:
-        raise PageError(400, "Not possible", f"status must be one of {', '.join(STATUSES)}.")
-    state = _state()
-    before = state.repository.get_account(name)["status"]
-    after = state.guard.update_account(name, status=status)["status"]
-    state.admin.audit(g.modelguard_admin, "update-account", name, {"status": before}, {"status": after})
-    flash(f"{name}: {before} → {after}.")
+    change = _service().update_account(g.modelguard_admin, name, status=request.form.get("status", ""))
+    flash(f"{name}: {change.before['status']} → {change.after['status']}.")
     return redirect(url_for(".account", name=name))
 
 
 @dashboard.post("/keys/<prefix>/rotate")
 def rotate(prefix: str) -> Any:
-    state = _state()
-    key = state.repository.get_key(prefix)
     raw = request.form.get("grace", "").strip()
     try:
-        grace = state.settings.rotation_grace if not raw else float(raw)
+        grace = float(raw) if raw else None
     except ValueError:
-        grace = -1.0
-    if not math.isfinite(grace) or not 0 <= grace <= 10**8:
-        raise PageError(400, "Not possible", "The grace period must be a number of seconds from 0 to 100000000.")
-    token = state.guard.rotate_key(prefix, grace=grace)
-    new_prefix = token.split("_")[1]
-    state.admin.audit(g.modelguard_admin, "rotate-key", prefix, {"prefix": prefix},
-                      {"prefix": new_prefix, "grace": grace})
+        raise PageError(400, "Not possible", "The grace period must be a number of seconds.") from None
+    issued = _service().rotate_key(g.modelguard_admin, prefix, grace)
     # Shown in this response only (never stored, never in a URL; Cache-Control: no-store).
-    return render_template("modelguard/new_key.html", key=token, account=key["account"], replaces=prefix,
-                           grace=grace)
+    return render_template("modelguard/new_key.html", key=issued.token, account=issued.account,
+                           replaces=issued.replaces, grace=issued.grace)
 
 
 @dashboard.post("/alerts/<int(max=999999999999999999):alert_id>/ack")
 def acknowledge(alert_id: int) -> Any:
-    state = _state()
-    row = state.admin.acknowledge(alert_id, g.modelguard_admin)
-    state.admin.audit(g.modelguard_admin, "acknowledge-alert", str(alert_id), None,
-                      {"acknowledged_by": row["acknowledged_by"]})
+    row = _service().acknowledge_alert(g.modelguard_admin, alert_id)
     flash(f"Alert #{alert_id} acknowledged." if row["changed"] else f"Alert #{alert_id} was already acknowledged.")
     return redirect(_safe_next(request.form.get("next")))
-

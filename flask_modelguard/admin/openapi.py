@@ -117,70 +117,87 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
-def openapi_document(base: str, tiers: list[str] | None = None) -> dict[str, Any]:
-    """The document, its paths under ``base`` (e.g. ``/modelguard/api``);
-    ``tiers``: the configured tier names (the values ``tier`` may take)."""
-    tier: dict[str, Any] = {"type": "string", **({"enum": list(tiers)} if tiers else {})}
-    errors = dict(_ERRORS)
-    with_404 = {**errors, **_NOT_FOUND}
-    paths: dict[str, Any] = {
+_STATUS = {"type": "string", "enum": ["active", "suspended", "blocked"]}
+_WITH_404 = {**_ERRORS, **_NOT_FOUND}
+_CONFLICT = {"409": {"description": "Name taken", "content": {"application/problem+json": {"schema": _PROBLEM}}}}
+
+
+def _body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+def _account_paths(tier: dict[str, Any]) -> dict[str, Any]:
+    """Accounts: list, create, show, change."""
+    listing = [_query("status", _STATUS), _query("flagged", {"type": "string", "enum": ["true", "false"]}),
+               _query("tier", tier), _query("q", {"type": "string", "maxLength": 128},
+                                             "part of the name (case-insensitive)"),
+               _query("sort", {"type": "string", "enum": ["score", "name", "created_at"]},
+                      "score and created_at sort descending, name ascending"),
+               _LIMIT, _OFFSET]
+    created = {"type": "object", "required": ["name"], "additionalProperties": False,
+               "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 128},
+                              "tier": tier, "limits": {"type": "string"}}}
+    changed = {"type": "object", "additionalProperties": False, "minProperties": 1,
+               "properties": {"status": _STATUS, "tier": tier, "limits": {"type": "string", "nullable": True},
+                              "flagged": {"type": "boolean"}, "allowlisted": {"type": "boolean"}}}
+    return {
         "/accounts": {
-            "get": {"summary": "List accounts", "operationId": "listAccounts",
-                    "parameters": [_query("status", {"type": "string", "enum": ["active", "suspended", "blocked"]}),
-                                   _query("flagged", {"type": "string", "enum": ["true", "false"]}),
-                                   _query("sort", {"type": "string", "enum": ["score", "name", "created_at"]},
-                                          "score and created_at sort descending, name ascending"),
-                                   _LIMIT, _OFFSET],
-                    "responses": {"200": _json(_page("Account")), **errors}},
-            "post": {"summary": "Create an account", "operationId": "createAccount",
-                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                         "type": "object", "required": ["name"], "additionalProperties": False,
-                         "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 128},
-                                        "tier": tier, "limits": {"type": "string"}}}}}},
-                     "responses": {"201": _json(_ref("Account"), "Created"),
-                                   "409": {"description": "Name taken",
-                                           "content": {"application/problem+json": {"schema": _PROBLEM}}},
-                                   **errors}},
+            "get": {"summary": "List accounts", "operationId": "listAccounts", "parameters": listing,
+                    "responses": {"200": _json(_page("Account")), **_ERRORS}},
+            "post": {"summary": "Create an account", "operationId": "createAccount", "requestBody": _body(created),
+                     "responses": {"201": _json(_ref("Account"), "Created"), **_CONFLICT, **_ERRORS}},
         },
         "/accounts/{name}": {
             "parameters": [_NAME],
             "get": {"summary": "Show an account, its keys and effective limits", "operationId": "showAccount",
-                    "responses": {"200": _json(_ref("Account")), **with_404}},
+                    "responses": {"200": _json(_ref("Account")), **_WITH_404}},
             "patch": {"summary": "Change status, tier, limits, flag or allow-listing", "operationId": "updateAccount",
-                      "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                          "type": "object", "additionalProperties": False, "minProperties": 1,
-                          "properties": {"status": {"type": "string", "enum": ["active", "suspended", "blocked"]},
-                                         "tier": tier,
-                                         "limits": {"type": "string", "nullable": True},
-                                         "flagged": {"type": "boolean"}, "allowlisted": {"type": "boolean"}}}}}},
-                      "responses": {"200": _json(_ref("Account")), **with_404}},
+                      "requestBody": _body(changed), "responses": {"200": _json(_ref("Account")), **_WITH_404}},
         },
+    }
+
+
+def _key_paths() -> dict[str, Any]:
+    """Keys: list, issue, rotate, revoke."""
+    grace = {"type": "object", "additionalProperties": False,
+             "properties": {"grace": {"type": "number", "minimum": 0, "maximum": 100000000}}}
+    return {
         "/accounts/{name}/keys": {
             "parameters": [_NAME],
             "get": {"summary": "List an account's keys (prefixes only)", "operationId": "listKeys",
                     "responses": {"200": _json({"type": "object", "required": ["items"], "properties": {
-                        "items": {"type": "array", "items": _ref("Key")}}}), **with_404}},
+                        "items": {"type": "array", "items": _ref("Key")}}}), **_WITH_404}},
             "post": {"summary": "Issue a key (shown once)", "operationId": "issueKey",
-                     "responses": {"201": _json(_ref("NewKey"), "Created"), **with_404}},
+                     "responses": {"201": _json(_ref("NewKey"), "Created"), **_WITH_404}},
         },
         "/keys/{prefix}/rotate": {
             "parameters": [_PREFIX],
             "post": {"summary": "Rotate a key; the old one stays valid for grace seconds", "operationId": "rotateKey",
-                     "requestBody": {"required": False, "content": {"application/json": {"schema": {
-                         "type": "object", "additionalProperties": False,
-                         "properties": {"grace": {"type": "number", "minimum": 0, "maximum": 100000000}}}}}},
-                     "responses": {"201": _json(_ref("NewKey"), "Created"), **with_404}},
+                     "requestBody": _body(grace, required=False),
+                     "responses": {"201": _json(_ref("NewKey"), "Created"), **_WITH_404}},
         },
         "/keys/{prefix}/revoke": {
             "parameters": [_PREFIX],
             "post": {"summary": "Revoke a key at once", "operationId": "revokeKey",
-                     "responses": {"200": _json(_ref("Key")), **with_404}},
+                     "responses": {"200": _json(_ref("Key")), **_WITH_404}},
         },
+    }
+
+
+def _evidence_paths() -> dict[str, Any]:
+    """An account's evidence: scores, query log, watermarks."""
+    probes = {"type": "integer", "minimum": 1, "maximum": 10000}
+    suspect = {"oneOf": [
+        {"type": "object", "additionalProperties": False, "required": ["url"],
+         "properties": {"url": {"type": "string", "format": "uri"}, "max_probes": probes}},
+        {"type": "object", "additionalProperties": False, "required": ["predictions"],
+         "properties": {"predictions": {"type": "array"}, "max_probes": probes}}]}
+    return {
         "/accounts/{name}/scores": {
             "parameters": [_NAME],
             "get": {"summary": "Current score per detector, history and reasons", "operationId": "scores",
                     "parameters": [_query("limit", {"type": "integer", "minimum": 1, "maximum": 10000})],
-                    "responses": {"200": _json(_ref("Scores")), **with_404}},
+                    "responses": {"200": _json(_ref("Scores")), **_WITH_404}},
         },
         "/accounts/{name}/events": {
             "parameters": [_NAME],
@@ -190,72 +207,72 @@ def openapi_document(base: str, tiers: list[str] | None = None) -> dict[str, Any
                                    _query("until", {"type": "number"}, "epoch seconds, exclusive")],
                     "responses": {"200": {"description": "JSON Lines or CSV", "content": {
                         "application/x-ndjson": {"schema": {"type": "string"}},
-                        "text/csv": {"schema": {"type": "string"}}}}, **with_404}},
+                        "text/csv": {"schema": {"type": "string"}}}}, **_WITH_404}},
         },
         "/accounts/{name}/watermark-inputs": {
             "parameters": [_NAME],
             "get": {"summary": "The inputs the account got watermark answers for", "operationId": "watermarkInputs",
                     "parameters": [_query("limit", {"type": "integer", "minimum": 1, "maximum": 10000})],
                     "responses": {"200": _json({"type": "object", "required": ["items", "total"], "properties": {
-                        "items": {"type": "array"}, "total": {"type": "integer"}}}), **with_404}},
+                        "items": {"type": "array"}, "total": {"type": "integer"}}}), **_WITH_404}},
         },
         "/accounts/{name}/verify-watermark": {
             "parameters": [_NAME],
             "post": {"summary": "Test a suspect model for the account's watermarks", "operationId": "verifyWatermark",
-                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                         "oneOf": [
-                             {"type": "object", "additionalProperties": False, "required": ["url"],
-                              "properties": {"url": {"type": "string", "format": "uri"},
-                                             "max_probes": {"type": "integer", "minimum": 1, "maximum": 10000}}},
-                             {"type": "object", "additionalProperties": False, "required": ["predictions"],
-                              "properties": {"predictions": {"type": "array"},
-                                             "max_probes": {"type": "integer", "minimum": 1,
-                                                            "maximum": 10000}}}]}}}},
-                     "responses": {"200": _json(_ref("Verification")), **with_404}},
+                     "requestBody": _body(suspect), "responses": {"200": _json(_ref("Verification")), **_WITH_404}},
         },
+    }
+
+
+def _operations_paths() -> dict[str, Any]:
+    """Alerts, the audit log, ADD's reference and health."""
+    labels = {"type": "array", "minItems": 20, "maxItems": 100000,
+              "items": {"oneOf": [{"type": "string"}, {"type": "integer"}]}}
+    reference = {"type": "object", "required": ["inputs", "labels"], "additionalProperties": False,
+                 "properties": {"inputs": {"type": "array", "minItems": 20, "maxItems": 100000, "items": {}},
+                                "labels": labels}}
+    return {
         "/alerts": {
             "get": {"summary": "Alerts, newest first", "operationId": "listAlerts",
                     "parameters": [_query("open", {"type": "string", "enum": ["true", "false"]}),
                                    _query("account", {"type": "string"}), _LIMIT, _OFFSET],
-                    "responses": {"200": _json(_page("Alert")), **with_404}},
+                    "responses": {"200": _json(_page("Alert")), **_WITH_404}},
         },
         "/alerts/{alert_id}/ack": {
             "parameters": [_path_param("alert_id", "string")],
             "post": {"summary": "Acknowledge an alert", "operationId": "acknowledgeAlert",
-                     "responses": {"200": _json(_ref("Alert")), **with_404}},
+                     "responses": {"200": _json(_ref("Alert")), **_WITH_404}},
         },
         "/audit": {
-            "get": {"summary": "The audit log, newest first", "operationId": "audit",
-                    "parameters": [_LIMIT, _OFFSET],
-                    "responses": {"200": _json(_page("AuditEntry")), **errors}},
+            "get": {"summary": "The audit log, newest first", "operationId": "audit", "parameters": [_LIMIT, _OFFSET],
+                    "responses": {"200": _json(_page("AuditEntry")), **_ERRORS}},
         },
         "/reference": {
             "get": {"summary": "ADD's reference in use (where it came from, classes, thresholds)",
-                    "operationId": "showReference", "responses": {"200": _json(_ref("Reference")), **with_404}},
+                    "operationId": "showReference", "responses": {"200": _json(_ref("Reference")), **_WITH_404}},
             "put": {"summary": "Fit ADD's reference on known-good inputs and the model's labels; every "
                                "process uses it from its worker's next tick", "operationId": "fitReference",
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                        "type": "object", "required": ["inputs", "labels"], "additionalProperties": False,
-                        "properties": {"inputs": {"type": "array", "minItems": 20, "maxItems": 100000,
-                                                  "items": {}},
-                                       "labels": {"type": "array", "minItems": 20, "maxItems": 100000,
-                                                  "items": {"oneOf": [{"type": "string"}, {"type": "integer"}]}}}}}}},
-                    "responses": {"200": _json(_ref("Reference")), **errors}},
+                    "requestBody": _body(reference), "responses": {"200": _json(_ref("Reference")), **_ERRORS}},
         },
         "/health": {
             "get": {"summary": "Worker, queue, dropped events, storage reachability", "operationId": "health",
-                    "responses": {"200": _json(_ref("Health")),
-                                  "503": _json(_ref("Health"), "Degraded"),
-                                  "401": errors["401"], "403": errors["403"]}},
+                    "responses": {"200": _json(_ref("Health")), "503": _json(_ref("Health"), "Degraded"),
+                                  "401": _ERRORS["401"], "403": _ERRORS["403"]}},
         },
     }
+
+
+def openapi_document(base: str, tiers: list[str] | None = None) -> dict[str, Any]:
+    """The document, its paths under ``base`` (e.g. ``/modelguard/api``);
+    ``tiers``: the configured tier names (the values ``tier`` may take)."""
+    tier: dict[str, Any] = {"type": "string", **({"enum": list(tiers)} if tiers else {})}
     return {
         "openapi": "3.0.3",
         "info": {"title": "ModelGuard admin API", "version": "1",
                  "description": "Manage accounts, keys, alerts and evidence of a ModelGuard-protected model server."},
         "servers": [{"url": base}],
         "security": [{"adminToken": []}],
-        "paths": paths,
+        "paths": {**_account_paths(tier), **_key_paths(), **_evidence_paths(), **_operations_paths()},
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer",

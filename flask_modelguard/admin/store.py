@@ -3,20 +3,24 @@ alerts, the audit log, and query-log export. Framework-free (SQLAlchemy)."""
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import hashlib
 import hmac
+import io
+import json
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from .. import models as m
-from ..exc import InvalidValue, NotFound
+from ..exc import AlreadyExists, NotFound
 from ..keys import generate_key, hash_secret
 
 ADMIN_SCHEME = "mga"
@@ -61,7 +65,7 @@ class AdminStore:
                 conn.execute(insert(m.admin_tokens).values(
                     name=name, prefix=new.prefix, secret_hash=new.secret_hash, created_at=self.now()))
         except IntegrityError:
-            raise InvalidValue(f"An admin token named {name!r} already exists.") from None
+            raise AlreadyExists(f"An admin token named {name!r} already exists.") from None
         return token
 
     def verify_token(self, token: str) -> str | None:
@@ -204,3 +208,50 @@ def _clean(value: Any) -> Any:
     if isinstance(value, list):
         return [_clean(v) for v in value]
     return value.isoformat() if isinstance(value, dt.datetime) else value
+
+
+# -- query-log export formats ---------------------------------------------------------
+
+#: The columns of a query-log export, besides ``input`` (when inputs are stored).
+EXPORT_COLUMNS = ("id", "ts", "route", "status", "latency_ms", "n_instances", "fingerprint", "labels",
+                  "top_confidences", "canary", "key_id")
+
+
+def export_columns(with_inputs: bool) -> tuple[str, ...]:
+    return EXPORT_COLUMNS + (("input",) if with_inputs else ())
+
+
+def attachment(filename: str) -> str:
+    """A Content-Disposition header saving as ``filename``: an ASCII stand-in
+    for old clients and the name itself, UTF-8 (RFC 6266)."""
+    ascii_name = re.sub(r"[^A-Za-z0-9._-]", "_", filename)
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def export_jsonl(rows: Iterable[dict[str, Any]], columns: tuple[str, ...]) -> Iterator[str]:
+    """Export rows as JSON Lines, one chunk per row."""
+    for row in rows:
+        yield json.dumps({c: row.get(c) for c in columns}) + "\n"
+
+
+def export_csv(rows: Iterable[dict[str, Any]], columns: tuple[str, ...]) -> Iterator[str]:
+    """Export rows as CSV with a header row, in chunks of 200 rows."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    for n, row in enumerate(rows):
+        writer.writerow([csv_cell(row.get(c)) for c in columns])
+        if n % 200 == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell; text a spreadsheet would run as a formula is quoted with a leading '."""
+    if isinstance(value, (list, dict)):
+        value = json.dumps(value)
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
