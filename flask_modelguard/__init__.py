@@ -9,6 +9,7 @@ from .config import Settings
 from .exc import (
     AccountBlocked,
     AccountSuspended,
+    AlreadyExists,
     AnswerWithheld,
     BadRequest,
     CostExceedsLimit,
@@ -69,6 +70,7 @@ __all__ = [
     "MissingKey",
     "ModelGuardError",
     "NotFound",
+    "AlreadyExists",
     "PayloadTooLarge",
     "Problem",
     "RateLimitExceeded",

@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -141,6 +142,18 @@ training = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("data", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+#: The detectors fitted on the training set (one row, id 1), so other processes
+#: load them instead of fitting them again: pickled, signed with the app's
+#: secret (HMAC-SHA256), with the versions of the libraries that pickled them.
+detector_models = Table(
+    "modelguard_detector_models",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("blob", LargeBinary, nullable=False),
+    Column("meta", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 

@@ -7,15 +7,14 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import JSON, Engine, bindparam, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import models as m
-from .exc import InvalidValue, NotFound
-from .keys import NewKey, generate_key
+from .exc import AlreadyExists, InvalidValue, NotFound
+from .keys import NewKey, Principal, generate_key
 from .policy import AccountFacts, Catch, FlagPolicy
 
 STATUSES = ("active", "suspended", "blocked")
@@ -34,24 +33,6 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 def _epoch(value: dt.datetime | None) -> float | None:
     value = _utc(value)
     return None if value is None else value.timestamp()
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Everything the request path needs to know about a presented key, cached as one object."""
-
-    key_id: int
-    prefix: str
-    secret_hash: str
-    expires_at: float | None
-    revoked: bool
-    account_id: int
-    account: str
-    tier: str
-    status: str
-    limits: str | None
-    flagged: bool = False
-    score: float = 0.0
 
 
 def _enable_sqlite_concurrency(engine: Engine) -> None:
@@ -129,7 +110,7 @@ class Repository:
                     )
                 )
         except IntegrityError:
-            raise InvalidValue(f"An account named {name!r} already exists.") from None
+            raise AlreadyExists(f"An account named {name!r} already exists.") from None
         return self.get_account(name)
 
     def get_account(self, name: str) -> dict[str, Any]:
@@ -481,6 +462,17 @@ class Repository:
             row = conn.execute(select(m.training.c.data).where(m.training.c.id == 1)).first()
         return None if row is None else row.data
 
+    def save_detector_models(self, blob: bytes, meta: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(m.detector_models.delete())
+            conn.execute(insert(m.detector_models).values(id=1, blob=blob, meta=meta, created_at=self.now()))
+
+    def load_detector_models(self) -> tuple[bytes, dict[str, Any]] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(m.detector_models.c.blob, m.detector_models.c.meta)
+                               .where(m.detector_models.c.id == 1)).first()
+        return None if row is None else (bytes(row.blob), dict(row.meta))
+
     def canary_fingerprints(self) -> frozenset[str]:
         with self.engine.connect() as conn:
             return frozenset(r.fingerprint for r in conn.execute(select(m.canaries.c.fingerprint)))
@@ -544,7 +536,10 @@ class Repository:
                  .limit(limit).offset(offset))
         with self.engine.connect() as conn:
             rows = [dict(r._mapping) for r in conn.execute(query)]
-            total = int(conn.execute(select(func.count()).select_from(a).where(*where)).scalar_one())
+            if limit is None and (rows or not offset):  # the whole rest: no second query to count
+                total = offset + len(rows)
+            else:
+                total = int(conn.execute(select(func.count()).select_from(a).where(*where)).scalar_one())
         if with_reasons:
             for row in rows:
                 row["reasons"] = list(row["reasons"] or [])

@@ -138,7 +138,8 @@ class GuardState:
         self.monitor.loader = self.states.load
         #: Maps model inputs to the detectors' feature space.
         self.featurizer = featurizer = Featurizer(settings.features, settings.feature_dim)
-        self.training = Training(settings, self.monitor, self.repository, featurizer, self.space)
+        self.training = Training(settings, self.monitor, self.repository, featurizer, self.space,
+                                 self.fingerprint_key)
         self.worker: EventWorker[QueryEvent] = EventWorker(
             self._prepare, self._write, max_queue=settings.queue_size, max_bytes=settings.queue_bytes,
             probe=self.repository.ping, spill=None if self.spill is None else self.spill.write,

@@ -5,9 +5,14 @@ Framework-free; runs at start-up and in the worker, never in a request."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import pickle
+import platform
 import time
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -28,12 +33,41 @@ from .state import AccountState
 log = logging.getLogger("flask_modelguard")
 
 
+def _versions() -> dict[str, str]:
+    """What a pickle of fitted models depends on: loaded only where these match."""
+    return {"python": ".".join(platform.python_version_tuple()[:2]),
+            "scikit-learn": metadata.version("scikit-learn"), "numpy": metadata.version("numpy")}
+
+
+def _seal(trained: Trained, key: bytes, training_version: Any) -> tuple[bytes, dict[str, Any]]:
+    """Fitted models as a pickle and what vouches for it: an HMAC-SHA256 of it
+    under the app's secret (so whoever can write the database still cannot
+    make a process unpickle their bytes), the libraries' versions, and the
+    training set it was fitted on."""
+    blob = pickle.dumps(trained, protocol=pickle.HIGHEST_PROTOCOL)
+    mac = hmac.new(key, blob, hashlib.sha256).hexdigest()
+    return blob, {"hmac": mac, "versions": _versions(), "training": str(training_version)}
+
+
+def _unseal(blob: bytes, meta: dict[str, Any], key: bytes, training_version: Any) -> Trained | None:
+    """The stored models, when they are this training set's, vouched for by this
+    secret and pickled by these library versions; None otherwise."""
+    if meta.get("training") != str(training_version) or meta.get("versions") != _versions():
+        return None
+    if not hmac.compare_digest(str(meta.get("hmac", "")), hmac.new(key, blob, hashlib.sha256).hexdigest()):
+        log.warning("modelguard: the stored detector models are not signed with this app's secret; refitting")
+        return None
+    trained = pickle.loads(blob)  # noqa: S301 - signed by this app's secret, checked above
+    return trained if isinstance(trained, Trained) else None
+
+
 class Training:
     """What the monitor's detectors were fitted on, and when to refit."""
 
     def __init__(self, settings: Settings, monitor: Monitor, repository: Repository,
-                 featurizer: Featurizer, space: FeatureSpace) -> None:
+                 featurizer: Featurizer, space: FeatureSpace, key: bytes = b"") -> None:
         self.settings = settings
+        self._key = key  # signs the stored fitted models
         self.monitor = monitor
         self.repository = repository
         self.featurizer = featurizer
@@ -107,33 +141,52 @@ class Training:
         """Train the anomaly models, the random forest and the stacked
         ensemble on a labelled set ``{"rows": [scores...], "labels": [bool...],
         "groups": [account...]}`` (what ``flask modelguard evaluate`` exports),
-        store it (other processes fit the same models from it at start-up) and
-        use them at once."""
+        store it and the fitted models (other processes load them at start-up)
+        and use them at once."""
         trained = train(data["rows"], data["labels"], data["groups"],
                         anomaly_kinds=list(self.settings.anomaly_models), fpr=self.settings.ensemble_fpr,
                         prada_threshold=self.settings.prada_threshold)
         if store:
             self.repository.save_training(data)
+            self._training_version = self.repository.training_version()
+            self._store_models(trained)
+        self._use(trained)
+        return trained
+
+    def _use(self, trained: Trained) -> None:
         with self.monitor.lock:
             self.monitor.anomaly = [*trained.anomaly, *([trained.supervised] if trained.supervised else [])]
             self.monitor.ensemble = trained.ensemble
         # a schedule refit would replace the anomaly models fitted with the ensemble
         self._next_refit = time.monotonic() + self.settings.anomaly_refit
-        return trained
+
+    def _store_models(self, trained: Trained) -> None:
+        blob, meta = _seal(trained, self._key, self._training_version)
+        self.repository.save_detector_models(blob, meta)
 
     def load_training(self, quiet: bool = False) -> None:
+        """At start-up and when another process stored a new training set: load
+        the fitted models stored with it, or fit them (and store them) when
+        there are none for it (another library version, another secret)."""
         try:
             self._training_version = self.repository.training_version()
             data = self.repository.load_training()
+            stored = self.repository.load_detector_models() if data is not None else None
         except SQLAlchemyError as exc:
             (log.debug if quiet else log.warning)("modelguard: could not load the training set (%s)",
                                                   exc.__class__.__name__)
             return
         if data is not None:
+            trained = None if stored is None else _unseal(*stored, self._key, self._training_version)
             try:
-                self.fit_detectors(data, store=False)
+                if trained is not None:
+                    self._use(trained)
+                else:
+                    self._store_models(self.fit_detectors(data, store=False))
             except ValueError as exc:
                 log.warning("modelguard: stored training set not usable (%s)", exc)
+            except SQLAlchemyError as exc:
+                log.warning("modelguard: fitted the detectors but could not store them (%s)", exc.__class__.__name__)
         if self.monitor.ensemble is None and self.settings.verdict == "ensemble" and self.settings.detection:
             log.warning("modelguard: MODELGUARD_VERDICT is 'ensemble' but no ensemble is trained "
                         "(flask modelguard fit-detectors); any detector flags until then")

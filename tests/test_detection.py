@@ -121,7 +121,7 @@ def test_one_alert_per_flag_and_allow_list_wins(traffic, caplog):
         base = {c: None for c in ("key_id", "route", "ts", "status", "latency_ms", "n_instances",
                                   "fingerprint", "labels", "top_confidences", "input")}
         base.update(key_id=1, route="r", ts=1.0, status=200, latency_ms=1.0, n_instances=1)
-        state._write_events([{**base, **row}])
+        state.pipeline.write([{**base, **row}])
         assert not {a["name"]: a for a in guard.list_accounts()}["jbda"]["flagged"]
         assert "flagged" not in caplog.text
 
@@ -148,7 +148,7 @@ def test_states_from_several_processes_merge_into_one(make_guarded_pair):
     single = AccountState(64)
     for body in bodies:
         x = state_a.featurizer(body["features"])
-        single.update(Observation(0.0, [__import__("flask_modelguard").fingerprint(body["features"], state_a.fingerprint_key)],
+        single.update(Observation(0.0, [__import__("flask_modelguard.events", fromlist=["fingerprint"]).fingerprint(body["features"], state_a.fingerprint_key)],
                                   x[None], ["1"], [0.7]))
     assert stored.queries == single.queries == 60
     assert stored.labels.counts == single.labels.counts
@@ -195,7 +195,7 @@ def test_a_changed_feature_space_starts_the_statistics_over(make_guarded, caplog
     classes = {"1": Moments(16).update(np.random.default_rng(0).normal(size=(30, 16)))}
     for space, used in (("flask_modelguard.features.flatten/64", False), ("embedding-v2", True), ("", True)):
         state.repository.save_reference(Reference(classes, [(20, 5.0)], space).to_dict())
-        state.load_reference()
+        state.training.load_reference()
         assert (state.monitor.reference is not None) is used, space
 
 
@@ -268,10 +268,10 @@ def test_anomaly_models_fitted_on_benign_states_single_out_the_thieves(traffic):
         guard.flush()  # merge the account states into the database
     benign = [{k: v for k, v in history[f"benign{i}"][-1]["scores"].items()} for i in range(8)]
     # five accounts are too few to calibrate a false-positive rate: refused
-    assert state.refit_anomaly_models(["isolation_forest"], vectors=benign[:5]) == 0
+    assert state.training.refit_anomaly_models(["isolation_forest"], vectors=benign[:5]) == 0
     # from the stored states of the active, unflagged accounts (the benign ones here)
-    assert state.refit_anomaly_models(["isolation_forest"]) >= 9
-    fitted = state.refit_anomaly_models(["isolation_forest", "lof"], vectors=benign * 2)
+    assert state.training.refit_anomaly_models(["isolation_forest"]) >= 9
+    fitted = state.training.refit_anomaly_models(["isolation_forest", "lof"], vectors=benign * 2)
     assert fitted == 16 and [m.kind for m in state.monitor.anomaly] == ["isolation_forest", "lof"]
     thief_scores = [state.monitor.anomaly[0].score(history[t][-1]["scores"]) for t in ("uniform", "gaussian", "shifted")]
     benign_scores = [state.monitor.anomaly[0].score(v) for v in benign]
@@ -297,7 +297,7 @@ def test_graduated_actions(make_guarded, action, expect):
            "input": None, "canary": False, "watermarks": [],
            "evaluation": {"account_id": account_id, "ts": 1.0, "queries": 100, "scores": {"add": 9.0},
                           "reasons": ["ADD 9.0 > 1.0 at 100 queries"]}}
-    state._write_events([row])
+    state.pipeline.write([row])
     account = state.repository.get_account(name)
     assert {k: account[k] for k in expect} == expect
     assert len(state.repository.score_history(name)) == 1  # recorded in every mode
@@ -321,13 +321,13 @@ def test_an_operators_unflag_stands_until_new_evidence(make_guarded):
                 "evaluation": {"account_id": account_id, "ts": 1.0, "queries": queries, "scores": {},
                                "reasons": ["ADD 9.0 > 1.0"]}}
 
-    state._write_events([verdict(200)])
+    state.pipeline.write([verdict(200)])
     assert state.repository.get_account(name)["flagged"]
     with g.app.app_context():
         g.guard.update_account(name, flagged=False)  # reviewed at 200 queries
-    state._write_events([verdict(250)])
+    state.pipeline.write([verdict(250)])
     assert not state.repository.get_account(name)["flagged"]
-    state._write_events([verdict(300)])
+    state.pipeline.write([verdict(300)])
     assert state.repository.get_account(name)["flagged"]
 
 

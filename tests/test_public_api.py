@@ -19,7 +19,7 @@ EXPECTED = {
     # the extension
     "ModelGuard", "RouteOptions", "Settings", "problem_response", "protect",
     # errors
-    "ModelGuardError", "NotFound", "InvalidValue", "Problem", "BadRequest", "MissingKey", "MalformedKey",
+    "ModelGuardError", "NotFound", "AlreadyExists", "InvalidValue", "Problem", "BadRequest", "MissingKey", "MalformedKey",
     "InvalidKey", "ExpiredKey", "RevokedKey", "AccountSuspended", "AccountBlocked", "CostExceedsLimit",
     "AnswerWithheld", "RateLimitExceeded", "StorageUnavailable", "DatabaseUnavailable", "PayloadTooLarge",
     # signals

@@ -52,7 +52,7 @@ def test_account_blocked_by_the_detectors_and_by_an_operator(make_guarded):
     try:
         state = g.guard.state(g.app)
         thief_id = state.repository.get_account(thief)["id"]
-        state._write_events([_row(thief_id, 30)])
+        state.pipeline.write([_row(thief_id, 30)])
         assert state.repository.get_account(thief)["status"] == "blocked"
         with g.app.app_context():
             g.guard.update_account(other, status="blocked")

@@ -18,9 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy.exc import IntegrityError
-
-from ..exc import AlreadyExists, InvalidValue, MalformedKey, NotFound
+from ..exc import InvalidValue, MalformedKey, NotFound
 from ..keys import KEY_SCHEME, parse_key
 from ..repository import STATUSES
 
@@ -142,16 +140,7 @@ class AdminService:
         for field, value in (("tier", tier), ("limits", limits)):
             if value is not None and not isinstance(value, str):
                 raise InvalidValue(f"{field} must be a string.")
-        try:
-            account = self.guard.create_account(name, tier=tier, limits=limits, app=self.app)
-        except AlreadyExists:
-            raise
-        except InvalidValue as exc:
-            # The repository refuses a taken name from its unique constraint:
-            # the IntegrityError it was raised in tells it from a bad value.
-            if isinstance(exc.__context__, IntegrityError):
-                raise AlreadyExists(str(exc)) from None
-            raise
+        account = self.guard.create_account(name, tier=tier, limits=limits, app=self.app)
         self._audit(actor, "create-account", name, None, {"tier": account["tier"], "limits": account["limits"]})
         return account
 
