@@ -96,11 +96,12 @@ class _Account:
     recent fingerprints and the window. The state the detectors read is
     ``base`` merged with ``delta``, built when an evaluation needs it."""
 
-    __slots__ = ("base", "delta", "errors", "evaluated", "prada", "seen", "since", "stepped", "window")
+    __slots__ = ("base", "delta", "errors", "evaluated", "merging", "prada", "seen", "since", "stepped", "window")
 
     def __init__(self, base: AccountState, prada: Prada, max_seen: int) -> None:
         self.base = base.compact()
         self.delta: AccountState | None = None
+        self.merging: AccountState | None = None  # a delta being merged into storage right now
         self.prada = prada
         self.seen = _Seen(max_seen)
         self.since = 0  # queries since the last evaluation
@@ -111,17 +112,25 @@ class _Account:
 
     @property
     def queries(self) -> int:
-        return self.base.queries + (self.delta.queries if self.delta is not None else 0)
+        return self.base.queries + sum(d.queries for d in (self.merging, self.delta) if d is not None)
 
     def view(self) -> AccountState:
-        """Everything known of the account (a new object: base and delta stay apart)."""
-        if self.delta is None or not self.delta.queries:
+        """Everything known of the account (a new object: base and deltas stay apart)."""
+        parts = [d for d in (self.merging, self.delta) if d is not None and d.queries]
+        if not parts:
             return self.base
-        return self.base.copy().merge(self.delta)
+        view = self.base.copy()
+        for part in parts:
+            view.merge(part)
+        return view
 
     def memory_bytes(self) -> int:
         return (self.base.memory_bytes() + (self.delta.memory_bytes() if self.delta is not None else 0)
                 + self.prada.memory_bytes() + self.seen.ring.nbytes + self.window.nbytes())
+
+
+#: ``observe(stored=...)`` not given: the monitor's loader reads the stored state.
+_UNREAD: Any = object()
 
 
 class Monitor:
@@ -184,10 +193,11 @@ class Monitor:
         #: reaches 0.5 (one decision calibrated to one false-positive rate).
         self.verdict = "auto"
 
-    def _account(self, account_id: int) -> _Account:
+    def _account(self, account_id: int, stored: Any = _UNREAD) -> _Account:
         found = self.accounts.get(account_id)
         if found is None:
-            stored = self.loader(account_id) if self.loader is not None else None
+            if stored is _UNREAD:
+                stored = self.loader(account_id) if self.loader is not None else None
             if stored is not None and not stored.finite():
                 self.discarded += 1
                 log.warning("modelguard: the stored state of account %s is not finite; its statistics start over",
@@ -204,9 +214,11 @@ class Monitor:
             self.accounts.move_to_end(account_id)
         return found
 
-    def observe(self, account_id: int, obs: Observation) -> Evaluation | None:
-        """Add one request's observation; an :class:`Evaluation` when it is time for one."""
-        account = self._account(account_id)
+    def observe(self, account_id: int, obs: Observation, stored: Any = _UNREAD) -> Evaluation | None:
+        """Add one request's observation; an :class:`Evaluation` when it is time for one.
+        ``stored``: the account's stored state, read beforehand (outside :attr:`lock`)
+        by a caller that saw the account was not in memory; else the ``loader`` reads it."""
+        account = self._account(account_id, stored)
         self._bound(obs)
         hashes = [int(fingerprint[:16], 16) for fingerprint in obs.fingerprints]  # 64 bits of a keyed hash
         new = [account.seen.add(h) for h in hashes]  # a repeat is no new probe (PRADA would see distance 0)
@@ -335,18 +347,39 @@ class Monitor:
             self.population = PopulationSample(self.population.capacity, self.population.max_share,
                                                space=self.population.space)
 
-    def deltas(self) -> list[tuple[int, AccountState]]:
+    def take_deltas(self) -> list[tuple[int, AccountState]]:
         """Accounts with queries not yet merged into storage, and those deltas
-        (evicted ones included, and forgotten: call with :attr:`lock` held)."""
+        (evicted ones included), now being merged: the detectors still count
+        them until :meth:`merged` or :meth:`unmerged` (call with :attr:`lock` held)."""
         pending, self.evicted = self.evicted, []
-        return pending + [(a, acc.delta) for a, acc in self.accounts.items()
-                          if acc.delta is not None and acc.delta.queries]
+        for account_id, account in self.accounts.items():
+            if account.delta is not None and account.delta.queries:
+                account.merging, account.delta = account.delta, None
+                pending.append((account_id, account.merging))
+        return pending
 
     def merged(self, account_id: int, state: AccountState) -> None:
-        """Storage now holds ``state``, which includes this process's delta."""
+        """Storage now holds ``state``, which includes this process's merged delta."""
         account = self.accounts.get(account_id)
         if account is not None:
-            account.base, account.delta = state.compact(), None
+            account.base, account.merging = state.compact(), None
+
+    def unmerged(self, pending: list[tuple[int, AccountState]]) -> None:
+        """The merge of these deltas failed: keep them for the next one."""
+        for account_id, delta in pending:
+            account = self.accounts.get(account_id)
+            if account is not None and account.merging is delta:
+                account.merging = None
+                account.delta = delta if account.delta is None else delta.merge(account.delta)
+            else:  # evicted before or meanwhile: merged with the evictions
+                self.evicted.append((account_id, delta))
+
+    def hand_over(self) -> list[tuple[int, AccountState]]:
+        """Every unmerged delta, forgotten here (spilled at exit: never merged twice)."""
+        pending = self.take_deltas()
+        for account in self.accounts.values():
+            account.merging = None
+        return pending
 
     def state(self, account_id: int) -> AccountState | None:
         """What this process knows of an account (None when not in memory)."""

@@ -6,6 +6,7 @@ next start, or counted). Framework-free."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,7 @@ class StateStore:
         self.repository = repository
         self.space = space
         self.spill = spill
+        self._persisting = threading.Lock()
         #: Accounts whose unmerged queries were lost at a shutdown during an outage (no spill folder).
         self.lost = 0
 
@@ -48,28 +50,31 @@ class StateStore:
     def persist(self, batch: int = 200) -> int:
         """Merge every account's unmerged delta into its stored state (the worker
         does it every key-cache TTL, and at flush and shutdown), up to
-        ``batch`` accounts a transaction; returns how many accounts were merged."""
-        done = 0
-        with self.monitor.lock:
-            pending = self.monitor.deltas()
+        ``batch`` accounts a transaction; returns how many accounts were merged.
+        The monitor's lock is held only to take the deltas and to hand the
+        results back, never across a database round trip."""
+        with self._persisting:  # one merge at a time (the worker's tick, a flush, exit)
+            with self.monitor.lock:
+                pending = self.monitor.take_deltas()
             deltas: dict[int, AccountState] = {}
             for account_id, delta in pending:  # an evicted account back in memory has two
                 deltas[account_id] = delta if account_id not in deltas else deltas[account_id].copy().merge(delta)
             ordered = list(deltas.items())
             merged_ids: set[int] = set()
-            for start in range(0, len(ordered), batch):
-                chunk = ordered[start : start + batch]
-                results: dict[int, AccountState] = {}
-                try:
+            try:
+                for start in range(0, len(ordered), batch):
+                    chunk = ordered[start : start + batch]
+                    results: dict[int, AccountState] = {}
                     self.repository.merge_states({a: self._merge(a, delta, results) for a, delta in chunk})
-                except Exception:
-                    self._keep_unmerged(pending, merged_ids)
-                    raise
-                for account_id, _ in chunk:
-                    self.monitor.merged(account_id, results[account_id])
-                    merged_ids.add(account_id)
-                done += len(chunk)
-        return done
+                    with self.monitor.lock:
+                        for account_id, _ in chunk:
+                            self.monitor.merged(account_id, results[account_id])
+                    merged_ids.update(account_id for account_id, _ in chunk)
+            except Exception:
+                with self.monitor.lock:
+                    self.monitor.unmerged([(a, d) for a, d in pending if a not in merged_ids])
+                raise
+        return len(merged_ids)
 
     def _merge(self, account_id: int, delta: AccountState, results: dict[int, AccountState]) -> Merge:
         """The read-modify-write of one account's stored state (run by the
@@ -81,22 +86,14 @@ class StateStore:
             else:
                 merged = AccountState.from_dict(stored).merge(delta)  # (the delta is only read)
             if not merged.finite():  # never stored: the statistics start over from the delta
-                self.monitor.discarded += 1
+                with self.monitor.lock:
+                    self.monitor.discarded += 1
                 log.warning("modelguard: account %s's merged state is not finite; not stored", account_id)
                 merged = delta.copy() if delta.finite() else AccountState(delta.dim, space=delta.space)
             results[account_id] = merged
             return merged.to_dict()
 
         return merge_one
-
-    def _keep_unmerged(self, pending: list[tuple[int, AccountState]], merged_ids: set[int]) -> None:
-        """After a failed merge, keep every delta not merged yet for the next
-        attempt: an account in memory still holds its current one, not those
-        of its evictions (call with the monitor's lock held)."""
-        for later_id, later in pending:
-            account = self.monitor.accounts.get(later_id)
-            if later_id not in merged_ids and (account is None or account.delta is not later):
-                self.monitor.evicted.append((later_id, later))
 
     def persist_or_spill(self) -> None:
         """At exit: merge the deltas; when storage refuses, spill them (the next
@@ -105,9 +102,7 @@ class StateStore:
             self.persist()
         except SQLAlchemyError as exc:
             with self.monitor.lock:
-                pending = self.monitor.deltas()
-                for account in self.monitor.accounts.values():
-                    account.delta = None  # handed over below: never merged twice
+                pending = self.monitor.hand_over()  # spilled or counted below: never merged twice
             rows = [{"account_id": account_id, "state": delta.to_dict()} for account_id, delta in pending]
             if self.spill is not None and rows:
                 try:

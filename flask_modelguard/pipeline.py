@@ -15,7 +15,7 @@ import numpy as np
 from .alerting import Alerter
 from .events import QueryEvent, fingerprint
 from .features import Featurizer, flatten
-from .monitor import Monitor
+from .monitor import _UNREAD, Monitor
 from .payload import instances, predictions
 from .policy import FlagPolicy
 from .repository import Repository
@@ -83,9 +83,13 @@ class Pipeline:
         if obs is None:
             self.skipped += 1  # counted, not judged
             return
-        with self.monitor.lock:
+        monitor = self.monitor
+        stored: Any = _UNREAD
+        if monitor.loader is not None and event.account_id not in monitor.accounts:
+            stored = monitor.loader(event.account_id)  # a database read: not under the lock
+        with monitor.lock:
             began = time.perf_counter()
-            evaluation = self.monitor.observe(event.account_id, obs)
+            evaluation = monitor.observe(event.account_id, obs, stored)
             took = time.perf_counter() - began
         if self.telemetry is not None:
             self.telemetry.detector(took, evaluation is not None)

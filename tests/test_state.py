@@ -119,7 +119,9 @@ def test_an_account_in_memory_stays_within_64_KiB():
     monitor = Monitor(64)
     for o in stream(1500, 1.8e9):
         monitor.observe(1, o)
-    monitor.merged(1, monitor.state(1).copy())  # as the worker does once the delta is stored
+    whole = monitor.state(1).copy()
+    assert [a for a, _ in monitor.take_deltas()] == [1]  # as the worker does: the delta taken, stored,
+    monitor.merged(1, whole)  # and the stored state handed back
     account = monitor.accounts[1]
     assert len(account.base.minutes) == 1440 and len(account.base.by_class) == 10
     assert account.base.unique.exact is None and len(account.prada.classes) == 10

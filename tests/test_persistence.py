@@ -1,0 +1,88 @@
+"""persistence.py: account deltas merged into storage without holding the
+monitor's lock across a database round trip, still counted by the detectors
+while in flight, and kept for the next merge when one fails."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from flask_modelguard import ModelGuard
+from flask_modelguard.state import AccountState
+from tests.conftest import Guarded
+
+
+def _served(make_guarded: Callable[..., Guarded], n: int) -> tuple[Guarded, int]:
+    guarded = make_guarded(MODELGUARD_DETECTION=True)
+    name, key = guarded.account(limits="100000/minute")
+    rng = np.random.default_rng(1)
+    for _ in range(n):
+        assert guarded.predict(key, {"features": rng.uniform(0, 16, 8).round(2).tolist()}).status_code == 200
+    state = ModelGuard.state(guarded.app)
+    state.worker.flush()
+    return guarded, state.repository.get_account(name)["id"]
+
+
+def _stored_queries(guarded: Guarded, account_id: int) -> int:
+    data = ModelGuard.state(guarded.app).repository.load_state(account_id)
+    return 0 if data is None else AccountState.from_dict(data).queries
+
+
+def test_the_merge_runs_outside_the_lock_and_the_detectors_still_count_it(
+        make_guarded: Callable[..., Guarded], monkeypatch: pytest.MonkeyPatch) -> None:
+    guarded, account_id = _served(make_guarded, 25)
+    state = ModelGuard.state(guarded.app)
+    seen: list[tuple[bool, int]] = []
+    real = state.repository.merge_states
+
+    def merge_states(merges: Any) -> Any:
+        seen.append((state.monitor.lock.locked(), state.monitor.accounts[account_id].queries))
+        return real(merges)
+
+    monkeypatch.setattr(state.repository, "merge_states", merge_states)
+    assert state.persist_states() == 1
+    assert seen == [(False, 25)]  # not under the lock; the in-flight delta still counted
+    assert _stored_queries(guarded, account_id) == 25
+    assert state.monitor.accounts[account_id].queries == 25  # merged once, not counted twice
+
+
+def test_a_failed_merge_keeps_every_delta_for_the_next_one(
+        make_guarded: Callable[..., Guarded], monkeypatch: pytest.MonkeyPatch) -> None:
+    guarded, account_id = _served(make_guarded, 20)
+    state = ModelGuard.state(guarded.app)
+    real = state.repository.merge_states
+
+    def down(merges: Any) -> Any:
+        raise OperationalError("merge", {}, Exception("database away"))
+
+    monkeypatch.setattr(state.repository, "merge_states", down)
+    with pytest.raises(OperationalError):
+        state.persist_states()
+    assert state.monitor.accounts[account_id].queries == 20
+    monkeypatch.setattr(state.repository, "merge_states", real)
+    assert state.persist_states() == 1
+    assert _stored_queries(guarded, account_id) == 20
+    assert state.persist_states() == 0  # nothing left over to merge twice
+
+
+def test_the_stored_state_is_read_outside_the_lock(
+        make_guarded: Callable[..., Guarded], monkeypatch: pytest.MonkeyPatch) -> None:
+    guarded, _ = _served(make_guarded, 15)
+    state = ModelGuard.state(guarded.app)
+    locked: list[bool] = []
+    real = state.monitor.loader
+    assert real is not None
+
+    def load(account: int) -> Any:
+        locked.append(state.monitor.lock.locked())
+        return real(account)
+
+    state.monitor.loader = load
+    key = guarded.account()[1]  # an account not in memory: its stored state is read
+    guarded.predict(key, {"features": [1.0] * 8})
+    state.worker.flush()
+    assert locked and not any(locked)
