@@ -17,12 +17,14 @@ from tests.conftest import Guarded
 
 
 def _served(make_guarded: Callable[..., Guarded], n: int) -> tuple[Guarded, int]:
+    """An account with ``n`` queries in memory, none merged yet."""
     guarded = make_guarded(MODELGUARD_DETECTION=True)
+    state = ModelGuard.state(guarded.app)
+    state.worker.on_tick = None  # its schedule would merge at a moment of its own
     name, key = guarded.account(limits="100000/minute")
     rng = np.random.default_rng(1)
     for _ in range(n):
         assert guarded.predict(key, {"features": rng.uniform(0, 16, 8).round(2).tolist()}).status_code == 200
-    state = ModelGuard.state(guarded.app)
     state.worker.flush()
     return guarded, state.repository.get_account(name)["id"]
 
