@@ -12,6 +12,7 @@ guard's state flushes its worker before the worker's own hook looks).
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import weakref
@@ -21,40 +22,61 @@ from typing import Any
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.pool import StaticPool
 
-_lock = threading.Lock()
-_after_fork: list[weakref.WeakMethod[Callable[[], None]]] = []
-_at_exit: list[weakref.WeakMethod[Callable[[], None]]] = []
+log = logging.getLogger("flask_modelguard")
+
+class Hooks:
+    """Bound methods held weakly, run in order (or in reverse); one that
+    raises does not stop the others."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._refs: list[weakref.WeakMethod[Callable[[], None]]] = []
+
+    def add(self, method: Callable[[], None]) -> None:
+        with self._lock:
+            self._refs.append(weakref.WeakMethod(method))
+
+    def live(self) -> list[Callable[[], None]]:
+        with self._lock:
+            alive = [(ref, ref()) for ref in self._refs]
+            self._refs[:] = [ref for ref, method in alive if method is not None]
+        return [method for _, method in alive if method is not None]
+
+    def run(self, reverse: bool = False) -> None:
+        methods = self.live()
+        for method in reversed(methods) if reverse else methods:
+            try:
+                method()
+            except Exception:
+                log.exception("modelguard: a lifecycle hook failed")
+
+    def reset_lock(self) -> None:
+        """After a fork: another thread of the parent may have held the lock."""
+        self._lock = threading.Lock()
+
+
+_after_fork = Hooks()
+_at_exit = Hooks()
 
 
 def after_fork(method: Callable[[], None]) -> None:
     """Run the bound ``method`` in every child forked from now on (while its object lives)."""
-    with _lock:
-        _after_fork.append(weakref.WeakMethod(method))
+    _after_fork.add(method)
 
 
 def at_exit(method: Callable[[], None]) -> None:
     """Run the bound ``method`` at interpreter exit (while its object lives)."""
-    with _lock:
-        _at_exit.append(weakref.WeakMethod(method))
-
-
-def _live(hooks: list[weakref.WeakMethod[Callable[[], None]]]) -> list[Callable[[], None]]:
-    with _lock:
-        alive = [(ref, ref()) for ref in hooks]
-        hooks[:] = [ref for ref, method in alive if method is not None]
-    return [method for _, method in alive if method is not None]
+    _at_exit.add(method)
 
 
 def _run_after_fork() -> None:
-    global _lock
-    _lock = threading.Lock()  # another thread of the parent may have held it
-    for method in _live(_after_fork):
-        method()
+    _after_fork.reset_lock()
+    _at_exit.reset_lock()
+    _after_fork.run()
 
 
 def _run_at_exit() -> None:
-    for method in reversed(_live(_at_exit)):
-        method()
+    _at_exit.run(reverse=True)
 
 
 if hasattr(os, "register_at_fork"):
