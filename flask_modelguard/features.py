@@ -76,7 +76,7 @@ def _bounded(x: np.ndarray) -> np.ndarray:
     """``x`` within ±:data:`LIMIT` (NaN as 0); the same array when it already is."""
     if x.size and -LIMIT <= x.min() and x.max() <= LIMIT:  # (NaN fails both comparisons)
         return x
-    return np.clip(np.nan_to_num(x, nan=0.0, posinf=LIMIT, neginf=-LIMIT), -LIMIT, LIMIT)
+    return np.asarray(np.clip(np.nan_to_num(x, nan=0.0, posinf=LIMIT, neginf=-LIMIT), -LIMIT, LIMIT))
 
 
 class Featurizer:

@@ -120,7 +120,7 @@ class Verification:
 
     @property
     def p_value(self) -> float:
-        return 2.0 ** self.log2_p
+        return float(2.0 ** self.log2_p)
 
     @property
     def claimed(self) -> bool:
@@ -142,7 +142,7 @@ def _same(a: Any, b: Any) -> bool:
         return a is b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return float(a) == float(b)
-    return a == b
+    return bool(a == b)
 
 
 def verify(

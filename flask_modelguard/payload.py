@@ -22,7 +22,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, TypeGuard
+from typing import Any, NamedTuple, Protocol, TypeGuard, cast
 
 import numpy as np
 
@@ -147,6 +147,7 @@ class AutoAdapter:
 
     def read(self, payload: Any) -> Reading | None:
         list_key = _list_key(payload)
+        wrap: Callable[[list[Any]], Any]
         if list_key is not None:
             items, wrap = payload[list_key], lambda rows: {**payload, list_key: rows}
         elif isinstance(payload, list) and payload and not _is_number(payload[0]):
@@ -236,7 +237,7 @@ def make_adapter(spec: Any) -> PayloadAdapter:
     if isinstance(spec, tuple) and len(spec) == 2 and all(callable(f) for f in spec):
         return CallableAdapter(*spec)
     if hasattr(spec, "read"):
-        return spec
+        return cast(PayloadAdapter, spec)
     raise TypeError(f"Not a payload adapter: {spec!r}")
 
 

@@ -170,7 +170,7 @@ class Reference:
         values = np.linalg.eigvalsh((cross + cross.transpose(0, 2, 1)) / 2.0)
         d2 = (((mean - ref.mean) ** 2).sum(axis=1) + np.trace(cov, axis1=1, axis2=2) + np.trace(ref.cov())
               - 2.0 * np.sqrt(np.clip(values, 0.0, None)).sum(axis=1))
-        return np.maximum(0.0, d2)
+        return np.asarray(np.maximum(0.0, d2))
 
     def input_range(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Where features may lie before they count as hostile: the fitted

@@ -100,7 +100,7 @@ class AnomalyModel:
             raise RuntimeError("fit the anomaly model first")
         if not len(vectors):
             return np.empty(0)
-        return -self._model.decision_function(self._scaler.transform(self._matrix(vectors)))
+        return -np.asarray(self._model.decision_function(self._scaler.transform(self._matrix(vectors))))
 
     def flags(self, vector: Mapping[str, float | None]) -> bool:
         return self.score(vector) > self.threshold

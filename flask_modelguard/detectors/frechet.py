@@ -17,7 +17,7 @@ def sqrtm_psd(matrix: np.ndarray) -> np.ndarray:
     """The symmetric PSD square root of a (numerically) symmetric PSD matrix."""
     sym = (np.asarray(matrix, dtype=np.float64) + np.asarray(matrix, dtype=np.float64).T) / 2.0
     values, vectors = np.linalg.eigh(sym)
-    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+    return np.asarray((vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T)
 
 
 def frechet_distance(

@@ -119,7 +119,7 @@ def sign_step(difference: np.ndarray, share: float = 0.8, tolerance: float = 0.0
     median = float(changed[n // 2])
     lo = int(np.searchsorted(changed, median * (1.0 - tolerance), side="left"))
     hi = int(np.searchsorted(changed, median * (1.0 + tolerance), side="right"))
-    return hi - lo >= share * n
+    return bool(hi - lo >= share * n)
 
 
 class Prada:

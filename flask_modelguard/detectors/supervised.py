@@ -136,7 +136,7 @@ class SupervisedModel:
             raise RuntimeError("fit the model first")
         if not len(vectors):
             return np.empty(0)
-        return self._model.predict_proba(_matrix(vectors, self.features))[:, 1]
+        return np.asarray(self._model.predict_proba(_matrix(vectors, self.features))[:, 1])
 
     def importances(self) -> dict[str, float]:
         """Which features the forest relies on (mean decrease in impurity)."""
@@ -160,7 +160,7 @@ class StackedEnsemble:
 
     def _matrix(self, rows: Sequence[Mapping[str, float]]) -> np.ndarray:
         # log1p: evidence spans orders of magnitude (ADD ratios of 0.3 and 300)
-        return np.log1p(np.clip(_matrix(rows, self.detectors), 0.0, None))
+        return np.asarray(np.log1p(np.clip(_matrix(rows, self.detectors), 0.0, None)))
 
     def _make(self) -> Any:
         from sklearn.linear_model import LogisticRegression
@@ -202,7 +202,7 @@ class StackedEnsemble:
             raise RuntimeError("fit the ensemble first")
         p = self._model.predict_proba(self._matrix(rows))[:, 1]
         t = min(max(self.threshold, 1e-9), 1.0 - 1e-9)
-        return np.where(p <= t, 0.5 * p / t, 0.5 + 0.5 * (p - t) / (1.0 - t))
+        return np.asarray(np.where(p <= t, 0.5 * p / t, 0.5 + 0.5 * (p - t) / (1.0 - t)))
 
     def weights(self) -> dict[str, float]:
         if self._model is None:

@@ -93,7 +93,7 @@ class KeyedRandom:
 
     def normal(self, purpose: str, k: int) -> np.ndarray:
         u = self.uniform(purpose, 2 * k)  # Box-Muller from one stream
-        return np.sqrt(-2.0 * np.log(u[:, :k])) * np.cos(2.0 * np.pi * u[:, k:])
+        return np.asarray(np.sqrt(-2.0 * np.log(u[:, :k])) * np.cos(2.0 * np.pi * u[:, k:]))
 
     def laplace(self, purpose: str, k: int) -> np.ndarray:
         u = self.uniform(purpose, k) - 0.5
