@@ -1,198 +1,19 @@
-"""``flask modelguard ...``: manage accounts and keys from the shell.
-
-Keys are printed once, when they are created; nothing else ever prints a secret.
-"""
+"""``flask modelguard``: canaries, watermarks, the reference, evaluation, the
+detectors' training and calibration."""
 
 from __future__ import annotations
 
 import json
 import sys
 from collections.abc import Callable
-from functools import wraps
 from typing import Any
 
 import click
-from flask import current_app
 from flask.cli import with_appcontext
-from sqlalchemy.exc import SQLAlchemyError
 
-from .admin.service import AdminService
-from .exc import InvalidValue, ModelGuardError
-from .keys import key_hint
-from .ownership import DEFAULT_THRESHOLD_LOG2, file_suspect, http_suspect, verify
-from .repository import STATUSES
-from .runtime import state_of
-
-
-def _guard() -> Any:
-    return state_of(current_app).guard
-
-
-def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn library errors into a one-line message and exit code 1."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (ModelGuardError, RuntimeError) as exc:
-            raise click.ClickException(str(exc)) from None
-        except SQLAlchemyError as exc:
-            raise click.ClickException(
-                f"Database error: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"
-                " (did you run 'flask modelguard init-db'?)"
-            ) from None
-
-    return wrapper
-
-
-def _service() -> AdminService:
-    """The admin service: every change made from the shell goes through it (audited as :func:`_actor`)."""
-    return AdminService.of(state_of(current_app))
-
-
-def _actor() -> str:
-    from .admin.cli import cli_actor
-
-    return cli_actor()
-
-
-def _show_key(token: str, what: str) -> None:
-    click.echo(f"{what}: {token}")
-    click.echo("Store it now: it is shown only once.", err=True)
-
-
-@click.group("modelguard")
-def modelguard_cli() -> None:
-    """Manage ModelGuard accounts and API keys."""
-
-
-@modelguard_cli.command("init-db")
-@with_appcontext
-@_friendly
-def init_db() -> None:
-    """Create the guard's tables."""
-    _guard().init_db()
-    click.echo("ModelGuard tables are ready.")
-
-
-@modelguard_cli.command("create-account")
-@click.argument("name")
-@click.option("--tier", help="Tier of the account (default MODELGUARD_DEFAULT_TIER).")
-@click.option("--limits", help='Limits replacing the tier\'s, e.g. "5/second;100/day".')
-@click.option("--key/--no-key", default=True, show_default=True, help="Also issue an API key.")
-@with_appcontext
-@_friendly
-def create_account(name: str, tier: str | None, limits: str | None, key: bool) -> None:
-    """Create an account (and its first API key)."""
-    service, actor = _service(), _actor()
-    account = service.create_account(actor, name, tier=tier, limits=limits)
-    click.echo(f"Created account {account['name']!r} (tier {account['tier']}).")
-    if key:
-        _show_key(service.issue_key(actor, name).token, "API key")
-
-
-@modelguard_cli.command("issue-key")
-@click.argument("account")
-@with_appcontext
-@_friendly
-def issue_key(account: str) -> None:
-    """Issue a new API key for ACCOUNT."""
-    _show_key(_service().issue_key(_actor(), account).token, "API key")
-
-
-@modelguard_cli.command("rotate-key")
-@click.argument("key")
-@click.option("--grace", type=float, help="Seconds the old key stays valid (default MODELGUARD_ROTATION_GRACE).")
-@with_appcontext
-@_friendly
-def rotate_key(key: str, grace: float | None) -> None:
-    """Replace KEY (its prefix or the whole key) with a new one."""
-    _show_key(_service().rotate_key(_actor(), key, grace).token, "New API key")
-
-
-@modelguard_cli.command("revoke-key")
-@click.argument("key")
-@with_appcontext
-@_friendly
-def revoke_key(key: str) -> None:
-    """Revoke KEY (its prefix or the whole key) now."""
-    row = _service().revoke_key(_actor(), key)
-    click.echo(f"Revoked {key_hint(row['prefix'])} of account {row['account']!r}.")
-
-
-@modelguard_cli.command("list-accounts")
-@click.option("--status", type=click.Choice(STATUSES))
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@with_appcontext
-@_friendly
-def list_accounts(status: str | None, as_json: bool) -> None:
-    """List accounts with tier, status and number of live keys."""
-    rows = _service().accounts(status=status, sort="name", limit=None).items
-    if as_json:
-        for row in rows:
-            click.echo(json.dumps(row, default=str))
-        return
-    click.echo(f"{'NAME':<24} {'TIER':<12} {'STATUS':<10} {'KEYS':>4}  LIMITS")
-    for row in rows:
-        click.echo(
-            f"{row['name']:<24} {row['tier']:<12} {row['status']:<10} {row['active_keys']:>4}  {row['limits'] or '-'}"
-        )
-
-
-@modelguard_cli.command("list-keys")
-@click.argument("account")
-@with_appcontext
-@_friendly
-def list_keys(account: str) -> None:
-    """List the keys of ACCOUNT (prefixes only)."""
-    for row in _guard().list_keys(account):
-        state = "revoked" if row["revoked_at"] else (f"expires {row['expires_at']}" if row["expires_at"] else "active")
-        click.echo(f"{key_hint(row['prefix'])}  created {row['created_at']}  {state}")
-
-
-@modelguard_cli.command("set-status")
-@click.argument("account")
-@click.argument("status", type=click.Choice(STATUSES))
-@with_appcontext
-@_friendly
-def set_status(account: str, status: str) -> None:
-    """Set ACCOUNT's status: active, suspended or blocked."""
-    _service().update_account(_actor(), account, status=status)
-    click.echo(f"Account {account!r} is now {status}.")
-
-
-@modelguard_cli.command("set-tier")
-@click.argument("account")
-@click.argument("tier")
-@with_appcontext
-@_friendly
-def set_tier(account: str, tier: str) -> None:
-    """Move ACCOUNT to TIER."""
-    _service().update_account(_actor(), account, tier=tier)
-    click.echo(f"Account {account!r} is now on tier {tier}.")
-
-
-@modelguard_cli.command("set-limits")
-@click.argument("account")
-@click.argument("limits")
-@with_appcontext
-@_friendly
-def set_limits(account: str, limits: str) -> None:
-    """Override ACCOUNT's limits ("5/second;100/day"); "tier" restores the tier's."""
-    _service().update_account(_actor(), account, limits=None if limits == "tier" else limits)
-    click.echo(f"Account {account!r} limits: {limits}.")
-
-
-@modelguard_cli.command("flag")
-@click.argument("account")
-@click.option("--off", is_flag=True, help="Remove the flag.")
-@with_appcontext
-@_friendly
-def flag(account: str, off: bool) -> None:
-    """Flag ACCOUNT: its answers follow the suspicious-account policy."""
-    _service().update_account(_actor(), account, flagged=not off)
-    click.echo(f"Account {account!r} is {'no longer ' if off else ''}flagged.")
+from ..exc import InvalidValue
+from ..ownership import DEFAULT_THRESHOLD_LOG2, file_suspect, http_suspect, verify
+from .base import _actor, _friendly, _guard, _guard_settings, _service, modelguard_cli
 
 
 @modelguard_cli.command("add-canaries")
@@ -404,12 +225,3 @@ def progress_bars(prefix: str) -> tuple[Callable[[str, int, int], None], Callabl
             bar.render_finish()
 
     return progress, finish
-
-
-def _guard_settings() -> Any:
-    return state_of(current_app).settings
-
-
-from .admin.cli import register as _register_admin_commands  # noqa: E402
-
-_register_admin_commands(modelguard_cli, _friendly)
