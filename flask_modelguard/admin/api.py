@@ -7,7 +7,6 @@ by a customer's API key. Every change is written to the audit log."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,6 +31,7 @@ from ..repository import STATUSES
 from ..responses import problem_response
 from ..runtime import state_of
 from .openapi import openapi_document
+from .params import body, choice, number, paging
 from .service import ACCOUNT_FIELDS, AdminService
 from .store import attachment, export_columns, export_csv, export_jsonl
 
@@ -145,48 +145,6 @@ api.register_error_handler(404, _http_problem)
 api.register_error_handler(405, _http_problem)
 
 
-def _body(*allowed: str, optional: bool = False) -> dict[str, Any]:
-    """The JSON object sent, with no field but ``allowed`` (``optional``: or no body, as {})."""
-    data = request.get_json(silent=True)
-    if optional and not data:
-        return {}
-    if not isinstance(data, dict):
-        raise BadRequest("Send a JSON object.")
-    unknown = set(data) - set(allowed)
-    if unknown:
-        raise BadRequest(f"Unknown field(s): {', '.join(sorted(unknown))}; allowed: {', '.join(allowed)}.")
-    return data
-
-
-def _number(name: str, kind: type[int] | type[float], default: Any, low: float = -math.inf,
-            high: float = math.inf) -> Any:
-    """Query parameter ``name`` as an int or a finite float in [low, high]."""
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be {'an integer' if kind is int else 'a number (epoch seconds)'}.") from None
-    if not math.isfinite(value):
-        raise BadRequest(f"{name} must be finite.")
-    if not low <= value <= high:
-        raise BadRequest(f"{name} must be between {low} and {high}.")
-    return value
-
-
-def _choice(name: str, allowed: tuple[str, ...], what: str, default: str | None = None) -> str | None:
-    """Query parameter ``name``, one of ``allowed`` (``what`` says which, in the refusal)."""
-    value = request.args.get(name, default)
-    if value is not None and value not in allowed:
-        raise BadRequest(f"{name} must be {what}.")
-    return value
-
-
-def _paging() -> tuple[int, int]:
-    return _number("limit", int, 50, 1, 1000), _number("offset", int, 0, 0, 10**9)
-
-
 def _view(row: dict[str, Any]) -> dict[str, Any]:
     """A row as JSON: datetimes as ISO strings."""
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
@@ -207,12 +165,12 @@ _SHOWN_ONCE = "Store the key now: it is shown only once."
 
 @api.get("/accounts")
 def list_accounts() -> Any:
-    status = _choice("status", STATUSES, f"one of {', '.join(STATUSES)}")
-    flagged = _choice("flagged", ("true", "false"), "true or false")
-    sort = _choice("sort", ("score", "name", "created_at"), "score, name or created_at", "score")
+    status = choice("status", STATUSES, f"one of {', '.join(STATUSES)}")
+    flagged = choice("flagged", ("true", "false"), "true or false")
+    sort = choice("sort", ("score", "name", "created_at"), "score, name or created_at", "score")
     tiers = tuple(_state().enforcer.tiers)
-    tier = _choice("tier", tiers, f"one of {', '.join(tiers)}")
-    limit, offset = _paging()
+    tier = choice("tier", tiers, f"one of {', '.join(tiers)}")
+    limit, offset = paging()
     page = _service().accounts(status=status, flagged=None if flagged is None else flagged == "true", tier=tier,
                                search=request.args.get("q"), sort=sort or "score", limit=limit, offset=offset)
     return {"items": [_view(r) for r in page.items], "total": page.total, "limit": limit, "offset": offset}
@@ -220,7 +178,7 @@ def list_accounts() -> Any:
 
 @api.post("/accounts")
 def create_account() -> Any:
-    data = _body("name", "tier", "limits")
+    data = body("name", "tier", "limits")
     if not isinstance(data.get("name"), str) or not 1 <= len(data["name"]) <= 128:
         raise BadRequest("name must be a string of 1 to 128 characters.")
     account = _service().create_account(_actor(), data["name"], tier=data.get("tier"), limits=data.get("limits"))
@@ -239,7 +197,7 @@ def show_account(name: str) -> Any:
 
 @api.patch("/accounts/<path:name>")
 def update_account(name: str) -> Any:
-    data = _body(*ACCOUNT_FIELDS)
+    data = body(*ACCOUNT_FIELDS)
     return _view(_service().update_account(_actor(), name, **data).after)
 
 
@@ -258,7 +216,7 @@ def issue_key(name: str) -> Any:
 
 @api.post("/keys/<prefix>/rotate")
 def rotate_key(prefix: str) -> Any:
-    issued = _service().rotate_key(_actor(), prefix, _body("grace", optional=True).get("grace"))
+    issued = _service().rotate_key(_actor(), prefix, body("grace", optional=True).get("grace"))
     return {"key": issued.token, "prefix": issued.prefix, "replaces": issued.replaces, "note": _SHOWN_ONCE}, 201
 
 
@@ -278,7 +236,7 @@ def scores(name: str) -> Any:
     state = _state()
     account = state.repository.get_account(name)
     history = state.repository.score_history(name)
-    limit = _number("limit", int, 200, 1, 10_000)
+    limit = number("limit", int, 200, 1, 10_000)
     return {"account": name, "score": account["score"], "flagged": account["flagged"],
             "current": _evaluation(history[-1]) if history else None,
             "history": [_evaluation(h) for h in history[-limit:]]}
@@ -287,10 +245,10 @@ def scores(name: str) -> Any:
 @api.get("/alerts")
 def alerts() -> Any:
     state = _state()
-    open_only = _choice("open", ("true", "false"), "true or false", "false")
+    open_only = choice("open", ("true", "false"), "true or false", "false")
     account = request.args.get("account")
     account_id = state.repository.get_account(account)["id"] if account else None
-    limit, offset = _paging()
+    limit, offset = paging()
     items, total = state.admin.alerts(open_only=open_only == "true", account_id=account_id, limit=limit, offset=offset)
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
@@ -304,7 +262,7 @@ def acknowledge(alert_id: str) -> Any:
 
 @api.get("/audit")
 def audit() -> Any:
-    limit, offset = _paging()
+    limit, offset = paging()
     items, total = _state().admin.audit_entries(limit, offset)
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
@@ -313,8 +271,8 @@ def audit() -> Any:
 
 @api.get("/accounts/<path:name>/events")
 def export_events(name: str) -> Any:
-    fmt = _choice("format", ("jsonl", "csv"), "jsonl or csv", "jsonl")
-    since, until = _number("since", float, None), _number("until", float, None)
+    fmt = choice("format", ("jsonl", "csv"), "jsonl or csv", "jsonl")
+    since, until = number("since", float, None), number("until", float, None)
     service = _service()
     rows = service.export_events(_actor(), name, since=since, until=until, fmt=fmt or "jsonl")
     columns = export_columns(service.store_inputs)
@@ -330,7 +288,7 @@ def verify_watermark(name: str) -> Any:
     """Test a suspect model: ``{"url": ...}`` (its prediction API) or
     ``{"predictions": [labels...]}`` for the account's watermark inputs, in the
     order of ``GET .../watermark-inputs``."""
-    data = _body("url", "predictions", "max_probes")
+    data = body("url", "predictions", "max_probes")
     if ("url" in data) == ("predictions" in data):
         raise BadRequest("Give either url or predictions.")
     result = _service().verify_watermark(_actor(), name, **data)
@@ -341,7 +299,7 @@ def verify_watermark(name: str) -> Any:
 
 @api.get("/accounts/<path:name>/watermark-inputs")
 def watermark_inputs(name: str) -> Any:
-    limit = _number("limit", int, 250, 1, 10_000)
+    limit = number("limit", int, 250, 1, 10_000)
     records = _state().repository.watermark_records(name, limit)
     return {"items": [r["input"] for r in records], "total": len(records)}
 
@@ -364,7 +322,7 @@ def show_reference() -> Any:
 
 @api.put("/reference")
 def fit_reference() -> Any:
-    data = _body("inputs", "labels")
+    data = body("inputs", "labels")
     inputs, labels = data.get("inputs"), data.get("labels")
     if not isinstance(inputs, list) or not isinstance(labels, list) or len(inputs) != len(labels) \
             or not MIN_INPUTS <= len(inputs) <= MAX_REFERENCE_INPUTS:
