@@ -1,0 +1,284 @@
+"""Requests per second of the example server under gunicorn, guarded and not,
+driven over real HTTP by a load generator (wrk), measured in one run.
+
+Serves, each under ``gunicorn -w 2`` on its own loopback port and all at once:
+
+- **bare**: the example app without the guard;
+- **guarded-memory**: the guard with its defaults (SQLite query log, limits in
+  process memory, detection on, the in-process worker);
+- **guarded-redis**: the same with the limits in Redis (skipped when Redis is
+  not reachable at ``--redis``);
+- **flask-limiter**: Flask-Limiter alone (memory storage, one limit).
+
+Then drives them in alternating rounds (``--rounds``, the order rotated each
+round so drift on a shared machine hits all alike) with ``wrk`` for
+``--seconds`` each, and prints, against bare: requests per second (median of
+the rounds' ratios and their spread), p50 and p99 latency ratios, and CPU per
+request of the serving processes, split into the request thread (gunicorn's
+sync worker serves in its main thread) and the others (the guard's worker,
+its webhook). Read the ratios: absolute figures vary a lot on shared machines.
+
+    apt-get install wrk      # Debian's package
+    python benchmarks/throughput.py [--rounds 5] [--seconds 10] [--connections 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+#: Limits too high to refuse anything, shaped like the default tiers (three windows).
+THREE_LIMITS = "1000000/second;100000000/hour;1000000000/day"
+APPS = ("bare", "guarded-memory", "guarded-redis", "flask-limiter")
+_CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+
+# -- the apps gunicorn serves ------------------------------------------------------------
+
+
+def _config(kind: str, tmp: str) -> dict[str, Any]:
+    config: dict[str, Any] = {"MODEL_CACHE_DIR": tmp, "SECRET_KEY": "throughput-bench"}
+    if kind.startswith("guarded"):
+        config["MODELGUARD_DATABASE_URL"] = f"sqlite:///{tmp}/{kind}.db"
+        config["MODELGUARD_NAMESPACE"] = f"bench-{os.path.basename(tmp)}-{kind}"
+    if kind == "guarded-redis":
+        config["MODELGUARD_STORAGE_URI"] = os.environ["THROUGHPUT_REDIS"]
+    return config
+
+
+def serve(kind: str) -> Any:
+    """The WSGI app of ``kind`` (gunicorn's entry point: ``benchmarks.throughput:serve('bare')``)."""
+    import logging
+
+    from example_app import create_app
+
+    logging.getLogger("flask_modelguard").setLevel(logging.ERROR)  # memory:// with 2 workers warns, as it should
+    tmp = os.environ["THROUGHPUT_TMP"]
+    app = create_app(_config(kind, tmp), guarded=kind.startswith("guarded"))
+    if kind == "flask-limiter":
+        from flask_limiter import Limiter
+        from flask_limiter.util import get_remote_address
+
+        Limiter(get_remote_address, app=app, default_limits=["1000000/second"], storage_uri="memory://")
+    return app
+
+
+def _key(kind: str, tmp: str) -> str:
+    """An account with limits that never refuse, and its key (made before serving)."""
+    if not kind.startswith("guarded"):
+        return "none"
+    from example_app import create_app, guard
+
+    app = create_app(_config(kind, tmp))
+    with app.app_context():
+        guard.create_account("bench", limits=THREE_LIMITS)
+        key = guard.issue_key("bench")
+    guard.close(app)
+    return key
+
+
+# -- serving and driving -----------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    kind: str
+    port: int
+    process: subprocess.Popen[bytes]
+    script: str
+
+    def workers(self) -> list[int]:
+        """The gunicorn worker processes (children of the master)."""
+        try:
+            with open(f"/proc/{self.process.pid}/task/{self.process.pid}/children") as fh:
+                return [int(p) for p in fh.read().split()]
+        except OSError:
+            return []
+
+
+def _start(kind: str, tmp: str, key: str, body: str, worker_class: str, env: dict[str, str]) -> Server:
+    port = _free_port()
+    script = os.path.join(tmp, f"{kind}.lua")
+    with open(script, "w") as fh:
+        fh.write('wrk.method = "POST"\n'
+                 f"wrk.body = {json.dumps(body)}\n"
+                 'wrk.headers["Content-Type"] = "application/json"\n'
+                 f'wrk.headers["Authorization"] = "Bearer {key}"\n')
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-w", "2", "-k", worker_class, "--bind", f"127.0.0.1:{port}",
+         "--preload", "--log-level", "warning", f"benchmarks.throughput:serve('{kind}')"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    )
+    server = Server(kind, port, process, script)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{kind}: gunicorn exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                if len(server.workers()) == 2:
+                    return server
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{kind}: gunicorn did not come up")
+
+
+def _cpu(pids: list[int]) -> tuple[float, float]:
+    """CPU seconds used so far by the request threads (each worker's main
+    thread) and by all other threads of ``pids``."""
+    main = other = 0.0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            seconds = (int(fields[11]) + int(fields[12])) / _CLOCK_TICK  # utime + stime
+            if int(tid) == pid:
+                main += seconds
+            else:
+                other += seconds
+    return main, other
+
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def _seconds(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+@dataclass
+class Run:
+    rps: float
+    p50: float
+    p99: float
+    requests: int
+    errors: int
+    cpu_main: float  # seconds per request
+    cpu_other: float
+
+
+def _drive(server: Server, seconds: float, connections: int) -> Run:
+    pids = server.workers()
+    before = _cpu(pids)
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", server.script,
+         f"http://127.0.0.1:{server.port}/predict"], capture_output=True, text=True, check=True,
+    ).stdout
+    after = _cpu(pids)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    errors += int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    n = max(requests, 1)
+    return Run(rps, _seconds(latency["50"]), _seconds(latency["99"]), requests, errors,
+               (after[0] - before[0]) / n, (after[1] - before[1]) / n)
+
+
+# -- the report ----------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+
+    def ratios(self, kind: str, attr: str) -> list[float]:
+        return [getattr(r, attr) / getattr(b, attr) for r, b in zip(self.runs[kind], self.runs["bare"])]
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):5.3f} ({min(values):.3f}–{max(values):.3f})"
+
+
+def _report(results: Results, args: argparse.Namespace) -> None:
+    print(f"gunicorn -w 2 -k {args.worker_class}, wrk -t1 -c{args.connections}, {args.rounds} rounds × "
+          f"{args.seconds:g} s per app; ratios against bare in the same round: median (min–max)")
+    print(f"{'app':<16} {'req/s':>8} {'RPS × bare':>22} {'p50 × bare':>22} {'p99 × bare':>22} "
+          f"{'CPU µs/req (request + other threads)':>38} errors")
+    for kind, runs in results.runs.items():
+        rps = statistics.median(r.rps for r in runs)
+        main = statistics.median(r.cpu_main for r in runs) * 1e6
+        other = statistics.median(r.cpu_other for r in runs) * 1e6
+        errors = sum(r.errors for r in runs)
+        cells = [_spread(results.ratios(kind, a)) for a in ("rps", "p50", "p99")]
+        print(f"{kind:<16} {rps:8.0f} {cells[0]:>22} {cells[1]:>22} {cells[2]:>22} "
+              f"{main:14.0f} + {other:5.0f} = {main + other:5.0f} µs {errors:>6}")
+
+
+def _redis_up(url: str) -> bool:
+    host, port = re.match(r"redis://([^:/]+):?(\d+)?", url).groups()  # type: ignore[union-attr]
+    try:
+        with socket.create_connection((host, int(port or 6379)), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--worker-class", default="sync")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--apps", default=",".join(APPS))
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (Debian: apt-get install wrk)")
+    kinds = [k for k in args.apps.split(",") if k != "guarded-redis" or _redis_up(args.redis)]
+    if "bare" not in kinds:
+        kinds.insert(0, "bare")
+    from example_app.model import split
+
+    body = json.dumps({"features": split()[1][0].tolist()})
+    with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
+        env = {**os.environ, "THROUGHPUT_TMP": tmp, "THROUGHPUT_REDIS": args.redis, "PYTHONPATH": ROOT}
+        os.environ.update(THROUGHPUT_TMP=tmp, THROUGHPUT_REDIS=args.redis)
+        servers = [_start(k, tmp, _key(k, tmp), body, args.worker_class, env) for k in kinds]
+        try:
+            for server in servers:  # warm-up: caches, the workers' threads, the reference
+                _drive(server, 2.0, args.connections)
+            results = Results({k: [] for k in kinds})
+            for r in range(args.rounds):
+                for server in servers[r % len(servers):] + servers[: r % len(servers)]:
+                    results.runs[server.kind].append(_drive(server, args.seconds, args.connections))
+            _report(results, args)
+        finally:
+            for server in servers:
+                server.process.send_signal(signal.SIGTERM)
+            for server in servers:
+                server.process.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()
