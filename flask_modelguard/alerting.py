@@ -43,13 +43,14 @@ class Alerter:
         log.warning("modelguard: account %d %s (%s): %s", account_id, what, action, reason,
                     extra={"modelguard_account": account_id, "modelguard_action": action})
         self._forget(account_id)
-        name = self._name(account_id) if self.webhook is not None or action == "block" else None
+        blocked = catch.columns.get("status") == "blocked"
+        name = self._name(account_id) if self.webhook is not None or blocked else None
         if self.webhook is not None:
             self.webhook.send({"event": "account_flagged", "account_id": account_id, "account": name,
                                "action": action, "reason": reason, "ts": self.clock()})
         app = self._app()
         send(account_flagged, app, account_id=account_id, reason=reason, action=action)
-        if action == "block":
+        if blocked:
             send(account_blocked, app, account_id=account_id, account=name, reason=reason, by="detectors")
 
     def _name(self, account_id: int) -> str | None:

@@ -36,6 +36,10 @@ class StateStore:
         #: Accounts whose unmerged queries were lost at a shutdown during an outage (no spill folder).
         self.lost = 0
 
+    def reset_in_child(self) -> None:
+        """A forked child: a merge the parent was in is not the child's."""
+        self._persisting = threading.Lock()
+
     def load(self, account_id: int) -> AccountState | None:
         """An account's stored state (None: none, another feature space, or storage away)."""
         try:
@@ -54,26 +58,30 @@ class StateStore:
         The monitor's lock is held only to take the deltas and to hand the
         results back, never across a database round trip."""
         with self._persisting:  # one merge at a time (the worker's tick, a flush, exit)
-            with self.monitor.lock:
-                pending = self.monitor.take_deltas()
-            deltas: dict[int, AccountState] = {}
-            for account_id, delta in pending:  # an evicted account back in memory has two
-                deltas[account_id] = delta if account_id not in deltas else deltas[account_id].copy().merge(delta)
-            ordered = list(deltas.items())
-            merged_ids: set[int] = set()
-            try:
-                for start in range(0, len(ordered), batch):
-                    chunk = ordered[start : start + batch]
-                    results: dict[int, AccountState] = {}
-                    self.repository.merge_states({a: self._merge(a, delta, results) for a, delta in chunk})
-                    with self.monitor.lock:
-                        for account_id, _ in chunk:
-                            self.monitor.merged(account_id, results[account_id])
-                    merged_ids.update(account_id for account_id, _ in chunk)
-            except Exception:
+            return self._persist(batch)
+
+    def _persist(self, batch: int) -> int:
+        """:meth:`persist` with ``_persisting`` held."""
+        with self.monitor.lock:
+            pending = self.monitor.take_deltas()
+        deltas: dict[int, AccountState] = {}
+        for account_id, delta in pending:  # an evicted account back in memory has two
+            deltas[account_id] = delta if account_id not in deltas else deltas[account_id].copy().merge(delta)
+        ordered = list(deltas.items())
+        merged_ids: set[int] = set()
+        try:
+            for start in range(0, len(ordered), batch):
+                chunk = ordered[start : start + batch]
+                results: dict[int, AccountState] = {}
+                self.repository.merge_states({a: self._merge(a, delta, results) for a, delta in chunk})
                 with self.monitor.lock:
-                    self.monitor.unmerged([(a, d) for a, d in pending if a not in merged_ids])
-                raise
+                    for account_id, _ in chunk:
+                        self.monitor.merged(account_id, results[account_id])
+                merged_ids.update(account_id for account_id, _ in chunk)
+        except BaseException:  # (an interrupt too: a delta taken is never dropped)
+            with self.monitor.lock:
+                self.monitor.unmerged([(a, d) for a, d in pending if a not in merged_ids])
+            raise
         return len(merged_ids)
 
     def _merge(self, account_id: int, delta: AccountState, results: dict[int, AccountState]) -> Merge:
@@ -98,23 +106,27 @@ class StateStore:
     def persist_or_spill(self) -> None:
         """At exit: merge the deltas; when storage refuses, spill them (the next
         process merges them) or count them, with one log line."""
-        try:
-            self.persist()
-        except SQLAlchemyError as exc:
-            with self.monitor.lock:
-                pending = self.monitor.hand_over()  # spilled or counted below: never merged twice
-            rows = [{"account_id": account_id, "state": delta.to_dict()} for account_id, delta in pending]
-            if self.spill is not None and rows:
-                try:
-                    self.spill.write(rows, kind="states")
-                    log.error("modelguard: account states not stored (%s): %d accounts' spilled, to be merged at "
-                              "the next start", exc.__class__.__name__, len(rows))
-                    return
-                except OSError:
-                    pass
-            self.lost += len(rows)
-            log.error("modelguard: account states not stored (%s): %d accounts' queries lost from their statistics",
-                      exc.__class__.__name__, len(rows))
+        with self._persisting:  # no merge by the worker between the failed one and the hand-over
+            try:
+                self._persist(200)
+            except SQLAlchemyError as exc:
+                self._spill_or_count(exc)
+
+    def _spill_or_count(self, exc: SQLAlchemyError) -> None:
+        with self.monitor.lock:
+            pending = self.monitor.hand_over()  # spilled or counted below: never merged twice
+        rows = [{"account_id": account_id, "state": delta.to_dict()} for account_id, delta in pending]
+        if self.spill is not None and rows:
+            try:
+                self.spill.write(rows, kind="states")
+                log.error("modelguard: account states not stored (%s): %d accounts' spilled, to be merged at "
+                          "the next start", exc.__class__.__name__, len(rows))
+                return
+            except OSError:
+                pass
+        self.lost += len(rows)
+        log.error("modelguard: account states not stored (%s): %d accounts' queries lost from their statistics",
+                  exc.__class__.__name__, len(rows))
 
     def replay_spilled(self) -> None:
         """States an earlier process spilled at shutdown: merged into the stored

@@ -87,18 +87,21 @@ class FlagPolicy:
         canaries = {int(row["account_id"]) for row in rows if row["canary"]}
         found = _found(rows)
         catches: list[Catch] = []
-        if self.action == "observe":
+        if self.action == "observe":  # one alert per account, unless its canary says more
             catches = [Catch(a, "observe", reason, flag=False) for a, (_, reason) in sorted(found.items())
-                       if not facts.get(a, AccountFacts()).observed]
+                       if not facts.get(a, AccountFacts()).observed and a not in canaries]
             found = {}
-        for account_id in sorted(canaries | self._due(found, facts)):
+        due = self._due(found, facts)
+        for account_id in sorted(canaries | due):
             known = facts.get(account_id, AccountFacts())
             if known.allowlisted or known.flagged:
                 continue
+            # A canary flags whatever the detectors say; when they found the account too, its action applies.
+            columns = self.columns if account_id in due else {}
             if account_id in canaries:
-                catches.append(Catch(account_id, "canary", CANARY_REASON))
+                catches.append(Catch(account_id, "canary", CANARY_REASON, columns=columns))
             else:
-                catches.append(Catch(account_id, self.action, found[account_id][1], columns=self.columns))
+                catches.append(Catch(account_id, self.action, found[account_id][1], columns=columns))
         return catches
 
     @staticmethod

@@ -192,6 +192,7 @@ class GuardState:
 
     def _reset_in_child(self) -> None:
         self.monitor.reset()  # the parent merges what it saw; the child starts afresh
+        self.states.reset_in_child()
         self.serving.reset_in_child()
         self._pid = os.getpid()
         if self.tables_pending:  # its worker's tick creates them once the database is back

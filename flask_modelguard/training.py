@@ -5,19 +5,15 @@ Framework-free; runs at start-up and in the worker, never in a request."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-import pickle
-import platform
 import time
 from collections.abc import Sequence
-from importlib import metadata
 from typing import Any
 
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import sealing
 from .config import Settings
 from .detectors.add import Reference
 from .detectors.anomaly import AnomalyModel
@@ -31,34 +27,6 @@ from .repository import Repository
 from .state import AccountState
 
 log = logging.getLogger("flask_modelguard")
-
-
-def _versions() -> dict[str, str]:
-    """What a pickle of fitted models depends on: loaded only where these match."""
-    return {"python": ".".join(platform.python_version_tuple()[:2]),
-            "scikit-learn": metadata.version("scikit-learn"), "numpy": metadata.version("numpy")}
-
-
-def _seal(trained: Trained, key: bytes, training_version: Any) -> tuple[bytes, dict[str, Any]]:
-    """Fitted models as a pickle and what vouches for it: an HMAC-SHA256 of it
-    under the app's secret (so whoever can write the database still cannot
-    make a process unpickle their bytes), the libraries' versions, and the
-    training set it was fitted on."""
-    blob = pickle.dumps(trained, protocol=pickle.HIGHEST_PROTOCOL)
-    mac = hmac.new(key, blob, hashlib.sha256).hexdigest()
-    return blob, {"hmac": mac, "versions": _versions(), "training": str(training_version)}
-
-
-def _unseal(blob: bytes, meta: dict[str, Any], key: bytes, training_version: Any) -> Trained | None:
-    """The stored models, when they are this training set's, vouched for by this
-    secret and pickled by these library versions; None otherwise."""
-    if meta.get("training") != str(training_version) or meta.get("versions") != _versions():
-        return None
-    if not hmac.compare_digest(str(meta.get("hmac", "")), hmac.new(key, blob, hashlib.sha256).hexdigest()):
-        log.warning("modelguard: the stored detector models are not signed with this app's secret; refitting")
-        return None
-    trained = pickle.loads(blob)  # noqa: S301 - signed by this app's secret, checked above
-    return trained if isinstance(trained, Trained) else None
 
 
 class Training:
@@ -141,16 +109,16 @@ class Training:
         """Train the anomaly models, the random forest and the stacked
         ensemble on a labelled set ``{"rows": [scores...], "labels": [bool...],
         "groups": [account...]}`` (what ``flask modelguard evaluate`` exports),
-        store it and the fitted models (other processes load them at start-up)
-        and use them at once."""
+        use them at once and store the set and the fitted models (other
+        processes load them at start-up)."""
         trained = train(data["rows"], data["labels"], data["groups"],
                         anomaly_kinds=list(self.settings.anomaly_models), fpr=self.settings.ensemble_fpr,
                         prada_threshold=self.settings.prada_threshold)
+        self._use(trained)
         if store:
             self.repository.save_training(data)
             self._training_version = self.repository.training_version()
-            self._store_models(trained)
-        self._use(trained)
+            self._store_models(trained, data)
         return trained
 
     def _use(self, trained: Trained) -> None:
@@ -160,36 +128,48 @@ class Training:
         # a schedule refit would replace the anomaly models fitted with the ensemble
         self._next_refit = time.monotonic() + self.settings.anomaly_refit
 
-    def _store_models(self, trained: Trained) -> None:
-        blob, meta = _seal(trained, self._key, self._training_version)
-        self.repository.save_detector_models(blob, meta)
+    def _store_models(self, trained: Trained, data: dict[str, Any]) -> None:
+        """Store the fitted models for the other processes (they fit their own when this fails)."""
+        try:
+            self.repository.save_detector_models(*sealing.seal(trained, self._key, sealing.digest(data)))
+        except SQLAlchemyError as exc:
+            log.warning("modelguard: the fitted detectors are used but not stored (%s; does the database have "
+                        "every table? flask modelguard init-db); other processes fit their own",
+                        exc.__class__.__name__)
 
     def load_training(self, quiet: bool = False) -> None:
-        """At start-up and when another process stored a new training set: load
+        """At start-up and when another process stored a new training set: use
         the fitted models stored with it, or fit them (and store them) when
-        there are none for it (another library version, another secret)."""
+        none can be used (another set, library version or secret)."""
         try:
             self._training_version = self.repository.training_version()
             data = self.repository.load_training()
-            stored = self.repository.load_detector_models() if data is not None else None
         except SQLAlchemyError as exc:
             (log.debug if quiet else log.warning)("modelguard: could not load the training set (%s)",
                                                   exc.__class__.__name__)
             return
         if data is not None:
-            trained = None if stored is None else _unseal(*stored, self._key, self._training_version)
-            try:
-                if trained is not None:
-                    self._use(trained)
-                else:
-                    self._store_models(self.fit_detectors(data, store=False))
-            except ValueError as exc:
-                log.warning("modelguard: stored training set not usable (%s)", exc)
-            except SQLAlchemyError as exc:
-                log.warning("modelguard: fitted the detectors but could not store them (%s)", exc.__class__.__name__)
+            self._load_or_fit(data)
         if self.monitor.ensemble is None and self.settings.verdict == "ensemble" and self.settings.detection:
             log.warning("modelguard: MODELGUARD_VERDICT is 'ensemble' but no ensemble is trained "
                         "(flask modelguard fit-detectors); any detector flags until then")
+
+    def _load_or_fit(self, data: dict[str, Any]) -> None:
+        try:
+            stored = self.repository.load_detector_models()
+        except SQLAlchemyError as exc:
+            log.info("modelguard: no stored fitted detectors readable (%s); fitting them", exc.__class__.__name__)
+            stored = None
+        trained = None if stored is None else sealing.unseal(*stored, self._key, sealing.digest(data))
+        if isinstance(trained, Trained):
+            self._use(trained)
+            return
+        try:
+            trained = self.fit_detectors(data, store=False)
+        except ValueError as exc:
+            log.warning("modelguard: stored training set not usable (%s)", exc)
+            return
+        self._store_models(trained, data)
 
     def refit_anomaly_models(self, kinds: Sequence[str] | None = None,
                              vectors: list[dict[str, Any]] | None = None) -> int:

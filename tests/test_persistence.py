@@ -88,3 +88,16 @@ def test_the_stored_state_is_read_outside_the_lock(
     guarded.predict(key, {"features": [1.0] * 8})
     state.worker.flush()
     assert locked and not any(locked)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_child_forked_during_a_merge_can_merge_its_own(make_guarded: Callable[..., Guarded]) -> None:
+    import os
+
+    guarded = make_guarded()
+    states = ModelGuard.state(guarded.app).states
+    with states._persisting:  # the parent's worker in the middle of a merge at the fork
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if states._persisting.acquire(timeout=2) else 1)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0

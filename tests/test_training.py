@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flask_modelguard import ModelGuard, training
+from flask_modelguard import ModelGuard, sealing, training
 from flask_modelguard.detectors.registry import evidence, ratios
 from tests.conftest import Guarded
 
@@ -80,7 +80,7 @@ def test_models_signed_with_another_secret_are_refitted_not_unpickled(
     blob, meta = repository.load_detector_models() or (b"", {})
     repository.save_detector_models(blob + b".", meta)  # bytes someone else wrote
     unpickled: list[int] = []
-    monkeypatch.setattr(training.pickle, "loads", lambda b: unpickled.append(1))
+    monkeypatch.setattr(sealing.pickle, "loads", lambda b: unpickled.append(1))
     fits = _count_fits(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="flask_modelguard"):
         second = _second(make_guarded, first)
@@ -107,3 +107,35 @@ def test_models_of_other_library_versions_or_training_sets_are_refitted(
     repository.save_detector_models(blob, {**meta, "training": "another training set"})
     _second(make_guarded, first)
     assert fits == [1, 1]
+
+
+def test_signed_models_that_no_longer_load_are_refitted(
+        make_guarded: Callable[..., Guarded], monkeypatch: pytest.MonkeyPatch, caplog: Any) -> None:
+    first = make_guarded(MODELGUARD_DETECTION=True)
+    with first.app.app_context():
+        first.guard.fit_detectors(_training_set())
+
+    def moved(blob: bytes) -> Any:  # as after an upgrade that moved a class
+        raise ModuleNotFoundError("No module named 'flask_modelguard.detectors.old'")
+
+    monkeypatch.setattr(sealing.pickle, "loads", moved)
+    fits = _count_fits(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="flask_modelguard"):
+        second = _second(make_guarded, first)
+    assert fits == [1] and "could not be loaded (ModuleNotFoundError)" in caplog.text
+    assert ModelGuard.state(second.app).monitor.ensemble is not None
+
+
+def test_a_database_without_the_models_table_still_gets_its_detectors(
+        make_guarded: Callable[..., Guarded], caplog: Any) -> None:
+    """An upgrade without `flask modelguard init-db`: the new table is missing."""
+    from flask_modelguard import models
+
+    first = make_guarded(MODELGUARD_DETECTION=True)
+    state = ModelGuard.state(first.app)
+    models.detector_models.drop(state.repository.engine)
+    with caplog.at_level(logging.WARNING, logger="flask_modelguard"), first.app.app_context():
+        first.guard.fit_detectors(_training_set())  # the operator's command: used, and said not stored
+    assert state.monitor.ensemble is not None and "used but not stored" in caplog.text
+    second = _second(make_guarded, first, MODELGUARD_CREATE_TABLES=False)
+    assert ModelGuard.state(second.app).monitor.ensemble is not None  # fitted from the stored set

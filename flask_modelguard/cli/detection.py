@@ -95,7 +95,7 @@ def verify_watermark(account: str | None, url: str | None, headers: tuple[str, .
 def fit_reference(file: str) -> None:
     """Fit ADD's reference from FILE: JSON {"inputs": [...], "labels": [...]}
     (model inputs as requests carry them, and the model's labels), or .npz with X and y."""
-    from .reference_data import read_source
+    from ..reference_data import read_source
 
     try:
         inputs, labels = read_source(file)
@@ -123,7 +123,7 @@ def evaluate(scenario: str, out: str, seed: int | None, modes: tuple[str, ...], 
     """Attack the scenario's served model with simulated benign users and
     thieves, with the guard off, in shadow mode and on; report detection,
     clone fidelity and benign utility."""
-    from .evaluate import run
+    from ..evaluate import run
 
     progress, finish = progress_bars("guard")
     try:
@@ -176,8 +176,8 @@ def calibrate(reference: str | None, route: str | None, benign: int, budget: int
     model: simulated benign users and one thief of every family attack a
     sandboxed copy of the protected route; the trained set is stored, and
     every process of the app uses it from its worker's next tick."""
-    from .calibration import FAMILIES
-    from .reference_data import read_source
+    from ..calibration import FAMILIES
+    from ..reference_data import read_source
 
     chosen = tuple(f.strip() for f in families.split(",") if f.strip()) if families else FAMILIES
     unknown = sorted(set(chosen) - set(FAMILIES))
