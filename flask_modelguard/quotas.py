@@ -8,9 +8,9 @@ hammering a burst limit does not eat its daily quota.
 
 The default fixed window is exact: on Redis one Lua script tests every limit
 and, only when all admit, counts the request in all of them (one round trip,
-atomic across processes and hosts); in process memory the same is done under
-a lock (a refused request's count is taken back before anyone else can see
-it, and never into a window that opened meanwhile). On other storages a
+atomic across processes and hosts); in process memory every limit is tested
+and counted under one lock (:mod:`.windows`: a refused request consumes
+nothing, no timer thread). On other storages a
 refused request is refunded afterwards, which can leak into the next window
 at its edge.
 
@@ -33,8 +33,10 @@ from limits.errors import StorageError
 from limits.storage import MemoryStorage, RedisClusterStorage, RedisStorage, Storage, storage_from_string
 from limits.strategies import STRATEGIES, RateLimiter
 
+from . import lifecycle
 from .exc import InvalidValue
 from .limitset import DEFAULT_TIERS, FAIL_MODES, LimitSet, Verdict, _normalise_tier, limit_set, parse_limits
+from .windows import LocalWindows
 
 log = logging.getLogger("flask_modelguard")
 
@@ -133,8 +135,12 @@ class QuotaEnforcer:
             self._refund_script = storage.get_connection().register_script(_REFUND.encode())
         #: In-process storages: a refused request's count is taken back under
         #: the lock of its account's stripe, before another request can see it.
-        self._local = isinstance(storage, MemoryStorage) or getattr(storage, "STORAGE_SCHEME", None) == ["simulated"]
-        self._stripes = [threading.Lock() for _ in range(64)]
+        local = isinstance(storage, MemoryStorage) or getattr(storage, "STORAGE_SCHEME", None) == ["simulated"]
+        #: In-process fixed windows: every limit tested and counted under one
+        #: lock, no timer thread (``limits``' memory storage starts one every few requests).
+        self._windows = LocalWindows(self.clock) if local and self._fixed_window else None
+        if self._windows is not None:
+            lifecycle.after_fork(self._windows.reset_in_child)
         self._key_cache: dict[tuple[int | str, LimitSet], tuple[str, ...]] = {}
         self.namespace = namespace
         self.fail_mode = fail_mode
@@ -225,9 +231,8 @@ class QuotaEnforcer:
         keys = self._keys(account_id, limits)
         if self._script is not None:
             return self._hit_redis(limits.items, keys, cost)
-        if self._local:
-            with self._stripes[hash(account_id) % len(self._stripes)]:
-                return self._hit_counting(limits.items, keys, cost)
+        if self._windows is not None:
+            return self._windows.hit(limits.items, keys, cost)
         return self._hit_counting(limits.items, keys, cost)
 
     def _hit_counting(self, items: tuple[RateLimitItem, ...], keys: tuple[str, ...], cost: int) -> Verdict:
@@ -289,12 +294,9 @@ class QuotaEnforcer:
                 except storage.base_exceptions as exc:
                     raise StorageError(exc) from exc
                 return True
-            if not self._local:
+            if self._windows is None:
                 return False  # a refund there could land in a window that opened since
-            with self._stripes[hash(account_id) % len(self._stripes)]:
-                for item, key in zip(limits.items, keys):
-                    if self.storage.get_expiry(key) - item.get_expiry() <= verdict.at + 1e-6:  # the same window
-                        self._refund(key, item, cost)
+            self._windows.refund(limits.items, keys, cost, verdict.at)
             return True
         except StorageError as exc:
             self._storage_failed(exc.storage_error)
@@ -329,7 +331,9 @@ class QuotaEnforcer:
         if self.storage_down:
             return [(item, 0) for item in limits.items]
         try:
-            if self._fixed_window:  # the count itself: one storage read per limit
+            if self._windows is not None:
+                counts = self._windows.counts(self._keys(account_id, limits))
+            elif self._fixed_window:  # the count itself: one storage read per limit
                 counts = [int(self.storage.get(key)) for key in self._keys(account_id, limits)]
             else:
                 ident = (self.namespace, str(account_id))
@@ -340,6 +344,9 @@ class QuotaEnforcer:
 
     def reset_account(self, account_id: int, limits: LimitSet) -> None:
         """Forget an account's counters (an operator lifting a quota)."""
+        if self._windows is not None:
+            self._windows.clear(self._keys(account_id, limits))
+            return
         for item in limits.items:
             self.limiter.clear(item, self.namespace, str(account_id))
 

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "flask_modelguard"
 FRAMEWORK_FREE = (
     "alerting", "alerts", "events", "features", "keys", "lifecycle", "models", "monitor", "ownership",
     "payload", "persistence", "pipeline", "policy", "quotas", "repository", "sealing", "sketch", "spill", "state",
-    "stats", "training", "transforms", "worker", "detectors.add", "detectors.anomaly", "detectors.frechet",
+    "stats", "training", "transforms", "windows", "worker", "detectors.add", "detectors.anomaly", "detectors.frechet",
     "detectors.population", "detectors.prada", "detectors.registry", "detectors.supervised", "detectors.window",
     "repository.accounts", "repository.base", "repository.detection", "repository.events", "transforms.base",
     "transforms.deception", "transforms.policy", "transforms.shaping",

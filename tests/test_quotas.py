@@ -116,8 +116,7 @@ def test_refusal_by_a_later_limit_consumes_nothing(storage_uri, strategy):
     e = enforcer(storage_uri, strategy=strategy)
     limits = limit_set("100/hour;2/day")
     assert [e.hit(1, limits).allowed for _ in range(3)] == [True, True, False]
-    hourly = limits.items[0]
-    assert e.limiter.get_window_stats(hourly, e.namespace, "1").remaining == 98
+    assert [count for _, count in e.usage(1, limits)] == [2, 2]  # the third request counted in neither
 
 
 def test_unknown_tier_falls_back_to_the_default_tier():
@@ -251,3 +250,27 @@ def test_a_route_can_have_limits_of_its_own_on_top_of_the_accounts(make_guarded,
     assert problem_of(costly_answers[2])["type"].endswith("/rate-limit-exceeded")
     # the refused request did not count against the account: 5 - 2 = 3 left for other routes
     assert [g.predict(key).status_code for _ in range(4)] == [200, 200, 200, 429]
+
+
+def test_memory_fixed_windows_start_no_thread_and_forget_expired_windows() -> None:
+    import threading
+
+    from flask_modelguard.simulate.clock import SimulatedClock
+    from flask_modelguard.windows import SWEEP_EVERY, LocalWindows
+
+    e = QuotaEnforcer("memory://")
+    limits = limit_set("1000/second;100000/day")
+    before = set(threading.enumerate())
+    for account in range(300):
+        assert e.hit(account, limits).allowed
+    started = set(threading.enumerate()) - before
+    assert not started  # limits' memory storage starts a timer thread every few hits
+    clock = SimulatedClock()
+    windows = LocalWindows(clock)
+    items = limit_set("5/minute").items
+    for n in range(50):
+        windows.hit(items, [f"k{n}"], 1)
+    assert len(windows) == 50
+    clock.advance(SWEEP_EVERY + 61)
+    assert windows.hit(items, ["fresh"], 1).allowed and len(windows) == 1  # the expired ones swept
+    assert windows.counts(["k1", "fresh"]) == [0, 1]
