@@ -8,6 +8,11 @@ limit); guarded without output protection; guarded with two output transforms;
 Flask-Limiter alone (memory storage, one limit). The
 apps receive identical requests (the key header too) and are timed in interleaved rounds so drift on a shared machine hits all
 three alike; the figures to read are the ratios, not the absolute times.
+Besides the median it prints the mean (the worker's work on the serving
+process's GIL shows there, not in the median) and CPU per request: of the
+request thread, and of the whole process (all apps share it, so "others"
+also holds the other apps' background threads; benchmarks/throughput.py
+measures each server's processes apart).
 
     python benchmarks/overhead.py [--requests 2000] [--rounds 7]
 """
@@ -69,16 +74,21 @@ def build(tmp: str) -> dict[str, tuple]:
     }
 
 
-def time_requests(client, headers, bodies) -> float:
-    """Median seconds per request over ``bodies``."""
+def time_requests(client, headers, bodies) -> tuple[float, float, float, float]:
+    """Median and mean seconds per request over ``bodies``, and CPU seconds per
+    request: of this (the request) thread, and of the whole process (the
+    guard's worker thread runs in it too)."""
     samples = []
     perf = time.perf_counter
+    thread0, process0 = time.thread_time(), time.process_time()
     for body in bodies:
         t0 = perf()
         response = client.post("/predict", json=body, headers=headers)
         samples.append(perf() - t0)
         assert response.status_code == 200, response.get_data(as_text=True)
-    return statistics.median(samples)
+    n = len(bodies)
+    return (statistics.median(samples), statistics.fmean(samples), (time.thread_time() - thread0) / n,
+            (time.process_time() - process0) / n)
 
 
 def main() -> None:
@@ -92,20 +102,29 @@ def main() -> None:
         apps = build(tmp)
         for client, headers in apps.values():  # warm-up: caches, lazy worker start
             time_requests(client, headers, bodies[:200])
-        medians: dict[str, list[float]] = {name: [] for name in apps}
+        rounds: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in apps}
         for _ in range(args.rounds):
             for name, (client, headers) in apps.items():
-                medians[name].append(time_requests(client, headers, bodies))
+                rounds[name].append(time_requests(client, headers, bodies))
         for name in [n for n in apps if n.startswith("guarded")]:
             app = apps[name][0].application
             guard.flush(app)
             stats = guard.stats(app)
             assert stats["dropped"] == 0, stats
-    m = {name: statistics.median(v) for name, v in medians.items()}
+    m = {name: statistics.median(r[0] for r in v) for name, v in rounds.items()}
+    mean = {name: statistics.median(r[1] for r in v) for name, v in rounds.items()}
+    cpu = {name: statistics.median(r[2] for r in v) for name, v in rounds.items()}
+    cpu_all = {name: statistics.median(r[3] for r in v) for name, v in rounds.items()}
     bare, limiter = m["bare"], m["flask-limiter"]
-    print(f"requests per round: {args.requests}, rounds: {args.rounds} (median of round medians)")
+    print(f"requests per round: {args.requests}, rounds: {args.rounds} (medians over the rounds of each round's "
+          "median and mean; CPU per request: the request thread, and the whole process with the worker)")
+    print(f"  {'app':<20} {'median µs':>9} {'× bare':>7} {'mean µs':>8} {'× bare':>7} {'CPU µs (thread':>15} "
+          f"{'+ others':>9} {'= all)':>7} {'× bare':>7}")
     for name, value in m.items():
-        print(f"  {name:<14} {value * 1e6:8.1f} µs/request   {value / bare:5.3f}× bare")
+        others = cpu_all[name] - cpu[name]
+        print(f"  {name:<20} {value * 1e6:9.1f} {value / bare:7.3f} {mean[name] * 1e6:8.1f} "
+              f"{mean[name] / mean['bare']:7.3f} {cpu[name] * 1e6:15.1f} {others * 1e6:9.1f} "
+              f"{cpu_all[name] * 1e6:7.1f} {cpu_all[name] / cpu_all['bare']:7.3f}")
     print("guarded: defaults (three limits like the default tiers, 0.5% watermark answers);"
           " guarded-1: one limit, like Flask-Limiter here; guardedno-output: no watermark, no transforms;"
           " guarded+transforms: round(2) and gaussian(0.02) on every answer")
