@@ -52,14 +52,14 @@ def main() -> None:
             rows = [state.pipeline.prepare(e) for e in events]
             t1 = time.perf_counter()
             for start in range(0, len(rows), 500):
-                state.repository.insert_events(rows[start : start + 500])
+                state._write(rows[start : start + 500])  # the worker's write: rows, catches, early merges
             t2 = time.perf_counter()
             prepare, write = (t1 - t0) / len(events), (t2 - t1) / len(events)
             print(f"detection {'on ' if detection else 'off'}: prepare {prepare * 1e6:6.1f} µs/event, "
                   f"write {write * 1e6:5.1f} µs/event -> {1 / (prepare + write):7.0f} events/s per process")
             if detection:
                 monitor = state.monitor
-                one = monitor.accounts[1]
+                one = next(reversed(monitor.accounts.values()))  # the most recent (account 1 may be evicted)
                 print(f"  {monitor.stats()['accounts']} accounts, {args.events // args.accounts} events each: "
                       f"about {one.memory_bytes() / 1024:.1f} KiB per account in memory before the merge "
                       f"(state {one.base.memory_bytes() / 1024:.1f}, unmerged delta "

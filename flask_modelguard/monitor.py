@@ -347,6 +347,12 @@ class Monitor:
             self.population = PopulationSample(self.population.capacity, self.population.max_share,
                                                space=self.population.space)
 
+    def take_evicted(self) -> list[tuple[int, AccountState]]:
+        """Only the evicted accounts' deltas (an early merge bounds their memory;
+        call with :attr:`lock` held)."""
+        pending, self.evicted = self.evicted, []
+        return pending
+
     def take_deltas(self) -> list[tuple[int, AccountState]]:
         """Accounts with queries not yet merged into storage, and those deltas
         (evicted ones included), now being merged: the detectors still count

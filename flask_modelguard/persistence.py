@@ -22,6 +22,10 @@ log = logging.getLogger("flask_modelguard")
 
 Merge = Callable[[dict[str, Any] | None], dict[str, Any]]
 
+#: Deltas of evicted accounts that make the worker merge them at once (each
+#: holds at most an account's statistics since its last merge).
+EARLY_MERGE = 1000
+
 
 class StateStore:
     """Merges the monitor's account deltas into ``repository``."""
@@ -60,10 +64,17 @@ class StateStore:
         with self._persisting:  # one merge at a time (the worker's tick, a flush, exit)
             return self._persist(batch)
 
-    def _persist(self, batch: int) -> int:
+    def persist_evicted(self, batch: int = 200) -> int:
+        """Merge the deltas of accounts evicted from memory now (the worker does
+        it once :data:`EARLY_MERGE` wait), so that they never pile up between
+        the scheduled merges."""
+        with self._persisting:
+            return self._persist(batch, evicted_only=True)
+
+    def _persist(self, batch: int, evicted_only: bool = False) -> int:
         """:meth:`persist` with ``_persisting`` held."""
         with self.monitor.lock:
-            pending = self.monitor.take_deltas()
+            pending = self.monitor.take_evicted() if evicted_only else self.monitor.take_deltas()
         deltas: dict[int, AccountState] = {}
         for account_id, delta in pending:  # an evicted account back in memory has two
             deltas[account_id] = delta if account_id not in deltas else deltas[account_id].copy().merge(delta)

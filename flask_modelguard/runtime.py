@@ -27,7 +27,7 @@ from .detectors.supervised import Trained
 from .events import QueryEvent
 from .features import FeatureSpace, Featurizer, space_name
 from .monitor import Monitor
-from .persistence import StateStore
+from .persistence import EARLY_MERGE, StateStore
 from .pipeline import Pipeline
 from .policy import FlagPolicy
 from .protection import OutputProtector
@@ -218,6 +218,12 @@ class GuardState:
 
     def _write(self, rows: Any) -> None:
         self.pipeline.write(rows)
+        if len(self.monitor.evicted) >= EARLY_MERGE:  # more active accounts than MODELGUARD_MAX_ACCOUNTS
+            try:  # the rows are written: a failure here must not make the worker write them again
+                self.states.persist_evicted()
+            except Exception as exc:
+                log.debug("modelguard: early merge of evicted accounts failed (%s); kept for the next",
+                          exc.__class__.__name__)
 
     def _tick(self) -> None:
         """Every key-cache TTL in the worker: tables, spilled events, canaries,

@@ -101,3 +101,26 @@ def test_a_child_forked_during_a_merge_can_merge_its_own(make_guarded: Callable[
         if pid == 0:
             os._exit(0 if states._persisting.acquire(timeout=2) else 1)
         assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+def test_evicted_deltas_are_merged_early_not_piled_up(make_guarded: Callable[..., Guarded],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """More active accounts than MODELGUARD_MAX_ACCOUNTS: the deltas of those
+    evicted from memory are merged once a few wait, and nothing is lost."""
+    from flask_modelguard import runtime
+
+    monkeypatch.setattr(runtime, "EARLY_MERGE", 3)
+    guarded = make_guarded(MODELGUARD_DETECTION=True, MODELGUARD_MAX_ACCOUNTS=2, MODELGUARD_BATCH_SIZE=1)
+    state = ModelGuard.state(guarded.app)
+    state.worker.on_tick = None  # no scheduled merge: only the early ones
+    accounts = [guarded.account(limits="1000/minute") for _ in range(8)]
+    most = 0
+    for round_ in range(3):
+        for _, key in accounts:
+            assert guarded.predict(key, {"features": [float(round_)] * 8}).status_code == 200
+            state.worker.flush()
+            most = max(most, len(state.monitor.evicted))
+    assert most <= 3  # bounded by the early merge
+    state.persist_states()
+    ids = [state.repository.get_account(name)["id"] for name, _ in accounts]
+    assert [_stored_queries(guarded, i) for i in ids] == [3] * 8  # every query merged exactly once
