@@ -13,6 +13,9 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 run: $(BIN)/.installed
 	$(BIN)/python -m example_app
 
+# In random order (pytest-randomly; the seed is printed at the end): PYTEST_ARGS=--randomly-seed=N
+# repeats an order, PYTEST_ARGS='-p no:randomly' keeps the files' order. Slow end-to-end cases run
+# their small versions; MODELGUARD_SLOW=1 adds the large ones (marked slow).
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 

@@ -3,6 +3,7 @@ parametrised; PostgreSQL and Redis are skipped with a reason when unreachable.""
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,9 +16,39 @@ from sqlalchemy import create_engine, text
 
 from flask_modelguard import ModelGuard, models
 
+# One BLAS/OpenMP thread per process unless the caller chose otherwise: on this
+# 2-core machine, shared with other processes, OpenBLAS's default of one thread
+# per core made a test's MLP fits 3-4 times slower (25 s instead of 7 s for the
+# ownership clone). Set here for this process (numpy is already loaded) and in
+# the environment for the servers the tests start (gunicorn, python -m example_app).
+if "OPENBLAS_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    from threadpoolctl import threadpool_limits
+
+    os.environ.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    _BLAS_LIMITS = threadpool_limits(1)
+
 #: The server; each run makes a database of its own on it (``postgres_url``).
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REDIS_URI = "redis://127.0.0.1:6379/0"
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """The random order's seed at the end of the run, ``-q`` or not (pytest-randomly
+    shows it only in the header, which ``-q`` hides): what repeats a failing order."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int) and config.pluginmanager.hasplugin("randomly"):
+        terminalreporter.write_line(f"tests ran in random order: repeat it with --randomly-seed={seed}")
+
+
+def listening_socket() -> socket.socket:
+    """A loopback socket on a port the kernel chose, listening, to hand to a server
+    process (gunicorn's ``-b fd://N``, ``pass_fds``): the port is taken from the
+    start, so no other process (another test run at the same time) can take it
+    between choosing a free port and the server binding it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    return sock
 
 
 def reachable(host: str, port: int) -> bool:
@@ -209,6 +240,30 @@ def sql(url: str, statement: str) -> Any:
 
 
 @pytest.fixture(scope="session")
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One cache folder of the example's trained MLP for the whole run (trained once)."""
+def _model_folder(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(tmp_path_factory.mktemp("digits-model"))
+
+
+@pytest.fixture(scope="session")
+def model_cache(_model_folder: str) -> str:
+    """The one cache folder of the example's trained MLP for the whole run
+    (``MODEL_CACHE_DIR``): trained once, by the first test that needs it, then
+    loaded by every app and test of the run."""
+    from example_app.model import load_model
+
+    load_model(_model_folder)
+    return _model_folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def example_instance(tmp_path_factory: pytest.TempPathFactory, _model_folder: str) -> Iterator[str]:
+    """The example app's instance folder for this run, never the repository's
+    ``instance/``: what builds ``example_app.create_app()`` without saying where
+    (the evaluation harness, gunicorn workers) writes its secret and database
+    here and loads the session's model (``MODEL_CACHE_DIR``). Two runs at once
+    share no file; the servers of tests/served.py still get fresh folders."""
+    folder = str(tmp_path_factory.mktemp("example-instance"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EXAMPLE_INSTANCE_PATH", folder)
+        mp.setenv("MODEL_CACHE_DIR", _model_folder)
+        yield folder

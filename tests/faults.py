@@ -6,14 +6,32 @@ from __future__ import annotations
 
 import socket
 import threading
+import weakref
+
+
+def _shared_socket() -> socket.socket:
+    """A TCP socket that may be bound to a port another one of this process holds
+    (SO_REUSEPORT): how the proxy keeps its port while it is down."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return sock
 
 
 class ToggleProxy:
-    """A TCP proxy on loopback to a real server that can be switched off and on."""
+    """A TCP proxy on loopback to a real server that can be switched off and on.
+
+    Its port is the kernel's choice, and stays the proxy's while it is down: a
+    socket bound to it without listening (connections are refused) holds it
+    until the proxy listens again, so no other process (another test run at the
+    same time) can take it in between.
+    """
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.listener: socket.socket | None = None
+        self._hold: socket.socket | None = None
         self.port = 0
         self.conns: list[socket.socket] = []
         #: Hung: connections are accepted and bytes read, but nothing is forwarded either way.
@@ -21,15 +39,21 @@ class ToggleProxy:
         self.up()
 
     def up(self) -> None:
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener = _shared_socket()
         self.listener.bind(("127.0.0.1", self.port))
         self.port = self.listener.getsockname()[1]
         self.listener.listen()
+        if self._hold is not None:
+            self._hold.close()
+            self._hold = None
         threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
 
     def down(self) -> None:
         assert self.listener is not None
+        if self._hold is None:  # keep the port (closed when the proxy is collected)
+            self._hold = _shared_socket()
+            self._hold.bind(("127.0.0.1", self.port))
+            weakref.finalize(self, self._hold.close)
         try:
             self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         except OSError:

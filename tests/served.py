@@ -2,7 +2,7 @@
 
 :class:`ServedExample` starts ``python -m example_app`` in a subprocess with a
 fresh instance folder (``EXAMPLE_INSTANCE_PATH``; it holds the guard's SQLite
-file, the secret and the cached model), on a free loopback port, with the
+file, the secret and the cached model), on a loopback port taken for it beforehand, with the
 app's defaults otherwise (inherited ``MODELGUARD_*``, ``SECRET_KEY``,
 ``MODEL_CACHE_DIR`` and ``FLASK_*`` variables are removed). Nothing is set up
 on the server beyond what an operator does with the CLI: creating accounts.
@@ -39,18 +39,23 @@ from flask_modelguard.simulate import Actor, HTTPTransport, World, read_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Environment variables that would replace the example's defaults.
-_OVERRIDES = ("MODELGUARD_", "FLASK_")
+_OVERRIDES = ("MODELGUARD_", "FLASK_", "WERKZEUG_")
 _OVERRIDE_NAMES = ("SECRET_KEY", "MODEL_CACHE_DIR", "EXAMPLE_INSTANCE_PATH", "PORT", "HOST")
 _KEY = re.compile(r"^API key: (mg_\S+)$", re.MULTILINE)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def listening_socket() -> socket.socket:
+    """A loopback socket on a port the kernel chose, listening: the server's.
+    Taken before the server starts (its first start trains and calibrates for
+    half a minute or more before it would bind a port it was told): no other
+    process, such as another test run at the same time, can take the port meanwhile."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    return sock
 
 
-def _environment(instance: Path, port: int | None = None) -> dict[str, str]:
+def _environment(instance: Path, port: int | None = None, fd: int | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(_OVERRIDES) and k not in _OVERRIDE_NAMES}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
@@ -64,6 +69,12 @@ def _environment(instance: Path, port: int | None = None) -> dict[str, str]:
         env.setdefault(name, "1")
     if port is not None:
         env["PORT"], env["HOST"] = str(port), "127.0.0.1"
+    if fd is not None:
+        # app.run() serves on the socket inherited as this descriptor (werkzeug's
+        # hand-over from its reloader to the serving process) instead of binding
+        # HOST:PORT itself; otherwise the same server. Only the start-up banner
+        # is not printed.
+        env["WERKZEUG_RUN_MAIN"], env["WERKZEUG_SERVER_FD"] = "true", str(fd)
     return env
 
 
@@ -95,7 +106,8 @@ class ServedExample:
     def __init__(self, instance: Path, *, start_timeout: float = 300.0) -> None:
         self.instance = Path(instance).resolve()
         self.instance.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self._socket: socket.socket | None = listening_socket()
+        self.port = int(self._socket.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.instance.parent / f"{self.instance.name}-server.log"
         self.start_timeout = start_timeout
@@ -107,13 +119,18 @@ class ServedExample:
     # -- the server ---------------------------------------------------------------
 
     def start(self) -> ServedExample:
+        if self._socket is None:
+            raise RuntimeError("a ServedExample starts once")
         log = open(self.log_path, "wb")  # a file, not a pipe: a full pipe would stall the server
         try:
+            fd = self._socket.fileno()
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "example_app"], cwd=ROOT, env=_environment(self.instance, self.port),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                [sys.executable, "-m", "example_app"], cwd=ROOT, env=_environment(self.instance, self.port, fd),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, pass_fds=[fd])
         finally:
             log.close()
+            self._socket.close()  # the server's now
+            self._socket = None
         started = time.monotonic()
         deadline = started + self.start_timeout
         while True:
@@ -132,6 +149,9 @@ class ServedExample:
             time.sleep(0.2)
 
     def stop(self) -> None:
+        if self._socket is not None:  # never started
+            self._socket.close()
+            self._socket = None
         if self._reader is not None:
             from example_app import guard
 
@@ -253,6 +273,74 @@ class Sent:
         return total
 
 
+class _Traffic:
+    """The shared queue of :func:`drive`'s threads: actors ready (at a time),
+    how many are out, the first error."""
+
+    def __init__(self, url: str, actors: Sequence[Actor], keys: Mapping[tuple[str, int], str],
+                 sent: dict[str, Sent], stop_at: float, request_timeout: float) -> None:
+        self.url, self.keys, self.sent = url, keys, sent
+        self.stop_at, self.request_timeout = stop_at, request_timeout
+        self.ready: deque[tuple[float, Actor]] = deque((0.0, a) for a in actors)
+        self.busy = 0
+        self.errors: list[BaseException] = []
+        self.cond = threading.Condition()
+
+    def take(self) -> Actor | None:
+        """The next actor whose wait is over (None: all done, an error, or the deadline)."""
+        with self.cond:
+            while True:
+                if self.errors or time.monotonic() > self.stop_at or (not self.ready and not self.busy):
+                    return None
+                now = time.monotonic()
+                for _ in range(len(self.ready)):
+                    at, actor = self.ready[0]
+                    if at <= now:
+                        self.ready.popleft()
+                        self.busy += 1
+                        return actor
+                    self.ready.rotate(-1)
+                self.cond.wait(0.05)
+
+    def give_back(self, actor: Actor | None, at: float = 0.0) -> None:
+        with self.cond:
+            self.busy -= 1
+            if actor is not None:
+                self.ready.append((at, actor))
+            self.cond.notify_all()
+
+    def send(self, transport: HTTPTransport, actor: Actor) -> None:
+        """The actor's next request, its answer handed back to it; the actor back in the queue."""
+        request = actor.next()
+        if request is None:
+            self.give_back(None)
+            return
+        status, payload, headers = transport.post(
+            "/predict", {"instances": request.inputs.tolist()}, self.keys[(actor.name, request.account)])
+        answer = read_answer(status, payload, headers, len(request.inputs), actor.world.n_classes)
+        actor.receive(request, answer)
+        record = self.sent.setdefault(actor.name, Sent())
+        record.statuses[status] += 1
+        if status != 429:
+            record.order.append((request.account, len(request.inputs)))
+        wait = min(5.0, answer.retry_after or 1.0) if status == 429 else 0.0
+        self.give_back(actor, time.monotonic() + wait)
+
+    def loop(self) -> None:
+        transport = HTTPTransport(self.url, timeout=self.request_timeout)
+        try:
+            while (actor := self.take()) is not None:
+                try:
+                    self.send(transport, actor)
+                except Exception as exc:  # handed to the caller, which re-raises it
+                    with self.cond:
+                        self.errors.append(exc)
+                    self.give_back(None)
+                    return
+        finally:
+            transport.connection.close()
+
+
 def drive(url: str, actors: Sequence[Actor], keys: Mapping[tuple[str, int], str], *,
           sent: dict[str, Sent], caps: Mapping[str, int] | None = None, in_flight: int = 3,
           deadline: float = 300.0, request_timeout: float = 15.0) -> None:
@@ -266,79 +354,22 @@ def drive(url: str, actors: Sequence[Actor], keys: Mapping[tuple[str, int], str]
     seconds, and the first error of any thread.
     """
     saved = {a.name: a.budget for a in actors}
-    if caps:
-        for a in actors:
-            if a.name in caps:
-                a.budget = min(a.budget, max(a.sent, caps[a.name]))
-    ready: deque[tuple[float, Actor]] = deque((0.0, a) for a in actors)
-    busy = [0]
-    errors: list[BaseException] = []
-    cond = threading.Condition()
-    stop_at = time.monotonic() + deadline
-
-    def take() -> Actor | None:
-        with cond:
-            while True:
-                if errors or time.monotonic() > stop_at:
-                    return None
-                if not ready and not busy[0]:
-                    return None
-                now = time.monotonic()
-                for _ in range(len(ready)):
-                    at, actor = ready[0]
-                    if at <= now:
-                        ready.popleft()
-                        busy[0] += 1
-                        return actor
-                    ready.rotate(-1)
-                cond.wait(0.05)
-
-    def give_back(actor: Actor | None, at: float = 0.0) -> None:
-        with cond:
-            busy[0] -= 1
-            if actor is not None:
-                ready.append((at, actor))
-            cond.notify_all()
-
-    def loop() -> None:
-        transport = HTTPTransport(url, timeout=request_timeout)
-        try:
-            while (actor := take()) is not None:
-                try:
-                    request = actor.next()
-                    if request is None:
-                        give_back(None)
-                        continue
-                    status, payload, headers = transport.post(
-                        "/predict", {"instances": request.inputs.tolist()}, keys[(actor.name, request.account)])
-                    answer = read_answer(status, payload, headers, len(request.inputs), actor.world.n_classes)
-                    actor.receive(request, answer)
-                    record = sent.setdefault(actor.name, Sent())
-                    record.statuses[status] += 1
-                    if status != 429:
-                        record.order.append((request.account, len(request.inputs)))
-                    wait = min(5.0, answer.retry_after or 1.0) if status == 429 else 0.0
-                    give_back(actor, time.monotonic() + wait)
-                except Exception as exc:  # handed to the caller, which re-raises it
-                    with cond:
-                        errors.append(exc)
-                    give_back(None)
-                    return
-        finally:
-            transport.connection.close()
-
-    threads = [threading.Thread(target=loop, name=f"drive-{i}", daemon=True) for i in range(in_flight)]
+    for a in actors:
+        if caps and a.name in caps:
+            a.budget = min(a.budget, max(a.sent, caps[a.name]))
+    traffic = _Traffic(url, actors, keys, sent, time.monotonic() + deadline, request_timeout)
+    threads = [threading.Thread(target=traffic.loop, name=f"drive-{i}", daemon=True) for i in range(in_flight)]
     try:
         for t in threads:
             t.start()
         for t in threads:
-            t.join(max(1.0, stop_at - time.monotonic() + request_timeout + 5.0))
+            t.join(max(1.0, traffic.stop_at - time.monotonic() + request_timeout + 5.0))
     finally:
         for a in actors:
             a.budget = saved[a.name]
-    if errors:
-        raise errors[0]
-    if any(t.is_alive() for t in threads) or time.monotonic() > stop_at:
+    if traffic.errors:
+        raise traffic.errors[0]
+    if any(t.is_alive() for t in threads) or time.monotonic() > traffic.stop_at:
         left = {a.name: a.budget - a.sent for a in actors if a.sent < (caps or {}).get(a.name, a.budget)}
         raise TimeoutError(f"traffic not done within {deadline:.0f} s; inputs left: {left}")
 

@@ -90,7 +90,7 @@ def test_scenario_validation(tmp_path):
     assert load_scenario(str(tmp_path / "s.yaml")).actors == [{"kind": "knockoff", "budget": 5}]
 
 
-def test_cli_evaluate_writes_a_report(tmp_path):
+def test_cli_evaluate_writes_a_report(tmp_path, model_cache):
     from example_app import create_app
 
     scenario = {
@@ -99,7 +99,7 @@ def test_cli_evaluate_writes_a_report(tmp_path):
                    {"kind": "random-gaussian", "name": "gauss", "budget": 80}],
     }
     (tmp_path / "tiny.json").write_text(json.dumps(scenario))
-    app = create_app({"MODEL_CACHE_DIR": str(tmp_path), "MODELGUARD_DATABASE_URL": f"sqlite:///{tmp_path}/cli.db"})
+    app = create_app({"MODEL_CACHE_DIR": model_cache, "MODELGUARD_DATABASE_URL": f"sqlite:///{tmp_path}/cli.db"})
     result = app.test_cli_runner().invoke(args=["modelguard", "evaluate", "--scenario", str(tmp_path / "tiny.json"),
                                                 "--out", str(tmp_path / "out"), "--no-plots"])
     assert result.exit_code == 0, result.output

@@ -22,7 +22,7 @@ from example_app import create_app, guard
 from example_app.__main__ import demo_key
 from example_app.model import split
 
-from .conftest import sql
+from .conftest import listening_socket, sql
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,11 +39,6 @@ def post(url: str, body: object, key: str | None = None) -> tuple[int, dict, dic
         return err.code, dict(err.headers), json.loads(err.read())
 
 
-@pytest.fixture(scope="module")
-def model_cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("model"))
-
-
 @pytest.fixture
 def served(tmp_path, model_cache):
     app = create_app({
@@ -52,7 +47,7 @@ def served(tmp_path, model_cache):
         "MODELGUARD_DATABASE_URL": f"sqlite:///{tmp_path}/example.db",
     })
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield app, f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
@@ -136,12 +131,6 @@ def test_demo_key_is_replaced_on_each_start(served):
     assert post(f"{base}/predict", body, second)[0] == 200
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_gunicorn_workers_share_limits_and_flush_at_exit(tmp_path, model_cache, redis_uri):
     """Three worker processes, one Redis: the per-second limit is global, and every
     worker's events reach the database when gunicorn stops."""
@@ -160,12 +149,13 @@ def test_gunicorn_workers_share_limits_and_flush_at_exit(tmp_path, model_cache, 
         guard.create_account("g", limits="30/minute")
         key = guard.issue_key("g")
     guard.close(setup)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-w", "3", "-b", f"127.0.0.1:{port}",
-         "example_app:create_app()"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
+    with listening_socket() as sock:
+        port = sock.getsockname()[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-w", "3", "-b", f"fd://{sock.fileno()}",
+             "example_app:create_app()"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=[sock.fileno()],
+        )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.time() + 30

@@ -4,6 +4,7 @@ PostgreSQL: the guard starts, serves per its fail mode, and recovers by itself."
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 
@@ -12,7 +13,7 @@ from sqlalchemy import Engine, create_engine, text
 
 from flask_modelguard import ModelGuard, models
 
-from .conftest import model_app, problem_of
+from .conftest import listening_socket, model_app, problem_of
 from .faults import ToggleProxy
 
 #: A well-formed key no database has (the lookup must reach the database).
@@ -108,14 +109,6 @@ def test_events_at_shutdown_during_an_outage_are_spilled_then_written_at_the_nex
         proxy.down()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, key: str) -> int:
     import json
     import urllib.error
@@ -155,11 +148,13 @@ def test_gunicorn_through_a_database_outage_recycles_and_stops_losing_nothing(po
         key = guard.issue_key("steady")
     guard.close(setup)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    port = _free_port()
     env = {**os.environ, **{k: str(v) for k, v in config.items()}, "MODELGUARD_SHUTDOWN_TIMEOUT": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}",
-                             "--max-requests", "15", "example_app:create_app()"],
-                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    with listening_socket() as sock:
+        port = sock.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"fd://{sock.fileno()}",
+                                 "--max-requests", "15", "example_app:create_app()"],
+                                cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                pass_fds=[sock.fileno()])
     base = f"http://127.0.0.1:{port}"
     answered = 0
     try:
@@ -248,11 +243,21 @@ def test_account_states_at_shutdown_during_an_outage_are_spilled_then_merged(pos
     stored state by the next process (the account counts every query once)."""
     _empty(postgres_url)
     proxy = ToggleProxy(("127.0.0.1", 5432))
+    # (ticks an hour apart: only the first, as the worker starts, before the traffic, and the exit merge)
     config = {"MODELGUARD_DATABASE_URL": _through(postgres_url, proxy), "MODELGUARD_FLUSH_INTERVAL": 3600,
               "MODELGUARD_SPILL": str(tmp_path / "spill"), "MODELGUARD_SHUTDOWN_TIMEOUT": 0.5,
-              "MODELGUARD_DETECTION": True, "MODELGUARD_NAMESPACE": f"t-{uuid.uuid4().hex}"}
+              "MODELGUARD_DETECTION": True, "MODELGUARD_NAMESPACE": f"t-{uuid.uuid4().hex}",
+              "MODELGUARD_KEY_CACHE_TTL": 3600}
     guard = ModelGuard()
     app = model_app(guard, **config)
+    # The worker's first tick merges the states; were it late (a busy machine), it
+    # would merge these requests' deltas before the cut and leave nothing to spill.
+    worker, ticked = ModelGuard.state(app).worker, threading.Event()
+    tick = worker.on_tick
+    assert tick is not None
+    worker.on_tick = lambda: (tick(), ticked.set())
+    worker.start()
+    assert ticked.wait(15)
     with app.app_context():
         guard.create_account("stats", limits="1000/minute")
         key = guard.issue_key("stats")

@@ -82,7 +82,7 @@ def _serve(predict):
         return {"predictions": [{"label": int(label)} for label in predict(X)]}
 
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_port}/predict"
 
 
@@ -97,7 +97,7 @@ def _query(client, key, X, batch=100):
 
 
 @pytest.fixture(scope="module")
-def stolen(tmp_path_factory):
+def stolen(tmp_path_factory, model_cache):
     """A thief and an honest user query the example server (default 0.5%
     watermark); the thief trains an MLP on its answers."""
     from sklearn.exceptions import ConvergenceWarning
@@ -107,7 +107,7 @@ def stolen(tmp_path_factory):
     from example_app.model import split
 
     tmp = tmp_path_factory.mktemp("ownership")
-    app = create_app({"MODEL_CACHE_DIR": str(tmp), "SECRET_KEY": "ownership-test",
+    app = create_app({"MODEL_CACHE_DIR": model_cache, "SECRET_KEY": "ownership-test",
                       "MODELGUARD_DATABASE_URL": f"sqlite:///{tmp}/o.db",
                       "MODELGUARD_DETECTION": False})  # flagging the thief mid-way would change its answers
     X_train, X_test, y_train, _ = split()
@@ -201,7 +201,7 @@ def test_http_suspect_bounds_what_a_suspect_can_send(tmp_path):
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Flood)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/predict"
         with pytest.raises(ValueError, match="more than 1000 bytes"):

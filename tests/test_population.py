@@ -181,11 +181,8 @@ class Digits:
 
 
 @pytest.fixture(scope="module")
-def digits(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Digits:
-    """Training the model takes 5-50 s: it is kept in pytest's cache across runs where there is one."""
-    cache = getattr(pytestconfig, "cache", None)
-    folder = cache.mkdir("digits-model") if cache is not None else tmp_path_factory.getbasetemp() / "digits-model"
-    return Digits(str(folder))
+def digits(model_cache: str) -> Digits:
+    return Digits(model_cache)
 
 
 Thieves = dict[str, tuple[np.ndarray, list[int]]]

@@ -141,11 +141,8 @@ def run(served: ServedExample, plan: Plan, capsys: pytest.CaptureFixture[str]) -
         _run(served, plan, capsys)
 
 
-def _run(served: ServedExample, plan: Plan, capsys: pytest.CaptureFixture[str]) -> None:
-    wall = time.monotonic()
-    model = served.reader.extensions["digits_model"]  # the model the server cached in the instance folder
-    world = digits_world(model.predict_proba)
-
+def _actors(world: Any, plan: Plan) -> tuple[list[Actor], list[Actor]]:
+    """The thieves of every family and the benign users, bound to their worlds and seeds."""
     worlds: dict[str, Any] = {}  # thief name -> its World, when not the shared one
     thieves: list[Actor] = []
     for spec, changes in thief_specs(plan):
@@ -157,19 +154,87 @@ def _run(served: ServedExample, plan: Plan, capsys: pytest.CaptureFixture[str]) 
         thieves.append(actor)
     benign = [make_actor({"kind": "benign", "name": f"benign-{i:02d}", "budget": plan.benign_budget})
               for i in range(plan.benign)]
-    actors = [*thieves, *benign]
-    for actor, ss in zip(actors, np.random.SeedSequence(0).spawn(len(actors))):
+    for actor, ss in zip([*thieves, *benign], np.random.SeedSequence(0).spawn(len(thieves) + len(benign))):
         actor.bind(worlds.get(actor.name, world), np.random.default_rng(ss))
+    return thieves, benign
 
-    # Accounts: the first through a real `flask` subprocess (what an operator
-    # types), the rest through the same command in-process (a `flask` process costs 4-9 s of
-    # imports on this machine).
+
+def _accounts(served: ServedExample, actors: list[Actor]) -> dict[tuple[str, int], str]:
+    """Accounts: the first through a real `flask` subprocess (what an operator
+    types), the rest through the same command in-process (a `flask` process costs
+    4-9 s of imports on this machine)."""
     keys: dict[tuple[str, int], str] = {}
     first = True
     for actor in actors:
         for k, name in enumerate(account_names(actor)):
             keys[(actor.name, k)] = served.create_account(name, tier="pro", limits=LIMITS, subprocess_cli=first)
             first = False
+    return keys
+
+
+def _flags_at_checkpoint(served: ServedExample, thieves: list[Actor]) -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """Each thief's flagged accounts, read until every thief that must be is (at most FLAG_WAIT s)."""
+    must = [a for a in thieves if a.name != COPYCAT]
+    deadline = time.monotonic() + FLAG_WAIT
+    while True:
+        rows = served.accounts()
+        flagged = {a.name: [n for n in account_names(a) if rows[n]["flagged"]] for a in thieves}
+        if all(flagged[a.name] for a in must) or time.monotonic() > deadline:
+            return flagged, rows
+        time.sleep(0.5)
+
+
+def _check_harness(served: ServedExample, actors: list[Actor], sent: dict[str, Sent],
+                   final: dict[str, Any]) -> Counter[int]:
+    """Every request answered, every budget spent, every account listed; the statuses."""
+    statuses: Counter[int] = Counter()
+    for record in sent.values():
+        statuses.update(record.statuses)
+    # Benign users get 200 only; a thief may also get 403 (if the policy blocks it).
+    unexpected = {a.name: dict(sent[a.name].statuses) for a in actors
+                  if set(sent[a.name].statuses) - ({200, 403} if a.malicious else {200})}
+    assert not unexpected, f"unexpected HTTP statuses: {unexpected}\n{served.log()}"
+    assert all(a.sent == a.budget for a in actors), {a.name: (a.sent, a.budget) for a in actors if a.sent != a.budget}
+    missing = [n for a in actors for n in account_names(a) if n not in final]
+    assert not missing, f"accounts unknown to list-accounts: {missing}"
+    return statuses
+
+
+def _thief_figures(served: ServedExample, actor: Actor, record: Sent, flagged_now: list[str],
+                   checkpoint_rows: dict[str, Any], world: Any) -> tuple[list[Any], str | None]:
+    """One thief's row of the table, and what is wrong with it (None: flagged in time)."""
+    flags, up_to = [], []  # (thief's queries then, the account's, account, evaluation); evaluations in its first 100
+    for k, name in enumerate(account_names(actor)):
+        history = served.score_history(name)
+        hit = first_flag(history)
+        if hit is not None:
+            flags.append((record.total_when(k, hit["queries"]), hit["queries"], name, hit))
+        up_to += [h for h in history if record.total_when(k, h["queries"]) <= WITHIN]
+    best = max(up_to, key=lambda h: (h["scores"] or {}).get("malicious") or 0.0, default=None)
+    if flags:
+        total, own, name, hit = min(flags, key=lambda f: f[0])
+        when = f"{total}" + (f" ({own} on {name})" if actor.accounts > 1 else "")
+        reason = "; ".join(hit["reasons"])
+    else:
+        when, reason = "-", "-"
+    score_now = max((checkpoint_rows[n]["score"] for n in account_names(actor)), default=0.0)
+    line = [family(actor), actor.accounts, actor.sent, "yes" if flagged_now else "no", when,
+            f"{score_now:.3g}", clone_fidelity(actor, world), summary(best["scores"] if best else None), reason]
+    if actor.name == COPYCAT or (flagged_now and flags and min(f[0] for f in flags) <= WITHIN):
+        return line, None
+    first_at = f"first flagged at {min(f[0] for f in flags)} queries" if flags else "never flagged"
+    evaluated = f"{len(up_to)} evaluation(s) up to {WITHIN} queries"
+    return line, (f"{family(actor)}: not flagged within {WITHIN} queries ({first_at}; {evaluated}; "
+                  f"score {score_now:.3g} at the checkpoint; best: {summary(best['scores'] if best else None)})")
+
+
+def _run(served: ServedExample, plan: Plan, capsys: pytest.CaptureFixture[str]) -> None:
+    wall = time.monotonic()
+    model = served.reader.extensions["digits_model"]  # the model the server cached in the instance folder
+    world = digits_world(model.predict_proba)
+    thieves, benign = _actors(world, plan)
+    actors = [*thieves, *benign]
+    keys = _accounts(served, actors)
     # The Jacobian thief opens with one request of huge finite numbers (which
     # the example answers): it must not switch detection off for its account
     # (issue #13). The other thieves stay clean: their families are measured.
@@ -186,15 +251,7 @@ def _run(served: ServedExample, plan: Plan, capsys: pytest.CaptureFixture[str]) 
     drive(served.url, actors, keys, sent=sent, caps=caps, in_flight=plan.in_flight, deadline=plan.deadline)
     phase1 = time.monotonic() - t0
     assert all(a.sent == WITHIN for a in thieves), {a.name: a.sent for a in thieves}
-    must = [a for a in thieves if a.name != COPYCAT]
-    deadline = time.monotonic() + FLAG_WAIT
-    while True:
-        rows = served.accounts()
-        at_checkpoint = {a.name: [n for n in account_names(a) if rows[n]["flagged"]] for a in thieves}
-        if all(at_checkpoint[a.name] for a in must) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    checkpoint_rows = rows
+    at_checkpoint, checkpoint_rows = _flags_at_checkpoint(served, thieves)
 
     # Phase 2: the rest of every budget.
     t0 = time.monotonic()
@@ -202,49 +259,16 @@ def _run(served: ServedExample, plan: Plan, capsys: pytest.CaptureFixture[str]) 
     phase2 = time.monotonic() - t0
     time.sleep(SETTLE)
     final = served.accounts(subprocess_cli=True)  # the operator's view, through the real CLI
-
-    # -- harness: every request answered, every budget spent ----------------------
-    statuses: Counter[int] = Counter()
-    for record in sent.values():
-        statuses.update(record.statuses)
-    # Benign users get 200 only; a thief may also get 403 (if the policy blocks it).
-    unexpected = {a.name: dict(sent[a.name].statuses) for a in actors
-                  if set(sent[a.name].statuses) - ({200, 403} if a.malicious else {200})}
-    assert not unexpected, f"unexpected HTTP statuses: {unexpected}\n{served.log()}"
-    assert all(a.sent == a.budget for a in actors), {a.name: (a.sent, a.budget) for a in actors if a.sent != a.budget}
-    missing = [n for a in actors for n in account_names(a) if n not in final]
-    assert not missing, f"accounts unknown to list-accounts: {missing}"
+    statuses = _check_harness(served, actors, sent, final)
 
     # -- figures ----------------------------------------------------------------
     lines, problems = [], []
     for actor in thieves:
-        record = sent[actor.name]
-        flags, up_to = [], []  # (thief's queries then, the account's, account, evaluation); evaluations in its first 100
-        for k, name in enumerate(account_names(actor)):
-            history = served.score_history(name)
-            hit = first_flag(history)
-            if hit is not None:
-                flags.append((record.total_when(k, hit["queries"]), hit["queries"], name, hit))
-            up_to += [h for h in history if record.total_when(k, h["queries"]) <= WITHIN]
-        best = max(up_to, key=lambda h: (h["scores"] or {}).get("malicious") or 0.0, default=None)
-        flagged_now = at_checkpoint[actor.name]
-        if flags:
-            total, own, name, hit = min(flags, key=lambda f: f[0])
-            when = f"{total}" + (f" ({own} on {name})" if actor.accounts > 1 else "")
-            reason = "; ".join(hit["reasons"])
-        else:
-            when, reason = "-", "-"
-        score_now = max((checkpoint_rows[n]["score"] for n in account_names(actor)), default=0.0)
-        lines.append([family(actor), actor.accounts, actor.sent, "yes" if flagged_now else "no", when,
-                      f"{score_now:.3g}", clone_fidelity(actor, world), summary(best["scores"] if best else None),
-                      reason])
-        if actor.name == COPYCAT:
-            continue
-        if not flagged_now or not flags or min(f[0] for f in flags) > WITHIN:
-            first_at = f"first flagged at {min(f[0] for f in flags)} queries" if flags else "never flagged"
-            evaluated = f"{len(up_to)} evaluation(s) up to {WITHIN} queries"
-            problems.append(f"{family(actor)}: not flagged within {WITHIN} queries ({first_at}; {evaluated}; "
-                            f"score {score_now:.3g} at the checkpoint; best: {summary(best['scores'] if best else None)})")
+        line, problem = _thief_figures(served, actor, sent[actor.name], at_checkpoint[actor.name],
+                                       checkpoint_rows, world)
+        lines.append(line)
+        if problem:
+            problems.append(problem)
     benign_flagged = [(a, n) for a in benign for n in account_names(a) if final[n]["flagged"]]
     for _actor, name in benign_flagged:
         hit = first_flag(served.score_history(name))

@@ -39,8 +39,8 @@ Log = list[tuple[float, Request, Answer]]
 
 
 @pytest.fixture(scope="module")
-def victim(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return load_model(str(tmp_path_factory.getbasetemp() / "digits-model"))
+def victim(model_cache: str) -> Any:
+    return load_model(model_cache)
 
 
 @pytest.fixture(scope="module")

@@ -144,7 +144,7 @@ def test_simulation_over_http_to_a_live_server(tmp_path):
         guard.create_account("h", limits="25/hour")
         keys = {("h", 0): guard.issue_key("h")}
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         from flask_modelguard.simulate import HTTPTransport

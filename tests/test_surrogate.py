@@ -16,8 +16,8 @@ from flask_modelguard.simulate.surrogate import Clone, accuracy, fidelity, learn
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    victim = load_model(str(tmp_path_factory.getbasetemp() / "digits-model"))
+def world(model_cache: str) -> World:
+    victim = load_model(model_cache)
     X_train, X_test, _, y_test = split()
     return World(pool=X_train, test=X_test, test_labels=y_test, victim=victim.predict_proba, n_classes=10,
                  low=0.0, high=16.0, seeds=X_train[:100], integer=True)

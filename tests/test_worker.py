@@ -220,8 +220,11 @@ def test_a_probe_cuts_a_long_backoff_short():
 
     worker = make(write, flush_interval=0.05, probe=lambda: state["up"])
     worker.submit(1)
-    time.sleep(4.0)  # backoffs 0.1, 0.2, 0.4, 0.8, 1.6, then 3.2
-    assert worker.failures >= 5 and worker._backoff >= 3.2 and not written
+    deadline = time.monotonic() + 15.0
+    while worker._backoff < 3.2:  # backoffs 0.1, 0.2, 0.4, 0.8, 1.6 (3.1 s), then 3.2
+        assert time.monotonic() < deadline, (worker.failures, worker._backoff)
+        time.sleep(0.05)
+    assert worker.failures >= 5 and not written
     state["up"] = True
     began = time.monotonic()
     while not written:
