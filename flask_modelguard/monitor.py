@@ -30,7 +30,8 @@ from .detectors.population import PopulationSample
 from .detectors.prada import Prada
 from .detectors.registry import KINDS, evidence, ratios
 from .detectors.supervised import StackedEnsemble, SupervisedModel
-from .detectors.window import Window, feature_entropy, rule_reasons
+from .detectors.window import feature_entropy, rule_reasons
+from .resident import ResidentAccount
 from .state import AccountState, Observation, behaviour, label_key
 
 log = logging.getLogger("flask_modelguard")
@@ -67,68 +68,6 @@ def ensemble(evidence: list[float]) -> float:
     return float(min(1.0, max(0.0, max(evidence) / 2.0)))
 
 
-class _Seen:
-    """The last ``size`` distinct fingerprints of an account (a ring of 64-bit
-    ints: 8 bytes each, grown by doubling): a query seen among them is a repeat."""
-
-    __slots__ = ("ring", "count", "size")
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.ring = np.zeros(min(size, 32), dtype=np.uint64)
-        self.count = 0
-
-    def add(self, fingerprint: int) -> bool:
-        """Remember ``fingerprint``; False when it was already there."""
-        ring = self.ring
-        if (ring[: min(self.count, len(ring))] == fingerprint).any():
-            return False
-        if self.count == len(ring) < self.size:
-            ring = self.ring = np.concatenate([ring, np.zeros(min(len(ring), self.size - len(ring)), dtype=np.uint64)])
-        ring[self.count % len(ring)] = fingerprint
-        self.count += 1
-        return True
-
-
-class _Account:
-    """One account in memory: the merged state as storage had it (``base``),
-    what this process saw since (``delta``, None until then), PRADA, the
-    recent fingerprints and the window. The state the detectors read is
-    ``base`` merged with ``delta``, built when an evaluation needs it."""
-
-    __slots__ = ("base", "delta", "errors", "evaluated", "merging", "prada", "seen", "since", "stepped", "window")
-
-    def __init__(self, base: AccountState, prada: Prada, max_seen: int) -> None:
-        self.base = base.compact()
-        self.delta: AccountState | None = None
-        self.merging: AccountState | None = None  # a delta being merged into storage right now
-        self.prada = prada
-        self.seen = _Seen(max_seen)
-        self.since = 0  # queries since the last evaluation
-        self.evaluated = False  # in this process: the first evaluation comes at min_queries
-        self.window = Window()  # the last queries: windowed entropy, uniqueness, rate
-        self.errors = 0  # evaluations that failed (each one a verdict of its own)
-        self.stepped = False  # sign steps reached their threshold (evaluated at once, not at the next due)
-
-    @property
-    def queries(self) -> int:
-        return self.base.queries + sum(d.queries for d in (self.merging, self.delta) if d is not None)
-
-    def view(self) -> AccountState:
-        """Everything known of the account (a new object: base and deltas stay apart)."""
-        parts = [d for d in (self.merging, self.delta) if d is not None and d.queries]
-        if not parts:
-            return self.base
-        view = self.base.copy()
-        for part in parts:
-            view.merge(part)
-        return view
-
-    def memory_bytes(self) -> int:
-        return (self.base.memory_bytes() + (self.delta.memory_bytes() if self.delta is not None else 0)
-                + self.prada.memory_bytes() + self.seen.ring.nbytes + self.window.nbytes())
-
-
 #: ``observe(stored=...)`` not given: the monitor's loader reads the stored state.
 _UNREAD: Any = object()
 
@@ -158,7 +97,7 @@ class Monitor:
         self.every = every
         self.max_accounts = max_accounts
         self.max_seen = max_seen
-        self.accounts: OrderedDict[int, _Account] = OrderedDict()
+        self.accounts: OrderedDict[int, ResidentAccount] = OrderedDict()
         #: Reads an account's merged state from storage when it first shows up.
         self.loader = loader
         #: Deltas of accounts evicted from memory before they were merged.
@@ -193,7 +132,7 @@ class Monitor:
         #: reaches 0.5 (one decision calibrated to one false-positive rate).
         self.verdict = "auto"
 
-    def _account(self, account_id: int, stored: Any = _UNREAD) -> _Account:
+    def _account(self, account_id: int, stored: Any = _UNREAD) -> ResidentAccount:
         found = self.accounts.get(account_id)
         if found is None:
             if stored is _UNREAD:
@@ -203,7 +142,7 @@ class Monitor:
                 log.warning("modelguard: the stored state of account %s is not finite; its statistics start over",
                             account_id)
                 stored = None
-            found = self.accounts[account_id] = _Account(
+            found = self.accounts[account_id] = ResidentAccount(
                 stored or AccountState(self.dim, space=self.space), Prada(self.prada_threshold), self.max_seen)
             if len(self.accounts) > self.max_accounts:
                 # The least recently active goes; its unmerged delta waits for the next merge.
@@ -271,7 +210,7 @@ class Monitor:
             obs.raw = clipped
         obs.features = clipped
 
-    def _failed(self, account_id: int, account: _Account, ts: float, exc: Exception) -> Evaluation:
+    def _failed(self, account_id: int, account: ResidentAccount, ts: float, exc: Exception) -> Evaluation:
         """The evaluation of an account whose detectors failed: suspicious, with
         the error as its reason (hostile input must not buy a clean verdict)."""
         account.errors += 1

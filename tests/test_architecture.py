@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "flask_modelguard"
 #: Modules that import nothing from Flask (DESIGN.md's core and storage layers).
 FRAMEWORK_FREE = (
     "alerting", "alerts", "events", "features", "keys", "lifecycle", "models", "monitor", "ownership",
-    "payload", "persistence", "pipeline", "policy", "quotas", "repository", "sealing", "sketch", "spill", "state",
+    "payload", "persistence", "pipeline", "policy", "quotas", "repository", "resident", "sealing", "sketch", "spill", "state",
     "stats", "training", "transforms", "windows", "worker", "detectors.add", "detectors.anomaly", "detectors.frechet",
     "detectors.population", "detectors.prada", "detectors.registry", "detectors.supervised", "detectors.window",
     "repository.accounts", "repository.base", "repository.detection", "repository.events", "transforms.base",

@@ -298,7 +298,7 @@ def _browser_missing() -> str | None:
 
 
 @pytest.fixture
-def simulated(tmp_path):
+def simulated(tmp_path, model_cache):
     """The example app after a small simulation: a uniform-noise thief and three benign users."""
     from example_app import create_app, guard
     from example_app.model import split
@@ -306,7 +306,7 @@ def simulated(tmp_path):
     from flask_modelguard.simulate import Simulation, WSGITransport
     from flask_modelguard.simulate.attackers import make_actor
 
-    app = create_app({"MODEL_CACHE_DIR": str(tmp_path / "model"), "SECRET_KEY": "dashboard-test",
+    app = create_app({"MODEL_CACHE_DIR": model_cache, "SECRET_KEY": "dashboard-test",
                       "MODELGUARD_DATABASE_URL": f"sqlite:///{tmp_path}/dashboard.db"})
     X_train, *_ = split()
     with app.app_context():  # a quicker calibration than world()'s own (20 accounts a size, not 200)
