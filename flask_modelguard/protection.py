@@ -131,6 +131,12 @@ class OutputProtector:
         with self._lock:
             self.canaries = self.canaries | frozenset(fingerprints)
 
+    def treats_as_flagged(self, account_id: int, flagged: bool) -> bool:
+        """Whether an account's answers go out as a flagged account's: flagged in
+        storage (``flagged``, from the key cache), or caught by a canary in this
+        process since (the worker flags it in storage shortly). The one test."""
+        return flagged or account_id in self.caught
+
     def protect(
         self,
         payload: Any,
@@ -153,7 +159,7 @@ class OutputProtector:
         is counted and its route logged once. Answers of a label-only policy
         are withheld rather than sent whole.
         """
-        flagged = flagged or account_id in self.caught
+        flagged = self.treats_as_flagged(account_id, flagged)
         pipeline = policy.pipeline(flagged)
         canaries = self.canaries
         if not pipeline and not canaries:

@@ -281,7 +281,7 @@ class RequestPath:
         if self.telemetry is not None:  # poisoned: answered under the suspicious-account policy
             view = view_seconds if view_seconds is not None else (answer.view_seconds if answer else 0.0)
             self.telemetry.request(status, elapsed - view, bool(marks),
-                                   principal.flagged or canary or principal.account_id in self.protector.caught)
+                                   canary or self.protector.treats_as_flagged(principal.account_id, principal.flagged))
 
     def _first_request(self, environ: Any) -> None:
         """Checks only a request can make: several processes serving one app
