@@ -242,18 +242,13 @@ def test_a_failing_merge_writes_no_account(repo: Repository) -> None:
     assert repo.load_state(ids[0]) == {"queries": 1} and repo.load_state(ids[1]) is None  # one transaction
 
 
-def test_concurrent_merges_from_several_processes_lose_no_delta(db_url: str, repo: Repository,
-                                                                request: pytest.FixtureRequest) -> None:
+def test_concurrent_merges_from_several_processes_lose_no_delta(db_url: str, repo: Repository) -> None:
     """Four repositories (each with its own engine: four processes' worth) merge
     +1 into the same accounts, 15 times each, at the same time, the accounts
     given in different orders: every delta is counted exactly once, and no
     merge deadlocks or fails."""
-    if db_url.startswith("sqlite"):
-        # pysqlite opens the transaction only at the first INSERT/UPDATE: the
-        # SELECT of the stored states runs outside it (FOR UPDATE means nothing
-        # to SQLite), so two processes read the same state and the second write
-        # replaces the first. Needs BEGIN IMMEDIATE (a write lock before the read).
-        request.applymarker(pytest.mark.xfail(strict=True, reason="merge_states loses concurrent deltas on SQLite"))
+    # (On SQLite, pysqlite would open the transaction only at the first write,
+    # after the SELECT: BEGIN IMMEDIATE takes the write lock before the read.)
     ids = [repo.create_account(f"c{i}", "pro")["id"] for i in range(4)]
     processes, rounds = 4, 15
     errors: list[BaseException] = []

@@ -43,16 +43,20 @@ class DetectionRows(Base):
     ) -> dict[int, dict[str, Any]]:
         """Replace each account's stored state by ``merge(stored)``, all in one
         transaction (one commit, not one per account) with the rows locked in
-        account order (``SELECT ... FOR UPDATE`` where the database has it;
-        SQLite serialises writers anyway), so processes merging at the same
-        time neither lose each other's deltas nor deadlock. A merge function
-        may run twice (when another process inserted a first row meanwhile)."""
+        account order before they are read (``SELECT ... FOR UPDATE``; on
+        SQLite, whose driver would only begin the transaction at the first
+        write, ``BEGIN IMMEDIATE`` takes the write lock first), so processes
+        merging at the same time neither lose each other's deltas nor
+        deadlock. A merge function may run twice (when another process
+        inserted a first row meanwhile)."""
         table = m.account_states
         ids = sorted(merges)
         for attempt in range(2):
             try:
                 merged: dict[int, dict[str, Any]] = {}
                 with self.engine.begin() as conn:
+                    if conn.dialect.name == "sqlite":
+                        conn.exec_driver_sql("BEGIN IMMEDIATE")  # the read-modify-write below, serialised
                     stored: dict[int, Any] = {}
                     for start in range(0, len(ids), 500):
                         chunk = ids[start : start + 500]
