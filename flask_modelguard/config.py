@@ -120,6 +120,10 @@ class Settings:
     secret: str | bytes | None = None
     #: Store raw request bodies in the query log.
     store_inputs: bool = False
+    #: Seconds the query log keeps an event (the worker purges older ones hourly,
+    #: as ``flask modelguard purge-events`` does); None keeps every event.
+    retention: float | None = field(default=None, metadata=_rule(
+        lambda value: value is None or value > 0, "{key} must be a number of seconds > 0, or None, not {value!r}"))
     #: Bound of the event queue; events beyond it are dropped and counted.
     queue_size: int = field(default=10_000, metadata=_COUNT)
     #: Largest request body a protected route reads, in bytes (larger: 413 problem, nothing read).

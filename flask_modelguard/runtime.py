@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
     from .extension import ModelGuard
 
 log = logging.getLogger("flask_modelguard")
+
+#: Seconds between the worker's purges of old query events (MODELGUARD_RETENTION).
+PURGE_EVERY = 3600.0
 
 #: Where ``init_app`` keeps the app's :class:`GuardState`: ``app.extensions[EXTENSION_KEY]``.
 EXTENSION_KEY = "modelguard"
@@ -167,6 +171,7 @@ class GuardState:
         #: MODELGUARD_CREATE_TABLES could not create the tables yet (the worker retries).
         self.tables_pending = False
         self._file_problem: str | None = None
+        self._next_purge = 0.0
         #: The admin tokens, alerts and audit log (set by ``init_app``).
         self.admin: AdminStore
         self._pid = os.getpid()
@@ -242,9 +247,20 @@ class GuardState:
         try:
             self.states.persist()
             self.training.tick()
+            self._purge_due()
         except Exception as exc:
-            log.warning("modelguard: could not store account states or refit (%s); retrying later",
+            log.warning("modelguard: could not store account states, refit or purge (%s); retrying later",
                         exc.__class__.__name__)
+
+    def _purge_due(self) -> None:
+        """MODELGUARD_RETENTION: the query log's old events deleted, hourly."""
+        retention = self.settings.retention
+        if retention is None or time.monotonic() < self._next_purge:
+            return
+        self._next_purge = time.monotonic() + PURGE_EVERY
+        purged = self.repository.purge_events(self.clock() - retention)
+        if purged:
+            log.info("modelguard: %d query events older than %.0f s purged", purged, retention)
 
     def _replay_spilled(self) -> None:
         """Events and states an earlier process spilled at shutdown: written with

@@ -90,3 +90,20 @@ def test_missing_tables_are_explained(make_guarded, tmp_path):
     result = g.app.test_cli_runner().invoke(args=["modelguard", "list-accounts"])
     assert result.exit_code == 1 and "init-db" in result.output
     assert "Traceback" not in result.output
+
+
+def test_purge_events_keeps_the_retention_and_is_audited(cli):
+    g = cli.guarded
+    name, key = g.account()
+    for _ in range(3):
+        assert g.predict(key).status_code == 200
+    g.guard.flush(g.app)
+    assert "Say how long to keep" in cli("purge-events", ok=False).output  # no MODELGUARD_RETENTION set
+    assert "0 query events older than 1 days deleted" in cli("purge-events", "--older-than", "1").output
+    g.clock.now += 2 * 86_400
+    assert "3 query events older than 1 days deleted" in cli("purge-events", "--older-than", "1").output
+    assert g.rows(name) == []
+    from flask_modelguard import ModelGuard
+
+    entry = ModelGuard.state(g.app).admin.audit_entries(limit=1)[0][0]
+    assert entry["action"] == "purge-events" and entry["after"]["purged"] == 3

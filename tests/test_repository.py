@@ -319,6 +319,19 @@ def test_four_processes_merging_fifty_rounds_lose_no_delta(db_url: str, repo: Re
     assert [repo.load_state(i) for i in ids] == [{"queries": expected}] * len(ids)
 
 
+def test_purging_deletes_old_events_in_batches_and_keeps_the_evidence(repo: Repository) -> None:
+    a = repo.create_account("old", "pro")["id"]
+    mark = {"account_id": a, "route": "predict", "ts": 1.0, "fingerprint": "f" * 32, "input": [1],
+            "served_label": 3, "model_label": 2, "n_classes": 10}
+    evaluation = {"account_id": a, "ts": 1.0, "queries": 20, "scores": {"malicious": 0.7}, "reasons": []}
+    repo.insert_events([_event(a, 1, 1.0, watermarks=[mark], evaluation=evaluation)]
+                       + [_event(a, 1, float(t)) for t in range(2, 26)])
+    assert repo.purge_events(before=21.0, batch=7) == 20  # ts 1 ... 20, in three batches of 7 and one of 0
+    assert sorted(e["ts"] for e in repo.events(a)) == [float(t) for t in range(21, 26)]
+    assert len(repo.watermark_records("old")) == 1 and len(repo.score_history("old")) == 1
+    assert repo.purge_events(before=21.0) == 0
+
+
 # -- reference and training ----------------------------------------------------------
 
 

@@ -54,3 +54,17 @@ def test_the_tick_writes_what_an_earlier_process_spilled_and_merges_its_states(
     state.worker.flush()
     assert len(guarded.rows(name)) == 2 and not state.spill.waiting()
     assert AccountState.from_dict(state.repository.load_state(account_id) or {}).queries == before + 5
+
+
+def test_the_tick_purges_events_older_than_the_retention(make_guarded: Callable[..., Guarded]) -> None:
+    guarded = make_guarded(MODELGUARD_RETENTION=3600.0)
+    state = ModelGuard.state(guarded.app)
+    name, key = guarded.account()
+    assert guarded.predict(key).status_code == 200
+    guarded.guard.flush(guarded.app)
+    state._tick()
+    assert len(guarded.rows(name)) == 1  # not old yet
+    guarded.clock.now += 7200
+    state._next_purge = 0.0  # the hour between purges has passed
+    state._tick()
+    assert guarded.rows(name) == []

@@ -253,6 +253,15 @@ class AdminService:
 
     # -- canaries and detectors -------------------------------------------------------
 
+    def purge_events(self, actor: str, older_than: float) -> int:
+        """Delete the query events older than ``older_than`` seconds (watermark
+        records, evaluations and alerts stay); returns how many."""
+        if not older_than > 0:
+            raise InvalidValue("older_than must be a number of seconds > 0.")
+        purged = self.repository.purge_events(self.repository.clock() - older_than)
+        self._audit(actor, "purge-events", None, None, {"older_than": older_than, "purged": purged})
+        return purged
+
     def add_canaries(self, actor: str, inputs: list[Any], note: str | None = None) -> int:
         """Register honey-trap model inputs; returns how many were new."""
         added = self.guard.add_canaries(inputs, note, app=self.app)

@@ -9,7 +9,7 @@ from flask.cli import with_appcontext
 
 from ..keys import key_hint
 from ..repository import STATUSES
-from .base import _actor, _friendly, _guard, _service, _show_key, modelguard_cli
+from .base import _actor, _friendly, _guard, _guard_settings, _service, _show_key, modelguard_cli
 
 
 @modelguard_cli.command("init-db")
@@ -19,6 +19,19 @@ def init_db() -> None:
     """Create the guard's tables."""
     _guard().init_db()
     click.echo("ModelGuard tables are ready.")
+
+
+@modelguard_cli.command("purge-events")
+@click.option("--older-than", type=float, help="Days of query log to keep (default MODELGUARD_RETENTION).")
+@with_appcontext
+@_friendly
+def purge_events(older_than: float | None) -> None:
+    """Delete query events older than the retention (evidence stays)."""
+    seconds = older_than * 86_400 if older_than is not None else _guard_settings().retention
+    if seconds is None:
+        raise click.ClickException("Say how long to keep: --older-than DAYS, or set MODELGUARD_RETENTION.")
+    purged = _service().purge_events(_actor(), seconds)
+    click.echo(f"{purged} query events older than {seconds / 86_400:g} days deleted.")
 
 
 @modelguard_cli.command("create-account")

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from .. import models as m
 from ..policy import AccountFacts, Catch, FlagPolicy
@@ -125,6 +125,21 @@ class EventRows(AccountRows):
         query = select(m.scores).where(m.scores.c.account_id == account_id).order_by(m.scores.c.ts, m.scores.c.id)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
+
+    def purge_events(self, before: float, batch: int = 10_000) -> int:
+        """Delete the query events older than ``before`` (epoch seconds), oldest
+        first, ``batch`` rows a transaction (a long purge never holds the
+        table); returns how many. Watermark records, evaluations and alerts
+        stay: they are evidence."""
+        table = m.query_events
+        total = 0
+        while True:
+            oldest = select(table.c.id).where(table.c.ts < before).order_by(table.c.id).limit(batch)
+            with self.engine.begin() as conn:
+                deleted = conn.execute(delete(table).where(table.c.id.in_(oldest.scalar_subquery()))).rowcount
+            total += deleted
+            if deleted < batch:
+                return total
 
     def count_events(self, account_id: int | None = None) -> int:
         query = select(func.count()).select_from(m.query_events)
