@@ -157,6 +157,18 @@ detector_models = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
+#: What changed an account's or a key's standing (flag, status, tier, limits,
+#: rotation, revocation), in order: every process reads the new rows twice a
+#: second and forgets what it cached of them (``changes.py``).
+account_changes = Table(
+    "modelguard_account_changes",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("account_id", Integer, nullable=True),
+    Column("prefix", String(32), nullable=True),
+    Column("ts", Float, nullable=False),
+)
+
 #: Account states merged from every process (see state.AccountState.merge).
 account_states = Table(
     "modelguard_account_states",

@@ -21,6 +21,7 @@ from . import lifecycle
 from .alerting import Alerter
 from .alerts import Webhook
 from .auth import Authenticator
+from .changes import ChangeFeed
 from .config import Settings
 from .detectors.add import Reference
 from .detectors.population import PopulationSample
@@ -149,7 +150,7 @@ class GuardState:
             probe=self.repository.ping, spill=None if self.spill is None else self.spill.write,
             batch_size=settings.batch_size, flush_interval=settings.flush_interval,
             shutdown_timeout=settings.shutdown_timeout, permanent=_bad_data, on_tick=self._tick,
-            tick_interval=settings.key_cache_ttl,
+            tick_interval=settings.key_cache_ttl, on_wake=self._on_wake,
         )
         #: Prometheus metrics (docs/metrics.md); None when off or prometheus_client is missing.
         self.telemetry = install_telemetry(app, settings, self.worker, self.detection_status)
@@ -166,6 +167,8 @@ class GuardState:
             Featurizer(None, settings.feature_dim), detection=settings.detection,
             store_inputs=settings.store_inputs, telemetry=self.telemetry,
         )
+        #: Flags, blocks and key changes made by other processes, applied here within a second.
+        self.changes = ChangeFeed(self.repository, self._forget)
         self.serving = RequestPath(settings, self.auth, self.enforcer, self.protector, self.worker,
                                    self.clock, self._app, self.telemetry)
         #: MODELGUARD_CREATE_TABLES could not create the tables yet (the worker retries).
@@ -186,6 +189,7 @@ class GuardState:
         if settings.create_tables:
             self.create_tables()  # never blocks the boot: retried by the worker while the database is away
         self.refresh_canaries(quiet=True)
+        self.changes.poll(force=True)  # where the feed ends: changes from now on reach this process
         self.training.load_reference(quiet=True)
         if settings.enabled and settings.detection:
             self.training.load_configured_reference()
@@ -198,6 +202,7 @@ class GuardState:
     def _reset_in_child(self) -> None:
         self.monitor.reset()  # the parent merges what it saw; the child starts afresh
         self.states.reset_in_child()
+        self.changes.reset_in_child()
         self.serving.reset_in_child()
         self._pid = os.getpid()
         if self.tables_pending:  # its worker's tick creates them once the database is back
@@ -230,6 +235,18 @@ class GuardState:
                 log.debug("modelguard: early merge of evicted accounts failed (%s); kept for the next",
                           exc.__class__.__name__)
 
+    def _on_wake(self) -> None:
+        """Twice a second in the worker: what other processes changed."""
+        self.changes.poll()
+
+    def _forget(self, account_id: int | None, prefix: str | None) -> None:
+        """A change to an account (or a key) elsewhere: its cached look-ups go."""
+        if prefix is not None:
+            self.auth.invalidate(prefix=prefix)
+        if account_id is not None:
+            self.auth.invalidate(account_id=account_id)
+            self.protector.caught.discard(account_id)
+
     def _tick(self) -> None:
         """Every key-cache TTL in the worker: tables, spilled events, canaries,
         state merges, reloads and refits."""
@@ -247,6 +264,7 @@ class GuardState:
         try:
             self.states.persist()
             self.training.tick()
+            self.changes.purge(self.clock)
             self._purge_due()
         except Exception as exc:
             log.warning("modelguard: could not store account states, refit or purge (%s); retrying later",

@@ -54,6 +54,8 @@ class EventWorker(Generic[E]):
         permanent: Callable[[BaseException], bool] = lambda exc: False,
         on_tick: Callable[[], None] | None = None,
         tick_interval: float = 30.0,
+        on_wake: Callable[[], None] | None = None,
+        wake_interval: float = 0.5,
         name: str = "modelguard-worker",
     ) -> None:
         self.prepare = prepare
@@ -63,6 +65,9 @@ class EventWorker(Generic[E]):
         #: Called from the thread every ``tick_interval`` seconds (refreshing caches).
         self.on_tick = on_tick
         self.tick_interval = tick_interval
+        #: Called from the thread at least every ``wake_interval`` seconds (the change feed).
+        self.on_wake = on_wake
+        self.wake_interval = wake_interval
         self.max_queue = max_queue
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -156,6 +161,8 @@ class EventWorker(Generic[E]):
 
     def _run(self) -> None:
         next_tick = time.monotonic()  # the first tick as the thread starts
+        next_drain = time.monotonic() + self.flush_interval
+        wait = self.flush_interval if self.on_wake is None else min(self.flush_interval, self.wake_interval)
         while not self._stopping:
             try:
                 if self.on_tick is not None and time.monotonic() >= next_tick:
@@ -163,11 +170,15 @@ class EventWorker(Generic[E]):
                     self.on_tick()
             except Exception:
                 log.exception("modelguard: worker tick error")
-            self._wake.wait(self.flush_interval)
+            woken = self._wake.wait(wait)
             self._wake.clear()
             try:
-                self._probe()
-                self._drain()
+                if self.on_wake is not None:
+                    self.on_wake()
+                if woken or time.monotonic() >= next_drain:
+                    next_drain = time.monotonic() + self.flush_interval
+                    self._probe()
+                    self._drain()
             except Exception:
                 log.exception("modelguard: worker loop error")
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .. import models as m
@@ -73,9 +73,36 @@ class AccountRows(Base):
                 .where(m.accounts.c.name == name)
                 .values(updated_at=self.now(), **values)
             )
+            if result.rowcount:
+                account_id = conn.execute(select(m.accounts.c.id).where(m.accounts.c.name == name)).scalar_one()
+                self.record_changes(conn, [int(account_id)])
         if result.rowcount == 0:
             raise NotFound(f"No account named {name!r}.")
         return self.get_account(name)
+
+    # -- the change feed ----------------------------------------------------------
+
+    def record_changes(self, conn: Any, account_ids: Sequence[int], prefixes: Sequence[str] = ()) -> None:
+        """In ``conn``'s transaction: these accounts' (or keys') standing changed."""
+        rows: list[dict[str, Any]] = [{"account_id": a, "prefix": None, "ts": self.clock()} for a in account_ids]
+        rows += [{"account_id": None, "prefix": p, "ts": self.clock()} for p in prefixes]
+        if rows:
+            conn.execute(insert(m.account_changes), rows)
+
+    def changes_since(self, last: int | None, limit: int = 10_000) -> tuple[int, list[tuple[int | None, str | None]]]:
+        """The changes after id ``last`` (None: only where the feed ends now),
+        oldest first: the last id read, and (account id, key prefix) pairs."""
+        c = m.account_changes.c
+        with self.engine.connect() as conn:
+            if last is None:
+                return int(conn.execute(select(func.coalesce(func.max(c.id), 0))).scalar_one()), []
+            rows = conn.execute(select(c.id, c.account_id, c.prefix).where(c.id > last).order_by(c.id)
+                                .limit(limit)).all()
+        return (int(rows[-1].id) if rows else last), [(r.account_id, r.prefix) for r in rows]
+
+    def purge_changes(self, before: float) -> int:
+        with self.engine.begin() as conn:
+            return int(conn.execute(delete(m.account_changes).where(m.account_changes.c.ts < before)).rowcount)
 
     # -- keys -------------------------------------------------------------------
 
@@ -132,6 +159,7 @@ class AccountRows(Base):
                 conn.execute(
                     update(m.api_keys).where(m.api_keys.c.prefix == prefix).values(expires_at=expires)
                 )
+                self.record_changes(conn, [], prefixes=[prefix])
         return new, row
 
     def revoke_key(self, prefix: str) -> dict[str, Any]:
@@ -141,6 +169,8 @@ class AccountRows(Base):
                 .where(m.api_keys.c.prefix == prefix, m.api_keys.c.revoked_at.is_(None))
                 .values(revoked_at=self.now())
             )
+            if result.rowcount:
+                self.record_changes(conn, [], prefixes=[prefix])
         key = self.get_key(prefix)  # raises NotFound for an unknown prefix
         if result.rowcount == 0:
             raise InvalidValue(f"Key {prefix!r} is already revoked.")

@@ -86,6 +86,7 @@ class EventRows(AccountRows):
             if catch.flag:
                 conn.execute(update(m.accounts).where(a.id == catch.account_id)
                              .values(flagged=True, updated_at=self.now(), **catch.columns))
+        self.record_changes(conn, sorted({c.account_id for c in catches if c.flag}))
         conn.execute(insert(m.alerts), [
             {"account_id": c.account_id, "ts": self.clock(), "action": c.action, "reason": c.reason,
              "acknowledged_at": None, "acknowledged_by": None} for c in catches])

@@ -1,0 +1,72 @@
+"""changes.py: a flag, a block or a revocation made by one process takes effect
+in the others within a second (the key cache's TTL is 30 s here), on SQLite
+and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask_modelguard import ModelGuard
+from flask_modelguard.changes import POLL_EVERY
+from flask_modelguard.keys import parse_key
+from tests.conftest import Guarded
+
+
+def _pair(make_guarded: Callable[..., Guarded]) -> tuple[Guarded, Guarded]:
+    """Two apps (two processes' worth) on one database, real clocks."""
+    a = make_guarded(clock=time.time, MODELGUARD_KEY_CACHE_TTL=30.0)
+    b = make_guarded(clock=time.time, MODELGUARD_KEY_CACHE_TTL=30.0,
+                     MODELGUARD_DATABASE_URL=a.app.config["MODELGUARD_DATABASE_URL"],
+                     MODELGUARD_NAMESPACE=a.app.config["MODELGUARD_NAMESPACE"])
+    return a, b
+
+
+def _until(status: int, guarded: Guarded, key: str, limit: float = 3.0) -> float:
+    """Seconds until ``guarded`` answers ``key`` with ``status``."""
+    began = time.monotonic()
+    while time.monotonic() - began < limit:
+        if guarded.predict(key).status_code == status:
+            took = time.monotonic() - began
+            print(f"took effect after {took:.3f} s")
+            return took
+        time.sleep(0.02)
+    raise AssertionError(f"still not {status} after {limit} s")  # pragma: no cover
+
+
+def test_a_block_by_one_process_is_enforced_by_another_within_a_second(
+        make_guarded: Callable[..., Guarded]) -> None:
+    a, b = _pair(make_guarded)
+    name, key = a.account()
+    assert b.predict(key).status_code == 200  # b caches the key for 30 s
+    with a.app.app_context():
+        a.guard.update_account(name, status="blocked")
+    assert _until(403, b, key) <= 1.0
+    with a.app.app_context():
+        a.guard.update_account(name, status="active")
+    assert _until(200, b, key) <= 1.0
+
+
+def test_a_revocation_and_a_detector_flag_reach_the_other_process(
+        make_guarded: Callable[..., Guarded]) -> None:
+    a, b = _pair(make_guarded)
+    name, key = a.account()
+    other_name, other_key = a.account()
+    assert b.predict(key).status_code == 200 and b.predict(other_key).status_code == 200
+    assert a.predict(other_key).status_code == 200
+    with a.app.app_context():
+        a.guard.revoke_key(parse_key(key).prefix)
+    assert _until(403, b, key) <= 1.0
+    state_a, state_b = ModelGuard.state(a.app), ModelGuard.state(b.app)
+    account_id = state_a.repository.get_account(other_name)["id"]
+    row: dict[str, Any] = dict(a.rows(other_name)[0])  # one of its events, with a verdict, written by a's worker
+    row.pop("id")
+    row["evaluation"] = {"account_id": account_id, "ts": row["ts"], "queries": 50, "scores": {"malicious": 0.9},
+                         "reasons": ["ADD 30.0 > 20.0 at 50 distinct queries"]}
+    state_a.pipeline.write([row])
+    began = time.monotonic()
+    while not state_b.auth.lookup(parse_key(other_key).prefix).flagged:  # type: ignore[union-attr]
+        assert time.monotonic() - began <= 1.0 + POLL_EVERY
+        time.sleep(0.02)
+    assert state_b.changes.applied >= 2
