@@ -49,7 +49,7 @@ class ChangeFeed:
         now = time.monotonic()
         if not force and now < self._next:
             return 0
-        self._next = now + POLL_EVERY
+        self._next = now + POLL_EVERY * 0.9  # (the worker wakes every POLL_EVERY: never skip a wake-up)
         try:
             self._last, changes = self.repository.changes_since(self._last)
         except SQLAlchemyError as exc:  # storage away, tables not created yet: the key cache's TTL bounds it
