@@ -145,13 +145,7 @@ class GuardState:
         self.featurizer = featurizer = Featurizer(settings.features, settings.feature_dim)
         self.training = Training(settings, self.monitor, self.repository, featurizer, self.space,
                                  self.fingerprint_key)
-        self.worker: EventWorker[QueryEvent] = EventWorker(
-            self._prepare, self._write, max_queue=settings.queue_size, max_bytes=settings.queue_bytes,
-            probe=self.repository.ping, spill=None if self.spill is None else self.spill.write,
-            batch_size=settings.batch_size, flush_interval=settings.flush_interval,
-            shutdown_timeout=settings.shutdown_timeout, permanent=_bad_data, on_tick=self._tick,
-            tick_interval=settings.key_cache_ttl, on_wake=self._on_wake,
-        )
+        self.worker = self._event_worker()
         #: Prometheus metrics (docs/metrics.md); None when off or prometheus_client is missing.
         self.telemetry = install_telemetry(app, settings, self.worker, self.detection_status)
         if self.telemetry is not None:
@@ -180,6 +174,16 @@ class GuardState:
         self._pid = os.getpid()
         lifecycle.after_fork(self._reset_in_child)
         lifecycle.at_exit(self._close_at_exit)
+
+    def _event_worker(self) -> EventWorker[QueryEvent]:
+        settings = self.settings
+        return EventWorker(
+            self._prepare, self._write, max_queue=settings.queue_size, max_bytes=settings.queue_bytes,
+            probe=self.repository.ping, spill=None if self.spill is None else self.spill.write,
+            batch_size=settings.batch_size, flush_interval=settings.flush_interval,
+            shutdown_timeout=settings.shutdown_timeout, permanent=_bad_data, on_tick=self._tick,
+            tick_interval=settings.key_cache_ttl, on_wake=self._on_wake,
+        )
 
     # -- start, fork, exit ------------------------------------------------------------
 
