@@ -38,6 +38,7 @@ def test_the_tick_writes_what_an_earlier_process_spilled_and_merges_its_states(
         make_guarded: Callable[..., Guarded], tmp_path: Any) -> None:
     guarded = make_guarded(MODELGUARD_DETECTION=True, MODELGUARD_SPILL=str(tmp_path / "spill"))
     state = ModelGuard.state(guarded.app)
+    state.worker.on_tick = None  # the test ticks; the worker's own first tick would race it
     name, key = guarded.account()
     assert guarded.predict(key).status_code == 200
     guarded.guard.flush(guarded.app)
@@ -59,6 +60,7 @@ def test_the_tick_writes_what_an_earlier_process_spilled_and_merges_its_states(
 def test_the_tick_purges_events_older_than_the_retention(make_guarded: Callable[..., Guarded]) -> None:
     guarded = make_guarded(MODELGUARD_RETENTION=3600.0)
     state = ModelGuard.state(guarded.app)
+    state.worker.on_tick = None  # the test ticks; the worker's own first tick would race it
     name, key = guarded.account()
     assert guarded.predict(key).status_code == 200
     guarded.guard.flush(guarded.app)
