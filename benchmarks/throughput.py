@@ -8,7 +8,9 @@ Serves, each under ``gunicorn -w 2`` on its own loopback port and all at once:
   process memory, detection on, the in-process worker);
 - **guarded-redis**: the same with the limits in Redis (skipped when Redis is
   not reachable at ``--redis``);
-- **flask-limiter**: Flask-Limiter alone (memory storage, one limit).
+- **flask-limiter**: Flask-Limiter alone (memory storage, one limit);
+- **guarded-nodetect** (with ``--apps``): guarded-memory with detection off
+  (what serving costs when the detectors run elsewhere).
 
 Then drives them in alternating rounds (``--rounds``, the order rotated each
 round so drift on a shared machine hits all alike) with ``wrk`` for
@@ -58,6 +60,8 @@ def _config(kind: str, tmp: str) -> dict[str, Any]:
         config["MODELGUARD_NAMESPACE"] = f"bench-{os.path.basename(tmp)}-{kind}"
     if kind == "guarded-redis":
         config["MODELGUARD_STORAGE_URI"] = os.environ["THROUGHPUT_REDIS"]
+    if kind == "guarded-nodetect":
+        config["MODELGUARD_DETECTION"] = False
     return config
 
 
