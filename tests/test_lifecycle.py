@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
+import sys
+import textwrap
 from typing import Any
 
 import pytest
 
 from flask_modelguard import lifecycle
-from flask_modelguard.alerts import Webhook
-from flask_modelguard.worker import EventWorker
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 
@@ -53,8 +55,11 @@ def test_a_failing_hook_is_logged_and_the_next_runs(caplog: Any) -> None:
     assert calls == ["after"] and "lifecycle hook failed" in caplog.text
 
 
-def _in_child(check: Any) -> int:
-    """Run ``check`` in a forked child; its exit status (0: passed)."""
+#: Forks happen in a fresh interpreter: forking the test process, with every
+#: earlier test's threads alive in it, could inherit a lock one of them held.
+_CHILD = """
+import os
+def in_child(check):
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -63,35 +68,53 @@ def _in_child(check: Any) -> int:
         finally:
             os._exit(code)
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+"""
+
+
+def _fresh(body: str) -> None:
+    """Run ``body`` (with ``in_child`` defined) in a new interpreter; it must succeed."""
+    done = subprocess.run([sys.executable, "-c", _CHILD + textwrap.dedent(body)], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @needs_fork
 def test_a_forked_child_does_not_deliver_its_parents_alerts() -> None:
-    hook = Webhook("http://127.0.0.1:9/never", retries=0)
-    with hook._wake:  # held by a parent thread at the moment of the fork
-        hook._queue.append({"event": "parent's"})
-        status = _in_child(lambda: not hook._queue and hook._thread is None and hook._wake.acquire(timeout=1))
-    assert status == 0
-    assert list(hook._queue) == [{"event": "parent's"}]
+    _fresh("""
+        from flask_modelguard.alerts import Webhook
+        hook = Webhook("http://127.0.0.1:9/never", retries=0)
+        with hook._wake:  # held by a parent thread at the moment of the fork
+            hook._queue.append({"event": "parent's"})
+            status = in_child(lambda: not hook._queue and hook._thread is None and hook._wake.acquire(timeout=1))
+        assert status == 0, status
+        assert list(hook._queue) == [{"event": "parent's"}]
+    """)
 
 
 @needs_fork
 def test_a_forked_child_starts_with_an_empty_worker_queue_and_fresh_locks() -> None:
-    worker: EventWorker[Any] = EventWorker(lambda item: {"n": item}, lambda rows: None, flush_interval=60.0)
-    worker.submit("parent's", size=10)
-    with worker._counts:  # a request thread of the parent counting at the moment of the fork
-        status = _in_child(lambda: worker.depth == 0 and worker._bytes == 0 and worker._counts.acquire(timeout=1))
-    assert status == 0
-    worker.stop()
+    _fresh("""
+        from flask_modelguard.worker import EventWorker
+        worker = EventWorker(lambda item: {"n": item}, lambda rows: None, flush_interval=60.0)
+        worker.submit("parent's", size=10)
+        with worker._counts:  # a request thread of the parent counting at the moment of the fork
+            status = in_child(lambda: worker.depth == 0 and worker._bytes == 0 and worker._counts.acquire(timeout=1))
+        assert status == 0, status
+        worker.stop()
+    """)
 
 
 @needs_fork
 def test_a_forked_child_forgets_inherited_database_connections(tmp_path: Any) -> None:
-    engine = lifecycle.make_engine(f"sqlite:///{tmp_path}/sub/guard.db", {})
-    with engine.connect() as conn:
-        conn.exec_driver_sql("select 1")
-    assert engine.pool.checkedin() == 1
-    assert (tmp_path / "sub").is_dir()  # the file's folder is made
-    assert _in_child(lambda: engine.pool.checkedin() == 0) == 0
-    assert engine.pool.checkedin() == 1  # the parent's connection is not closed by the child
-    engine.dispose()
+    _fresh(f"""
+        import os
+        from flask_modelguard import lifecycle
+        engine = lifecycle.make_engine("sqlite:///{tmp_path}/sub/guard.db", {{}})
+        with engine.connect() as conn:
+            conn.exec_driver_sql("select 1")
+        assert engine.pool.checkedin() == 1
+        assert os.path.isdir("{tmp_path}/sub")  # the file's folder is made
+        assert in_child(lambda: engine.pool.checkedin() == 0) == 0
+        assert engine.pool.checkedin() == 1  # the parent's connection is not closed by the child
+        engine.dispose()
+    """)
