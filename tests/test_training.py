@@ -14,24 +14,13 @@ import pytest
 from flask_modelguard import ModelGuard, sealing, training
 from flask_modelguard.detectors.registry import evidence, ratios
 from tests.conftest import Guarded
+from tests.test_supervised import _accounts
 
 
 def _training_set(seed: int = 0, benign: int = 40, thieves: int = 10) -> dict[str, Any]:
-    rng = np.random.default_rng(seed)
-    rows, labels, groups = [], [], []
-    for a in range(benign + thieves):
-        thief = a >= benign
-        for _ in range(3):
-            rows.append({
-                "unique_ratio": rng.uniform(0.93, 1.0) if thief else rng.uniform(0.5, 0.97),
-                "label_entropy": rng.uniform(0.85, 1.0),
-                "prada_w": rng.uniform(0.6, 0.92) if thief else rng.uniform(0.88, 0.99),
-                "add_ratio": rng.lognormal(0.8, 0.5) if thief else rng.lognormal(-0.8, 0.4),
-                "margin_share": rng.uniform(0, 0.3),
-            })
-            labels.append(thief)
-            groups.append(f"acct{a}")
-    return {"rows": rows, "labels": labels, "groups": groups}
+    """test_supervised's labelled accounts, as the stored training set."""
+    rows, labels, groups = _accounts(np.random.default_rng(seed), benign, thieves, evaluations=3)
+    return {"rows": rows, "labels": labels.tolist(), "groups": groups.tolist()}
 
 
 def _second(make_guarded: Callable[..., Guarded], first: Guarded, **config: Any) -> Guarded:
