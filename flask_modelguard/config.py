@@ -124,6 +124,13 @@ class Settings:
     #: as ``flask modelguard purge-events`` does); None keeps every event.
     retention: float | None = field(default=None, metadata=_rule(
         lambda value: value is None or value > 0, "{key} must be a number of seconds > 0, or None, not {value!r}"))
+    #: Where query events are judged: "thread" (a worker thread in each serving process) or a
+    #: Redis URL: a stream ``flask modelguard worker`` consumes, off the serving processes.
+    events: str = field(default="thread", metadata=_rule(
+        lambda value: value == "thread" or value.startswith(("redis://", "rediss://", "unix://")),
+        "{key} must be 'thread' or a Redis URL (redis://host:6379/0), not {value!r}"))
+    #: Events the Redis stream holds unconsumed at most (beyond, publishers drop and count them).
+    events_backlog: int = field(default=1_000_000, metadata=_COUNT)
     #: Bound of the event queue; events beyond it are dropped and counted.
     queue_size: int = field(default=10_000, metadata=_COUNT)
     #: Largest request body a protected route reads, in bytes (larger: 413 problem, nothing read).

@@ -113,6 +113,11 @@ class QueryEvent:
     #: The route's payload adapter (None: the common shapes), so that what a
     #: custom adapter reads is what the query log and the detectors see.
     adapter: Any = None
+    #: Each input's keyed fingerprint, when the request path computed them
+    #: (output protection does): the worker does not hash the inputs again.
+    fingerprints: list[str] | None = None
+    #: The request body as received (an out-of-process worker is sent these bytes).
+    raw_body: bytes | None = None
 
     def to_row(self, key: bytes, store_inputs: bool = False) -> dict[str, Any]:
         """The ``query_events`` row of this event (computed in the worker)."""

@@ -74,8 +74,10 @@ class Pipeline:
             return None
         features = np.stack([self.featurizer(x) for x in inputs])
         raw = features if self.featurizer.function is flatten else np.stack([self.raw(x) for x in inputs])
-        return Observation(event.ts, [fingerprint(x, self.fingerprint_key) for x in inputs],
-                           features, labels, confidences, raw)
+        fingerprints = event.fingerprints
+        if fingerprints is None or len(fingerprints) != len(inputs):  # not computed by output protection
+            fingerprints = [fingerprint(x, self.fingerprint_key) for x in inputs]
+        return Observation(event.ts, fingerprints, features, labels, confidences, raw)
 
     def _detect(self, event: QueryEvent, row: dict[str, Any]) -> None:
         """Feed the monitor; attach its evaluation, when one is due, to the row."""

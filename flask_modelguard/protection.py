@@ -147,9 +147,10 @@ class OutputProtector:
         policy: OutputPolicy,
         options: RouteOptions,
         route: str = "",
-    ) -> tuple[Any, list[Mark], bool]:
-        """The answer to send, the watermark answers in it, and whether the
-        request held a canary (the account is then treated as flagged).
+    ) -> tuple[Any, list[Mark], bool, list[str] | None]:
+        """The answer to send, the watermark answers in it, whether the
+        request held a canary (the account is then treated as flagged), and
+        the inputs' fingerprints when they were computed (the worker reuses them).
 
         A flagged account's answer goes through the same steps as anyone's
         (the suspicious transforms come first, then the route's own), and an
@@ -163,26 +164,26 @@ class OutputProtector:
         pipeline = policy.pipeline(flagged)
         canaries = self.canaries
         if not pipeline and not canaries:
-            return payload, [], False
+            return payload, [], False, None
         try:
             inputs = options.inputs(body) if options.inputs is not None else instances(body)
             fingerprints = [fingerprint(x, self.key) for x in inputs]
         except Exception:
-            return self._failed(payload, route, policy), [], False
+            return self._failed(payload, route, policy), [], False, None
         canary = bool(canaries) and not canaries.isdisjoint(fingerprints)
         if canary and not flagged:
             self.caught.add(account_id)  # until the worker has flagged it in the database
             pipeline = policy.pipeline(True)
         if not pipeline:
-            return payload, [], canary
+            return payload, [], canary, fingerprints
         try:
             new, marks = self._transform(payload, body, account_id, score, policy, options, route, pipeline,
                                          inputs, fingerprints)
         except AnswerWithheld:
             raise
         except Exception:
-            return self._failed(payload, route, policy), [], canary
-        return new, marks, canary
+            return self._failed(payload, route, policy), [], canary, fingerprints
+        return new, marks, canary, fingerprints
 
     def _transform(self, payload: Any, body: Any, account_id: int, score: float, policy: OutputPolicy,
                    options: RouteOptions, route: str, pipeline: tuple[Transform, ...], inputs: list[Any],

@@ -15,7 +15,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError, StatementError
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import lifecycle
 from .alerting import Alerter
@@ -24,26 +24,27 @@ from .auth import Authenticator
 from .changes import ChangeFeed
 from .config import Settings
 from .detectors.add import Reference
-from .detectors.population import PopulationSample
 from .detectors.supervised import Trained
 from .events import QueryEvent
 from .features import FeatureSpace, Featurizer, space_name
-from .monitor import Monitor
+from .parts import bad_data, enforcer_of, monitor_of, protector_of, spill_directory
 from .persistence import EARLY_MERGE, StateStore
 from .pipeline import Pipeline
 from .policy import FlagPolicy
-from .protection import OutputProtector
-from .quotas import QuotaEnforcer
+from .publishing import Publisher
 from .readiness import warn_if_degraded
 from .repository import Repository
 from .serving import RequestPath
-from .spill import SpillDirectory
+from .stream import EventStream
 from .telemetry import install as install_telemetry
 from .training import Training
 from .worker import EventWorker
 
 if TYPE_CHECKING:
+    import threading
+
     from .admin.store import AdminStore
+    from .consumer import StreamConsumer
     from .extension import ModelGuard
 
 log = logging.getLogger("flask_modelguard")
@@ -66,55 +67,6 @@ def state_of(app: Flask | None = None) -> GuardState:
         ) from None
 
 
-def _bad_data(exc: BaseException) -> bool:
-    """A write error retrying cannot fix: the rows are at fault, not the database."""
-    if isinstance(exc, (OperationalError, InterfaceError)):
-        return False  # connection lost, database down, locked: transient
-    return isinstance(exc, (StatementError, TypeError, ValueError))
-
-
-def _spill_directory(setting: Any, app: Flask) -> SpillDirectory | None:
-    """MODELGUARD_SPILL: a directory, None for the app's instance folder, False for none."""
-    if setting is False:
-        return None
-    return SpillDirectory(setting if setting else os.path.join(app.instance_path, "modelguard-spill"))
-
-
-def _monitor(settings: Settings, space: str) -> Monitor:
-    monitor = Monitor(
-        settings.feature_dim, space=space, prada_threshold=settings.prada_threshold,
-        min_queries=settings.detection_min_queries, every=settings.detection_every,
-        max_accounts=settings.max_accounts,
-    )
-    monitor.verdict = settings.verdict
-    monitor.rules = settings.resolved_rules()
-    if settings.input_range is not None:
-        monitor.input_range = (float(settings.input_range[0]), float(settings.input_range[1]))
-    if settings.detection and settings.population is not False:
-        monitor.population = PopulationSample(space=space)
-        monitor.population_auto = settings.population == "auto"
-        monitor.population_reason = "no population fitted yet"
-    else:
-        monitor.population_reason = "off (MODELGUARD_POPULATION)"
-    return monitor
-
-
-def _enforcer(settings: Settings) -> QuotaEnforcer:
-    return QuotaEnforcer(
-        settings.storage_uri, tiers=settings.tiers, default_tier=settings.default_tier,
-        strategy=settings.strategy, namespace=settings.namespace, fail_mode=settings.fail_mode,
-        retry_interval=settings.storage_retry, storage_options=settings.storage_options,
-    )
-
-
-def _protector(settings: Settings, key: bytes) -> OutputProtector:
-    return OutputProtector(
-        key, output=settings.output, tier_output=settings.tier_output,
-        suspicious_output=settings.suspicious_output, watermark=settings.watermark,
-        unrecognised=settings.unrecognised,
-    )
-
-
 class GuardState:
     """Everything the guard keeps for one application."""
 
@@ -125,27 +77,30 @@ class GuardState:
         self.clock = settings.clock or guard.clock
         url = settings.database_url or "sqlite:///" + os.path.join(app.instance_path, "modelguard.db")
         self.repository = Repository(lifecycle.make_engine(url, settings.engine_options), clock=self.clock)
-        self.enforcer = _enforcer(settings)
+        self.enforcer = enforcer_of(settings)
         self.auth = Authenticator(
             self.repository, auth_header=settings.auth_header, api_key_header=settings.api_key_header,
             ttl=settings.key_cache_ttl, maxsize=settings.key_cache_size, clock=self.clock,
         )
         self.fingerprint_key = settings.fingerprint_key(
             app.config.get("SECRET_KEY"), required=settings.enabled and not (app.debug or app.testing))
-        self.protector = _protector(settings, self.fingerprint_key)
+        self.protector = protector_of(settings, self.fingerprint_key)
         #: The detectors' feature space, named in stored states and the reference.
         self.space = FeatureSpace(settings.feature_space or space_name(settings.features, settings.feature_dim),
                                   settings.feature_dim)
-        self.monitor = _monitor(settings, self.space.name)
+        self.monitor = monitor_of(settings, self.space.name)
         #: Where a final flush that storage refuses leaves its events (MODELGUARD_SPILL).
-        self.spill = _spill_directory(settings.spill, app)
+        self.spill = spill_directory(settings.spill, app.instance_path)
         self.states = StateStore(self.monitor, self.repository, self.space, self.spill)
         self.monitor.loader = self.states.load
         #: Maps model inputs to the detectors' feature space.
         self.featurizer = featurizer = Featurizer(settings.features, settings.feature_dim)
         self.training = Training(settings, self.monitor, self.repository, featurizer, self.space,
                                  self.fingerprint_key)
-        self.worker = self._event_worker()
+        self.publisher = self._publisher()  # MODELGUARD_EVENTS = redis://...: for `flask modelguard worker`
+        self.worker = self._event_worker() if self.publisher is None else self.publisher.worker
+        #: In `flask modelguard worker`: what reads the stream (see :meth:`consume`).
+        self.consumer: StreamConsumer | None = None
         #: Prometheus metrics (docs/metrics.md); None when off or prometheus_client is missing.
         self.telemetry = install_telemetry(app, settings, self.worker, self.detection_status)
         if self.telemetry is not None:
@@ -165,6 +120,7 @@ class GuardState:
         self.changes = ChangeFeed(self.repository, self._forget)
         self.serving = RequestPath(settings, self.auth, self.enforcer, self.protector, self.worker,
                                    self.clock, self._app, self.telemetry)
+        self.serving.ships_bodies = self.publisher is not None
         #: MODELGUARD_CREATE_TABLES could not create the tables yet (the worker retries).
         self.tables_pending = False
         self._file_problem: str | None = None
@@ -175,15 +131,42 @@ class GuardState:
         lifecycle.after_fork(self._reset_in_child)
         lifecycle.at_exit(self._close_at_exit)
 
-    def _event_worker(self) -> EventWorker[QueryEvent]:
+    def _worker_options(self) -> dict[str, Any]:
         settings = self.settings
-        return EventWorker(
-            self._prepare, self._write, max_queue=settings.queue_size, max_bytes=settings.queue_bytes,
-            probe=self.repository.ping, spill=None if self.spill is None else self.spill.write,
-            batch_size=settings.batch_size, flush_interval=settings.flush_interval,
-            shutdown_timeout=settings.shutdown_timeout, permanent=_bad_data, on_tick=self._tick,
-            tick_interval=settings.key_cache_ttl, on_wake=self._on_wake,
-        )
+        return dict(max_queue=settings.queue_size, max_bytes=settings.queue_bytes, batch_size=settings.batch_size,
+                    flush_interval=settings.flush_interval, shutdown_timeout=settings.shutdown_timeout,
+                    on_tick=self._tick, tick_interval=settings.key_cache_ttl, on_wake=self._on_wake)
+
+    def _event_worker(self) -> EventWorker[QueryEvent]:
+        return EventWorker(self._prepare, self._write, probe=self.repository.ping, permanent=bad_data,
+                           spill=None if self.spill is None else self.spill.write, **self._worker_options())
+
+    def _publisher(self) -> Publisher | None:
+        settings = self.settings
+        if settings.events == "thread":
+            return None
+        stream = EventStream(settings.events, f"{settings.namespace}:events", max_backlog=settings.events_backlog)
+        return Publisher(stream, self.spill, **self._worker_options())
+
+    def consume(self, stop: threading.Event, consumer: str | None = None, limit: int | None = None) -> int:
+        """``flask modelguard worker``: judge and write the events every serving
+        process publishes, until ``stop`` is set; returns the events read."""
+        from .consumer import StreamConsumer
+        from .stream import consumer_name, route_adapters
+
+        if self.publisher is None:
+            raise RuntimeError("MODELGUARD_EVENTS is 'thread': each serving process judges its own events; set it "
+                               "to a Redis URL to run them here (docs/deployment.md)")
+        app = self._app()
+        self.publisher.worker.stop()  # this process publishes nothing: one tick, the consumer's
+        self.consumer = StreamConsumer(
+            self.publisher.stream, self._prepare, self._write, route_adapters(app.view_functions if app else {}),
+            consumer=consumer or consumer_name(), probe=self.repository.ping, permanent=bad_data,
+            **self._worker_options())
+        try:
+            return self.consumer.run(stop, limit)
+        finally:
+            self.states.persist_or_spill()
 
     # -- start, fork, exit ------------------------------------------------------------
 
@@ -265,7 +248,12 @@ class GuardState:
                 log.error("modelguard: %s: events written now are lost; restart the server", problem)
         self._replay_spilled()
         self.refresh_canaries()
+        if self.publishes:  # a serving process: `flask modelguard worker` merges, refits and purges
+            self.publisher.check_readers()  # type: ignore[union-attr]
         try:
+            if self.publishes:
+                self.training.tick(refit=False)
+                return
             self.states.persist()
             self.training.tick()
             self.changes.purge(self.clock)
@@ -287,11 +275,10 @@ class GuardState:
     def _replay_spilled(self) -> None:
         """Events and states an earlier process spilled at shutdown: written with
         the next batch, merged at the next merge."""
-        if self.spill is None:
-            return
-        rows = self.spill.claim()
-        if rows:
-            self.worker.replay(rows)
+        if self.publishes:
+            self.publisher.replay_spilled()  # type: ignore[union-attr]
+        elif self.spill is not None and (rows := self.spill.claim()):
+            (self.consumer.worker if self.consumer is not None else self.worker).replay(rows)
             log.warning("modelguard: %d events spilled by an earlier process are being written", len(rows))
         self.states.replay_spilled()
 
@@ -328,8 +315,19 @@ class GuardState:
     def reference_source(self) -> str:
         return self.training.reference_source
 
+    @property
+    def publishes(self) -> bool:
+        """A serving process whose events are judged by `flask modelguard worker`."""
+        return self.publisher is not None and self.consumer is None
+
     def detection_status(self) -> dict[str, Any]:
-        return self.training.status()
+        status = self.training.status()
+        if self.publisher is None:
+            status["events"] = {"mode": "thread", "why": "judged by a worker thread in each serving process"}
+        else:
+            status["events"] = self.publisher.status()
+            status["degraded"] = status["degraded"] or (status["enabled"] and self.publishes and self.publisher.unread)
+        return status
 
     def fit_reference(self, inputs: Any, labels: Any, source: str = "api", **options: Any) -> Reference:
         return self.training.fit_reference(inputs, labels, source=source, **options)
@@ -354,4 +352,6 @@ class GuardState:
             "detection_errors": self.pipeline.errors,
             "detection_skipped": self.pipeline.skipped,
             **self.monitor.stats(),
+            **(self.publisher.stats() if self.publisher is not None else {}),
+            **(self.consumer.stats() if self.consumer is not None else {}),
         }

@@ -75,6 +75,7 @@ class _Answer:
     marks: list[Any]
     canary: bool
     view_seconds: float
+    fingerprints: list[str] | None = None  # the inputs' fingerprints, when protection computed them
 
 
 class RequestPath:
@@ -95,6 +96,8 @@ class RequestPath:
         self._counts = threading.Lock()
         #: Requests served without a rate-limit check because the storage was down.
         self.failed_open = 0
+        #: Events carry the request body's bytes (an out-of-process worker is sent them).
+        self.ships_bodies = False
 
     def reset_in_child(self) -> None:
         self._served_once = False  # a forked worker checks its first request again
@@ -192,14 +195,12 @@ class RequestPath:
                 headers: list[tuple[str, str]]) -> _Answer:
         """Call the view and protect its answer; a problem it raises becomes problem+json."""
         model_rv: Any = None
-        marks: list[Any] = []
-        canary = False
         view_started = time.perf_counter()
         view_ended = 0.0
         try:
             rv = model_rv = view(*args, **kwargs)
             view_ended = time.perf_counter()
-            rv, marks, canary = self._protect(rv, call, options)
+            rv, marks, canary, fingerprints = self._protect(rv, call, options)
             response = current_app.make_response(rv)
         except (Problem, HTTPException) as exc:
             view_ended = view_ended or time.perf_counter()
@@ -213,9 +214,12 @@ class RequestPath:
             add_headers(response, headers)
         if isinstance(rv, tuple):
             rv = rv[0]
-        if not isinstance(rv, (dict, list)):
+        model = self._model_answer(model_rv, rv)
+        if self.ships_bodies or not isinstance(rv, (dict, list)):  # the bytes sent: not encoded again
             rv = response.get_data() if response.is_json and not response.is_streamed else None
-        return _Answer(response, rv, self._model_answer(model_rv, rv), marks, canary, view_ended - view_started)
+        if options.inputs is not None:  # the worker reads the inputs of the body itself
+            fingerprints = None
+        return _Answer(response, rv, model, marks, canary, view_ended - view_started, fingerprints)
 
     @staticmethod
     def _problem_of(exc: Problem | HTTPException) -> Problem:
@@ -227,12 +231,12 @@ class RequestPath:
 
     def _model_answer(self, model_rv: Any, served: Any) -> Any:
         """The model's own JSON answer when protection changed it (the detectors judge it)."""
-        if model_rv is None or model_rv is served or not self.settings.detection:
-            return None
         answer = model_rv[0] if isinstance(model_rv, tuple) else model_rv
+        if answer is served or not self.settings.detection:
+            return None
         return answer if isinstance(answer, (dict, list)) else None
 
-    def _protect(self, rv: Any, call: _Call, options: RouteOptions) -> tuple[Any, list[Any], bool]:
+    def _protect(self, rv: Any, call: _Call, options: RouteOptions) -> tuple[Any, list[Any], bool, list[str] | None]:
         """Apply the route's output policy to a successful JSON answer."""
         principal = call.principal
         policy = self.protector.policy(options, principal.tier)
@@ -240,22 +244,22 @@ class RequestPath:
         if isinstance(rv, tuple):
             rv, extra = rv[0], rv[1:]
             if extra and isinstance(extra[0], int) and not 200 <= extra[0] < 300:
-                return (rv, *extra), [], False
+                return (rv, *extra), [], False, None
         if isinstance(rv, Response):
             if not (rv.is_json and 200 <= rv.status_code < 300) or rv.is_streamed:
-                return rv, [], False
+                return rv, [], False, None
             payload = rv.get_json(silent=True)
             if payload is None:
-                return rv, [], False
-            new, marks, canary = self.protector.protect(
+                return rv, [], False, None
+            new, marks, canary, fingerprints = self.protector.protect(
                 payload, call.body, principal.account_id, principal.flagged, principal.score, policy, options,
                 call.route)
             if new is not payload:
                 rv.set_data(current_app.json.dumps(new))
-            return rv, marks, canary
-        new, marks, canary = self.protector.protect(
+            return rv, marks, canary, fingerprints
+        new, marks, canary, fingerprints = self.protector.protect(
             rv, call.body, principal.account_id, principal.flagged, principal.score, policy, options, call.route)
-        return ((new, *extra) if extra else new), marks, canary
+        return ((new, *extra) if extra else new), marks, canary, fingerprints
 
     # -- refusals and the event -----------------------------------------------------------
 
@@ -275,6 +279,8 @@ class RequestPath:
                 principal.account_id, principal.key_id, call.route, call.now, status,
                 elapsed * 1000.0, call.cost, call.body, served, marks, canary,
                 answer.model if answer is not None else None, adapter,
+                answer.fingerprints if answer is not None else None,
+                request.get_data(cache=True) if self.ships_bodies and call.body is not None else None,
             ),
             request.content_length or 0,  # the body it holds, for the queue's byte bound
         )

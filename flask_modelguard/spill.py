@@ -25,7 +25,7 @@ log = logging.getLogger("flask_modelguard")
 _SUFFIX = ".jsonl"
 
 
-def _plain(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """JSON for what rows hold besides JSON: numpy numbers and arrays, bytes, tuples."""
     if isinstance(value, np.generic):
         return value.item()
@@ -57,7 +57,7 @@ class SpillDirectory:
         name = os.path.join(self.path, f"{kind}-{os.getpid()}-{time.time_ns()}")
         with open(name + ".tmp", "w", encoding="utf-8") as fh:
             for row in rows:
-                fh.write(json.dumps(row, default=_plain, separators=(",", ":")) + "\n")
+                fh.write(json.dumps(row, default=jsonable, separators=(",", ":")) + "\n")
         os.replace(name + ".tmp", name + _SUFFIX)
         return name + _SUFFIX
 

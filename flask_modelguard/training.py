@@ -214,9 +214,11 @@ class Training:
 
     # -- the worker's schedule -----------------------------------------------------
 
-    def tick(self) -> None:
-        """Reload what another process stored; refit what is due."""
+    def tick(self, refit: bool = True) -> None:
+        """Reload what another process stored; refit what is due (unless not ``refit``)."""
         self._reload_changed()
+        if not refit:
+            return
         now = time.monotonic()
         if self.monitor.population is not None and now >= self._next_population:
             self._next_population = now + self.settings.population_refit

@@ -56,12 +56,15 @@ class EventWorker(Generic[E]):
         tick_interval: float = 30.0,
         on_wake: Callable[[], None] | None = None,
         wake_interval: float = 0.5,
+        discard: Callable[[Row], None] | None = None,
         name: str = "modelguard-worker",
     ) -> None:
         self.prepare = prepare
         self.write = write
         #: Whether a write error is the data's fault (retrying cannot help).
         self.permanent = permanent
+        #: Told of each row dropped because storage refused it for good.
+        self.discard = discard
         #: Called from the thread every ``tick_interval`` seconds (refreshing caches).
         self.on_tick = on_tick
         self.tick_interval = tick_interval
@@ -121,7 +124,7 @@ class EventWorker(Generic[E]):
             if not full:
                 self._bytes += size
         if full:
-            dropped = self._drop()
+            dropped = self.count_dropped()
             if dropped == 1 or dropped % 1000 == 0:
                 log.warning("modelguard: event queue full, %d events dropped so far", dropped)
             return False
@@ -210,7 +213,9 @@ class EventWorker(Generic[E]):
             if not self.permanent(exc):
                 raise
             if len(batch) == 1:
-                self._drop()
+                self.count_dropped()
+                if self.discard is not None:
+                    self.discard(batch[0])
                 log.error("modelguard: an event was refused by the database and dropped (%s)", _brief(exc))
                 return
             half = len(batch) // 2
@@ -237,7 +242,7 @@ class EventWorker(Generic[E]):
                     try:
                         batch.append(self.prepare(item))
                     except Exception:
-                        self._drop()
+                        self.count_dropped()
                         log.exception("modelguard: could not prepare an event; dropped")
                 self._pending = batch
                 if not batch:
@@ -284,7 +289,7 @@ class EventWorker(Generic[E]):
                 try:
                     rows.append(self.prepare(item))
                 except Exception:
-                    self._drop()
+                    self.count_dropped()
             with self._counts:
                 self._bytes = 0
         if self.spill is not None:
@@ -296,7 +301,7 @@ class EventWorker(Generic[E]):
                 return False
             except Exception as exc:
                 log.error("modelguard: could not spill events (%s)", _brief(exc))
-        self._drop(len(rows))
+        self.count_dropped(len(rows))
         log.error("modelguard: storage unreachable at shutdown: %d events lost (counted in dropped)", len(rows))
         return False
 
@@ -319,7 +324,7 @@ class EventWorker(Generic[E]):
         self._thread = None
         return ok
 
-    def _drop(self, n: int = 1) -> int:
+    def count_dropped(self, n: int = 1) -> int:
         """Count ``n`` events lost; returns the count so far."""
         with self._counts:
             self.dropped += n

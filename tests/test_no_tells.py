@@ -83,8 +83,8 @@ def test_a_flagged_answer_has_the_form_of_any_answer(P, route, suspicious, shape
     policy = protector.policy(options, "free")
     body = {"instances": [[seed, i] for i in range(len(P))]}
     payload = SHAPES[shape](P)
-    clean, _, _ = protector.protect(payload, body, 1, False, 0.0, policy, options, "r")
-    flagged, _, _ = protector.protect(payload, body, 2, True, score, policy, options, "r")
+    clean, _, _, _ = protector.protect(payload, body, 1, False, 0.0, policy, options, "r")
+    flagged, _, _, _ = protector.protect(payload, body, 2, True, score, policy, options, "r")
     assert _form(flagged) == _form(clean), (shape, route, suspicious)
     rounding = [t.decimals for t in parse_all(route) if t.name == "round"]
     if rounding:  # the route's precision, for both
