@@ -21,11 +21,10 @@ from typing import Any
 
 from .events import QueryEvent
 from .stream import Entry, EventStream, decode
-from .worker import EventWorker
+from .worker import EventWorker, Row
 
 log = logging.getLogger("flask_modelguard")
 
-Row = dict[str, Any]
 Item = tuple[bytes, Entry]
 
 

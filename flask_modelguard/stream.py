@@ -97,10 +97,6 @@ class EventStream:
         self.published = 0
         self.refused = 0
 
-    def reset_in_child(self) -> None:
-        """A forked child opens its own connections."""
-        self.client = _client(self.url)
-
     # -- publishers ---------------------------------------------------------------------
 
     def publish(self, entries: Sequence[Entry]) -> int:
