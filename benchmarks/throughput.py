@@ -9,6 +9,11 @@ Serves, each under ``gunicorn -w 2`` on its own loopback port and all at once:
 - **guarded-redis**: the same with the limits in Redis (skipped when Redis is
   not reachable at ``--redis``);
 - **flask-limiter**: Flask-Limiter alone (memory storage, one limit);
+- **guarded-stream** and **guarded-stream-redis**: guarded-memory and
+  guarded-redis with ``MODELGUARD_EVENTS`` on Redis: the serving processes only
+  publish, a ``flask modelguard worker`` process beside them judges the events
+  (its CPU is reported apart; it shares the machine's cores with gunicorn, and
+  each round waits until it has read everything before the next app runs);
 - **guarded-nodetect** (with ``--apps``): guarded-memory with detection off
   (what serving costs when the detectors run elsewhere).
 
@@ -46,7 +51,8 @@ sys.path.insert(0, ROOT)
 
 #: Limits too high to refuse anything, shaped like the default tiers (three windows).
 THREE_LIMITS = "1000000/second;100000000/hour;1000000000/day"
-APPS = ("bare", "guarded-memory", "guarded-redis", "flask-limiter")
+APPS = ("bare", "guarded-memory", "guarded-redis", "guarded-stream", "guarded-stream-redis", "flask-limiter")
+_NEEDS_REDIS = ("guarded-redis", "guarded-stream", "guarded-stream-redis")
 _CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -58,8 +64,10 @@ def _config(kind: str, tmp: str) -> dict[str, Any]:
     if kind.startswith("guarded"):
         config["MODELGUARD_DATABASE_URL"] = f"sqlite:///{tmp}/{kind}.db"
         config["MODELGUARD_NAMESPACE"] = f"bench-{os.path.basename(tmp)}-{kind}"
-    if kind == "guarded-redis":
+    if kind in ("guarded-redis", "guarded-stream-redis"):
         config["MODELGUARD_STORAGE_URI"] = os.environ["THROUGHPUT_REDIS"]
+    if kind.startswith("guarded-stream"):
+        config["MODELGUARD_EVENTS"] = os.environ["THROUGHPUT_REDIS"]
     if kind == "guarded-nodetect":
         config["MODELGUARD_DETECTION"] = False
     return config
@@ -111,6 +119,7 @@ class Server:
     port: int
     process: subprocess.Popen[bytes]
     script: str
+    consumer: subprocess.Popen[bytes] | None = None  # `flask modelguard worker`, for the stream kinds
 
     def workers(self) -> list[int]:
         """The gunicorn worker processes (children of the master)."""
@@ -134,7 +143,7 @@ def _start(kind: str, tmp: str, key: str, body: str, worker_class: str, env: dic
          "--preload", "--log-level", "warning", f"benchmarks.throughput:serve('{kind}')"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
     )
-    server = Server(kind, port, process, script)
+    server = Server(kind, port, process, script, _start_consumer(kind, env) if "stream" in kind else None)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -147,6 +156,33 @@ def _start(kind: str, tmp: str, key: str, body: str, worker_class: str, env: dic
             pass
         time.sleep(0.3)
     raise RuntimeError(f"{kind}: gunicorn did not come up")
+
+
+def _start_consumer(kind: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``flask modelguard worker`` for ``kind``'s app, as an operator starts it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", f"benchmarks.throughput:serve('{kind}')", "modelguard", "worker",
+         "--consumer", f"bench-{kind}"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def _unread(kind: str) -> int:
+    """Entries of ``kind``'s event stream not yet judged (acknowledged entries are deleted)."""
+    import redis
+
+    client = redis.Redis.from_url(os.environ["THROUGHPUT_REDIS"])
+    try:
+        return int(client.xlen(f"{_config(kind, os.environ['THROUGHPUT_TMP'])['MODELGUARD_NAMESPACE']}:events"))
+    finally:
+        client.close()
+
+
+def _drain(server: Server, timeout: float = 120.0) -> float:
+    """Seconds until the worker has judged every event of the last round."""
+    start = time.monotonic()
+    while _unread(server.kind) and time.monotonic() - start < timeout:
+        time.sleep(0.1)
+    return time.monotonic() - start
 
 
 def _cpu(pids: list[int]) -> tuple[float, float]:
@@ -189,16 +225,21 @@ class Run:
     errors: int
     cpu_main: float  # seconds per request
     cpu_other: float
+    cpu_consumer: float = 0.0  # the `flask modelguard worker` process, all threads
+    drain: float = 0.0  # seconds it kept reading after the load stopped
 
 
 def _drive(server: Server, seconds: float, connections: int) -> Run:
     pids = server.workers()
-    before = _cpu(pids)
+    consumer = [server.consumer.pid] if server.consumer else []
+    before, before_consumer = _cpu(pids), sum(_cpu(consumer))
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", server.script,
          f"http://127.0.0.1:{server.port}/predict"], capture_output=True, text=True, check=True,
     ).stdout
     after = _cpu(pids)
+    drain = _drain(server) if server.consumer else 0.0
+    after_consumer = sum(_cpu(consumer))
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     errors += int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
@@ -206,7 +247,7 @@ def _drive(server: Server, seconds: float, connections: int) -> Run:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     n = max(requests, 1)
     return Run(rps, _seconds(latency["50"]), _seconds(latency["99"]), requests, errors,
-               (after[0] - before[0]) / n, (after[1] - before[1]) / n)
+               (after[0] - before[0]) / n, (after[1] - before[1]) / n, (after_consumer - before_consumer) / n, drain)
 
 
 # -- the report ----------------------------------------------------------------------------
@@ -227,16 +268,17 @@ def _spread(values: list[float]) -> str:
 def _report(results: Results, args: argparse.Namespace) -> None:
     print(f"gunicorn -w 2 -k {args.worker_class}, wrk -t1 -c{args.connections}, {args.rounds} rounds × "
           f"{args.seconds:g} s per app; ratios against bare in the same round: median (min–max)")
-    print(f"{'app':<16} {'req/s':>8} {'RPS × bare':>22} {'p50 × bare':>22} {'p99 × bare':>22} "
-          f"{'CPU µs/req (request + other threads)':>38} errors")
+    print(f"{'app':<20} {'req/s':>8} {'RPS × bare':>22} {'p50 × bare':>22} {'p99 × bare':>22} "
+          f"{'CPU µs/req (request + other threads)':>38} {'worker µs/req, drain s':>24} errors")
     for kind, runs in results.runs.items():
         rps = statistics.median(r.rps for r in runs)
-        main = statistics.median(r.cpu_main for r in runs) * 1e6
-        other = statistics.median(r.cpu_other for r in runs) * 1e6
+        main, other, consumer = (statistics.median(getattr(r, a) for r in runs) * 1e6
+                                 for a in ("cpu_main", "cpu_other", "cpu_consumer"))
+        drain = max(r.drain for r in runs)
         errors = sum(r.errors for r in runs)
         cells = [_spread(results.ratios(kind, a)) for a in ("rps", "p50", "p99")]
-        print(f"{kind:<16} {rps:8.0f} {cells[0]:>22} {cells[1]:>22} {cells[2]:>22} "
-              f"{main:14.0f} + {other:5.0f} = {main + other:5.0f} µs {errors:>6}")
+        print(f"{kind:<20} {rps:8.0f} {cells[0]:>22} {cells[1]:>22} {cells[2]:>22} "
+              f"{main:14.0f} + {other:5.0f} = {main + other:5.0f} µs {consumer:15.0f}, {drain:5.1f} {errors:>6}")
 
 
 def _redis_up(url: str) -> bool:
@@ -259,7 +301,7 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
-    kinds = [k for k in args.apps.split(",") if k != "guarded-redis" or _redis_up(args.redis)]
+    kinds = [k for k in args.apps.split(",") if k not in _NEEDS_REDIS or _redis_up(args.redis)]
     if "bare" not in kinds:
         kinds.insert(0, "bare")
     from example_app.model import split
@@ -278,10 +320,11 @@ def main() -> None:
                     results.runs[server.kind].append(_drive(server, args.seconds, args.connections))
             _report(results, args)
         finally:
-            for server in servers:
-                server.process.send_signal(signal.SIGTERM)
-            for server in servers:
-                server.process.wait(timeout=60)
+            processes = [p for s in servers for p in (s.process, s.consumer) if p is not None]
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+            for process in processes:
+                process.wait(timeout=60)
 
 
 if __name__ == "__main__":

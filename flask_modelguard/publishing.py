@@ -59,29 +59,39 @@ class Publisher:
             log.warning("modelguard: %d events spilled by an earlier process are being published", len(rows))
 
     def check_readers(self, warn: Callable[..., None] = log.warning) -> None:
-        """Whether a worker reads the stream; says so once when none does while events wait."""
+        """Whether a worker reads the stream; says so once when none does while
+        events wait, or when the stream cannot be reached, and once when it is back."""
         try:
             self.readers = self.stream.readers()
         except Exception as exc:
             self.readers = {"error": exc.__class__.__name__}
-            return
-        unread = self.unread
-        if unread and not self._warned:
-            warn("modelguard: no `flask modelguard worker` reads the event stream %s (%d events waiting): "
-                 "nothing is judged until one runs (docs/deployment.md)", self.stream.name, self.readers["backlog"])
-        elif not unread and self._warned:
+        problem = self.problem
+        if problem and not self._warned:
+            warn("modelguard: %s: nothing is judged meanwhile (docs/deployment.md)", problem)
+        elif not problem and self._warned:
             log.warning("modelguard: a worker reads the event stream %s again", self.stream.name)
-        self._warned = unread
+        self._warned = problem is not None
 
     @property
     def unread(self) -> bool:
         """Events wait in the stream and no consumer was active in the last 10 s."""
         return bool(self.readers.get("backlog")) and not self.readers.get("active")
 
+    @property
+    def problem(self) -> str | None:
+        """Why events are not being judged, at the last check (None: a worker reads them)."""
+        if "error" in self.readers:
+            return (f"the event stream {self.stream.name} cannot be reached ({self.readers['error']}); events wait "
+                    f"in this process's queue ({self.worker.depth} now)")
+        if self.unread:
+            return (f"no `flask modelguard worker` reads the event stream {self.stream.name} "
+                    f"({self.readers['backlog']} events waiting)")
+        return None
+
     def status(self) -> dict[str, Any]:
-        why = ("no `flask modelguard worker` reads the stream" if self.unread else
-               "judged by `flask modelguard worker`")
-        return {"mode": "stream", "stream": self.stream.name, "why": why, **self.readers}
+        problem = self.problem
+        return {"mode": "stream", "stream": self.stream.name, "why": problem or "judged by `flask modelguard worker`",
+                **self.readers}
 
     def stats(self) -> dict[str, Any]:
         return {"stream_backlog": self.stream.backlog, "stream_published": self.stream.published,

@@ -326,7 +326,8 @@ class GuardState:
             status["events"] = {"mode": "thread", "why": "judged by a worker thread in each serving process"}
         else:
             status["events"] = self.publisher.status()
-            status["degraded"] = status["degraded"] or (status["enabled"] and self.publishes and self.publisher.unread)
+            status["degraded"] = status["degraded"] or (
+                status["enabled"] and self.publishes and self.publisher.problem is not None)
         return status
 
     def fit_reference(self, inputs: Any, labels: Any, source: str = "api", **options: Any) -> Reference:

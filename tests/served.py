@@ -25,7 +25,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
+import uuid
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
@@ -55,9 +57,11 @@ def listening_socket() -> socket.socket:
     return sock
 
 
-def _environment(instance: Path, port: int | None = None, fd: int | None = None) -> dict[str, str]:
+def _environment(instance: Path, port: int | None = None, fd: int | None = None,
+                 extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(_OVERRIDES) and k not in _OVERRIDE_NAMES}
+    env.update(extra or {})
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     env["PYTHONUNBUFFERED"] = "1"
     env["EXAMPLE_INSTANCE_PATH"] = str(instance)
@@ -76,6 +80,19 @@ def _environment(instance: Path, port: int | None = None, fd: int | None = None)
         # is not printed.
         env["WERKZEUG_RUN_MAIN"], env["WERKZEUG_SERVER_FD"] = "true", str(fd)
     return env
+
+
+def _stop(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGINT, then SIGTERM, then SIGKILL, each with a bounded wait."""
+    if process is None or process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGINT, 10.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        process.send_signal(sig)
+        try:
+            process.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 @contextmanager
@@ -103,8 +120,11 @@ class ServedExample:
     stopped (SIGINT, then SIGTERM, then SIGKILL, each with a bounded wait).
     """
 
-    def __init__(self, instance: Path, *, start_timeout: float = 300.0) -> None:
+    def __init__(self, instance: Path, *, start_timeout: float = 300.0,
+                 env: Mapping[str, str] | None = None) -> None:
         self.instance = Path(instance).resolve()
+        #: Settings an operator put in the environment, for the server and every command alike.
+        self.env = dict(env or {})
         self.instance.mkdir(parents=True, exist_ok=True)
         self._socket: socket.socket | None = listening_socket()
         self.port = int(self._socket.getsockname()[1])
@@ -115,6 +135,8 @@ class ServedExample:
         self._reader: Any = None  # the in-process app over the same instance folder (lazy)
         #: Seconds from the start of the process to the first answer of /health.
         self.started_in = 0.0
+        #: ``flask modelguard worker`` processes started by :meth:`start_worker`.
+        self.workers: list[subprocess.Popen[bytes]] = []
 
     # -- the server ---------------------------------------------------------------
 
@@ -125,7 +147,7 @@ class ServedExample:
         try:
             fd = self._socket.fileno()
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "example_app"], cwd=ROOT, env=_environment(self.instance, self.port, fd),
+                [sys.executable, "-m", "example_app"], cwd=ROOT, env=_environment(self.instance, self.port, fd, self.env),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, pass_fds=[fd])
         finally:
             log.close()
@@ -158,15 +180,27 @@ class ServedExample:
             guard.close(self._reader)
             self._reader = None
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGINT, 10.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            process.send_signal(sig)
-            try:
-                process.wait(wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        _stop(process)
+        for worker in self.workers:
+            _stop(worker)
+        self.workers.clear()
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        """``flask --app example_app modelguard worker`` beside the server (with
+        ``MODELGUARD_EVENTS`` on Redis, it judges what the server publishes);
+        stopped with the server. Its output goes to ``<instance>-worker.log``."""
+        with open(self.instance.parent / f"{self.instance.name}-worker.log", "ab") as log:
+            worker = subprocess.Popen([*_flask_command(), "--app", "example_app", "modelguard", "worker"], cwd=ROOT,
+                                      env=_environment(self.instance, extra=self.env), stdin=subprocess.DEVNULL,
+                                      stdout=log, stderr=subprocess.STDOUT)
+        self.workers.append(worker)
+        return worker
+
+    def worker_log(self, tail: int = 4000) -> str:
+        try:
+            return (self.instance.parent / f"{self.instance.name}-worker.log").read_text(errors="replace")[-tail:]
+        except OSError:
+            return "(no worker log)"
 
     def __enter__(self) -> ServedExample:
         return self.start()
@@ -186,7 +220,7 @@ class ServedExample:
         """``flask --app example_app ARGS`` in a subprocess, as an operator runs
         it; its standard output (a non-zero exit raises with both streams)."""
         command = [*_flask_command(), "--app", "example_app", *args]
-        done = subprocess.run(command, cwd=ROOT, env=_environment(self.instance), capture_output=True,
+        done = subprocess.run(command, cwd=ROOT, env=_environment(self.instance, extra=self.env), capture_output=True,
                               text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         if done.returncode != 0:
             raise RuntimeError(f"{shlex.join(command)} exited with {done.returncode}:\n{done.stdout}\n{done.stderr}")
@@ -215,9 +249,22 @@ class ServedExample:
         if self._reader is None:
             from example_app import create_app
 
-            with _patched_environ(_environment(self.instance)):
+            with _patched_environ(_environment(self.instance, extra=self.env)):
                 self._reader = create_app()
         return self._reader
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """``GET /modelguard/api/health`` with an admin token (made once, as an operator does)."""
+        if not hasattr(self, "_admin_token"):
+            out = self.cli("modelguard", "create-admin-token", f"ops-{uuid.uuid4().hex[:8]}")
+            self._admin_token = out.rsplit(": ", 1)[1].strip()
+        req = urllib.request.Request(f"{self.url}/modelguard/api/health",
+                                     headers={"Authorization": f"Bearer {self._admin_token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
 
     def create_account(self, name: str, *, tier: str = "pro", limits: str | None = None,
                        subprocess_cli: bool = False) -> str:

@@ -20,6 +20,7 @@ import os
 import re
 import time
 import urllib.request
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -306,9 +307,46 @@ def served(tmp_path: Any) -> Any:
         server.stop()
 
 
+@pytest.fixture
+def served_stream(tmp_path: Any, redis_uri: str) -> Any:
+    """The example as ``make run`` serves it, with one setting more in the
+    environment: ``MODELGUARD_EVENTS`` on Redis, and ``flask modelguard worker``
+    started beside it (docs/deployment.md): the server only publishes."""
+    env = {"MODELGUARD_EVENTS": redis_uri, "MODELGUARD_NAMESPACE": f"served-{uuid.uuid4().hex}"}
+    server = ServedExample(tmp_path / "instance", env=env)
+    try:
+        server.start()  # its first start trains and calibrates: the worker starts on what it stored
+        server.start_worker()
+        yield server
+    finally:
+        server.stop()
+        _delete_stream(redis_uri, env["MODELGUARD_NAMESPACE"])
+
+
+def _delete_stream(redis_uri: str, namespace: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_uri)
+    try:
+        client.delete(f"{namespace}:events")
+    finally:
+        client.close()
+
+
 def test_served_example_flags_thieves_not_users(served: ServedExample, capsys: pytest.CaptureFixture[str]) -> None:
     """Small version (CI): 20 benign users × 40 queries, every thief 150 queries."""
     run(served, Plan(benign=20, benign_budget=40, thief_budget=150), capsys)
+
+
+def test_served_example_with_a_stream_worker_flags_thieves_not_users(
+        served_stream: ServedExample, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same acceptance with detection off the serving process: every event
+    goes through the Redis stream to `flask modelguard worker`, which flags."""
+    run(served_stream, Plan(benign=20, benign_budget=40, thief_budget=150), capsys)
+    status, health = served_stream.health()
+    events = health["detection"]["events"]
+    assert status == 200 and events["mode"] == "stream" and events["why"].startswith("judged by"), health
+    assert health["worker"]["stream_refused"] == 0 and health["worker"]["dropped"] == 0, health
 
 
 @pytest.mark.slow

@@ -352,11 +352,14 @@ def health() -> Any:
         limits_ok = False
     problem = state.repository.file_problem()
     database = database and problem is None
-    ok = database and limits_ok and not stats.get("limits_storage_down")
+    detection = state.detection_status()
+    events_problem = state.publishes and detection["enabled"] and state.publisher.problem
+    ok = database and limits_ok and not stats.get("limits_storage_down") and not events_problem
     body = {"status": "ok" if ok else "degraded", "database": database, "limits_storage": limits_ok,
             **({"database_problem": problem} if problem else {}),
+            **({"events_problem": events_problem} if events_problem else {}),
             "worker": {k: v for k, v in stats.items() if isinstance(v, (int, float, bool, str)) or v is None},
-            "detection": state.detection_status()}
+            "detection": detection}
     return body, 200 if ok else 503
 
 
