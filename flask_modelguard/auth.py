@@ -1,10 +1,10 @@
 """Authenticating a request's API key against a bounded TTL cache. Framework-free.
 
 After the first use of a key, its look-up is served from a per-process cache
-(``cachetools.TTLCache``); the database is asked again when the entry expires.
-A change made through the same process (revoke, block, rotate) invalidates
-the cache at once; changes made elsewhere (another worker, the CLI) take
-effect within ``ttl`` seconds.
+(:class:`~flask_modelguard.keycache.KeyCache`). A change made through the same
+process (revoke, block, rotate) invalidates the cache at once; changes made
+elsewhere (another worker, the CLI) reach it through the change feed within a
+second, and within ``ttl`` seconds when the feed cannot be read.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from .exc import (
     Problem,
     RevokedKey,
 )
+from .keycache import FeedWatch, KeyCache
 from .keys import Principal, key_hint, parse_key, verify_secret
 
 
@@ -46,12 +47,15 @@ class Authenticator:
         ttl: float = 30.0,
         maxsize: int = 10_000,
         clock: Callable[[], float] = time.time,
+        feed: FeedWatch | None = None,
     ) -> None:
         self.repository = repository
         self.auth_header = auth_header
         self.api_key_header = api_key_header
         self.clock = clock
-        self._cache: TTLCache[str, Principal] = TTLCache(maxsize=maxsize, ttl=ttl)
+        #: The change feed's reads, when this process reads it (cached keys then outlive ``ttl``).
+        self.feed = feed
+        self._cache: KeyCache[Principal] = KeyCache(maxsize, ttl, feed)
         # Unknown prefixes are remembered apart, briefly, so a flood of made-up
         # keys neither evicts real ones nor costs a query each.
         self._unknown: TTLCache[str, bool] = TTLCache(maxsize=min(maxsize, 10_000), ttl=min(ttl, 5.0))
@@ -79,12 +83,10 @@ class Authenticator:
         raise MissingKey(f"Send your API key in {where}.")
 
     def lookup(self, prefix: str) -> Principal | None:
-        try:
-            with self._lock:
-                return self._cache[prefix]
-        except KeyError:
-            pass
         with self._lock:
+            found = self._cache.get(prefix)
+            if found is not None:
+                return found
             if prefix in self._unknown:
                 return None
             generation = self._generation
@@ -99,7 +101,7 @@ class Authenticator:
                 if principal is None:
                     self._unknown[prefix] = True
                 else:
-                    self._cache[prefix] = principal
+                    self._cache.put(prefix, principal, principal.account_id)
         return principal
 
     def authenticate(self, headers: Mapping[str, str]) -> Principal:
@@ -134,6 +136,6 @@ class Authenticator:
                 return
             if prefix is not None:
                 self._unknown.pop(prefix, None)
-            for cached_prefix, principal in list(self._cache.items()):
-                if cached_prefix == prefix or principal.account_id == account_id:
-                    self._cache.pop(cached_prefix, None)
+                self._cache.pop(prefix)
+            if account_id is not None:
+                self._cache.pop_account(account_id)

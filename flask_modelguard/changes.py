@@ -7,8 +7,9 @@ catches, operators' changes, key rotation and revocation). Each process's
 worker thread reads the rows after the last one it saw, every
 :data:`POLL_EVERY` seconds (one indexed range query, usually empty), and
 drops what its key cache holds of those accounts and keys, so the next
-request reads them fresh. The key cache's TTL stays the bound when the feed
-cannot be read.
+request reads them fresh. While the feed is read without a gap, cached keys
+stay fresh beyond the key cache's TTL; the TTL is the bound when it cannot
+be read.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from .keycache import FeedWatch
 from .repository import Repository
 
 log = logging.getLogger("flask_modelguard")
@@ -32,9 +34,12 @@ KEEP = 3600.0
 class ChangeFeed:
     """Reads the feed and tells ``forget(account_id, prefix)`` of each change."""
 
-    def __init__(self, repository: Repository, forget: Callable[[int | None, str | None], None]) -> None:
+    def __init__(self, repository: Repository, forget: Callable[[int | None, str | None], None],
+                 watch: FeedWatch | None = None) -> None:
         self.repository = repository
         self.forget = forget
+        #: Since when the feed has been read without a gap (what the key cache trusts).
+        self.watch = watch or FeedWatch()
         self._last: int | None = None
         self._next = 0.0
         #: Changes applied in this process.
@@ -53,10 +58,12 @@ class ChangeFeed:
         try:
             self._last, changes = self.repository.changes_since(self._last)
         except SQLAlchemyError as exc:  # storage away, tables not created yet: the key cache's TTL bounds it
+            self.watch.read(False)
             log.debug("modelguard: could not read the change feed (%s)", exc.__class__.__name__)
             return 0
         for account_id, prefix in changes:
             self.forget(account_id, prefix)
+        self.watch.read(True)  # (after the changes are applied: an entry cached now has seen them)
         self.applied += len(changes)
         return len(changes)
 

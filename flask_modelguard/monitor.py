@@ -14,6 +14,7 @@ policy) and an alert.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
@@ -292,15 +293,19 @@ class Monitor:
         pending, self.evicted = self.evicted, []
         return pending
 
-    def take_deltas(self) -> list[tuple[int, AccountState]]:
+    def take_deltas(self, min_queries: int = 1, stale_before: float = math.inf) -> list[tuple[int, AccountState]]:
         """Accounts with queries not yet merged into storage, and those deltas
         (evicted ones included), now being merged: the detectors still count
-        them until :meth:`merged` or :meth:`unmerged` (call with :attr:`lock` held)."""
+        them until :meth:`merged` or :meth:`unmerged` (call with :attr:`lock` held).
+        A delta of fewer than ``min_queries`` queries waits unless its first
+        query is older than ``stale_before``."""
         pending, self.evicted = self.evicted, []
         for account_id, account in self.accounts.items():
-            if account.delta is not None and account.delta.queries:
-                account.merging, account.delta = account.delta, None
-                pending.append((account_id, account.merging))
+            delta = account.delta
+            if delta is not None and delta.queries and (delta.queries >= min_queries
+                                                        or delta.first_ts < stale_before):
+                account.merging, account.delta = delta, None
+                pending.append((account_id, delta))
         return pending
 
     def merged(self, account_id: int, state: AccountState) -> None:
@@ -334,10 +339,19 @@ class Monitor:
     def forget(self, account_id: int) -> None:
         self.accounts.pop(account_id, None)
 
+    def _state_bytes(self, sample: int = 1000) -> int:
+        """Bytes the accounts' states hold, estimated from the ``sample`` most
+        recently active ones (a sum over 100,000 accounts would cost 0.5 s)."""
+        accounts = self.accounts
+        if len(accounts) <= sample:
+            return sum(a.memory_bytes() for a in accounts.values())
+        recent = [accounts[k].memory_bytes() for k in itertools.islice(reversed(accounts), sample)]
+        return int(sum(recent) / sample * len(accounts))
+
     def stats(self) -> dict[str, Any]:
         return {
             "accounts": len(self.accounts),
-            "state_bytes": sum(a.memory_bytes() for a in self.accounts.values()),
+            "state_bytes": self._state_bytes(),
             "inputs_clipped": self.clipped,
             "evaluations_failed": self.errors,
             "states_discarded": self.discarded,

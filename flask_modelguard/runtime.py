@@ -22,6 +22,7 @@ from .alerting import Alerter
 from .alerts import Webhook
 from .auth import Authenticator
 from .changes import ChangeFeed
+from .keycache import FeedWatch
 from .config import Settings
 from .detectors.add import Reference
 from .detectors.supervised import Trained
@@ -80,7 +81,7 @@ class GuardState:
         self.enforcer = enforcer_of(settings)
         self.auth = Authenticator(
             self.repository, auth_header=settings.auth_header, api_key_header=settings.api_key_header,
-            ttl=settings.key_cache_ttl, maxsize=settings.key_cache_size, clock=self.clock,
+            ttl=settings.key_cache_ttl, maxsize=settings.key_cache_size, clock=self.clock, feed=FeedWatch(),
         )
         self.fingerprint_key = settings.fingerprint_key(
             app.config.get("SECRET_KEY"), required=settings.enabled and not (app.debug or app.testing))
@@ -117,7 +118,7 @@ class GuardState:
             store_inputs=settings.store_inputs, telemetry=self.telemetry,
         )
         #: Flags, blocks and key changes made by other processes, applied here within a second.
-        self.changes = ChangeFeed(self.repository, self._forget)
+        self.changes = ChangeFeed(self.repository, self._forget, self.auth.feed)
         self.serving = RequestPath(settings, self.auth, self.enforcer, self.protector, self.worker,
                                    self.clock, self._app, self.telemetry)
         self.serving.ships_bodies = self.publisher is not None
@@ -254,7 +255,7 @@ class GuardState:
             if self.publishes:
                 self.training.tick(refit=False)
                 return
-            self.states.persist()
+            self.states.persist(now=self.clock())
             self.training.tick()
             self.changes.purge(self.clock)
             self._purge_due()

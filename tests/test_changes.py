@@ -70,3 +70,24 @@ def test_a_revocation_and_a_detector_flag_reach_the_other_process(
         assert time.monotonic() - began <= 1.0 + POLL_EVERY
         time.sleep(0.02)
     assert state_b.changes.applied >= 2
+
+
+def test_while_the_feed_is_read_a_cached_key_outlives_its_ttl_and_still_obeys_a_block(
+        make_guarded: Callable[..., Guarded]) -> None:
+    """No database read per request for a key used less often than the TTL
+    (100,000 accounts each calling once a minute), and no stale answer either."""
+    a = make_guarded(clock=time.time, MODELGUARD_KEY_CACHE_TTL=1.0)
+    b = make_guarded(clock=time.time, MODELGUARD_KEY_CACHE_TTL=1.0,
+                     MODELGUARD_DATABASE_URL=a.app.config["MODELGUARD_DATABASE_URL"],
+                     MODELGUARD_NAMESPACE=a.app.config["MODELGUARD_NAMESPACE"])
+    name, key = a.account()
+    state_b = ModelGuard.state(b.app)
+    reads: list[str] = []
+    lookup = state_b.repository.lookup
+    state_b.repository.lookup = lambda prefix: reads.append(prefix) or lookup(prefix)  # type: ignore[method-assign]
+    assert b.predict(key).status_code == 200 and len(reads) == 1
+    time.sleep(2.5)  # past the TTL; b's worker reads the feed twice a second meanwhile
+    assert b.predict(key).status_code == 200 and len(reads) == 1
+    with a.app.app_context():
+        a.guard.update_account(name, status="blocked")
+    assert _until(403, b, key) <= 1.0

@@ -121,3 +121,23 @@ def test_evicted_deltas_are_merged_early_not_piled_up(make_guarded: Callable[...
     state.persist_states()
     ids = [state.repository.get_account(name)["id"] for name, _ in accounts]
     assert [_stored_queries(guarded, i) for i in ids] == [3] * 8  # every query merged exactly once
+
+
+def test_the_scheduled_merge_leaves_a_quiet_account_for_later_and_takes_a_busy_one(
+        make_guarded: Callable[..., Guarded]) -> None:
+    """Each merge reads, merges and writes a whole state: with many quiet accounts
+    the schedule takes a delta once it holds MERGE_QUERIES queries or is
+    MERGE_AGE old; a flush takes every delta."""
+    from flask_modelguard.persistence import MERGE_AGE, MERGE_QUERIES
+
+    guarded, busy = _served(make_guarded, MERGE_QUERIES)
+    state = ModelGuard.state(guarded.app)
+    quiet_name, quiet_key = guarded.account(limits="100000/minute")
+    assert guarded.predict(quiet_key, {"features": [1.0] * 8}).status_code == 200
+    state.worker.flush()
+    quiet = state.repository.get_account(quiet_name)["id"]
+    first = state.monitor.accounts[quiet].delta.first_ts  # type: ignore[union-attr]
+    assert state.states.persist(now=first + 1) == 1
+    assert (_stored_queries(guarded, busy), _stored_queries(guarded, quiet)) == (MERGE_QUERIES, 0)
+    assert state.states.persist(now=first + MERGE_AGE + 1) == 1  # old enough now
+    assert _stored_queries(guarded, quiet) == 1

@@ -13,6 +13,10 @@ from .. import models as m
 from .base import Base
 
 
+#: One account's stored state (built once: SQLAlchemy builds a statement in about 100 µs).
+_LOAD_STATE = select(m.account_states.c.state).where(m.account_states.c.account_id == bindparam("account_id"))
+
+
 class DetectionRows(Base):
     """Account states, the reference, training data, fitted models and canaries."""
 
@@ -27,9 +31,7 @@ class DetectionRows(Base):
 
     def load_state(self, account_id: int) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(m.account_states.c.state).where(m.account_states.c.account_id == account_id)
-            ).first()
+            row = conn.execute(_LOAD_STATE, {"account_id": account_id}).first()
         return None if row is None else row.state
 
     def merge_state(
