@@ -22,12 +22,12 @@ from .alerting import Alerter
 from .alerts import Webhook
 from .auth import Authenticator
 from .changes import ChangeFeed
-from .keycache import FeedWatch
 from .config import Settings
 from .detectors.add import Reference
 from .detectors.supervised import Trained
 from .events import QueryEvent
 from .features import FeatureSpace, Featurizer, space_name
+from .keycache import FeedWatch
 from .parts import bad_data, enforcer_of, monitor_of, protector_of, spill_directory
 from .persistence import EARLY_MERGE, StateStore
 from .pipeline import Pipeline

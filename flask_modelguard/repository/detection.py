@@ -12,7 +12,6 @@ from sqlalchemy.exc import IntegrityError
 from .. import models as m
 from .base import Base
 
-
 #: One account's stored state (built once: SQLAlchemy builds a statement in about 100 µs).
 _LOAD_STATE = select(m.account_states.c.state).where(m.account_states.c.account_id == bindparam("account_id"))
 
