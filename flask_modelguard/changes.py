@@ -3,18 +3,26 @@ process within a second. Framework-free.
 
 Whatever changes an account's or a key's standing writes a row to
 ``modelguard_account_changes`` in the same transaction (the flag policy's
-catches, operators' changes, key rotation and revocation). Each process's
-worker thread reads the rows after the last one it saw, every
-:data:`POLL_EVERY` seconds (one indexed range query, usually empty), and
-drops what its key cache holds of those accounts and keys, so the next
-request reads them fresh. While the feed is read without a gap, cached keys
-stay fresh beyond the key cache's TTL; the TTL is the bound when it cannot
-be read.
+catches, operators' changes, key rotation and revocation). Each serving
+process reads the rows after the last one it saw, every :data:`POLL_EVERY`
+seconds, in a thread of its own (one indexed range query, usually empty; a
+long merge or refit in the worker thread never delays it), and drops what its
+key cache holds of those accounts and keys, so the next request reads them
+fresh.
+
+Ids are handed out when a row is inserted, not when its transaction commits,
+so a row can become visible after a higher id was read: ids skipped by a read
+are asked for again for :data:`GAP_WAIT` seconds (a rolled-back insert leaves
+a gap that is never filled). A read that fails loses nothing either: the next
+one starts after the last id read. So while the feed is read, cached keys
+stay fresh beyond the key cache's TTL; the TTL is the bound when it cannot be.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -29,6 +37,8 @@ log = logging.getLogger("flask_modelguard")
 POLL_EVERY = 0.5
 #: Rows of the feed older than this (seconds) are purged by the worker's tick.
 KEEP = 3600.0
+#: Seconds an id skipped by a read is looked for again (a transaction still committing).
+GAP_WAIT = 10.0
 
 
 class ChangeFeed:
@@ -38,34 +48,90 @@ class ChangeFeed:
                  watch: FeedWatch | None = None) -> None:
         self.repository = repository
         self.forget = forget
-        #: Since when the feed has been read without a gap (what the key cache trusts).
+        #: When the feed was last read (what the key cache trusts).
         self.watch = watch or FeedWatch()
         self._last: int | None = None
-        self._next = 0.0
+        self._gaps: dict[int, float] = {}  # id skipped → when it was first missed (monotonic)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._stop = threading.Event()
         #: Changes applied in this process.
         self.applied = 0
 
     def reset_in_child(self) -> None:
-        self._next = 0.0  # (the last id read stays: the parent's cache was dropped with the fork)
+        """A forked child: the parent's thread is not running here (the last id read stays)."""
+        self._lock = threading.Lock()
+        self._thread, self._pid = None, None
 
-    def poll(self, force: bool = False) -> int:
-        """Apply the changes since the last read, at most every :data:`POLL_EVERY`
-        seconds (``force``: now); returns how many were applied."""
+    # -- the thread -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Read the feed every :data:`POLL_EVERY` seconds in a daemon thread of this process."""
+        with self._lock:
+            if self._thread is not None and self._pid == os.getpid():
+                return
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._run, name="modelguard-changes", daemon=True)
+            self._pid = os.getpid()
+            self._thread.start()
+
+    def stop(self) -> None:
+        thread, self._thread = self._thread, None
+        self._stop.set()
+        if thread is not None and self._pid == os.getpid() and thread is not threading.current_thread():
+            thread.join(timeout=2.0)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._pid == os.getpid()
+
+    def _run(self) -> None:
+        stop = self._stop
+        while not stop.wait(POLL_EVERY):
+            try:
+                self.poll()
+            except Exception:  # never let the thread die: the TTL would be the bound from then on
+                log.exception("modelguard: reading the change feed failed")
+
+    # -- reading ----------------------------------------------------------------------
+
+    def poll(self) -> int:
+        """Apply the changes since the last read; returns how many were applied."""
+        with self._lock:
+            try:
+                rows = self.repository.changes_since(self._last, tuple(self._gaps))
+            except SQLAlchemyError as exc:  # storage away, tables not created yet: the key cache's TTL bounds it
+                self.watch.read(False)
+                log.debug("modelguard: could not read the change feed (%s)", exc.__class__.__name__)
+                return 0
+            if self._last is None:  # the first read: where the feed ends now (a new cache has seen all before)
+                self._last = max((r[0] for r in rows), default=0)
+                self.watch.read(True)
+                return 0
+            for _, account_id, prefix in rows:
+                self.forget(account_id, prefix)
+            self._track_gaps([r[0] for r in rows])
+            self.watch.read(True)  # (after the changes are applied: an entry cached now has seen them)
+            self.applied += len(rows)
+            return len(rows)
+
+    def _track_gaps(self, ids: list[int]) -> None:
+        """Ids between the last read and this one that were not there: asked for again."""
         now = time.monotonic()
-        if not force and now < self._next:
-            return 0
-        self._next = now + POLL_EVERY * 0.9  # (the worker wakes every POLL_EVERY: never skip a wake-up)
-        try:
-            self._last, changes = self.repository.changes_since(self._last)
-        except SQLAlchemyError as exc:  # storage away, tables not created yet: the key cache's TTL bounds it
-            self.watch.read(False)
-            log.debug("modelguard: could not read the change feed (%s)", exc.__class__.__name__)
-            return 0
-        for account_id, prefix in changes:
-            self.forget(account_id, prefix)
-        self.watch.read(True)  # (after the changes are applied: an entry cached now has seen them)
-        self.applied += len(changes)
-        return len(changes)
+        seen = set(ids)
+        for found in seen.intersection(self._gaps):
+            del self._gaps[found]
+        last = self._last or 0
+        newest = max(seen, default=last)
+        if newest > last:
+            for missing in range(last + 1, newest):
+                if missing not in seen:
+                    self._gaps[missing] = now
+            self._last = newest
+        for gap, since in list(self._gaps.items()):
+            if now - since > GAP_WAIT:
+                del self._gaps[gap]
 
     def purge(self, clock: Callable[[], float]) -> None:
         self.repository.purge_changes(clock() - KEEP)

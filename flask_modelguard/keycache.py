@@ -2,12 +2,12 @@
 
 Bounded (least recently used entries go first) and indexed by account, so
 that dropping an account's keys costs its keys, not the cache. An entry is
-fresh for ``ttl`` seconds after it was read, and for as long after as the
-change feed (:mod:`flask_modelguard.changes`) has been read without a gap
-since then: every change to the account would have dropped it. So a key used
-once a minute by one of 100,000 accounts is not read from the database on
-every request, and a revocation still reaches every process within a
-second; when the feed cannot be read, the TTL is the bound again.
+fresh for ``ttl`` seconds after it was read, and after that for as long as
+the change feed (:mod:`flask_modelguard.changes`) is being read: every change
+to the account drops it (the feed loses none, see there). So a key used once
+a minute by one of 100,000 accounts is not read from the database on every
+request, and a revocation still reaches every process within a second; when
+the feed cannot be read, the TTL is the bound again.
 """
 
 from __future__ import annotations
@@ -24,26 +24,19 @@ FEED_LAG = 2.0
 
 
 class FeedWatch:
-    """Since when the change feed has been read without a gap (monotonic seconds)."""
+    """When the change feed was last read (monotonic seconds)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self.since: float | None = None  # the first read of the current gap-free run
         self.last = -float("inf")  # the last successful read
 
     def read(self, ok: bool) -> None:
-        """A read of the feed succeeded (``ok``) or failed."""
-        now = self.clock()
-        if not ok:
-            self.since = None
-            return
-        if self.since is None or now - self.last > FEED_LAG:
-            self.since = now  # a run starts: what was cached before it may have missed a change
-        self.last = now
+        """A read of the feed succeeded (``ok``) or failed (then nothing is covered until the next one)."""
+        self.last = self.clock() if ok else -float("inf")
 
-    def covers(self, cached_at: float, now: float) -> bool:
-        """Every change since ``cached_at`` has been read (and is read still)."""
-        return self.since is not None and self.since <= cached_at and now - self.last <= FEED_LAG
+    def covers(self, now: float) -> bool:
+        """Changes are being applied: the feed was read in the last :data:`FEED_LAG` seconds."""
+        return now - self.last <= FEED_LAG
 
 
 class KeyCache(Generic[V]):
@@ -68,7 +61,7 @@ class KeyCache(Generic[V]):
             return None
         value, _, cached_at = entry
         now = self.clock()
-        if now - cached_at < self.ttl or (self.feed is not None and self.feed.covers(cached_at, now)):
+        if now - cached_at < self.ttl or (self.feed is not None and self.feed.covers(now)):
             self._entries.move_to_end(prefix)
             return value
         self.pop(prefix)

@@ -145,6 +145,10 @@ class Monitor:
                 stored = None
             found = self.accounts[account_id] = ResidentAccount(
                 stored or AccountState(self.dim, space=self.space), Prada(self.prada_threshold), self.max_seen)
+            if found.queries >= self.min_queries:  # judged before: next after ``every`` more, not at once
+                # (an account back in memory each time it is used would otherwise cost an evaluation a query)
+                found.evaluated = True
+                found.since = max(0, max(self.every, found.queries // 20) - self.every)
             if len(self.accounts) > self.max_accounts:
                 # The least recently active goes; its unmerged delta waits for the next merge.
                 gone_id, gone = self.accounts.popitem(last=False)

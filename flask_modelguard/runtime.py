@@ -121,7 +121,7 @@ class GuardState:
         self.changes = ChangeFeed(self.repository, self._forget, self.auth.feed)
         self.serving = RequestPath(settings, self.auth, self.enforcer, self.protector, self.worker,
                                    self.clock, self._app, self.telemetry)
-        self.serving.ships_bodies = self.publisher is not None
+        self.serving.ships_bodies, self.serving.on_first_request = self.publisher is not None, self.changes.start
         #: MODELGUARD_CREATE_TABLES could not create the tables yet (the worker retries).
         self.tables_pending = False
         self._file_problem: str | None = None
@@ -136,7 +136,7 @@ class GuardState:
         settings = self.settings
         return dict(max_queue=settings.queue_size, max_bytes=settings.queue_bytes, batch_size=settings.batch_size,
                     flush_interval=settings.flush_interval, shutdown_timeout=settings.shutdown_timeout,
-                    on_tick=self._tick, tick_interval=settings.key_cache_ttl, on_wake=self._on_wake)
+                    on_tick=self._tick, tick_interval=settings.key_cache_ttl)
 
     def _event_worker(self) -> EventWorker[QueryEvent]:
         return EventWorker(self._prepare, self._write, probe=self.repository.ping, permanent=bad_data,
@@ -177,7 +177,7 @@ class GuardState:
         if settings.create_tables:
             self.create_tables()  # never blocks the boot: retried by the worker while the database is away
         self.refresh_canaries(quiet=True)
-        self.changes.poll(force=True)  # where the feed ends: changes from now on reach this process
+        self.changes.poll()  # where the feed ends: changes from now on reach this process
         self.training.load_reference(quiet=True)
         if settings.enabled and settings.detection:
             self.training.load_configured_reference()
@@ -203,6 +203,7 @@ class GuardState:
             self.states.persist_or_spill()
 
     def close(self) -> None:
+        self.changes.stop()
         self.worker.stop()
         self.states.persist_or_spill()
         if self.webhook is not None:
@@ -222,10 +223,6 @@ class GuardState:
             except Exception as exc:
                 log.debug("modelguard: early merge of evicted accounts failed (%s); kept for the next",
                           exc.__class__.__name__)
-
-    def _on_wake(self) -> None:
-        """Twice a second in the worker: what other processes changed."""
-        self.changes.poll()
 
     def _forget(self, account_id: int | None, prefix: str | None) -> None:
         """A change to an account (or a key) elsewhere: its cached look-ups go."""

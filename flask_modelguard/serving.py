@@ -98,6 +98,8 @@ class RequestPath:
         self.failed_open = 0
         #: Events carry the request body's bytes (an out-of-process worker is sent them).
         self.ships_bodies = False
+        #: Called at the first request of each process (the change feed's thread starts).
+        self.on_first_request: Callable[[], None] | None = None
 
     def reset_in_child(self) -> None:
         self._served_once = False  # a forked worker checks its first request again
@@ -294,6 +296,8 @@ class RequestPath:
         (``wsgi.multiprocess``, e.g. gunicorn with 2+ workers) with limits in
         process memory count each process's share apart: say so, once."""
         self._served_once = True
+        if self.on_first_request is not None:
+            self.on_first_request()
         if environ.get("wsgi.multiprocess") and self.settings.storage_uri.startswith("memory://"):
             log.warning("modelguard: several processes serve this app but MODELGUARD_STORAGE_URI is memory://: "
                         "each process counts its own limits, so an account gets its limits once per process. "

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .stats import pack, unpack
+
 _EMPTY = np.zeros(0, dtype=np.uint64)
 
 
@@ -101,7 +103,7 @@ class UniqueCounter:
 
     def to_dict(self) -> dict[str, Any]:
         return {"exact_limit": self.exact_limit, "p": self.p,
-                "exact": self.exact.tolist() if self.exact is not None else None,
+                "exact": pack(self.exact, "<u8") if self.exact is not None else None,
                 "registers": self.registers.hex() if self.registers is not None else None}
 
     @classmethod
@@ -111,7 +113,9 @@ class UniqueCounter:
             counter.exact = None
             counter.registers = bytearray.fromhex(data["registers"])
         else:
-            counter.exact = np.unique(np.asarray([int(h) for h in data["exact"]], dtype=np.uint64))
+            exact = data["exact"]
+            counter.exact = np.unique(unpack(exact, "<u8") if isinstance(exact, str)
+                                      else np.asarray([int(h) for h in exact], dtype=np.uint64))
         return counter
 
     def copy(self) -> UniqueCounter:

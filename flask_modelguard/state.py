@@ -21,7 +21,7 @@ import numpy as np
 
 from .features import projection
 from .sketch import UniqueCounter
-from .stats import Buckets, Histogram, Moments
+from .stats import Buckets, Histogram, Moments, pack, unpack
 
 #: Confidence histogram bins (top-1 probability).
 CONFIDENCE_EDGES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -198,7 +198,7 @@ class AccountState:
             "first_ts": self.first_ts if self.queries else None,
             "last_ts": self.last_ts if self.queries else None,
             "minutes": [[m, c] for m, c in self.minutes.items()],
-            "recent": self.recent.tolist(),
+            "recent": pack(self.recent),
             "labels": self.labels.to_dict(), "confidences": self.confidences.to_dict(),
             "unique": self.unique.to_dict(), "moments": self.moments.to_dict(),
             "by_class": {label: m.to_dict() for label, m in self.by_class.items()},
@@ -211,7 +211,7 @@ class AccountState:
         state.first_ts = math.inf if data["first_ts"] is None else float(data["first_ts"])
         state.last_ts = -math.inf if data["last_ts"] is None else float(data["last_ts"])
         state.minutes = Buckets({int(m): int(c) for m, c in data["minutes"]})
-        state.recent = np.sort(np.asarray(data.get("recent", []), dtype=np.float64))[-RECENT_TIMES:]
+        state.recent = np.sort(unpack(data.get("recent", [])))[-RECENT_TIMES:]
         state.labels = Histogram.from_dict(data["labels"])
         state.confidences = Histogram.from_dict(data["confidences"])
         state.unique = UniqueCounter.from_dict(data["unique"])

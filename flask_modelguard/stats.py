@@ -12,12 +12,26 @@ processes on many hosts keep partial account state and combine it.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, cast
 
 import numpy as np
+
+
+def pack(array: np.ndarray, dtype: str = "<f8") -> str:
+    """An array as JSON can hold it cheaply: base64 of its little-endian bytes
+    (a list of floats costs about 1 µs a number to encode and to decode)."""
+    return base64.b64encode(np.ascontiguousarray(array, dtype=dtype).tobytes()).decode("ascii")
+
+
+def unpack(value: Any, dtype: str = "<f8") -> np.ndarray:
+    """:func:`pack`'s array, or one stored as a list (states written before it)."""
+    if isinstance(value, str):
+        return np.frombuffer(base64.b64decode(value, validate=True), dtype=dtype).astype(dtype[1:])
+    return np.asarray(value, dtype=dtype[1:])
 
 
 @lru_cache(maxsize=16)
@@ -112,15 +126,15 @@ class Moments:
 
     def to_dict(self) -> dict[str, Any]:
         return {"dim": self.dim, "diagonal": self.diagonal, "n": self.n,
-                "mean": self.mean.tolist(), "m2": self.m2.tolist()}
+                "mean": pack(self.mean), "m2": pack(self.m2)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Moments:
         dim, diagonal = int(data["dim"]), bool(data["diagonal"])
-        m2 = np.asarray(data["m2"], dtype=np.float64)
-        if m2.shape != ((dim,) if diagonal else (dim * (dim + 1) // 2,)):
-            raise ValueError("co-moments of the wrong size")
-        return cls(dim, diagonal, int(data["n"]), np.asarray(data["mean"], dtype=np.float64), m2)
+        m2, mean = unpack(data["m2"]), unpack(data["mean"])
+        if m2.shape != ((dim,) if diagonal else (dim * (dim + 1) // 2,)) or mean.shape != (dim,):
+            raise ValueError("moments of the wrong size")
+        return cls(dim, diagonal, int(data["n"]), mean, m2)
 
 
 @dataclass

@@ -91,3 +91,70 @@ def test_while_the_feed_is_read_a_cached_key_outlives_its_ttl_and_still_obeys_a_
     with a.app.app_context():
         a.guard.update_account(name, status="blocked")
     assert _until(403, b, key) <= 1.0
+
+
+class _Feed:
+    """A repository whose feed rows appear when the test says (commits out of id order)."""
+
+    def __init__(self) -> None:
+        self.visible: list[tuple[int, int | None, str | None]] = []
+        self.asked: list[tuple[int, ...]] = []
+
+    def changes_since(self, last: int | None, also: tuple[int, ...] = ()) -> list[tuple[int, int | None, str | None]]:
+        self.asked.append(also)
+        if last is None:
+            return [max(self.visible, default=(0, None, None))] if self.visible else []
+        return [r for r in self.visible if r[0] > last or r[0] in also]
+
+
+def test_an_id_committed_after_a_higher_one_was_read_is_still_applied(monkeypatch: Any) -> None:
+    import flask_modelguard.changes as changes
+
+    repository = _Feed()
+    forgotten: list[int | None] = []
+    feed = changes.ChangeFeed(repository, lambda account, prefix: forgotten.append(account))  # type: ignore[arg-type]
+    repository.visible = [(5, 50, None)]
+    feed.poll()  # the first read: where the feed ends
+    repository.visible += [(6, 60, None), (8, 80, None)]  # 7 is still committing
+    assert feed.poll() == 2 and forgotten == [60, 80]
+    repository.visible.append((7, 70, None))
+    assert feed.poll() == 1 and forgotten == [60, 80, 70] and repository.asked[-1] == (7,)
+    assert feed.poll() == 0 and repository.asked[-1] == ()  # found: not asked for again
+    repository.visible.append((10, 100, None))  # 9 rolled back: never appears
+    feed.poll()
+    clock = [time.monotonic() + changes.GAP_WAIT + 1]
+    monkeypatch.setattr(changes.time, "monotonic", lambda: clock[0])
+    feed.poll()
+    assert repository.asked[-1] == (9,) and feed.poll() == 0 and repository.asked[-1] == ()  # given up
+
+
+def test_a_change_whose_transaction_commits_late_reaches_the_cache(postgres_url: str) -> None:
+    """On PostgreSQL ids are drawn at insert, not at commit: a revocation whose
+    transaction commits after a later change was read is applied all the same."""
+    from sqlalchemy import create_engine
+
+    from flask_modelguard import models
+    from flask_modelguard.changes import ChangeFeed
+    from flask_modelguard.repository import Repository
+
+    engine = create_engine(postgres_url)
+    models.metadata.create_all(engine)
+    repository = Repository(engine, clock=time.time)
+    forgotten: list[str | None] = []
+    feed = ChangeFeed(repository, lambda account, prefix: forgotten.append(prefix))
+    feed.poll()
+    slow = engine.connect()
+    try:
+        late = slow.begin()
+        repository.record_changes(slow, [], ["late"])  # takes the lower id, not committed yet
+        with engine.begin() as conn:
+            repository.record_changes(conn, [], ["early"])
+        feed.poll()
+        assert forgotten == ["early"]
+        late.commit()
+        feed.poll()
+        assert forgotten == ["early", "late"]
+    finally:
+        slow.close()
+        models.metadata.drop_all(engine)
+        engine.dispose()

@@ -9,6 +9,7 @@ import pytest
 
 from example_app import create_app, guard
 from example_app.model import split
+from flask_modelguard.stats import unpack
 
 #: Benign users of the ``traffic`` fixture (besides the repeater); the last one sends after the thieves.
 BENIGN = 9
@@ -395,7 +396,7 @@ def test_huge_numbers_cannot_switch_detection_off(tmp_path, model_cache, huge):
     assert account["flagged"], history[-1]
     assert next(h for h in history if h["reasons"])["queries"] <= 150
     assert all(np.isfinite(v) for h in history for v in (h["scores"] or {}).values() if v is not None)
-    assert np.isfinite(np.asarray(stored["moments"]["mean"], dtype=float)).all()
+    assert np.isfinite(unpack(stored["moments"]["mean"])).all()
     guard.close(app)
 
 

@@ -85,3 +85,19 @@ def test_buckets_merge_and_trim_like_a_dict(pairs, cut, through):
     assert whole.as_dict() == {k: c for k, c in expected.items() if k > through}
     assert not whole.as_dict() or whole.first == min(whole.as_dict())
     assert Buckets(whole.as_dict()).as_dict() == whole.as_dict()
+
+
+def test_packed_arrays_round_trip_and_states_stored_as_lists_still_read() -> None:
+    from flask_modelguard.stats import pack, unpack
+
+    values = np.array([0.1, -2.5e300, 3.0, 1e-310])
+    assert np.array_equal(unpack(pack(values)), values)  # bit for bit
+    hashes = np.array([2**64 - 1, 0, 12345], dtype=np.uint64)
+    assert np.array_equal(unpack(pack(hashes, "<u8"), "<u8"), hashes)
+    assert np.array_equal(unpack([0.1, 3.0]), np.array([0.1, 3.0]))  # a state written before packing
+    m = Moments(3, diagonal=True)
+    m.update(np.array([[1.0, 2.0, 3.0], [2.0, 0.0, 1.0]]))
+    old = {**m.to_dict(), "mean": m.mean.tolist(), "m2": m.m2.tolist()}
+    assert np.array_equal(Moments.from_dict(old).mean, Moments.from_dict(m.to_dict()).mean)
+    with pytest.raises(ValueError):
+        Moments.from_dict({**m.to_dict(), "mean": pack(np.zeros(2))})

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .. import models as m
@@ -89,16 +89,19 @@ class AccountRows(Base):
         if rows:
             conn.execute(insert(m.account_changes), rows)
 
-    def changes_since(self, last: int | None, limit: int = 10_000) -> tuple[int, list[tuple[int | None, str | None]]]:
-        """The changes after id ``last`` (None: only where the feed ends now),
-        oldest first: the last id read, and (account id, key prefix) pairs."""
+    def changes_since(self, last: int | None, also: Sequence[int] = (),
+                      limit: int = 10_000) -> list[tuple[int, int | None, str | None]]:
+        """The changes after id ``last``, and those with an id in ``also`` (ids
+        skipped by an earlier read), oldest first: (id, account id, key prefix).
+        ``last`` None: only the newest row, where the feed ends now (nothing, if empty)."""
         c = m.account_changes.c
         with self.engine.connect() as conn:
             if last is None:
-                return int(conn.execute(select(func.coalesce(func.max(c.id), 0))).scalar_one()), []
-            rows = conn.execute(select(c.id, c.account_id, c.prefix).where(c.id > last).order_by(c.id)
-                                .limit(limit)).all()
-        return (int(rows[-1].id) if rows else last), [(r.account_id, r.prefix) for r in rows]
+                newest = conn.execute(select(func.max(c.id))).scalar()
+                return [] if newest is None else [(int(newest), None, None)]
+            where = c.id > last if not also else or_(c.id > last, c.id.in_(list(also)))
+            rows = conn.execute(select(c.id, c.account_id, c.prefix).where(where).order_by(c.id).limit(limit)).all()
+        return [(int(r.id), r.account_id, r.prefix) for r in rows]
 
     def purge_changes(self, before: float) -> int:
         with self.engine.begin() as conn:
