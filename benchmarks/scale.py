@@ -136,7 +136,9 @@ def events(tmp: str, n: int, count: int, rate: float, max_accounts: int | None) 
     t0 = 1.8e9
     warm = [QueryEvent(a, 1, "predict", t0, 200, 1.0, 1, e.request_json, e.response_json)
             for a, e in zip(range(1, n + 1), _events(1, n, X_test, model, rng, t0, rate))]
+    rss = _rss()  # (after the events are built: what the accounts hold, not the test's data)
     _feed(state, warm)
+    per_account = (_rss() - rss) / len(monitor.accounts)
     measured = _events(n, count, X_test, model, rng, t0 + 1, rate)
     loads = _count(state.states, "load")
     parts = _feed(state, measured)
@@ -153,10 +155,16 @@ def events(tmp: str, n: int, count: int, rate: float, max_accounts: int | None) 
     share = _merges_per_event(n, rate)
     out = {k: v / count * 1e6 for k, v in parts.items()}
     out.update(evaluation_ms=evaluation * 1e3, merge_ms=merge * 1e3, merges=share, loads=loads[0] / count,
-               resident=len(monitor.accounts), every=state.settings.detection_every)
+               resident=len(monitor.accounts), every=state.settings.detection_every, kib=per_account / 1024)
     out["cpu_us"] = out["prepare"] + out["write"] + evaluation * 1e6 / out["every"] + merge * 1e6 * share
     guard.close(app)
     return out
+
+
+def _rss() -> int:
+    """This process's resident memory, bytes."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _merges_per_event(accounts: int, rate: float) -> float:
@@ -215,7 +223,7 @@ def main() -> None:
                 print(f"{n:>7} accounts, events: {e['cpu_us']:6.0f} µs CPU/event = prepare {e['prepare']:.0f} "
                       f"(with {e['loads']:.3f} state reads) + write {e['write']:.0f} + 1/{e['every']} of an "
                       f"evaluation ({e['evaluation_ms']:.2f} ms) + {e['merges']:.3f} of a merge "
-                      f"({e['merge_ms']:.2f} ms); {e['resident']} accounts in memory", flush=True)
+                      f"({e['merge_ms']:.2f} ms); {e['resident']} accounts in memory, {e['kib']:.1f} KiB each", flush=True)
 
 
 if __name__ == "__main__":
