@@ -91,7 +91,7 @@ class ModelGuard:
         return state_of(app)
 
     def init_db(self, app: Flask | None = None) -> None:
-        """Create the guard's tables if they are missing."""
+        """Create the guard's tables if they are missing, or migrate them to this release's schema."""
         self.state(app).repository.create_all()
 
     def flush(self, app: Flask | None = None, timeout: float | None = None) -> bool:

@@ -88,6 +88,8 @@ query_events = Table(
     Column("canary", Boolean, nullable=False, default=False),  # the request held a honey-trap input
 )
 Index("ix_modelguard_query_events_account_ts", query_events.c.account_id, query_events.c.ts)
+#: Time ranges over every account: retention's purge, the overview's charts (migration 0002).
+Index("ix_modelguard_query_events_ts", query_events.c.ts)
 
 #: Watermark answers served (DAWN): the input is kept, since verification needs it.
 watermarks = Table(
@@ -228,4 +230,12 @@ audit_log = Table(
     Column("target", String(256), nullable=True),
     Column("before", JSON, nullable=True),
     Column("after", JSON, nullable=True),
+)
+
+#: Alembic's version table, under a name of the guard's own (the host app's
+#: migrations keep theirs): which migration the guard's tables are at.
+schema_version = Table(
+    "modelguard_alembic_version",
+    metadata,
+    Column("version_num", String(32), primary_key=True),
 )

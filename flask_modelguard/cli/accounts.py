@@ -16,7 +16,7 @@ from .base import _actor, _friendly, _guard, _guard_settings, _service, _show_ke
 @with_appcontext
 @_friendly
 def init_db() -> None:
-    """Create the guard's tables."""
+    """Create the guard's tables, or migrate them (as `flask modelguard db upgrade`)."""
     _guard().init_db()
     click.echo("ModelGuard tables are ready.")
 

@@ -61,8 +61,11 @@ class Base:
     def now(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.clock(), dt.timezone.utc)
 
-    def create_all(self) -> None:
-        m.metadata.create_all(self.engine)
+    def create_all(self) -> str:
+        """The guard's tables, created or migrated to the current schema (see :mod:`..migrations`)."""
+        from ..migrations import ensure
+
+        return ensure(self.engine)
 
     def file_problem(self) -> str | None:
         """For a SQLite file: what is wrong with it (gone, or replaced by
