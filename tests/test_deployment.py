@@ -171,3 +171,83 @@ def test_two_hosts_share_one_truth(hosts: Any) -> None:
 @pytest.mark.skipif(not os.environ.get("MODELGUARD_SLOW"), reason="long deployment run: set MODELGUARD_SLOW=1")
 def test_two_hosts_share_one_truth_for_minutes(hosts: Any) -> None:
     run(hosts, seconds=180, rate=100)
+
+
+# -- detection with several workers (issue #16, point 3) ----------------------------------
+
+
+def _queries_to_flag(postgres_url: str, redis_uri: str, model_cache: str, workers: int, events: str) -> int:
+    """Queries a uniform-random thief had sent (over every process) when the
+    evaluation that flagged it ran, under ``gunicorn -w workers``; events
+    judged in each process ("thread") or by one `flask modelguard worker` ("stream")."""
+    namespace = f"lag-{uuid.uuid4().hex}"
+    env = {**os.environ, "MODELGUARD_DATABASE_URL": postgres_url, "MODELGUARD_STORAGE_URI": redis_uri,
+           "MODELGUARD_NAMESPACE": namespace, "MODEL_CACHE_DIR": model_cache, "SECRET_KEY": "deployment-test"}
+    if events == "stream":
+        env["MODELGUARD_EVENTS"] = redis_uri
+    admin = create_app({k: v for k, v in env.items() if k.startswith(("MODELGUARD_", "MODEL_", "SECRET"))})
+    name = f"thief-{workers}-{events}"
+    with admin.app_context():
+        key = _account(name, "100000/minute")
+    processes = []
+    try:
+        with listening_socket() as sock:
+            port = sock.getsockname()[1]
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"fd://{sock.fileno()}",
+                 "example_app:create_app()"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, pass_fds=[sock.fileno()]))
+        if events == "stream":
+            processes.append(subprocess.Popen([sys.executable, "-m", "flask", "--app", "example_app", "modelguard",
+                                               "worker"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL))
+        url = f"http://127.0.0.1:{port}"
+        _until_up(url, processes[0])
+        import numpy as np
+
+        rng = np.random.default_rng(0)  # the same thief in every case
+        for _ in range(160):  # 25 a second, a few in flight: every worker serves some
+            body = json.dumps({"features": rng.uniform(0, 16, 64).round(1).tolist()}).encode()
+            req = urllib.request.Request(f"{url}/predict", data=body, method="POST",
+                                         headers={"Content-Type": "application/json", "X-API-Key": key})
+            urllib.request.urlopen(req, timeout=30).read()
+            time.sleep(0.04)
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(60)
+    with admin.app_context():
+        history = guard.score_history(name)
+    guard.close(admin)
+    flagged = [h for h in history if h["reasons"]]
+    if not flagged:
+        return 10**6
+    (sent,), = sql(postgres_url, "select count(*) from modelguard_query_events e join modelguard_accounts a on "
+                                 f"a.id = e.account_id where a.name = '{name}' and e.ts <= {flagged[0]['ts']}")
+    return int(sent)
+
+
+def _until_up(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            return
+        except OSError:
+            assert time.monotonic() < deadline and process.poll() is None, "gunicorn did not come up"
+            time.sleep(0.2)
+
+
+def test_detection_with_four_workers_sees_the_whole_account(postgres_url: str, redis_uri: str,
+                                                             model_cache: str) -> None:
+    """With the stream, one worker judges every query of an account whichever
+    gunicorn worker served it: queries-to-flag with 4 workers within 1.2× of
+    one worker's. (With a detector thread in each process, each judges its
+    share: printed, not asserted.)"""
+    one = _queries_to_flag(postgres_url, redis_uri, model_cache, 1, "thread")
+    four_thread = _queries_to_flag(postgres_url, redis_uri, model_cache, 4, "thread")
+    four_stream = _queries_to_flag(postgres_url, redis_uri, model_cache, 4, "stream")
+    print(f"\nqueries to flag a uniform-random thief: 1 worker {one}; 4 workers, a detector thread in each "
+          f"{four_thread}; 4 workers, `flask modelguard worker` {four_stream}")
+    assert one < 10**6 and four_stream <= 1.2 * one, (one, four_thread, four_stream)
