@@ -90,6 +90,9 @@ def postgres_url() -> Iterator[str]:
     admin = create_engine(POSTGRES_URL.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
+        # A session left idle in a transaction (a connection cut mid-way by a fault test's
+        # proxy) would hold its locks until the run ends: ended after 30 s instead.
+        conn.execute(text(f'ALTER DATABASE "{name}" SET idle_in_transaction_session_timeout = \'30s\''))
     try:
         yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
     finally:
