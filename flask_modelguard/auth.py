@@ -62,6 +62,10 @@ class Authenticator:
         self._generation = 0  # bumped by invalidate(): a look-up in flight must not re-cache stale data
         self._lock = threading.Lock()
 
+    def reset_in_child(self) -> None:
+        """A forked child: a lock the parent's threads held is not held here."""
+        self._lock = threading.Lock()
+
     def extract(self, headers: Mapping[str, str]) -> str:
         """The presented key, or raise :class:`MissingKey`."""
         if self.auth_header:

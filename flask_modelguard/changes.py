@@ -13,7 +13,8 @@ fresh.
 Ids are handed out when a row is inserted, not when its transaction commits,
 so a row can become visible after a higher id was read: ids skipped by a read
 are asked for again for :data:`GAP_WAIT` seconds (a rolled-back insert leaves
-a gap that is never filled). A read that fails loses nothing either: the next
+a gap that is never filled), and the first read starts :data:`MAX_GAPS` ids
+before the newest. A read that fails loses nothing either: the next
 one starts after the last id read. So while the feed is read, cached keys
 stay fresh beyond the key cache's TTL; the TTL is the bound when it cannot be.
 """
@@ -38,7 +39,10 @@ POLL_EVERY = 0.5
 #: Rows of the feed older than this (seconds) are purged by the worker's tick.
 KEEP = 3600.0
 #: Seconds an id skipped by a read is looked for again (a transaction still committing).
-GAP_WAIT = 10.0
+GAP_WAIT = 60.0
+#: Ids skipped by reads that are looked for at most (the newest), and how far
+#: back the first read looks (ids below the newest that may still be committing).
+MAX_GAPS = 1000
 
 
 class ChangeFeed:
@@ -100,14 +104,13 @@ class ChangeFeed:
         """Apply the changes since the last read; returns how many were applied."""
         with self._lock:
             try:
+                if self._last is None:  # the first read: where the feed ends, less ids that may still commit
+                    newest = self.repository.changes_since(None)
+                    self._last = max(0, newest[0][0] - MAX_GAPS) if newest else 0
                 rows = self.repository.changes_since(self._last, tuple(self._gaps))
             except SQLAlchemyError as exc:  # storage away, tables not created yet: the key cache's TTL bounds it
                 self.watch.read(False)
                 log.debug("modelguard: could not read the change feed (%s)", exc.__class__.__name__)
-                return 0
-            if self._last is None:  # the first read: where the feed ends now (a new cache has seen all before)
-                self._last = max((r[0] for r in rows), default=0)
-                self.watch.read(True)
                 return 0
             for _, account_id, prefix in rows:
                 self.forget(account_id, prefix)
@@ -117,7 +120,8 @@ class ChangeFeed:
             return len(rows)
 
     def _track_gaps(self, ids: list[int]) -> None:
-        """Ids between the last read and this one that were not there: asked for again."""
+        """Ids between the last read and this one that were not there: asked for
+        again (the newest :data:`MAX_GAPS`, for :data:`GAP_WAIT` seconds)."""
         now = time.monotonic()
         seen = set(ids)
         for found in seen.intersection(self._gaps):
@@ -125,12 +129,12 @@ class ChangeFeed:
         last = self._last or 0
         newest = max(seen, default=last)
         if newest > last:
-            for missing in range(last + 1, newest):
+            for missing in range(max(last + 1, newest - MAX_GAPS), newest):
                 if missing not in seen:
                     self._gaps[missing] = now
             self._last = newest
         for gap, since in list(self._gaps.items()):
-            if now - since > GAP_WAIT:
+            if now - since > GAP_WAIT or gap < newest - MAX_GAPS:
                 del self._gaps[gap]
 
     def purge(self, clock: Callable[[], float]) -> None:

@@ -24,19 +24,24 @@ FEED_LAG = 2.0
 
 
 class FeedWatch:
-    """When the change feed was last read (monotonic seconds)."""
+    """When the change feed was first and last read (monotonic seconds)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
+        self.first: float | None = None  # the first successful read: entries cached before it are not vouched for
         self.last = -float("inf")  # the last successful read
 
     def read(self, ok: bool) -> None:
         """A read of the feed succeeded (``ok``) or failed (then nothing is covered until the next one)."""
-        self.last = self.clock() if ok else -float("inf")
+        now = self.clock()
+        if ok and self.first is None:
+            self.first = now
+        self.last = now if ok else -float("inf")
 
-    def covers(self, now: float) -> bool:
-        """Changes are being applied: the feed was read in the last :data:`FEED_LAG` seconds."""
-        return now - self.last <= FEED_LAG
+    def covers(self, cached_at: float, now: float) -> bool:
+        """Changes since ``cached_at`` are being applied: the feed was read in the
+        last :data:`FEED_LAG` seconds, and was read before the entry was cached."""
+        return self.first is not None and self.first <= cached_at and now - self.last <= FEED_LAG
 
 
 class KeyCache(Generic[V]):
@@ -61,7 +66,7 @@ class KeyCache(Generic[V]):
             return None
         value, _, cached_at = entry
         now = self.clock()
-        if now - cached_at < self.ttl or (self.feed is not None and self.feed.covers(now)):
+        if now - cached_at < self.ttl or (self.feed is not None and self.feed.covers(cached_at, now)):
             self._entries.move_to_end(prefix)
             return value
         self.pop(prefix)

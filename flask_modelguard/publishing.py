@@ -74,7 +74,7 @@ class Publisher:
 
     @property
     def unread(self) -> bool:
-        """Events wait in the stream and no consumer was active in the last 10 s."""
+        """Events wait in the stream and no consumer was active in the last 60 s."""
         return bool(self.readers.get("backlog")) and not self.readers.get("active")
 
     @property

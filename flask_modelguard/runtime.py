@@ -191,6 +191,7 @@ class GuardState:
         self.monitor.reset()  # the parent merges what it saw; the child starts afresh
         self.states.reset_in_child()
         self.changes.reset_in_child()
+        self.auth.reset_in_child()
         self.serving.reset_in_child()
         self._pid = os.getpid()
         if self.tables_pending:  # its worker's tick creates them once the database is back
@@ -246,6 +247,8 @@ class GuardState:
                 log.error("modelguard: %s: events written now are lost; restart the server", problem)
         self._replay_spilled()
         self.refresh_canaries()
+        if self.serving.served and not self.changes.running:  # a serving process reads the change feed
+            self.changes.start()
         if self.publishes:  # a serving process: `flask modelguard worker` merges, refits and purges
             self.publisher.check_readers()  # type: ignore[union-attr]
         try:
@@ -348,6 +351,7 @@ class GuardState:
             "answers_unprotected_by_route": dict(self.protector.unrecognised_routes),
             "protection_errors": self.protector.errors,
             "states_lost": self.states.lost,
+            "change_feed_running": self.changes.running,
             "detection_errors": self.pipeline.errors,
             "detection_skipped": self.pipeline.skipped,
             **self.monitor.stats(),

@@ -101,6 +101,11 @@ class RequestPath:
         #: Called at the first request of each process (the change feed's thread starts).
         self.on_first_request: Callable[[], None] | None = None
 
+    @property
+    def served(self) -> bool:
+        """This process has served a protected request."""
+        return self._served_once
+
     def reset_in_child(self) -> None:
         self._served_once = False  # a forked worker checks its first request again
         self._counts = threading.Lock()
@@ -297,7 +302,10 @@ class RequestPath:
         process memory count each process's share apart: say so, once."""
         self._served_once = True
         if self.on_first_request is not None:
-            self.on_first_request()
+            try:
+                self.on_first_request()
+            except Exception:  # (the worker's tick tries again)
+                log.exception("modelguard: could not start reading the change feed")
         if environ.get("wsgi.multiprocess") and self.settings.storage_uri.startswith("memory://"):
             log.warning("modelguard: several processes serve this app but MODELGUARD_STORAGE_URI is memory://: "
                         "each process counts its own limits, so an account gets its limits once per process. "

@@ -117,13 +117,14 @@ class EventStream:
 
     def readers(self) -> dict[str, Any]:
         """The consumer group as publishers see it: ``{"group", "consumers",
-        "active", "backlog"}`` (``active``: consumers seen in the last 10 s)."""
+        "active", "backlog"}`` (``active``: consumers seen in the last 60 s; a
+        worker busy with a long refit or behind on its writes reads less often)."""
         backlog = int(self.client.xlen(self.name))
         groups = {_text(g["name"]): g for g in self.client.xinfo_groups(self.name)} if backlog else {}
         if backlog and GROUP not in groups:
             return {"group": False, "consumers": 0, "active": 0, "backlog": backlog}
         consumers = self.client.xinfo_consumers(self.name, GROUP) if GROUP in groups else []
-        active = sum(1 for c in consumers if int(c.get("inactive", c.get("idle", 0)) or 0) < 10_000)
+        active = sum(1 for c in consumers if int(c.get("inactive", c.get("idle", 0)) or 0) < 60_000)
         return {"group": True, "consumers": len(consumers), "active": active, "backlog": backlog}
 
     # -- the consumer --------------------------------------------------------------------

@@ -67,7 +67,7 @@ def test_entries_answer_to_the_ttl_while_the_feed_is_not_read_and_are_covered_ag
     feed.read(True)
     cache.put("old", "v", account_id=1)
     clock.now += 31  # no read meanwhile
-    assert not feed.covers(clock.now)
+    assert not feed.covers(clock.now - 31, clock.now)
     cache.put("new", "w", account_id=2)
     assert cache.get("old") is None  # past its TTL with no read to vouch for it
     feed.read(True)
@@ -79,10 +79,12 @@ def test_entries_answer_to_the_ttl_while_the_feed_is_not_read_and_are_covered_ag
 def test_a_feed_not_read_lately_covers_nothing() -> None:
     clock = Clock()
     feed = FeedWatch(clock)
+    assert not feed.covers(clock.now, clock.now)  # never read: nothing vouched for
     feed.read(True)
-    assert feed.covers(clock.now)
+    assert feed.covers(clock.now, clock.now)
+    assert not feed.covers(clock.now - 1, clock.now)  # cached before the first read: not vouched for
     clock.now += FEED_LAG + 0.1
-    assert not feed.covers(clock.now)
+    assert not feed.covers(clock.now, clock.now)
     feed.read(True)
     feed.read(False)
-    assert not feed.covers(clock.now)
+    assert not feed.covers(clock.now, clock.now)

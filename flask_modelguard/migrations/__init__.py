@@ -9,7 +9,8 @@
   one ``SELECT`` (Alembic is only imported when there is work to do).
 
 Processes that start together take turns (PostgreSQL: an advisory lock;
-SQLite: ``BEGIN IMMEDIATE``). Framework-free.
+SQLite: ``BEGIN IMMEDIATE``, whose waiters give up after the engine's busy
+timeout, 5 s, and try again at the next tick). Framework-free.
 """
 
 from __future__ import annotations
@@ -77,20 +78,28 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 @contextmanager
 def _serialised(engine: Engine) -> Iterator[Connection]:
-    """A transaction no other process changes the schema during."""
+    """A transaction no other process changes the schema during. On
+    PostgreSQL the advisory lock is taken before the transaction starts, so
+    that its snapshot (under REPEATABLE READ too) sees what the process that
+    held the lock did."""
     with engine.connect() as conn:
-        if conn.dialect.name == "sqlite":
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            conn.begin()
-            if conn.dialect.name == "postgresql":
-                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_LOCK})")
+        postgres = conn.dialect.name == "postgresql"
+        if postgres:
+            conn.exec_driver_sql(f"SELECT pg_advisory_lock({_LOCK})")
+            conn.commit()  # (the lock is the session's; the next statement begins a new transaction)
         try:
-            yield conn
-        except BaseException:
-            conn.rollback()
-            raise
-        conn.commit()
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+        finally:
+            if postgres:
+                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_LOCK})")
+                conn.commit()
 
 
 def _alembic(conn: Connection, command: str, revision: str) -> None:

@@ -104,8 +104,14 @@ class AccountRows(Base):
         return [(int(r.id), r.account_id, r.prefix) for r in rows]
 
     def purge_changes(self, before: float) -> int:
+        """Rows older than ``before``, except the newest row: SQLite hands out
+        max(id) + 1, so an emptied table would give ids the readers have passed."""
+        c = m.account_changes.c
         with self.engine.begin() as conn:
-            return int(conn.execute(delete(m.account_changes).where(m.account_changes.c.ts < before)).rowcount)
+            newest = conn.execute(select(func.max(c.id))).scalar()
+            if newest is None:
+                return 0
+            return int(conn.execute(delete(m.account_changes).where(c.ts < before, c.id < newest)).rowcount)
 
     # -- keys -------------------------------------------------------------------
 

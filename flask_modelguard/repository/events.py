@@ -14,6 +14,9 @@ from ..policy import AccountFacts, Catch, FlagPolicy
 from .accounts import AccountRows
 from .base import _EVENT_COLUMNS, _EVENT_JSON_AT
 
+#: A move of an account's malicious score this large reaches every process's key cache (a change row).
+SCORE_BAND = 0.1
+
 
 class EventRows(AccountRows):
     """Query events, scores and watermark records."""
@@ -65,8 +68,13 @@ class EventRows(AccountRows):
                 value = (e.get("scores") or {}).get("malicious")
                 if value is not None:
                     scored[e["account_id"]] = float(value)
+            before = dict(conn.execute(select(m.accounts.c.id, m.accounts.c.score)
+                                       .where(m.accounts.c.id.in_(list(scored)))).all())
             for account_id, value in scored.items():
                 conn.execute(update(m.accounts).where(m.accounts.c.id == account_id).values(score=value))
+            # Every process's cached score (it sets how hard deception bites) follows a move of SCORE_BAND.
+            self.record_changes(conn, sorted(a for a, v in scored.items()
+                                             if abs(v - float(before.get(a) or 0.0)) >= SCORE_BAND))
 
     def _facts(self, conn: Any, account_ids: set[int]) -> dict[int, AccountFacts]:
         """What the flag policy needs to know of ``account_ids``."""
