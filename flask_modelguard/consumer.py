@@ -43,7 +43,8 @@ class StreamConsumer:
         self.worker: EventWorker[Item] = EventWorker(
             self._prepare, self._write, discard=self._discard, spill=self._leave_pending, name="modelguard-consumer",
             **worker)
-        self._acks: list[bytes] = []  # entries done, to acknowledge from the reading thread
+        self._acks: list[bytes] = []  # entries done whose acknowledgement failed: retried by the reading thread
+        self._acked: list[bytes] = []  # entries acknowledged, for the reading thread to forget
         self._acks_lock = threading.Lock()
         self._unacked: set[bytes] = set()
         #: Entries read from the stream, and Redis errors met reading it.
@@ -71,8 +72,17 @@ class StreamConsumer:
             self._done([row["_entry"]])
 
     def _done(self, ids: list[bytes]) -> None:
+        """Acknowledge at once (the window in which a killed worker leaves written
+        rows to be written again is one round trip); the reading thread retries
+        what Redis refused, and forgets what is acknowledged."""
+        try:
+            self.stream.done(ids)
+        except Exception:
+            with self._acks_lock:
+                self._acks.extend(ids)
+            return
         with self._acks_lock:
-            self._acks.extend(ids)
+            self._acked.extend(ids)
 
     # -- the reading thread --------------------------------------------------------------
 
@@ -115,6 +125,8 @@ class StreamConsumer:
     def _acknowledge(self) -> None:
         with self._acks_lock:
             ids, self._acks = self._acks, []
+            acked, self._acked = self._acked, []
+        self._unacked.difference_update(acked)
         if ids:
             try:
                 self.stream.done(ids)

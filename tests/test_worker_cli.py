@@ -83,6 +83,8 @@ def test_events_wait_for_a_worker_are_spilled_when_redis_is_away_and_each_is_wri
             first = server.start_worker()
             _until(lambda: _logged(instance) == 30, 60, lambda: f"{_logged(instance)} of 30\n{server.worker_log()}")
             _until(lambda: server.health()[0] == 200, 30, lambda: f"{server.health()}")
+            # Written and acknowledged (a worker killed between the two writes those rows again: at least once).
+            _until(lambda: _pending(redis_uri, namespace) == 0, 10, lambda: "entries still pending")
 
             first.send_signal(signal.SIGKILL)  # a worker dies; events wait for the next one
             first.wait(10)
@@ -94,6 +96,15 @@ def test_events_wait_for_a_worker_are_spilled_when_redis_is_away_and_each_is_wri
             assert not list((instance / "modelguard-spill").glob("entries-*"))  # claimed when replayed
     finally:
         _delete_stream(redis_uri, namespace)
+
+
+def _pending(redis_uri: str, namespace: str) -> int:
+    redis = pytest.importorskip("redis")
+    client = redis.Redis.from_url(redis_uri)
+    try:
+        return int(client.xpending(f"{namespace}:events", "modelguard-workers")["pending"])
+    finally:
+        client.close()
 
 
 def _delete_stream(redis_uri: str, namespace: str) -> None:
