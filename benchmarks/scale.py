@@ -140,7 +140,7 @@ def events(tmp: str, n: int, count: int, rate: float, max_accounts: int | None) 
     _feed(state, warm)
     per_account = (_rss() - rss) / len(monitor.accounts)
     measured = _events(n, count, X_test, model, rng, t0 + 1, rate)
-    loads = _count(state.states, "load")
+    loads = _count(state.monitor, "loader")  # (the monitor holds the bound loader, not the store)
     parts = _feed(state, measured)
     monitor.min_queries = every
     resident = list(monitor.accounts)

@@ -54,8 +54,6 @@ class EventWorker(Generic[E]):
         permanent: Callable[[BaseException], bool] = lambda exc: False,
         on_tick: Callable[[], None] | None = None,
         tick_interval: float = 30.0,
-        on_wake: Callable[[], None] | None = None,
-        wake_interval: float = 0.5,
         discard: Callable[[Row], None] | None = None,
         name: str = "modelguard-worker",
     ) -> None:
@@ -68,9 +66,6 @@ class EventWorker(Generic[E]):
         #: Called from the thread every ``tick_interval`` seconds (refreshing caches).
         self.on_tick = on_tick
         self.tick_interval = tick_interval
-        #: Called from the thread at least every ``wake_interval`` seconds (the change feed).
-        self.on_wake = on_wake
-        self.wake_interval = wake_interval
         self.max_queue = max_queue
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -165,7 +160,6 @@ class EventWorker(Generic[E]):
     def _run(self) -> None:
         next_tick = time.monotonic()  # the first tick as the thread starts
         next_drain = time.monotonic() + self.flush_interval
-        wait = self.flush_interval if self.on_wake is None else min(self.flush_interval, self.wake_interval)
         while not self._stopping:
             try:
                 if self.on_tick is not None and time.monotonic() >= next_tick:
@@ -173,11 +167,10 @@ class EventWorker(Generic[E]):
                     self.on_tick()
             except Exception:
                 log.exception("modelguard: worker tick error")
-            woken = self._wake.wait(wait)
+            due = min(next_drain, next_tick if self.on_tick is not None else next_drain)
+            woken = self._wake.wait(max(0.0, min(self.flush_interval, due - time.monotonic())))
             self._wake.clear()
             try:
-                if self.on_wake is not None:
-                    self.on_wake()
                 if woken or time.monotonic() >= next_drain:
                     next_drain = time.monotonic() + self.flush_interval
                     self._probe()

@@ -41,8 +41,9 @@ class Host:
     process: subprocess.Popen[bytes]
 
 
-def _post(url: str, key: str, i: int) -> int:
-    body = json.dumps({"features": [float((i * 7 + j) % 17) for j in range(64)]}).encode()
+def _post(url: str, key: str, i: int, features: list[float] | None = None) -> int:
+    features = features if features is not None else [float((i * 7 + j) % 17) for j in range(64)]
+    body = json.dumps({"features": features}).encode()
     req = urllib.request.Request(f"{url}/predict", data=body, method="POST",
                                  headers={"Content-Type": "application/json", "X-API-Key": key})
     try:
@@ -52,11 +53,13 @@ def _post(url: str, key: str, i: int) -> int:
         return int(err.code)
 
 
-def _start(env: dict[str, str]) -> Host:
+def _start(env: dict[str, str], workers: int = 2) -> Host:
+    """``gunicorn -w workers`` of the example, once its /health answers."""
     with listening_socket() as sock:
         port = sock.getsockname()[1]
         process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"fd://{sock.fileno()}", "example_app:create_app()"],
+            [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"fd://{sock.fileno()}",
+             "example_app:create_app()"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=[sock.fileno()])
     host = Host(f"http://127.0.0.1:{port}", process)
     deadline = time.monotonic() + 120
@@ -69,13 +72,23 @@ def _start(env: dict[str, str]) -> Host:
             time.sleep(0.2)
 
 
+def _environment(postgres_url: str, redis_uri: str, model_cache: str, namespace: str) -> dict[str, str]:
+    """What every process of one deployment is given (the example reads MODELGUARD_* from it)."""
+    return {**os.environ, "MODELGUARD_DATABASE_URL": postgres_url, "MODELGUARD_STORAGE_URI": redis_uri,
+            "MODELGUARD_NAMESPACE": f"{namespace}-{uuid.uuid4().hex}", "MODEL_CACHE_DIR": model_cache,
+            "SECRET_KEY": "deployment-test", "MODELGUARD_CREATE_TABLES": "true"}
+
+
+def _admin(env: dict[str, str]) -> Any:
+    """The operator's app over the same database and Redis (the shell's ``flask modelguard``)."""
+    return create_app({k: v for k, v in env.items() if k.startswith(("MODELGUARD_", "MODEL_", "SECRET"))}
+                      | {"MODELGUARD_CREATE_TABLES": True})
+
+
 @pytest.fixture
 def hosts(postgres_url: str, redis_uri: str, model_cache: str) -> Iterator[tuple[list[Host], Any, dict[str, str]]]:
-    env = {**os.environ, "MODELGUARD_DATABASE_URL": postgres_url, "MODELGUARD_STORAGE_URI": redis_uri,
-           "MODELGUARD_NAMESPACE": f"deploy-{uuid.uuid4().hex}", "MODEL_CACHE_DIR": model_cache,
-           "SECRET_KEY": "deployment-test", "MODELGUARD_CREATE_TABLES": "true"}
-    admin = create_app({k: v for k, v in env.items() if k.startswith(("MODELGUARD_", "MODEL_", "SECRET"))}
-                       | {"MODELGUARD_CREATE_TABLES": True})
+    env = _environment(postgres_url, redis_uri, model_cache, "deploy")
+    admin = _admin(env)
     keys = {}
     with admin.app_context():
         keys["load"] = _account("load", "100000/minute")
@@ -180,37 +193,26 @@ def _queries_to_flag(postgres_url: str, redis_uri: str, model_cache: str, worker
     """Queries a uniform-random thief had sent (over every process) when the
     evaluation that flagged it ran, under ``gunicorn -w workers``; events
     judged in each process ("thread") or by one `flask modelguard worker` ("stream")."""
-    namespace = f"lag-{uuid.uuid4().hex}"
-    env = {**os.environ, "MODELGUARD_DATABASE_URL": postgres_url, "MODELGUARD_STORAGE_URI": redis_uri,
-           "MODELGUARD_NAMESPACE": namespace, "MODEL_CACHE_DIR": model_cache, "SECRET_KEY": "deployment-test"}
+    env = _environment(postgres_url, redis_uri, model_cache, "lag")
     if events == "stream":
         env["MODELGUARD_EVENTS"] = redis_uri
-    admin = create_app({k: v for k, v in env.items() if k.startswith(("MODELGUARD_", "MODEL_", "SECRET"))})
+    admin = _admin(env)
     name = f"thief-{workers}-{events}"
     with admin.app_context():
         key = _account(name, "100000/minute")
-    processes = []
+    processes: list[subprocess.Popen[bytes]] = []
     try:
-        with listening_socket() as sock:
-            port = sock.getsockname()[1]
-            processes.append(subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"fd://{sock.fileno()}",
-                 "example_app:create_app()"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, pass_fds=[sock.fileno()]))
         if events == "stream":
             processes.append(subprocess.Popen([sys.executable, "-m", "flask", "--app", "example_app", "modelguard",
                                                "worker"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                               stderr=subprocess.DEVNULL))
-        url = f"http://127.0.0.1:{port}"
-        _until_up(url, processes[0])
+        host = _start(env, workers)
+        processes.append(host.process)
         import numpy as np
 
         rng = np.random.default_rng(0)  # the same thief in every case
-        for _ in range(160):  # 25 a second, a few in flight: every worker serves some
-            body = json.dumps({"features": rng.uniform(0, 16, 64).round(1).tolist()}).encode()
-            req = urllib.request.Request(f"{url}/predict", data=body, method="POST",
-                                         headers={"Content-Type": "application/json", "X-API-Key": key})
-            urllib.request.urlopen(req, timeout=30).read()
+        for i in range(160):  # one at a time, 25 a second: gunicorn's workers take turns
+            assert _post(host.url, key, i, rng.uniform(0, 16, 64).round(1).tolist()) == 200
             time.sleep(0.04)
     finally:
         for process in processes:
@@ -226,17 +228,6 @@ def _queries_to_flag(postgres_url: str, redis_uri: str, model_cache: str, worker
     (sent,), = sql(postgres_url, "select count(*) from modelguard_query_events e join modelguard_accounts a on "
                                  f"a.id = e.account_id where a.name = '{name}' and e.ts <= {flagged[0]['ts']}")
     return int(sent)
-
-
-def _until_up(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            return
-        except OSError:
-            assert time.monotonic() < deadline and process.poll() is None, "gunicorn did not come up"
-            time.sleep(0.2)
 
 
 def test_detection_with_four_workers_sees_the_whole_account(postgres_url: str, redis_uri: str,
