@@ -35,17 +35,34 @@ class Alerter:
         for catch in catches:
             self._announce(catch)
 
-    def _announce(self, catch: Catch) -> None:
+    def announce_group(self, catches: Sequence[Catch], reason: str, members: Sequence[int]) -> None:
+        """A colluding group's catches: one log line and one webhook for the
+        group, each member's metric, cache and signals."""
+        if not catches:
+            return
+        action = catches[0].action
+        what = "found by the detectors (shadow mode, not acted on)" if action == "observe" else "flagged"
+        log.warning("modelguard: accounts %s %s (%s): %s", ", ".join(map(str, members)), what, action, reason,
+                    extra={"modelguard_accounts": list(members), "modelguard_action": action})
+        if self.webhook is not None:
+            self.webhook.send({"event": "group_flagged", "account_ids": list(members),
+                               "accounts": [self._name(a) for a in members], "action": action, "reason": reason,
+                               "ts": self.clock()})
+        for catch in catches:
+            self._announce(catch, alone=False)
+
+    def _announce(self, catch: Catch, alone: bool = True) -> None:
         account_id, action, reason = catch.account_id, catch.action, catch.reason
         if self.telemetry is not None:
             self.telemetry.flagged(action)
         what = "found by the detectors (shadow mode, not acted on)" if action == "observe" else "flagged"
-        log.warning("modelguard: account %d %s (%s): %s", account_id, what, action, reason,
-                    extra={"modelguard_account": account_id, "modelguard_action": action})
+        if alone:
+            log.warning("modelguard: account %d %s (%s): %s", account_id, what, action, reason,
+                        extra={"modelguard_account": account_id, "modelguard_action": action})
         self._forget(account_id)
         blocked = catch.columns.get("status") == "blocked"
         name = self._name(account_id) if self.webhook is not None or blocked else None
-        if self.webhook is not None:
+        if self.webhook is not None and alone:
             self.webhook.send({"event": "account_flagged", "account_id": account_id, "account": name,
                                "action": action, "reason": reason, "ts": self.clock()})
         app = self._app()

@@ -75,7 +75,9 @@ def _anomaly_models(value: Any) -> bool:
 
 
 def _rules(value: Any) -> bool:
-    _resolve_rules(value)  # raises
+    from .detectors.window import resolve_rules
+
+    resolve_rules(value, PREFIX)  # raises
     return True
 
 
@@ -240,6 +242,9 @@ class Settings:
     #: Benign false-positive rate (per account) the random forest and the
     #: stacked ensemble are calibrated for when trained.
     ensemble_fpr: float = field(default=0.005, metadata=_RATE)
+    #: Look for colluding accounts (docs/detection.md) every ``groups_interval`` seconds.
+    groups: bool = True
+    groups_interval: float = field(default=60.0, metadata=_SECONDS)
     #: Register the admin API (and dashboard) under ``admin_prefix``.
     admin_enabled: bool = True
     #: URL prefix of the admin API (``<prefix>/api``) and dashboard (``<prefix>/``).
@@ -314,7 +319,9 @@ class Settings:
 
     def resolved_rules(self) -> dict[str, dict[str, float]]:
         """``rules`` as name → parameters, the defaults filled in."""
-        return _resolve_rules(self.rules)
+        from .detectors.window import resolve_rules
+
+        return resolve_rules(self.rules, PREFIX)
 
     def fingerprint_key(self, app_secret_key: Any, required: bool = False) -> bytes:
         """The key of input fingerprints, watermarks and misinformation:
@@ -339,7 +346,6 @@ class Settings:
             )
             raw = secrets.token_bytes(32)
         return hashlib.blake2b(raw, person=b"mg-fingerprint", digest_size=32).digest()
-
 
 
 @functools.cache
@@ -373,22 +379,6 @@ def _check_setting(f: Field[Any], hint: Any, value: Any) -> None:
     check = rule.get("check")
     if check is not None and not check(value):
         raise InvalidValue(rule.get("error", "{key} is not valid: {value!r}").format(key=key, value=value))
-
-
-def _resolve_rules(spec: Any) -> dict[str, dict[str, float]]:
-    """The ``rules`` setting as name → parameters, the defaults filled in."""
-    from .detectors.window import RULES
-
-    if isinstance(spec, (list, tuple)):
-        spec = {name: {} for name in spec}
-    if not isinstance(spec, Mapping) or not set(spec) <= set(RULES):
-        raise InvalidValue(f"{PREFIX}RULES must name some of {', '.join(RULES)}")
-    out = {}
-    for name, params in spec.items():
-        if not isinstance(params, Mapping) or not set(params) <= set(RULES[name]):
-            raise InvalidValue(f"{PREFIX}RULES[{name!r}] takes {', '.join(RULES[name])}")
-        out[name] = {**RULES[name], **{k: float(v) for k, v in params.items()}}
-    return out
 
 
 def _is_range(value: Any) -> bool:

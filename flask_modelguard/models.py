@@ -180,6 +180,20 @@ account_states = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
+#: Colluding groups the group detector found (detectors/groups.py): one row and one alert a group.
+account_groups = Table(
+    "modelguard_account_groups",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("ts", Float, nullable=False),
+    Column("members", JSON, nullable=False),  # account ids
+    Column("queries", Integer, nullable=False),
+    Column("ratio", Float, nullable=False),  # the merged state's ADD score over its threshold
+    Column("z", Float, nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("reason", Text, nullable=False),
+)
+
 #: Admin credentials for the admin API and dashboard: hashed like API keys.
 admin_tokens = Table(
     "modelguard_admin_tokens",

@@ -1,5 +1,5 @@
 """The parts a guard is built of, each from the settings: the monitor, the
-quota enforcer, the output protector, the spill directory; and which write
+group detector, the quota enforcer, the output protector, the spill directory; and which write
 errors are the data's fault. Framework-free (the app is only asked for its
 instance folder)."""
 
@@ -10,9 +10,12 @@ from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError, StatementError
 
+from .collusion import GroupWatch
 from .config import Settings
 from .detectors.population import PopulationSample
 from .monitor import Monitor
+from .persistence import StateStore
+from .pipeline import Pipeline
 from .protection import OutputProtector
 from .quotas import QuotaEnforcer
 from .spill import SpillDirectory
@@ -65,3 +68,9 @@ def protector_of(settings: Settings, key: bytes) -> OutputProtector:
         suspicious_output=settings.suspicious_output, watermark=settings.watermark,
         unrecognised=settings.unrecognised,
     )
+
+
+def groups_of(settings: Settings, pipeline: Pipeline, states: StateStore) -> GroupWatch:
+    return GroupWatch(pipeline.monitor, states, pipeline.repository, pipeline.policy, pipeline.alerter,
+                      interval=settings.groups_interval, enabled=settings.enabled and settings.detection
+                      and settings.groups)

@@ -63,6 +63,25 @@ class StateStore:
             return None
         return AccountState.from_dict(data)
 
+    def candidates(self, since: float, limit: int) -> dict[int, AccountState]:
+        """What the group search reads: the stored states of unflagged accounts
+        merged since ``since`` (at most ``limit``), each with this process's
+        unmerged delta, and unflagged accounts only this process holds yet.
+        Read between merges (never a delta counted twice or missed)."""
+        with self._persisting:
+            stored = self.repository.group_candidates(since, limit)
+            states = {a: AccountState.from_dict(d) for a, d in stored.items() if self.space.holds(d)}
+            with self.monitor.lock:
+                unmerged = {a: r.delta.copy() for a, r in self.monitor.accounts.items()
+                            if r.delta is not None and r.delta.queries}
+                resident = {a: self.monitor.accounts[a].view() for a in unmerged if a not in stored}
+        for account_id, delta in unmerged.items():
+            if account_id in states:
+                states[account_id].merge(delta)
+        fresh = self.repository.unflagged(sorted(resident)) if resident else set()
+        states.update((a, resident[a]) for a in sorted(fresh)[: max(0, limit - len(states))])
+        return states
+
     def persist(self, batch: int = 200, now: float | None = None) -> int:
         """Merge every account's unmerged delta into its stored state (at flush
         and shutdown), up to ``batch`` accounts a transaction; returns how many

@@ -28,7 +28,7 @@ from .detectors.supervised import Trained
 from .events import QueryEvent
 from .features import FeatureSpace, Featurizer, space_name
 from .keycache import FeedWatch
-from .parts import bad_data, enforcer_of, monitor_of, protector_of, spill_directory
+from .parts import bad_data, enforcer_of, groups_of, monitor_of, protector_of, spill_directory
 from .persistence import EARLY_MERGE, StateStore
 from .pipeline import Pipeline
 from .policy import FlagPolicy
@@ -109,14 +109,14 @@ class GuardState:
         #: Where flag alerts are POSTed (MODELGUARD_ALERT_WEBHOOK), if anywhere.
         self.webhook = None if not settings.alert_webhook else Webhook(
             settings.alert_webhook, headers=dict(settings.alert_webhook_headers))
-        alerter = Alerter(self.repository.account_name, lambda a: self.auth.invalidate(account_id=a),
-                          self._app, self.clock, self.webhook, self.telemetry)
         self.pipeline = Pipeline(
             self.fingerprint_key, self.monitor, self.repository,
-            FlagPolicy(settings.action, settings.throttle_tier), alerter, featurizer,
+            FlagPolicy(settings.action, settings.throttle_tier), self._alerter(), featurizer,
             Featurizer(None, settings.feature_dim), detection=settings.detection,
             store_inputs=settings.store_inputs, telemetry=self.telemetry,
         )
+        #: The colluding-accounts detector, run by the worker after its merges.
+        self.groups = groups_of(settings, self.pipeline, self.states)
         #: Flags, blocks and key changes made by other processes, applied here within a second.
         self.changes = ChangeFeed(self.repository, self._forget, self.auth.feed)
         self.serving = RequestPath(settings, self.auth, self.enforcer, self.protector, self.worker,
@@ -131,6 +131,10 @@ class GuardState:
         self._pid = os.getpid()
         lifecycle.after_fork(self._reset_in_child)
         lifecycle.at_exit(self._close_at_exit)
+
+    def _alerter(self) -> Alerter:
+        return Alerter(self.repository.account_name, lambda a: self.auth.invalidate(account_id=a),
+                       self._app, self.clock, self.webhook, self.telemetry)
 
     def _worker_options(self) -> dict[str, Any]:
         settings = self.settings
@@ -256,6 +260,7 @@ class GuardState:
                 self.training.tick(refit=False)
                 return
             self.states.persist(now=self.clock())
+            self.groups.tick(self.clock())
             self.training.tick()
             self.changes.purge(self.clock)
             self._purge_due()
@@ -338,7 +343,10 @@ class GuardState:
         return self.training.fit_detectors(data, store=store)
 
     def persist_states(self, batch: int = 200) -> int:
-        return self.states.persist(batch)
+        """Merge every unmerged delta now; then look for colluding groups, when due."""
+        merged = self.states.persist(batch)
+        self.groups.tick(self.clock())
+        return merged
 
     def stats(self) -> dict[str, Any]:
         """Worker, storage and detection counters of this process."""
@@ -355,6 +363,7 @@ class GuardState:
             "detection_errors": self.pipeline.errors,
             "detection_skipped": self.pipeline.skipped,
             **self.monitor.stats(),
+            **self.groups.stats(),
             **(self.publisher.stats() if self.publisher is not None else {}),
             **(self.consumer.stats() if self.consumer is not None else {}),
         }

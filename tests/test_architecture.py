@@ -17,7 +17,8 @@ FRAMEWORK_FREE = (
     "payload", "persistence", "pipeline", "policy", "quotas", "repository", "resident", "sealing", "sketch", "spill", "state",
     "stats", "training", "transforms", "windows", "worker", "detectors.add", "detectors.anomaly", "detectors.frechet",
     "detectors.population", "detectors.prada", "detectors.registry", "detectors.supervised", "detectors.window",
-    "repository.accounts", "repository.base", "repository.detection", "repository.events", "transforms.base",
+    "repository.accounts", "repository.base", "repository.detection", "repository.events", "repository.groups",
+    "collusion", "detectors.groups", "transforms.base",
     "transforms.deception", "transforms.policy", "transforms.shaping",
 )
 MAX_MODULE_LINES = 400

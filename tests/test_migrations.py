@@ -21,6 +21,7 @@ from flask_modelguard.cli import modelguard_cli
 from tests.conftest import model_app
 
 NEW_INDEX = "ix_modelguard_query_events_ts"
+NEW_TABLE = models.account_groups.name
 
 
 def _previous_release(url: str) -> None:
@@ -29,6 +30,7 @@ def _previous_release(url: str) -> None:
     models.metadata.create_all(engine)
     with engine.begin() as conn:
         conn.execute(text(f"DROP INDEX {NEW_INDEX}"))
+        conn.execute(text(f"DROP TABLE {NEW_TABLE}"))
         conn.execute(text(f"DROP TABLE {migrations.VERSION_TABLE}"))
         conn.execute(models.accounts.insert().values(
             name="old", tier="free", status="active", flagged=False, score=0.0, allowlisted=False,
@@ -101,6 +103,7 @@ def test_db_upgrade_migrates_a_database_of_the_previous_release_and_keeps_its_da
         assert out.exit_code == 0, out.output
         assert "upgraded from before migrations" in out.output and migrations.HEAD in out.output
         assert NEW_INDEX in _indexes(state.repository.engine)
+        assert inspect(state.repository.engine).has_table(NEW_TABLE)
         assert state.repository.get_account("old")["tier"] == "free"
         with app.app_context():  # the app works on the migrated tables
             key = guard.issue_key("old")
@@ -109,6 +112,7 @@ def test_db_upgrade_migrates_a_database_of_the_previous_release_and_keeps_its_da
         assert response.status_code == 200
         assert runner.invoke(modelguard_cli, ["db", "downgrade", migrations.BASELINE]).exit_code == 0
         assert NEW_INDEX not in _indexes(state.repository.engine)
+        assert not inspect(state.repository.engine).has_table(NEW_TABLE)
         assert migrations.ensure(state.repository.engine) == f"upgraded from {migrations.BASELINE}"
         assert NEW_INDEX in _indexes(state.repository.engine)
     finally:

@@ -18,9 +18,12 @@ are recorded in every evaluation either way.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from ..exc import InvalidValue
 
 #: Rules a deployment may turn on, and their defaults.
 RULES: dict[str, dict[str, float]] = {
@@ -104,3 +107,18 @@ def rule_reasons(stats: dict[str, Any], rules: dict[str, dict[str, float]]) -> l
         reasons.append(f"label entropy {stats['window_label_entropy']:.3f} >= {rule['entropy']} over the last "
                        f"{int(stats['window_queries'])} queries")
     return reasons
+
+
+def resolve_rules(spec: Any, prefix: str = "MODELGUARD_") -> dict[str, dict[str, float]]:
+    """The ``rules`` setting as name → parameters, the defaults filled in
+    (:class:`~flask_modelguard.exc.InvalidValue` naming what is wrong)."""
+    if isinstance(spec, (list, tuple)):
+        spec = {name: {} for name in spec}
+    if not isinstance(spec, Mapping) or not set(spec) <= set(RULES):
+        raise InvalidValue(f"{prefix}RULES must name some of {', '.join(RULES)}")
+    out = {}
+    for name, params in spec.items():
+        if not isinstance(params, Mapping) or not set(params) <= set(RULES[name]):
+            raise InvalidValue(f"{prefix}RULES[{name!r}] takes {', '.join(RULES[name])}")
+        out[name] = {**RULES[name], **{k: float(v) for k, v in params.items()}}
+    return out

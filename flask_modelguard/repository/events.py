@@ -60,21 +60,25 @@ class EventRows(AccountRows):
         marks = [mark for row in rows for mark in row.get("watermarks") or ()]
         if marks:
             conn.execute(insert(m.watermarks), marks)
-        evaluations = [row["evaluation"] for row in rows if row.get("evaluation")]
-        if evaluations:
-            conn.execute(insert(m.scores), evaluations)
-            scored: dict[int, float] = {}
-            for e in evaluations:  # the latest evaluation of each account sets its score
-                value = (e.get("scores") or {}).get("malicious")
-                if value is not None:
-                    scored[e["account_id"]] = float(value)
-            before = dict(conn.execute(select(m.accounts.c.id, m.accounts.c.score)
-                                       .where(m.accounts.c.id.in_(list(scored)))).all())
-            for account_id, value in scored.items():
-                conn.execute(update(m.accounts).where(m.accounts.c.id == account_id).values(score=value))
-            # Every process's cached score (it sets how hard deception bites) follows a move of SCORE_BAND.
-            self.record_changes(conn, sorted(a for a, v in scored.items()
-                                             if abs(v - float(before.get(a) or 0.0)) >= SCORE_BAND))
+        self._insert_scores(conn, [row["evaluation"] for row in rows if row.get("evaluation")])
+
+    def _insert_scores(self, conn: Any, evaluations: Sequence[dict[str, Any]]) -> None:
+        """Evaluation rows; the latest of each account sets its score."""
+        if not evaluations:
+            return
+        conn.execute(insert(m.scores), evaluations)
+        scored: dict[int, float] = {}
+        for e in evaluations:
+            value = (e.get("scores") or {}).get("malicious")
+            if value is not None:
+                scored[e["account_id"]] = float(value)
+        before = dict(conn.execute(select(m.accounts.c.id, m.accounts.c.score)
+                                   .where(m.accounts.c.id.in_(list(scored)))).all())
+        for account_id, value in scored.items():
+            conn.execute(update(m.accounts).where(m.accounts.c.id == account_id).values(score=value))
+        # Every process's cached score (it sets how hard deception bites) follows a move of SCORE_BAND.
+        self.record_changes(conn, sorted(a for a, v in scored.items()
+                                         if abs(v - float(before.get(a) or 0.0)) >= SCORE_BAND))
 
     def _facts(self, conn: Any, account_ids: set[int]) -> dict[int, AccountFacts]:
         """What the flag policy needs to know of ``account_ids``."""
@@ -85,8 +89,9 @@ class EventRows(AccountRows):
         return {row.id: AccountFacts(bool(row.flagged), bool(row.allowlisted), int(row.reviewed_queries or 0),
                                      row.id in observed) for row in rows}
 
-    def _apply(self, conn: Any, catches: Sequence[Catch]) -> None:
-        """Write the policy's decisions: flags, action columns, one alert each."""
+    def _apply(self, conn: Any, catches: Sequence[Catch], alert: tuple[str, str] | None = None) -> None:
+        """Write the policy's decisions: flags, action columns, and one alert
+        each, or only ``alert`` (action, reason) on the first (a group's one alert)."""
         if not catches:
             return
         a = m.accounts.c
@@ -95,9 +100,12 @@ class EventRows(AccountRows):
                 conn.execute(update(m.accounts).where(a.id == catch.account_id)
                              .values(flagged=True, updated_at=self.now(), **catch.columns))
         self.record_changes(conn, sorted({c.account_id for c in catches if c.flag}))
+        alerts = [(c.account_id, c.action, c.reason) for c in catches]
+        if alert is not None:
+            alerts = [(catches[0].account_id, *alert)]
         conn.execute(insert(m.alerts), [
-            {"account_id": c.account_id, "ts": self.clock(), "action": c.action, "reason": c.reason,
-             "acknowledged_at": None, "acknowledged_by": None} for c in catches])
+            {"account_id": account_id, "ts": self.clock(), "action": action, "reason": reason,
+             "acknowledged_at": None, "acknowledged_by": None} for account_id, action, reason in alerts])
 
     # -- watermarks and canaries --------------------------------------------------
 

@@ -1,0 +1,249 @@
+"""Colluding accounts: groups whose queries together look like one thief's,
+though each part alone is too small or too mild to flag. Framework-free.
+
+A thief split over many accounts (a Sybil attack) keeps every part under the
+per-account thresholds, but its parts share one query distribution: against
+the reference (ADD's class Gaussians), they deviate *the same way*. So each
+account becomes a vector of its evidence, per reference class and feature
+(:func:`deviations`):
+
+- the sum of its whitened deviations from the class mean, and
+- the sum of its whitened squared deviations minus their expectation,
+
+both from the class moments the state keeps. Under the reference each entry
+of an account with ``n`` inputs is about ``N(0, n)``, and the vectors of
+independent accounts are independent; the vectors of one thief's parts point
+the same way, so their sum grows like ``n`` while noise grows like ``√n``.
+For a set of accounts with summed vector ``S`` over ``N`` inputs,
+``|S|²/N`` is about χ² with ``D`` degrees of freedom, hence the group's
+``z = (|S|²/N − D) / √(2D)``.
+
+:class:`GroupSearch` grows groups greedily from the most agreeing pair
+(agreement: the normalised inner product of two vectors, about ``N(0, 1)`` for
+independent accounts), keeps only members that agree with the rest of the
+group on their own (leave one out), and accepts a group only when
+
+- its ``z`` reaches ``group_z``, each member's agreement ``member_z``, and
+- its members' states *merged* into one account cross ADD's calibrated
+  threshold for an account of that size (``ratio >= bar``): the group is
+  judged as the one account it would be.
+
+Benign traffic rarely matches the reference exactly; the drift common to all
+candidates (their median deviation per input) is removed and each entry is
+scaled by its robust spread among the candidates, so a population-wide shift
+makes no group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..state import AccountState
+from .add import Reference, add_score
+
+#: Whatever names an account (the guard's integer ids; any hashable value here).
+AccountId = Any
+#: The median of a χ² variable with one degree of freedom (robust scale of a standard normal's square).
+_CHI2_MEDIAN = 0.4549
+#: Candidate rows compared at once in the pair search (memory: block × candidates floats).
+_BLOCK = 1024
+
+
+@dataclass
+class Group:
+    """Accounts judged as one: who, how many inputs, and the evidence."""
+
+    members: list[AccountId]
+    queries: int
+    distinct: int
+    #: ADD's score of the merged state over its threshold at that size.
+    ratio: float
+    #: How far the members' summed deviation is beyond chance (standard units).
+    z: float
+    #: The weakest member's agreement with the rest of the group (standard units).
+    agreement: float
+    scores: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def reason(self) -> str:
+        return (f"colluding group of {len(self.members)} accounts: ADD {self.ratio:.2f}x its threshold at "
+                f"{self.distinct} inputs together, deviation z={self.z:.1f}, agreement >= {self.agreement:.1f}")
+
+
+class _Whitener:
+    """Per reference class: its mean and the inverse square root of its
+    covariance (with a small ridge, so a flat feature does not explode)."""
+
+    def __init__(self, reference: Reference, ridge: float = 1e-3) -> None:
+        self.labels = sorted(reference.classes)
+        self.dim = reference.classes[self.labels[0]].dim
+        self.means, self.roots = {}, {}
+        for label in self.labels:
+            moments = reference.classes[label]
+            cov = moments.cov()
+            values, vectors = np.linalg.eigh(cov + np.eye(self.dim) * (ridge * max(np.trace(cov) / self.dim, 1e-12)))
+            self.means[label] = moments.mean
+            self.roots[label] = (vectors / np.sqrt(np.clip(values, 1e-12, None))) @ vectors.T
+
+    @property
+    def width(self) -> int:
+        return 2 * self.dim * len(self.labels)
+
+    def vector(self, state: AccountState) -> np.ndarray:
+        """The account's deviation vector (see the module's docstring)."""
+        out = np.zeros(self.width)
+        state.flush()
+        for i, label in enumerate(self.labels):
+            moments = state.by_class.get(label)
+            if moments is None or moments.n == 0 or moments.dim != self.dim:
+                continue
+            root, n = self.roots[label], moments.n
+            shift = root @ (moments.mean - self.means[label])
+            spread = root @ (moments.cov() * (n - 1)) @ root  # Σ over inputs of centred outer products, whitened
+            at = 2 * self.dim * i
+            out[at : at + self.dim] = n * shift
+            out[at + self.dim : at + 2 * self.dim] = (np.diag(spread) + n * shift**2 - n) / np.sqrt(2.0)
+        return out
+
+
+def deviations(states: Mapping[AccountId, AccountState], reference: Reference) -> tuple[np.ndarray, np.ndarray]:
+    """Each account's deviation vector (rows, in the order of ``states``) and
+    its number of inputs, with the candidates' common drift removed and each
+    entry scaled to unit variance per input (see the module's docstring)."""
+    whitener = _Whitener(reference)
+    V = np.array([whitener.vector(state) for state in states.values()]).reshape(len(states), whitener.width)
+    n = np.array([max(1, state.distinct) for state in states.values()], dtype=np.float64)
+    if len(V):
+        V -= n[:, None] * np.median(V / n[:, None], axis=0)
+        spread = np.sqrt(np.median(V**2 / n[:, None], axis=0) / _CHI2_MEDIAN)
+        V /= np.maximum(spread, 1.0)
+    return V, n
+
+
+@dataclass
+class GroupSearch:
+    """Finds colluding groups among accounts' states (see the module's docstring)."""
+
+    #: The merged state's ADD score over its threshold that makes a group.
+    bar: float = 1.0
+    #: Least deviation z of a group, and least agreement of each member.
+    group_z: float = 6.0
+    member_z: float = 4.0
+    min_size: int = 2
+    max_size: int = 64
+    max_groups: int = 8
+    #: Accounts with more distinct inputs than this are judged alone (a group is of small parts).
+    max_member_queries: int = 1000
+
+    def find(self, states: Mapping[AccountId, AccountState], reference: Reference) -> list[Group]:
+        """The groups among ``states``, strongest first (each account in one at most)."""
+        if len(states) < self.min_size or not reference.thresholds:
+            return []
+        ids = list(states)
+        V, n = deviations(states, reference)
+        U = V / np.maximum(np.linalg.norm(V, axis=1), 1e-12)[:, None]
+        free = np.array([states[a].distinct <= self.max_member_queries for a in ids])
+        bar = self.member_z + np.sqrt(2.0 * np.log(max(2, len(ids))))  # the best of many by chance: ~ √(2 ln n)
+        groups: list[Group] = []
+        tried = np.zeros(len(ids), dtype=bool)  # in a group that failed: seeds no other
+        for a, b in self._pairs(U, free, bar):
+            if len(groups) >= self.max_groups:
+                break
+            if not (free[a] and free[b]) or (tried[a] and tried[b]):
+                continue
+            grown = self._grow([a, b], V, n, U, free, bar)
+            members = self._keep_agreeing(grown, U, bar)
+            group = self._judge(members, ids, states, reference, V, n)
+            if group is None:
+                tried[grown] = True
+            else:
+                groups.append(group)
+                free[members] = False
+        return sorted(groups, key=lambda g: -g.z)
+
+    def _pairs(self, U: np.ndarray, free: np.ndarray, bar: float) -> list[tuple[int, int]]:
+        """Seeds: each free account with its most agreeing partner, where they
+        agree beyond ``bar``, most agreeing first."""
+        seeds: dict[tuple[int, int], float] = {}
+        columns = np.flatnonzero(free)
+        scale = np.sqrt(U.shape[1])
+        for start in range(0, len(columns), _BLOCK):
+            rows = columns[start : start + _BLOCK]
+            agree = (U[rows] @ U[columns].T) * scale
+            agree[np.arange(len(rows)), start + np.arange(len(rows))] = -np.inf
+            best = agree.argmax(axis=1)
+            for i, j in enumerate(best):
+                if agree[i, j] >= bar:
+                    a, b = sorted((int(rows[i]), int(columns[j])))
+                    seeds[(a, b)] = float(agree[i, j])
+        return sorted(seeds, key=lambda pair: -seeds[pair])
+
+    def _grow(self, members: list[int], V: np.ndarray, n: np.ndarray, U: np.ndarray, free: np.ndarray,
+              bar: float) -> list[int]:
+        """Add, one at a time, the free account agreeing most with the group,
+        while it agrees beyond ``bar`` and raises the group's z."""
+        members = list(members)
+        total, inputs = V[members].sum(axis=0), float(n[members].sum())
+        while len(members) < self.max_size:
+            agree = _agreements(U, U[members].sum(axis=0))
+            agree[~free] = -np.inf
+            agree[members] = -np.inf
+            best = int(agree.argmax())
+            if agree[best] < bar or _z(total + V[best], inputs + n[best]) <= _z(total, inputs):
+                break
+            members.append(best)
+            total, inputs = total + V[best], inputs + n[best]
+        return members
+
+    def _keep_agreeing(self, members: list[int], U: np.ndarray, bar: float) -> list[int]:
+        """Drop, weakest first, members that do not agree with the rest on their own."""
+        members = list(members)
+        while len(members) >= self.min_size:
+            weakest, value = min(((m, _agreement(m, members, U)) for m in members), key=lambda item: item[1])
+            if value >= bar:
+                break
+            members.remove(weakest)
+        return members
+
+    def _judge(self, members: list[int], ids: list[AccountId], states: Mapping[AccountId, AccountState],
+               reference: Reference, V: np.ndarray, n: np.ndarray) -> Group | None:
+        """The group, if its members together pass every bar."""
+        if len(members) < self.min_size:
+            return None
+        z = _z(V[members].sum(axis=0), float(n[members].sum()))
+        if z < self.group_z:
+            return None
+        merged = states[ids[members[0]]].copy()
+        for m in members[1:]:
+            merged.merge(states[ids[m]])
+        score, limit = add_score(merged, reference), reference.threshold(max(1, merged.distinct))
+        if score is None or not limit or score / limit < self.bar:
+            return None
+        U = V[members] / np.maximum(np.linalg.norm(V[members], axis=1), 1e-12)[:, None]
+        agreement = min(_agreement(i, list(range(len(members))), U) for i in range(len(members)))
+        return Group([ids[m] for m in members], merged.queries, merged.distinct, score / limit, z, agreement,
+                     {"add": score, "add_threshold": limit})
+
+
+def _z(total: np.ndarray, inputs: float) -> float:
+    """How far a summed deviation vector is beyond chance (χ², in standard units)."""
+    D = len(total)
+    return float((total @ total / max(inputs, 1.0) - D) / np.sqrt(2.0 * D))
+
+
+def _agreements(U: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """Each account's agreement with a direction: the cosine of their angle
+    times √D (about N(0, 1) for an account independent of it)."""
+    return np.asarray(U @ direction / max(float(np.linalg.norm(direction)), 1e-12) * np.sqrt(U.shape[1]))
+
+
+def _agreement(member: int, members: list[int], U: np.ndarray) -> float:
+    """A member's agreement with the rest of the group (their unit vectors' sum)."""
+    others = [m for m in members if m != member]
+    if not others:
+        return -np.inf
+    return float(_agreements(U[member : member + 1], U[others].sum(axis=0))[0])
