@@ -43,7 +43,8 @@ from typing import Any
 import numpy as np
 
 from ..state import AccountState
-from .add import Reference, add_score
+from ..stats import Moments, _triangle
+from .add import CALIBRATION_SIZES, Reference, add_score
 
 #: Whatever names an account (the guard's integer ids; any hashable value here).
 AccountId = Any
@@ -112,16 +113,19 @@ class _Whitener:
 
 def deviations(states: Mapping[AccountId, AccountState], reference: Reference) -> tuple[np.ndarray, np.ndarray]:
     """Each account's deviation vector (rows, in the order of ``states``) and
-    its number of inputs, with the candidates' common drift removed and each
-    entry scaled to unit variance per input (see the module's docstring)."""
+    its inputs per reference class (under the reference, an entry of class
+    ``c`` has variance ``n_c``), with the candidates' common drift removed and
+    each entry scaled by its robust spread (see the module's docstring)."""
     whitener = _Whitener(reference)
     V = np.array([whitener.vector(state) for state in states.values()]).reshape(len(states), whitener.width)
-    n = np.array([max(1, state.distinct) for state in states.values()], dtype=np.float64)
+    C = np.array([[state.by_class[c].n if c in state.by_class else 0 for c in whitener.labels]
+                  for state in states.values()], dtype=np.float64).reshape(len(states), len(whitener.labels))
     if len(V):
-        V -= n[:, None] * np.median(V / n[:, None], axis=0)
-        spread = np.sqrt(np.median(V**2 / n[:, None], axis=0) / _CHI2_MEDIAN)
+        n = np.repeat(np.maximum(C, 1.0), 2 * whitener.dim, axis=1)  # each entry's expected variance
+        V -= n * np.median(V / n, axis=0)
+        spread = np.sqrt(np.median(V**2 / n, axis=0) / _CHI2_MEDIAN)
         V /= np.maximum(spread, 1.0)
-    return V, n
+    return V, C
 
 
 @dataclass
@@ -130,34 +134,41 @@ class GroupSearch:
 
     #: The merged state's ADD score over its threshold that makes a group.
     bar: float = 1.0
-    #: Least deviation z of a group, and least agreement of each member.
+    #: Least deviation z of a group; least agreement of each member beyond the
+    #: best of the candidates by chance (about √(2 ln candidates)).
     group_z: float = 6.0
-    member_z: float = 4.0
+    member_z: float = 1.0
     min_size: int = 2
     max_size: int = 64
     max_groups: int = 8
-    #: Accounts with more distinct inputs than this are judged alone (a group is of small parts).
+    #: Members have between these many distinct inputs (more: judged alone; fewer: a few
+    #: inputs alike, two honest users who sent the same digit, are no evidence).
+    min_member_queries: int = 5
     max_member_queries: int = 1000
+    #: Least distinct inputs of a group together (where ADD's thresholds are calibrated).
+    min_group_queries: int = CALIBRATION_SIZES[0]
+    #: Seed pairs grown per search at most (strongest first; each costs about 2 ms).
+    max_attempts: int = 256
 
     def find(self, states: Mapping[AccountId, AccountState], reference: Reference) -> list[Group]:
         """The groups among ``states``, strongest first (each account in one at most)."""
         if len(states) < self.min_size or not reference.thresholds:
             return []
         ids = list(states)
-        V, n = deviations(states, reference)
+        V, n = deviations(states, reference)  # n: inputs per class
         U = V / np.maximum(np.linalg.norm(V, axis=1), 1e-12)[:, None]
-        free = np.array([states[a].distinct <= self.max_member_queries for a in ids])
+        free = np.array([self.min_member_queries <= states[a].distinct <= self.max_member_queries for a in ids])
         bar = self.member_z + np.sqrt(2.0 * np.log(max(2, len(ids))))  # the best of many by chance: ~ √(2 ln n)
         groups: list[Group] = []
         tried = np.zeros(len(ids), dtype=bool)  # in a group that failed: seeds no other
-        for a, b in self._pairs(U, free, bar):
+        for a, b in self._pairs(U, free, bar)[: self.max_attempts]:
             if len(groups) >= self.max_groups:
                 break
             if not (free[a] and free[b]) or (tried[a] and tried[b]):
                 continue
             grown = self._grow([a, b], V, n, U, free, bar)
             members = self._keep_agreeing(grown, U, bar)
-            group = self._judge(members, ids, states, reference, V, n)
+            group = self._judge(members, ids, states, reference, V, n, U)
             if group is None:
                 tried[grown] = True
             else:
@@ -187,7 +198,7 @@ class GroupSearch:
         """Add, one at a time, the free account agreeing most with the group,
         while it agrees beyond ``bar`` and raises the group's z."""
         members = list(members)
-        total, inputs = V[members].sum(axis=0), float(n[members].sum())
+        total, inputs = V[members].sum(axis=0), n[members].sum(axis=0)
         while len(members) < self.max_size:
             agree = _agreements(U, U[members].sum(axis=0))
             agree[~free] = -np.inf
@@ -203,36 +214,61 @@ class GroupSearch:
         """Drop, weakest first, members that do not agree with the rest on their own."""
         members = list(members)
         while len(members) >= self.min_size:
-            weakest, value = min(((m, _agreement(m, members, U)) for m in members), key=lambda item: item[1])
-            if value >= bar:
+            agree = _each_with_the_rest(U[members])
+            weakest = int(agree.argmin())
+            if agree[weakest] >= bar:
                 break
-            members.remove(weakest)
+            members.pop(weakest)
         return members
 
     def _judge(self, members: list[int], ids: list[AccountId], states: Mapping[AccountId, AccountState],
-               reference: Reference, V: np.ndarray, n: np.ndarray) -> Group | None:
+               reference: Reference, V: np.ndarray, n: np.ndarray, U: np.ndarray) -> Group | None:
         """The group, if its members together pass every bar."""
-        if len(members) < self.min_size:
+        if len(members) < self.min_size or n[members].sum() < self.min_group_queries:
             return None
-        z = _z(V[members].sum(axis=0), float(n[members].sum()))
+        z = _z(V[members].sum(axis=0), n[members].sum(axis=0))
         if z < self.group_z:
             return None
-        merged = states[ids[members[0]]].copy()
-        for m in members[1:]:
-            merged.merge(states[ids[m]])
-        score, limit = add_score(merged, reference), reference.threshold(max(1, merged.distinct))
+        merged = _merged_classes([states[ids[m]] for m in members])
+        score, limit = add_score(merged, reference), reference.threshold(merged.distinct)
         if score is None or not limit or score / limit < self.bar:
             return None
-        U = V[members] / np.maximum(np.linalg.norm(V[members], axis=1), 1e-12)[:, None]
-        agreement = min(_agreement(i, list(range(len(members))), U) for i in range(len(members)))
-        return Group([ids[m] for m in members], merged.queries, merged.distinct, score / limit, z, agreement,
+        agreement = float(_each_with_the_rest(U[members]).min())
+        queries = sum(states[ids[m]].queries for m in members)
+        return Group([ids[m] for m in members], queries, merged.distinct, score / limit, z, agreement,
                      {"add": score, "add_threshold": limit})
 
 
-def _z(total: np.ndarray, inputs: float) -> float:
-    """How far a summed deviation vector is beyond chance (χ², in standard units)."""
-    D = len(total)
-    return float((total @ total / max(inputs, 1.0) - D) / np.sqrt(2.0 * D))
+def _merged_classes(states: list[AccountState]) -> AccountState:
+    """The class moments of ``states`` pooled (all ADD reads; not the rest of a
+    state), in one step per class: Chan's formula over every member at once."""
+    merged = AccountState(states[0].dim, space=states[0].space)
+    parts: dict[str, list[Moments]] = {}
+    for state in states:
+        state.flush()
+        for label, moments in state.by_class.items():
+            if moments.n:
+                parts.setdefault(label, []).append(moments)
+    for label, found in parts.items():
+        n = np.array([m.n for m in found], dtype=np.float64)
+        means = np.array([m.mean for m in found], dtype=np.float64)
+        mean = n @ means / n.sum()
+        rows, cols, _ = _triangle(found[0].dim)
+        centred = means - mean
+        m2 = np.sum([m.m2 for m in found], axis=0) + (n[:, None] * centred[:, rows] * centred[:, cols]).sum(axis=0)
+        merged.by_class[label] = Moments(found[0].dim, False, int(n.sum()), mean, m2)
+    return merged
+
+
+def _z(total: np.ndarray, inputs: np.ndarray) -> float:
+    """How far a summed deviation vector is beyond chance, in standard units:
+    with ``N_c`` inputs of class ``c`` (``inputs``), ``|S|²/N`` is a mixture
+    Σ_c (N_c/N)·χ²_k with ``k`` entries a class, of mean ``k`` and variance
+    ``2k·Σ_c (N_c/N)²``."""
+    N = max(float(inputs.sum()), 1.0)
+    k = len(total) // max(1, len(inputs))
+    share = inputs / N
+    return float((total @ total / N - k) / np.sqrt(2.0 * k * max(float(share @ share), 1e-12)))
 
 
 def _agreements(U: np.ndarray, direction: np.ndarray) -> np.ndarray:
@@ -241,9 +277,8 @@ def _agreements(U: np.ndarray, direction: np.ndarray) -> np.ndarray:
     return np.asarray(U @ direction / max(float(np.linalg.norm(direction)), 1e-12) * np.sqrt(U.shape[1]))
 
 
-def _agreement(member: int, members: list[int], U: np.ndarray) -> float:
-    """A member's agreement with the rest of the group (their unit vectors' sum)."""
-    others = [m for m in members if m != member]
-    if not others:
-        return -np.inf
-    return float(_agreements(U[member : member + 1], U[others].sum(axis=0))[0])
+def _each_with_the_rest(U: np.ndarray) -> np.ndarray:
+    """Each row's agreement with the sum of the other rows (unit vectors)."""
+    rest = U.sum(axis=0)[None, :] - U
+    norms = np.maximum(np.linalg.norm(rest, axis=1), 1e-12)
+    return np.asarray((U * rest).sum(axis=1) / norms * np.sqrt(U.shape[1]))
