@@ -1,0 +1,195 @@
+"""collusion.py and repository/groups.py: the group search on a schedule over
+the stored states (SQLite and PostgreSQL), each group's verdict written once,
+however many processes find it."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from flask_modelguard import models
+from flask_modelguard.alerting import Alerter
+from flask_modelguard.collusion import GroupWatch
+from flask_modelguard.detectors.add import Reference
+from flask_modelguard.features import FeatureSpace
+from flask_modelguard.monitor import Monitor
+from flask_modelguard.persistence import StateStore
+from flask_modelguard.policy import FlagPolicy
+from flask_modelguard.repository import Repository
+from flask_modelguard.state import AccountState
+from tests.test_groups import DIM, _draw, _shift, _state
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture(scope="module")
+def reference() -> Reference:
+    X, labels = _draw(np.random.default_rng(0), 3000)
+    return Reference.fit(X, labels, seed=0)
+
+
+class _Process:
+    """One process's guard parts around a shared database."""
+
+    def __init__(self, url: str, reference: Reference, action: str = "degrade") -> None:
+        self.repository = Repository(create_engine(url), clock=lambda: NOW)
+        self.monitor = Monitor(DIM, reference=reference)
+        self.states = StateStore(self.monitor, self.repository, FeatureSpace("", DIM))
+        self.forgotten: list[int] = []
+        self.webhooks: list[dict[str, Any]] = []
+        alerter = Alerter(self.repository.account_name, self.forgotten.append, lambda: None, lambda: NOW)
+        alerter.webhook = self  # type: ignore[assignment]
+        self.watch = GroupWatch(self.monitor, self.states, self.repository, FlagPolicy(action), alerter)
+
+    def send(self, payload: dict[str, Any]) -> None:  # the webhook's interface
+        self.webhooks.append(payload)
+
+
+def _accounts(process: _Process, states: dict[str, AccountState]) -> dict[str, int]:
+    """Accounts created and their states stored; name → id."""
+    repository = process.repository
+    ids = {name: repository.create_account(name, "free")["id"] for name in states}
+    def store(state: AccountState) -> Any:
+        return lambda _stored: state.to_dict()
+
+    repository.merge_states({ids[name]: store(state) for name, state in states.items()})
+    return ids
+
+
+def _population(seed: int, sybil_parts: int = 10) -> dict[str, AccountState]:
+    rng = np.random.default_rng(seed)
+    benign = {f"benign-{i}": _state(rng, int(rng.integers(15, 200))) for i in range(60)}
+    return {**benign, **{f"sybil#{k}": _state(rng, 15, _shift(0)) for k in range(sybil_parts)}}
+
+
+def _count(process: _Process, table: Any) -> int:
+    with process.repository.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+@pytest.fixture
+def process(db_url: str, reference: Reference) -> Any:
+    found = _Process(db_url, reference)
+    found.repository.create_all()
+    yield found
+    found.repository.engine.dispose()
+
+
+def test_a_group_is_flagged_with_one_alert_and_found_once(process: _Process) -> None:
+    ids = _accounts(process, _population(1))
+    sybils = {ids[f"sybil#{k}"]: f"sybil#{k}" for k in range(10)}
+    groups = process.watch.scan(NOW)
+    assert len(groups) == 1 and set(groups[0].members) <= set(sybils) and len(groups[0].members) >= 9, groups
+    members = sorted(sybils[a] for a in groups[0].members)
+    size = len(members)
+    assert {a["name"] for a in process.repository.list_accounts() if a["flagged"]} == set(members)
+    assert _count(process, models.alerts) == 1 and _count(process, models.account_groups) == 1
+    with process.repository.engine.connect() as conn:
+        reason = conn.execute(select(models.alerts.c.reason)).scalar_one()
+    assert reason.startswith(f"colluding group of {size} accounts") and all(name in reason for name in members)
+    history = process.repository.score_history(members[0])
+    assert history[-1]["reasons"][0].startswith(f"colluding group of {size}")
+    assert history[-1]["scores"]["group_size"] == size
+    assert sorted(process.forgotten) == sorted(groups[0].members)  # each member's cached look-ups dropped
+    assert [w["event"] for w in process.webhooks] == ["group_flagged"]
+    assert sorted(process.webhooks[0]["accounts"]) == members
+    assert process.watch.scan(NOW + 60) == []  # flagged members are no candidates
+    assert _count(process, models.alerts) == 1
+    stats = process.watch.stats()
+    assert stats["groups_found"] == 1 and stats["group_members_flagged"] == size and stats["group_searches"] == 2
+
+
+def test_in_shadow_mode_a_group_is_alerted_once_and_nothing_flagged(db_url: str, reference: Reference) -> None:
+    shadow = _Process(db_url, reference, action="observe")
+    shadow.repository.create_all()
+    try:
+        _accounts(shadow, _population(2))
+        assert len(shadow.watch.scan(NOW)) == 1
+        assert not any(a["flagged"] for a in shadow.repository.list_accounts())
+        assert len(shadow.watch.scan(NOW + 60)) == 0  # found again: no new alert
+        assert _count(shadow, models.alerts) == 1 and _count(shadow, models.account_groups) == 1
+    finally:
+        shadow.repository.engine.dispose()
+
+
+def test_processes_that_find_the_same_group_write_it_once(db_url: str, reference: Reference,
+                                                          process: _Process) -> None:
+    _accounts(process, _population(3))
+    others = [_Process(db_url, reference) for _ in range(3)]
+    found: list[int] = []
+    errors: list[BaseException] = []
+
+    def scan(p: _Process) -> None:
+        try:
+            found.append(len(p.watch.scan(NOW)))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=scan, args=(p,)) for p in [process, *others]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert not errors, errors
+        assert sorted(found) == [0, 0, 0, 1]
+        assert _count(process, models.alerts) == 1 and _count(process, models.account_groups) == 1
+        assert sum(len(p.webhooks) for p in [process, *others]) == 1
+    finally:
+        for p in others:
+            p.repository.engine.dispose()
+
+
+def test_this_processs_unmerged_queries_count(process: _Process) -> None:
+    """Half of each part is stored, half waits in this process's memory: the
+    group is found from both, and the merge later still stores everything once."""
+    population = _population(4)
+    rng = np.random.default_rng(40)
+    stored = {name: (_state(rng, 8, _shift(0)) if name.startswith("sybil") else s) for name, s in population.items()}
+    ids = _accounts(process, stored)
+    for k in range(10):
+        account = ids[f"sybil#{k}"]
+        process.monitor.observe(account, _observation(rng))
+    assert len(process.watch.scan(NOW)) == 1
+    process.states.persist()
+    stored_state = process.repository.load_state(ids["sybil#0"])
+    assert stored_state is not None and AccountState.from_dict(stored_state).queries == 8 + 10
+
+
+def _observation(rng: np.random.Generator) -> Any:
+    from flask_modelguard.state import Observation
+
+    X, labels = _draw(rng, 10, _shift(0))
+    return Observation(NOW, [f"{rng.integers(2**62):016x}" for _ in labels], X, labels, [0.9] * 10)
+
+
+def test_allow_listed_accounts_are_no_candidates(process: _Process) -> None:
+    ids = _accounts(process, _population(5))
+    for k in range(10):
+        process.repository.update_account(f"sybil#{k}", allowlisted=True)
+    assert process.watch.scan(NOW) == []
+    assert process.repository.unflagged([ids["sybil#0"], ids["benign-0"]]) == {ids["benign-0"]}
+
+
+def test_the_schedule_and_what_it_says_when_it_cannot_search(db_url: str, process: _Process) -> None:
+    _accounts(process, _population(6))
+    watch = process.watch
+    watch.interval = 60.0
+    assert len(watch.tick(NOW)) == 1 and watch.tick(NOW + 30) == [] and watch.searches == 1
+    process.monitor.reference = None
+    assert watch.tick(NOW + 61) == [] and watch.stats()["group_search"].startswith("waiting for a reference")
+    off = GroupWatch(process.monitor, process.states, process.repository, FlagPolicy(), watch.alerter, enabled=False)
+    assert off.tick(NOW) == [] and off.stats()["group_search"] == "off (MODELGUARD_GROUPS)"
+
+
+def test_a_failing_search_is_counted_and_said(process: _Process, caplog: pytest.LogCaptureFixture) -> None:
+    process.repository.engine.dispose()
+    process.repository.drop_all()
+    assert process.watch.tick(NOW) == []
+    assert process.watch.stats()["group_searches_failed"] == 1
+    assert process.watch.stats()["group_search"].startswith("the last search failed")
+    assert any("colluding" in r.getMessage() for r in caplog.records)
