@@ -15,6 +15,7 @@ import numpy as np
 
 from ..detectors.registry import ENSEMBLE_SCORE, hard_flag
 from ..detectors.supervised import rescore
+from .groups import group_metrics
 
 #: Guard modes in the order tables show them; other modes follow, sorted.
 MODES = ("off", "shadow", "default")
@@ -192,7 +193,7 @@ def detection_metrics(run: Run) -> dict[str, Any]:
     Returns ``{"detectors": {name: detector_metrics}, "flags": {tp, fp, fn, tn,
     precision, recall, f1}, "benign_accounts", "benign_flagged",
     "benign_flagged_rate", "queries", "alerts", "alerts_per_1000_queries",
-    "actors": [row per malicious actor]}``. An account counts as flagged if it
+    "actors": [row per malicious actor], "groups": :func:`~.groups.group_metrics`}``. An account counts as flagged if it
     was flagged at any time. An actor row's ``queries_to_detection`` is the
     actor's queries over all its accounts when the first flag fell
     (``detection_basis`` "actor"; other accounts are read at their last
@@ -219,6 +220,7 @@ def detection_metrics(run: Run) -> dict[str, Any]:
         "queries": queries, "alerts": alerts, "alerts_per_1000_queries": _ratio(1000 * alerts, queries),
         "actors": [_actor_row(name, accs) for name, accs in groups.items()
                    if any(a.get("malicious") for a in accs)],
+        "groups": group_metrics(run),
     }
 
 

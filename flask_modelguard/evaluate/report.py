@@ -275,6 +275,24 @@ def _attacker_section(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _groups_section(report: Mapping[str, Any]) -> list[str]:
+    """Colluding accounts, where an attacker has several: how many of its accounts the group detector caught."""
+    rows = []
+    for m in report["modes"]:
+        g = report["metrics"][m]["detection"].get("groups") or {}
+        for r in g.get("actors", []):
+            rows.append([m, _cell(str(r["actor"])), _cell(r["kind"]), _fmt(r["accounts"]), _fmt(r["grouped"]),
+                         _fmt(r["flagged"])])
+        if g.get("actors"):
+            rows.append([m, "benign accounts", "", _fmt(g["benign_accounts"]), _fmt(g["benign_grouped"]),
+                         f"false group rate {_pct(g['benign_grouped_rate'])}"])
+    if not rows:
+        return []
+    return ["## Colluding accounts", "", *_table(["mode", "actor", "kind", "accounts", "grouped", "flagged"], rows),
+            "Grouped: accounts whose first flag was a colluding group's (docs/detection.md); flagged: by any "
+            "detector.", ""]
+
+
 def _benign_section(report: Mapping[str, Any]) -> list[str]:
     rows = []
     for m in report["modes"]:
@@ -373,7 +391,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += ["Regenerate with:", "", "```", report["command"], "```", "",
               f"Modes: {', '.join(report['modes']) or 'none'}. Detection tables use the "
               f"`{report['primary_mode']}` run.", ""]
-    for section in (_attacker_section, _benign_section, _detector_section, _lofo_section, _alerts_section,
+    for section in (_attacker_section, _groups_section, _benign_section, _detector_section, _lofo_section, _alerts_section,
                     _latency_section, _plot_section):
         lines += section(report)
     return "\n".join(lines).rstrip() + "\n"
