@@ -98,10 +98,9 @@ def test_a_group_is_flagged_with_one_alert_and_found_once(process: _Process) -> 
     assert [w["event"] for w in process.webhooks] == ["group_flagged"]
     assert sorted(process.webhooks[0]["accounts"]) == members
     assert process.watch.scan(NOW + 60) == []  # flagged members are no candidates
-    assert _count(process, models.alerts) == 1
+    assert _count(process, models.alerts) == 1 and _count(process, models.account_groups) == 1
     stats = process.watch.stats()
     assert stats["groups_found"] == 1 and stats["group_members_flagged"] == size and stats["group_searches"] == 2
-
 
 def test_in_shadow_mode_a_group_is_alerted_once_and_nothing_flagged(db_url: str, reference: Reference) -> None:
     shadow = _Process(db_url, reference, action="observe")
@@ -193,3 +192,31 @@ def test_a_failing_search_is_counted_and_said(process: _Process, caplog: pytest.
     assert process.watch.stats()["group_searches_failed"] == 1
     assert process.watch.stats()["group_search"].startswith("the last search failed")
     assert any("colluding" in r.getMessage() for r in caplog.records)
+
+
+def test_a_shadow_mode_group_found_again_larger_keeps_its_one_alert(db_url: str, reference: Reference) -> None:
+    shadow = _Process(db_url, reference, action="observe")
+    shadow.repository.create_all()
+    try:
+        population = _population(7)
+        first = {n: s for n, s in population.items() if not n.startswith("sybil#") or int(n.split("#")[1]) < 5}
+        ids = _accounts(shadow, first)
+        assert len(shadow.watch.scan(NOW)) == 1
+        ids.update(_accounts(shadow, {n: s for n, s in population.items() if n not in first}))
+        assert shadow.watch.scan(NOW + 60) == []  # the earlier group grew
+        assert _count(shadow, models.alerts) == 1 and _count(shadow, models.account_groups) == 1
+        members = set(shadow.repository.list_groups()[0]["members"])
+        assert members <= {ids[f"sybil#{k}"] for k in range(10)} and len(members) >= 9
+        assert len(shadow.webhooks) == 1 and shadow.watch.stats()["groups_found"] == 1
+    finally:
+        shadow.repository.engine.dispose()
+
+
+def test_an_unrelated_group_later_is_a_group_of_its_own(process: _Process) -> None:
+    rng = np.random.default_rng(8)
+    ids = _accounts(process, _population(8))
+    assert len(process.watch.scan(NOW)) == 1
+    _accounts(process, {f"other#{k}": _state(rng, 15, _shift(5, -2.5)) for k in range(8)})
+    assert len(process.watch.scan(NOW + 60)) == 1
+    assert _count(process, models.alerts) == 2 and _count(process, models.account_groups) == 2
+    assert ids  # (the first population's accounts exist)

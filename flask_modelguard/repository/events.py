@@ -89,9 +89,10 @@ class EventRows(AccountRows):
         return {row.id: AccountFacts(bool(row.flagged), bool(row.allowlisted), int(row.reviewed_queries or 0),
                                      row.id in observed) for row in rows}
 
-    def _apply(self, conn: Any, catches: Sequence[Catch], alert: tuple[str, str] | None = None) -> None:
+    def _apply(self, conn: Any, catches: Sequence[Catch],
+               alerts: Sequence[tuple[int, str, str]] | None = None) -> None:
         """Write the policy's decisions: flags, action columns, and one alert
-        each, or only ``alert`` (action, reason) on the first (a group's one alert)."""
+        each, or ``alerts`` (account id, action, reason) instead (a group's one)."""
         if not catches:
             return
         a = m.accounts.c
@@ -100,9 +101,10 @@ class EventRows(AccountRows):
                 conn.execute(update(m.accounts).where(a.id == catch.account_id)
                              .values(flagged=True, updated_at=self.now(), **catch.columns))
         self.record_changes(conn, sorted({c.account_id for c in catches if c.flag}))
-        alerts = [(c.account_id, c.action, c.reason) for c in catches]
-        if alert is not None:
-            alerts = [(catches[0].account_id, *alert)]
+        if alerts is None:
+            alerts = [(c.account_id, c.action, c.reason) for c in catches]
+        if not alerts:
+            return
         conn.execute(insert(m.alerts), [
             {"account_id": account_id, "ts": self.clock(), "action": action, "reason": reason,
              "acknowledged_at": None, "acknowledged_by": None} for account_id, action, reason in alerts])

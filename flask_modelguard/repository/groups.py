@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 from .. import models as m
 from ..policy import Catch, FlagPolicy
@@ -24,9 +24,9 @@ class GroupRows(EventRows):
         """Stored states of active accounts, neither flagged nor allow-listed,
         merged since ``since`` (epoch seconds): the ``limit`` latest."""
         a, s = m.accounts.c, m.account_states.c
+        cutoff = dt.datetime.fromtimestamp(since, dt.timezone.utc)
         latest = (select(s.account_id).join(m.accounts, a.id == s.account_id)
-                  .where(a.status == "active", a.flagged.is_(False), a.allowlisted.is_(False),
-                         s.updated_at >= dt.datetime.fromtimestamp(since, dt.timezone.utc))
+                  .where(a.status == "active", a.flagged.is_(False), a.allowlisted.is_(False), s.updated_at >= cutoff)
                   .order_by(s.updated_at.desc(), s.account_id).limit(limit))
         with self.engine.connect() as conn:
             ids = list(conn.execute(latest).scalars())
@@ -48,36 +48,54 @@ class GroupRows(EventRows):
         return found
 
     def record_group(self, group: Mapping[str, Any], evaluations: Mapping[int, dict[str, Any]],
-                     policy: FlagPolicy) -> list[Catch]:
+                     policy: FlagPolicy, since: float = 0.0) -> tuple[list[Catch], int | None]:
         """A group's verdict, in one transaction serialised with every other
         process's: what ``policy`` decides of its members not in an earlier
-        group (``evaluations``: account id → evaluation row), their evaluation
-        rows, the group's row (``group``: queries, ratio, z, reason) and one
-        alert naming every member. Nothing when no member is newly caught
+        group (``evaluations``: account id → evaluation row) and their
+        evaluation rows. When some members are in a group found since
+        ``since`` (a shadow-mode group found again, larger), the new ones join
+        it (the one sharing most), without another alert; else the group gets its row (``group``: queries, ratio, z,
+        reason) and one alert naming every member. Returns the catches and the
+        joined group's id, if any; no catches when no member is newly caught
         (another process wrote the group first; a shadow-mode group found again)."""
         with self.engine.begin() as conn:
             if conn.dialect.name == "sqlite":
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             elif conn.dialect.name == "postgresql":
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({GROUP_LOCK})")
-            known = {int(a) for members in conn.execute(select(m.account_groups.c.members)).scalars() for a in members}
+            earlier = conn.execute(select(m.account_groups)).all()
+            known = {int(a) for row in earlier for a in row.members}
             new = {a: e for a, e in evaluations.items() if a not in known}
             rows = [{"account_id": a, "canary": False, "evaluation": e} for a, e in new.items()]
             catches = policy.decide(rows, self._facts(conn, set(new))) if new else []
             if not catches:
-                return []
+                return [], None
             self._insert_scores(conn, [new[c.account_id] for c in catches])
+            shared = [(len(set(map(int, r.members)) & set(evaluations)), r) for r in earlier if r.ts >= since]
+            best = max(shared, key=lambda item: item[0], default=(0, None))
+            if best[1] is not None and best[0] > 0:
+                self._join(conn, best[1], [c.account_id for c in catches], group)
+                self._apply(conn, catches, alerts=[])
+                return catches, int(best[1].id)
             conn.execute(insert(m.account_groups).values(
                 ts=self.clock(), members=sorted(evaluations), action=catches[0].action,
                 **{k: group[k] for k in ("queries", "ratio", "z", "reason")}))
             names = dict(conn.execute(select(m.accounts.c.id, m.accounts.c.name)
                                       .where(m.accounts.c.id.in_(list(evaluations)))).all())
             members = ", ".join(str(names.get(a, a)) for a in sorted(evaluations))
-            self._apply(conn, catches, alert=(catches[0].action, f"{group['reason']}: {members}"))
-        return catches
+            self._apply(conn, catches, alerts=[(catches[0].account_id, catches[0].action,
+                                                f"{group['reason']}: {members}")])
+        return catches, None
+
+    def _join(self, conn: Any, earlier: Any, members: list[int], group: Mapping[str, Any]) -> None:
+        """New members of an earlier group, in its row."""
+        conn.execute(update(m.account_groups).where(m.account_groups.c.id == earlier.id).values(
+            members=sorted({*map(int, earlier.members), *members}), queries=earlier.queries + int(group["queries"]),
+            ratio=max(float(earlier.ratio), float(group["ratio"]))))
 
     def list_groups(self, limit: int = 100) -> list[dict[str, Any]]:
         """The latest colluding groups found, newest first."""
         query = select(m.account_groups).order_by(m.account_groups.c.id.desc()).limit(limit)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
+
