@@ -132,3 +132,19 @@ def test_lofo_end_to_end_matches_the_online_flags(tmp_path):
             assert queries == online[name], name
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## Leave one family out" in md and "| natural-patches | 3 |" in md
+
+
+def test_collusion_scenario_finds_each_sybil_as_a_group_and_groups_no_benign_user(tmp_path):
+    """The bundled collusion scenario, its benign population cut to 60 users
+    and the default mode only (CI time): every sybil's parts (15 queries each,
+    never judged alone) flagged as group members, no benign account grouped."""
+    scenario = load_scenario("collusion")
+    scenario.actors[0]["count"] = 60
+    scenario.modes = ["default"]
+    data = run(scenario, out=str(tmp_path), plots=False)
+    groups = data["metrics"]["default"]["detection"]["groups"]
+    assert {r["actor"] for r in groups["actors"]} == {"sybil5", "sybil10", "sybil20", "sybil-random"}
+    for row in groups["actors"]:
+        assert row["grouped"] >= 0.8 * row["accounts"], row
+    assert groups["benign_accounts"] == 60 and groups["benign_grouped"] == 0
+    assert "## Colluding accounts" in (tmp_path / "report.md").read_text()
