@@ -245,6 +245,9 @@ class Settings:
     #: Look for colluding accounts (docs/detection.md) every ``groups_interval`` seconds.
     groups: bool = True
     groups_interval: float = field(default=60.0, metadata=_SECONDS)
+    #: Function of the request naming the client behind it (an address, a device
+    #: id) or None: accounts sharing one are searched as a likely group (kept hashed).
+    client_id: Any = field(default=None, metadata=_function("{key} must be a function of the request"))
     #: Register the admin API (and dashboard) under ``admin_prefix``.
     admin_enabled: bool = True
     #: URL prefix of the admin API (``<prefix>/api``) and dashboard (``<prefix>/``).

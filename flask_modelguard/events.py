@@ -90,6 +90,12 @@ def fingerprint(value: Any, key: bytes) -> str:
     return hasher.hexdigest()
 
 
+def client_hash(client: str, key: bytes) -> int:
+    """A client's name (MODELGUARD_CLIENT_ID) as a keyed 64-bit hash: never stored in clear."""
+    digest = hashlib.blake2b(client.encode(errors="replace"), key=key[:64], digest_size=8, person=b"mg-client")
+    return int.from_bytes(digest.digest(), "big")
+
+
 @dataclass(slots=True)
 class QueryEvent:
     account_id: int
@@ -118,6 +124,8 @@ class QueryEvent:
     fingerprints: list[str] | None = None
     #: The request body as received (an out-of-process worker is sent these bytes).
     raw_body: bytes | None = None
+    #: Who sent it, as ``MODELGUARD_CLIENT_ID`` names the client (hashed in the worker).
+    client: str | None = None
 
     def to_row(self, key: bytes, store_inputs: bool = False) -> dict[str, Any]:
         """The ``query_events`` row of this event (computed in the worker)."""

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .alerting import Alerter
-from .events import QueryEvent, fingerprint
+from .events import QueryEvent, client_hash, fingerprint
 from .features import Featurizer, flatten
 from .monitor import _UNREAD, Monitor
 from .payload import instances, predictions
@@ -77,7 +77,8 @@ class Pipeline:
         fingerprints = event.fingerprints
         if fingerprints is None or len(fingerprints) != len(inputs):  # not computed by output protection
             fingerprints = [fingerprint(x, self.fingerprint_key) for x in inputs]
-        return Observation(event.ts, fingerprints, features, labels, confidences, raw)
+        client = None if event.client is None else client_hash(event.client, self.fingerprint_key)
+        return Observation(event.ts, fingerprints, features, labels, confidences, raw, client=client)
 
     def _detect(self, event: QueryEvent, row: dict[str, Any]) -> None:
         """Feed the monitor; attach its evaluation, when one is due, to the row."""

@@ -355,6 +355,7 @@ class GuardState:
             "limits_storage_errors": self.enforcer.storage_errors,
             "limits_storage_down": self.enforcer.storage_down,
             "failed_open": self.serving.failed_open,
+            "client_id_errors": self.serving.client_id_errors,
             "answers_unprotected": self.protector.unrecognised,
             "answers_unprotected_by_route": dict(self.protector.unrecognised_routes),
             "protection_errors": self.protector.errors,

@@ -96,6 +96,8 @@ class RequestPath:
         self._counts = threading.Lock()
         #: Requests served without a rate-limit check because the storage was down.
         self.failed_open = 0
+        #: Requests whose MODELGUARD_CLIENT_ID function raised (their client is unknown).
+        self.client_id_errors = 0
         #: Events carry the request body's bytes (an out-of-process worker is sent them).
         self.ships_bodies = False
         #: Called at the first request of each process (the change feed's thread starts).
@@ -288,6 +290,7 @@ class RequestPath:
                 answer.model if answer is not None else None, adapter,
                 answer.fingerprints if answer is not None else None,
                 request.get_data(cache=True) if self.ships_bodies and call.body is not None else None,
+                self._client(),
             ),
             request.content_length or 0,  # the body it holds, for the queue's byte bound
         )
@@ -295,6 +298,18 @@ class RequestPath:
             view = view_seconds if view_seconds is not None else (answer.view_seconds if answer else 0.0)
             self.telemetry.request(status, elapsed - view, bool(marks),
                                    canary or self.protector.treats_as_flagged(principal.account_id, principal.flagged))
+
+    def _client(self) -> str | None:
+        """``MODELGUARD_CLIENT_ID`` of this request (None when unset, or when it fails: counted)."""
+        name_client = self.settings.client_id
+        if name_client is None:
+            return None
+        try:
+            found = name_client(request)
+        except Exception:
+            self.client_id_errors += 1
+            return None
+        return None if found is None else str(found)[:256]
 
     def _first_request(self, environ: Any) -> None:
         """Checks only a request can make: several processes serving one app

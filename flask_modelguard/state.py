@@ -29,6 +29,8 @@ CONFIDENCE_EDGES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 CLASS_DIM = 16
 #: Request times kept for the inter-arrival statistics (the latest ones).
 RECENT_TIMES = 64
+#: Hashed clients kept per account (the smallest hashes: a bottom-k sample, merged exactly).
+CLIENTS = 16
 
 
 def label_key(label: Any) -> str:
@@ -66,6 +68,8 @@ class Observation:
     #: feature moments (a repeated input is no new information, and retries
     #: must not look like a narrow, odd distribution). None: all.
     new: Sequence[bool] | None = None
+    #: The keyed 64-bit hash of the client that sent it (MODELGUARD_CLIENT_ID), if known.
+    client: int | None = None
 
 
 @dataclass
@@ -94,6 +98,8 @@ class AccountState:
     #: of different feature spaces must not be merged even when their
     #: dimensions agree. Empty: unknown (older states).
     space: str = ""
+    #: The smallest :data:`CLIENTS` hashes of the clients that sent its queries, sorted.
+    clients: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
 
     def __post_init__(self) -> None:
         if self.moments is None:
@@ -118,6 +124,8 @@ class AccountState:
             at = int(np.searchsorted(recent, obs.ts, side="right"))
             recent = np.concatenate((recent[:at], [obs.ts], recent[at:]))
         self.recent = recent[-RECENT_TIMES:]
+        if obs.client is not None:
+            self.clients = _bottom(self.clients, np.array([obs.client], dtype=np.uint64))
         self.labels.update(label_key(label) for label in obs.labels)
         self.confidences.update(c for c in obs.confidences if c is not None)
         self.unique.add(obs.fingerprints)
@@ -170,6 +178,7 @@ class AccountState:
         self.minutes.merge(other.minutes)
         self._trim()
         self.recent = np.sort(np.concatenate([self.recent, other.recent]))[-RECENT_TIMES:]
+        self.clients = _bottom(self.clients, other.clients)
         self.labels.merge(other.labels)
         self.confidences.merge(other.confidences)
         self.unique.merge(other.unique)
@@ -198,7 +207,7 @@ class AccountState:
             "first_ts": self.first_ts if self.queries else None,
             "last_ts": self.last_ts if self.queries else None,
             "minutes": [[m, c] for m, c in self.minutes.items()],
-            "recent": pack(self.recent),
+            "recent": pack(self.recent), "clients": [f"{c:016x}" for c in self.clients.tolist()],
             "labels": self.labels.to_dict(), "confidences": self.confidences.to_dict(),
             "unique": self.unique.to_dict(), "moments": self.moments.to_dict(),
             "by_class": {label: m.to_dict() for label, m in self.by_class.items()},
@@ -212,6 +221,8 @@ class AccountState:
         state.last_ts = -math.inf if data["last_ts"] is None else float(data["last_ts"])
         state.minutes = Buckets({int(m): int(c) for m, c in data["minutes"]})
         state.recent = np.sort(unpack(data.get("recent", [])))[-RECENT_TIMES:]
+        state.clients = _bottom(np.zeros(0, dtype=np.uint64),
+                                np.array([int(c, 16) for c in data.get("clients") or ()], dtype=np.uint64))
         state.labels = Histogram.from_dict(data["labels"])
         state.confidences = Histogram.from_dict(data["confidences"])
         state.unique = UniqueCounter.from_dict(data["unique"])
@@ -226,7 +237,7 @@ class AccountState:
             self.dim, self.window_minutes, self.requests, self.queries, self.first_ts, self.last_ts,
             minutes=self.minutes.copy(), labels=Histogram(self.labels.edges, dict(self.labels.counts)),
             confidences=Histogram(self.confidences.edges, dict(self.confidences.counts)), unique=self.unique.copy(),
-            recent=self.recent.copy(), moments=self.moments.copy(),
+            recent=self.recent.copy(), moments=self.moments.copy(), clients=self.clients.copy(),
             by_class={k: m.copy() for k, m in self.by_class.items()}, buffer_rows=self.buffer_rows, space=self.space,
         )
         return copy
@@ -247,6 +258,11 @@ class AccountState:
         total += self.minutes.nbytes() + 100 * (len(self.labels.counts) + len(self.confidences.counts))
         total += self.unique.nbytes() + self.recent.nbytes + sum(r.nbytes for r in self._rows)
         return total
+
+
+def _bottom(mine: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """The :data:`CLIENTS` smallest distinct hashes of both."""
+    return np.unique(np.concatenate([mine, other]).astype(np.uint64))[:CLIENTS]
 
 
 # -- the account behaviour vector ------------------------------------------------------

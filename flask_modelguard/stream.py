@@ -56,6 +56,8 @@ def encode(event: QueryEvent) -> Entry:
         entry["o"] = bytes(served) if isinstance(served, (bytes, bytearray)) else _dumps(served)
     if event.model_json is not None:
         entry["p"] = _dumps(event.model_json)
+    if event.client is not None:
+        entry["c"] = event.client.encode()
     return entry
 
 
@@ -64,13 +66,13 @@ def decode(entry: Mapping[Any, bytes], adapters: Mapping[str, Any]) -> QueryEven
     entry = {key.decode() if isinstance(key, bytes) else key: value for key, value in entry.items()}
     (account_id, key_id, route, ts, status, latency_ms, cost, canary, marks,
      fingerprints) = json.loads(entry["h"])
-    body, model = entry.get("b"), entry.get("p")
+    body, model, client = entry.get("b"), entry.get("p"), entry.get("c")
     return QueryEvent(
         int(account_id), int(key_id), str(route), float(ts), int(status), float(latency_ms), int(cost),
         json.loads(body) if body is not None else None, entry.get("o"),
         [tuple(mark) for mark in marks] if marks else [], bool(canary),
         json.loads(model) if model is not None else None, adapters.get(route),
-        fingerprints=fingerprints, raw_body=body,
+        fingerprints=fingerprints, raw_body=body, client=client.decode(errors="replace") if client else None,
     )
 
 

@@ -220,3 +220,21 @@ def test_an_unrelated_group_later_is_a_group_of_its_own(process: _Process) -> No
     assert len(process.watch.scan(NOW + 60)) == 1
     assert _count(process, models.alerts) == 2 and _count(process, models.account_groups) == 2
     assert ids  # (the first population's accounts exist)
+
+
+def test_the_apps_client_id_reaches_the_state_hashed_and_a_failing_one_is_counted(make_guarded: Any) -> None:
+    from flask_modelguard.runtime import state_of
+
+    g = make_guarded(MODELGUARD_DETECTION=True, MODELGUARD_CLIENT_ID=lambda request: request.headers.get("X-Client"))
+    name, key = g.account()
+    for i in range(3):
+        assert g.predict(key, {"features": [i, 2, 3]}, **{"X-Client": "203.0.113.7"}).status_code == 200
+    state = state_of(g.app)
+    g.guard.flush(g.app)
+    stored = state.repository.load_state(state.repository.get_account(name)["id"])
+    assert stored is not None and len(stored["clients"]) == 1
+    assert "203.0.113.7" not in str(stored) and "203.0.113.7" not in str(g.rows(name))
+    failing = make_guarded(MODELGUARD_CLIENT_ID=lambda request: 1 / 0)
+    _, other = failing.account()
+    assert failing.predict(other).status_code == 200
+    assert state_of(failing.app).stats()["client_id_errors"] == 1

@@ -111,3 +111,33 @@ def test_deviations_are_unit_scale_under_the_reference(reference: Reference) -> 
     assert counts.shape == (300, CLASSES)
     per_input = ((V**2).sum(axis=1) / counts.sum(axis=1)).mean()
     assert 0.7 * 2 * DIM < per_input < 1.3 * 2 * DIM, per_input
+
+
+def _with_client(state: AccountState, client: int) -> AccountState:
+    state.clients = np.array([client], dtype=np.uint64)
+    return state
+
+
+def test_a_mild_sybil_behind_one_client_is_found_only_through_it(reference: Reference) -> None:
+    """Parts shifted 1.2σ: a clear group together, but no part agrees with another
+    beyond the bar of 150 candidates. Sharing a client narrows the search to
+    them, with the bar of that set's size."""
+    rng = np.random.default_rng(13)
+    benign = _benign(rng, 150)
+    for i, name in enumerate(benign):  # pairs of honest users behind one address (a household)
+        _with_client(benign[name], 1000 + i // 2)
+    parts = {name: _with_client(state, 7) for name, state in _sybil(rng, "sybil", 10, _shift(0, 1.2)).items()}
+    unlinked = {**benign, **{n: _with_client(s.copy(), 2000 + k) for k, (n, s) in enumerate(parts.items())}}
+    assert not [m for g in GroupSearch().find(unlinked, reference) for m in g.members if str(m).startswith("sybil")]
+    groups = GroupSearch().find({**benign, **parts}, reference)
+    members = [m for g in groups for m in g.members]
+    assert all(str(m).startswith("sybil#") for m in members) and len(members) >= 8, groups
+    assert all(g.link == "sharing a client" and "sharing a client" in g.reason for g in groups)
+
+
+def test_honest_households_behind_shared_clients_make_no_group(reference: Reference) -> None:
+    rng = np.random.default_rng(14)
+    benign = _benign(rng, 400)
+    for i, name in enumerate(benign):  # every three honest users behind one address
+        _with_client(benign[name], 5000 + i // 3)
+    assert GroupSearch().find(benign, reference) == []

@@ -191,3 +191,20 @@ def test_unique_counter_merges_and_estimates():
     assert a.merge(b).registers == whole.registers
     assert abs(whole.estimate() - 5000) / 5000 < 0.1
     assert UniqueCounter.from_dict(whole.to_dict()).estimate() == whole.estimate()
+
+
+def test_clients_are_a_bottom_k_sample_that_merges_exactly():
+    from flask_modelguard.state import CLIENTS
+
+    rng = np.random.default_rng(5)
+    hashes = rng.integers(0, 2**63, 40, dtype=np.uint64)
+    one, a, b = AccountState(4), AccountState(4), AccountState(4)
+    for i, h in enumerate(hashes.tolist() * 2):  # each client twice
+        obs = Observation(float(i), [f"{i:016x}"], np.ones((1, 4)), [0], [0.9], client=int(h))
+        one.update(obs)
+        (a if i % 3 else b).update(obs)
+    expected = np.sort(np.unique(hashes))[:CLIENTS]
+    assert one.clients.tolist() == expected.tolist()
+    assert a.copy().merge(b).clients.tolist() == expected.tolist()
+    assert AccountState.from_dict(one.to_dict()).clients.tolist() == expected.tolist()
+    assert AccountState.from_dict({**one.to_dict(), "clients": None}).clients.size == 0  # states from before

@@ -24,6 +24,9 @@ def test_an_entry_decodes_to_the_event_it_encodes() -> None:
     assert back.request_json == {"instances": [[4, 0.5]]}
     assert back.model_json == {"predictions": [{"label": 2}]}
     assert back.fingerprints == ["ab" * 16] and back.adapter == "adapter"
+    assert back.client is None
+    event.client = "203.0.113.7"
+    assert decode(encode(event), {}).client == "203.0.113.7"
 
 
 def test_consumer_writes_every_published_event_once_and_acknowledges_it(redis_uri: str) -> None:

@@ -68,10 +68,13 @@ class Group:
     #: The weakest member's agreement with the rest of the group (standard units).
     agreement: float
     scores: dict[str, float] = field(default_factory=dict)
+    #: What linked the members besides their queries ("" or "sharing a client").
+    link: str = ""
 
     @property
     def reason(self) -> str:
-        return (f"colluding group of {len(self.members)} accounts: ADD {self.ratio:.2f}x its threshold at "
+        linked = f" {self.link}" if self.link else ""
+        return (f"colluding group of {len(self.members)} accounts{linked}: ADD {self.ratio:.2f}x its threshold at "
                 f"{self.distinct} inputs together, deviation z={self.z:.1f}, agreement >= {self.agreement:.1f}")
 
 
@@ -151,30 +154,50 @@ class GroupSearch:
     max_attempts: int = 256
 
     def find(self, states: Mapping[AccountId, AccountState], reference: Reference) -> list[Group]:
-        """The groups among ``states``, strongest first (each account in one at most)."""
+        """The groups among ``states``, strongest first (each account in one at
+        most): over all candidates, then within each set of accounts that share
+        a client (``AccountState.clients``): the link chose them, so each needs
+        only to agree with the rest beyond ``member_z``."""
         if len(states) < self.min_size or not reference.thresholds:
             return []
-        ids = list(states)
-        V, n = deviations(states, reference)  # n: inputs per class
-        U = V / np.maximum(np.linalg.norm(V, axis=1), 1e-12)[:, None]
-        free = np.array([self.min_member_queries <= states[a].distinct <= self.max_member_queries for a in ids])
-        bar = self.member_z + np.sqrt(2.0 * np.log(max(2, len(ids))))  # the best of many by chance: ~ √(2 ln n)
+        pool = _Pool(states, reference, self.min_member_queries, self.max_member_queries)
+        groups = self._search(pool, np.ones(len(pool.ids), dtype=bool), "")
+        for scope in _sharing_a_client(pool):
+            if len(groups) < self.max_groups:
+                groups += self._linked(pool, scope, "sharing a client")
+        return sorted(groups, key=lambda g: -g.z)
+
+    def _linked(self, pool: _Pool, scope: np.ndarray, link: str) -> list[Group]:
+        """Accounts a link already groups (no search chose them): all of them,
+        less those that do not agree with the rest beyond ``member_z``; else a
+        search among them."""
+        members = self._keep_agreeing(np.flatnonzero(pool.free & scope).tolist(), pool.U, self.member_z)
+        group = self._judge(members, pool, link)
+        if group is None:
+            return self._search(pool, scope, link)
+        pool.free[members] = False
+        return [group]
+
+    def _search(self, pool: _Pool, scope: np.ndarray, link: str) -> list[Group]:
+        """Groups among the free accounts of ``scope`` (its members then no longer free)."""
+        free = pool.free & scope
+        bar = self.member_z + np.sqrt(2.0 * np.log(max(2, int(scope.sum()))))  # best of n by chance: ~√(2 ln n)
         groups: list[Group] = []
-        tried = np.zeros(len(ids), dtype=bool)  # in a group that failed: seeds no other
-        for a, b in self._pairs(U, free, bar)[: self.max_attempts]:
+        tried = np.zeros(len(pool.ids), dtype=bool)  # in a group that failed: seeds no other
+        for a, b in self._pairs(pool.U, free, bar)[: self.max_attempts]:
             if len(groups) >= self.max_groups:
                 break
             if not (free[a] and free[b]) or (tried[a] and tried[b]):
                 continue
-            grown = self._grow([a, b], V, n, U, free, bar)
-            members = self._keep_agreeing(grown, U, bar)
-            group = self._judge(members, ids, states, reference, V, n, U)
+            grown = self._grow([a, b], pool.V, pool.n, pool.U, free, bar)
+            members = self._keep_agreeing(grown, pool.U, bar)
+            group = self._judge(members, pool, link)
             if group is None:
                 tried[grown] = True
             else:
                 groups.append(group)
-                free[members] = False
-        return sorted(groups, key=lambda g: -g.z)
+                free[members] = pool.free[members] = False
+        return groups
 
     def _pairs(self, U: np.ndarray, free: np.ndarray, bar: float) -> list[tuple[int, int]]:
         """Seeds: each free account with its most agreeing partner, where they
@@ -221,9 +244,9 @@ class GroupSearch:
             members.pop(weakest)
         return members
 
-    def _judge(self, members: list[int], ids: list[AccountId], states: Mapping[AccountId, AccountState],
-               reference: Reference, V: np.ndarray, n: np.ndarray, U: np.ndarray) -> Group | None:
+    def _judge(self, members: list[int], pool: _Pool, link: str) -> Group | None:
         """The group, if its members together pass every bar."""
+        ids, states, reference, V, n, U = pool.ids, pool.states, pool.reference, pool.V, pool.n, pool.U
         if len(members) < self.min_size or n[members].sum() < self.min_group_queries:
             return None
         z = _z(V[members].sum(axis=0), n[members].sum(axis=0))
@@ -236,7 +259,49 @@ class GroupSearch:
         agreement = float(_each_with_the_rest(U[members]).min())
         queries = sum(states[ids[m]].queries for m in members)
         return Group([ids[m] for m in members], queries, merged.distinct, score / limit, z, agreement,
-                     {"add": score, "add_threshold": limit})
+                     {"add": score, "add_threshold": limit}, link)
+
+
+class _Pool:
+    """The candidates of one search: their ids, states, deviation vectors
+    (``V``; ``U`` of unit length), inputs per class (``n``), and which may
+    still join a group (``free``)."""
+
+    def __init__(self, states: Mapping[AccountId, AccountState], reference: Reference, least: int,
+                 most: int) -> None:
+        self.ids, self.states, self.reference = list(states), states, reference
+        self.V, self.n = deviations(states, reference)
+        self.U = self.V / np.maximum(np.linalg.norm(self.V, axis=1), 1e-12)[:, None]
+        self.free = np.array([least <= states[a].distinct <= most for a in self.ids], dtype=bool)
+
+
+def _sharing_a_client(pool: _Pool) -> list[np.ndarray]:
+    """Sets of free accounts linked by shared clients (directly or through
+    others), as masks over the pool; only sets of two or more."""
+    parent = list(range(len(pool.ids)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[int, int] = {}
+    for i, account in enumerate(pool.ids):
+        if pool.free[i]:
+            for client in pool.states[account].clients.tolist():
+                parent[root(i)] = root(first.setdefault(client, i))
+    sets: dict[int, list[int]] = {}
+    for i in range(len(pool.ids)):
+        if pool.free[i] and pool.states[pool.ids[i]].clients.size:
+            sets.setdefault(root(i), []).append(i)
+    masks = []
+    for members in sets.values():
+        if len(members) >= 2:
+            mask = np.zeros(len(pool.ids), dtype=bool)
+            mask[members] = True
+            masks.append(mask)
+    return masks
 
 
 def _merged_classes(states: list[AccountState]) -> AccountState:
