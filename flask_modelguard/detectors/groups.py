@@ -156,8 +156,7 @@ class GroupSearch:
     def find(self, states: Mapping[AccountId, AccountState], reference: Reference) -> list[Group]:
         """The groups among ``states``, strongest first (each account in one at
         most): over all candidates, then within each set of accounts that share
-        a client (``AccountState.clients``): the link chose them, so each needs
-        only to agree with the rest beyond ``member_z``."""
+        a client (``AccountState.clients``), with the bar of the set's size."""
         if len(states) < self.min_size or not reference.thresholds:
             return []
         pool = _Pool(states, reference, self.min_member_queries, self.max_member_queries)
@@ -168,10 +167,12 @@ class GroupSearch:
         return sorted(groups, key=lambda g: -g.z)
 
     def _linked(self, pool: _Pool, scope: np.ndarray, link: str) -> list[Group]:
-        """Accounts a link already groups (no search chose them): all of them,
-        less those that do not agree with the rest beyond ``member_z``; else a
-        search among them."""
-        members = self._keep_agreeing(np.flatnonzero(pool.free & scope).tolist(), pool.U, self.member_z)
+        """Accounts a link already groups: all of them, less those that do not
+        agree with the rest beyond the bar of the set's size (honest users
+        behind a thief's address must not join it); else a search among them."""
+        linked = np.flatnonzero(pool.free & scope).tolist()
+        bar = self.member_z + np.sqrt(2.0 * np.log(max(2, len(linked))))
+        members = self._keep_agreeing(linked, pool.U, bar)
         group = self._judge(members, pool, link)
         if group is None:
             return self._search(pool, scope, link)
