@@ -7,6 +7,7 @@ group. Framework-free."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -39,15 +40,20 @@ class GroupWatch:
         self.search = search or GroupSearch()
         self.enabled = enabled
         self._next = -float("inf")
+        self._searching = threading.Lock()
         self.searches = self.groups = self.flagged = self.failed = 0
         self.last_candidates = 0
         self.last_seconds: float | None = None
         self.why = "off (MODELGUARD_GROUPS)" if not enabled else "no search yet"
 
+    def reset_in_child(self) -> None:
+        """A forked child: a search the parent was in is not the child's."""
+        self._searching = threading.Lock()
+
     def tick(self, now: float) -> list[Group]:
         """A search when one is due (the worker calls this after each merge)."""
-        if not self.enabled or now < self._next:
-            return []
+        if not self.enabled or now < self._next or not self._searching.acquire(blocking=False):
+            return []  # (one search at a time: the worker's tick and a flush may both call)
         self._next = now + self.interval
         try:
             return self.scan(now)
@@ -59,11 +65,14 @@ class GroupWatch:
                 "modelguard: the search for colluding accounts failed (%s); retrying every %.0f s",
                 exc.__class__.__name__, self.interval, exc_info=exc)
             return []
+        finally:
+            self._searching.release()
 
     def scan(self, now: float) -> list[Group]:
         """Search now; record and announce each group found."""
-        reference = self.monitor.reference or self.monitor.population_reference
-        if reference is None or not reference.thresholds:
+        reference = next((r for r in (self.monitor.reference, self.monitor.population_reference)
+                          if r is not None and r.thresholds), None)
+        if reference is None:
             self.why = "waiting for a reference with calibrated thresholds (ADD's or the population's)"
             return []
         started = time.perf_counter()

@@ -178,6 +178,8 @@ account_states = Table(
     Column("account_id", Integer, primary_key=True),
     Column("state", JSON, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The group search reads the latest merged (migration 0003).
+    Index("ix_modelguard_account_states_updated", "updated_at"),
 )
 
 #: Colluding groups the group detector found (detectors/groups.py): one row and one alert a group.

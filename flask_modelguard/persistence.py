@@ -5,6 +5,7 @@ next start, or counted). Framework-free."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Callable
@@ -66,20 +67,25 @@ class StateStore:
     def candidates(self, since: float, limit: int) -> dict[int, AccountState]:
         """What the group search reads: the stored states of unflagged accounts
         merged since ``since`` (at most ``limit``), each with this process's
-        unmerged delta, and unflagged accounts only this process holds yet.
-        Read between merges (never a delta counted twice or missed)."""
+        unmerged queries (evicted accounts' too), then the most recently active
+        accounts only this process holds yet, unflagged, up to ``limit``. Read
+        between merges: no delta is counted twice."""
         with self._persisting:
             stored = self.repository.group_candidates(since, limit)
             states = {a: AccountState.from_dict(d) for a, d in stored.items() if self.space.holds(d)}
+            room = max(0, limit - len(states))
             with self.monitor.lock:
-                unmerged = {a: r.delta.copy() for a, r in self.monitor.accounts.items()
-                            if r.delta is not None and r.delta.queries}
-                resident = {a: self.monitor.accounts[a].view() for a in unmerged if a not in stored}
-        for account_id, delta in unmerged.items():
-            if account_id in states:
-                states[account_id].merge(delta)
+                accounts = self.monitor.accounts
+                unmerged = [(a, d.copy()) for a in states if a in accounts
+                            and (d := accounts[a].delta) is not None and d.queries]
+                unmerged += [(a, d.copy()) for a, d in self.monitor.evicted if a in states]
+                resident = {a: r.view() for a, r in itertools.islice(
+                    ((a, r) for a, r in reversed(accounts.items()) if a not in stored and r.delta is not None),
+                    room)}
+        for account_id, delta in unmerged:
+            states[account_id].merge(delta)
         fresh = self.repository.unflagged(sorted(resident)) if resident else set()
-        states.update((a, resident[a]) for a in sorted(fresh)[: max(0, limit - len(states))])
+        states.update((a, resident[a]) for a in sorted(fresh))
         return states
 
     def persist(self, batch: int = 200, now: float | None = None) -> int:

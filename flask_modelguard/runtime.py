@@ -194,6 +194,7 @@ class GuardState:
     def _reset_in_child(self) -> None:
         self.monitor.reset()  # the parent merges what it saw; the child starts afresh
         self.states.reset_in_child()
+        self.groups.reset_in_child()
         self.changes.reset_in_child()
         self.auth.reset_in_child()
         self.serving.reset_in_child()

@@ -6,6 +6,7 @@ model fitting happen here.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -306,10 +307,13 @@ class RequestPath:
             return None
         try:
             found = name_client(request)
+            name = "" if found is None else str(found)
         except Exception:
             self.client_id_errors += 1
             return None
-        return None if found is None else str(found)[:256]
+        if len(name) > 256:  # a long token: its digest (it is hashed with the key in the worker)
+            name = hashlib.blake2b(name.encode(errors="replace"), digest_size=16).hexdigest()
+        return name or None
 
     def _first_request(self, environ: Any) -> None:
         """Checks only a request can make: several processes serving one app

@@ -57,7 +57,7 @@ def encode(event: QueryEvent) -> Entry:
     if event.model_json is not None:
         entry["p"] = _dumps(event.model_json)
     if event.client is not None:
-        entry["c"] = event.client.encode()
+        entry["c"] = event.client.encode(errors="replace")
     return entry
 
 
@@ -72,7 +72,7 @@ def decode(entry: Mapping[Any, bytes], adapters: Mapping[str, Any]) -> QueryEven
         json.loads(body) if body is not None else None, entry.get("o"),
         [tuple(mark) for mark in marks] if marks else [], bool(canary),
         json.loads(model) if model is not None else None, adapters.get(route),
-        fingerprints=fingerprints, raw_body=body, client=client.decode(errors="replace") if client else None,
+        fingerprints=fingerprints, raw_body=body, client=None if client is None else client.decode(errors="replace"),
     )
 
 

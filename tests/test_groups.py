@@ -125,18 +125,18 @@ def _attributed(groups: list[Any]) -> tuple[int, int]:
 
 
 def test_a_mild_sybil_behind_one_client_is_attributed_through_it(reference: Reference) -> None:
-    """Parts shifted 1.4σ: the search over 160 accounts attributes few of them;
+    """Parts shifted 1.2σ: the search over 160 accounts attributes none of them;
     sharing a client narrows it to them, with the bar of that set's size."""
-    rng = np.random.default_rng(13)
+    rng = np.random.default_rng(15)
     benign = _benign(rng, 150)
     for i, name in enumerate(benign):  # pairs of honest users behind one address (a household)
         _with_client(benign[name], 1000 + i // 2)
-    parts = {name: _with_client(state, 7) for name, state in _sybil(rng, "sybil", 10, _shift(0, 1.4)).items()}
+    parts = {name: _with_client(state, 7) for name, state in _sybil(rng, "sybil", 10, _shift(0, 1.2)).items()}
     unlinked = {**benign, **{n: _with_client(s.copy(), 2000 + k) for k, (n, s) in enumerate(parts.items())}}
     alone, _ = _attributed(GroupSearch().find(unlinked, reference))
     groups = GroupSearch().find({**benign, **parts}, reference)
     linked, others = _attributed(groups)
-    assert others == 0 and linked >= 8 and linked > alone, (alone, groups)
+    assert others == 0 and linked >= 7 and alone == 0, (alone, groups)
     assert any(g.link == "sharing a client" and "sharing a client" in g.reason for g in groups)
 
 
@@ -156,3 +156,17 @@ def test_honest_households_behind_shared_clients_make_no_group(reference: Refere
     for i, name in enumerate(benign):  # every three honest users behind one address
         _with_client(benign[name], 5000 + i // 3)
     assert GroupSearch().find(benign, reference) == []
+
+
+def test_a_drift_shared_by_accounts_of_every_size_and_class_mix_makes_no_group(reference: Reference) -> None:
+    """Drift is removed per entry over the accounts that have inputs there: small
+    accounts of one class must not look alike because they lack the others."""
+    rng = np.random.default_rng(16)
+    drift = np.full(DIM, 0.3)
+    states = _benign(rng, 150, shift=drift)
+    for i in range(50):  # small accounts whose inputs are all of one class
+        X = CENTRES[0] + rng.normal(0.0, 1.0, (8, DIM)) + drift
+        state = AccountState(DIM)
+        state.update(Observation(0.0, [f"{rng.integers(2**62):016x}" for _ in range(8)], X, [0] * 8, [0.9] * 8))
+        states[f"small-{i}"] = state.flush()
+    assert GroupSearch().find(states, reference) == []

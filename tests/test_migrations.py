@@ -31,6 +31,7 @@ def _previous_release(url: str) -> None:
     with engine.begin() as conn:
         conn.execute(text(f"DROP INDEX {NEW_INDEX}"))
         conn.execute(text(f"DROP TABLE {NEW_TABLE}"))
+        conn.execute(text("DROP INDEX ix_modelguard_account_states_updated"))
         conn.execute(text(f"DROP TABLE {migrations.VERSION_TABLE}"))
         conn.execute(models.accounts.insert().values(
             name="old", tier="free", status="active", flagged=False, score=0.0, allowlisted=False,

@@ -10,18 +10,19 @@ account becomes a vector of its evidence, per reference class and feature
 - the sum of its whitened deviations from the class mean, and
 - the sum of its whitened squared deviations minus their expectation,
 
-both from the class moments the state keeps. Under the reference each entry
-of an account with ``n`` inputs is about ``N(0, n)``, and the vectors of
-independent accounts are independent; the vectors of one thief's parts point
-the same way, so their sum grows like ``n`` while noise grows like ``√n``.
-For a set of accounts with summed vector ``S`` over ``N`` inputs,
-``|S|²/N`` is about χ² with ``D`` degrees of freedom, hence the group's
-``z = (|S|²/N − D) / √(2D)``.
+both from the class moments the state keeps. Under the reference an entry
+of class ``c`` of an account with ``n_c`` inputs of that class is about
+``N(0, n_c)``, and the vectors of independent accounts are independent; the
+vectors of one thief's parts point the same way, so their sum grows like
+``n`` while noise grows like ``√n``. For a set of accounts with summed vector
+``S`` over ``N`` inputs, ``|S|²/N`` is a mixture of χ² variables (:func:`_z`),
+hence the group's ``z``.
 
 :class:`GroupSearch` grows groups greedily from the most agreeing pair
-(agreement: the normalised inner product of two vectors, about ``N(0, 1)`` for
-independent accounts), keeps only members that agree with the rest of the
-group on their own (leave one out), and accepts a group only when
+(agreement: the inner product of two vectors over its standard error, given
+the other, for an independent account: about ``N(0, 1)`` for honest accounts), keeps only members that
+agree with the rest of the group on their own (leave one out), and accepts a
+group only when
 
 - its ``z`` reaches ``group_z``, each member's agreement ``member_z``, and
 - its members' states *merged* into one account cross ADD's calibrated
@@ -29,9 +30,9 @@ group on their own (leave one out), and accepts a group only when
   judged as the one account it would be.
 
 Benign traffic rarely matches the reference exactly; the drift common to all
-candidates (their median deviation per input) is removed and each entry is
-scaled by its robust spread among the candidates, so a population-wide shift
-makes no group.
+candidates (per entry, the median deviation per input of the accounts with
+inputs of its class) is removed and each entry is scaled by its robust spread
+among them, so a population-wide shift makes no group.
 """
 
 from __future__ import annotations
@@ -123,12 +124,23 @@ def deviations(states: Mapping[AccountId, AccountState], reference: Reference) -
     V = np.array([whitener.vector(state) for state in states.values()]).reshape(len(states), whitener.width)
     C = np.array([[state.by_class[c].n if c in state.by_class else 0 for c in whitener.labels]
                   for state in states.values()], dtype=np.float64).reshape(len(states), len(whitener.labels))
+    broken = ~np.isfinite(V).all(axis=1)  # (stored states are finite; never let one blind the rest)
+    V[broken], C[broken] = 0.0, 0.0
     if len(V):
-        n = np.repeat(np.maximum(C, 1.0), 2 * whitener.dim, axis=1)  # each entry's expected variance
-        V -= n * np.median(V / n, axis=0)
-        spread = np.sqrt(np.median(V**2 / n, axis=0) / _CHI2_MEDIAN)
+        n = np.repeat(C, 2 * whitener.dim, axis=1)  # each entry's expected variance (0: no input of its class)
+        drift = _median_where(V / np.maximum(n, 1.0), n > 0, 0.0)  # over the accounts with inputs there
+        V -= n * drift
+        spread = np.sqrt(_median_where(V**2 / np.maximum(n, 1.0), n > 0, _CHI2_MEDIAN) / _CHI2_MEDIAN)
         V /= np.maximum(spread, 1.0)
     return V, C
+
+
+def _median_where(X: np.ndarray, mask: np.ndarray, empty: float) -> np.ndarray:
+    """Each column's median over the rows where ``mask`` holds (``empty`` where none does)."""
+    out = np.full(X.shape[1], empty)
+    for j in np.flatnonzero(mask.any(axis=0)):
+        out[j] = np.median(X[mask[:, j], j])
+    return out
 
 
 @dataclass
@@ -172,7 +184,7 @@ class GroupSearch:
         behind a thief's address must not join it); else a search among them."""
         linked = np.flatnonzero(pool.free & scope).tolist()
         bar = self.member_z + np.sqrt(2.0 * np.log(max(2, len(linked))))
-        members = self._keep_agreeing(linked, pool.U, bar)
+        members = self._keep_agreeing(linked, pool, bar)
         group = self._judge(members, pool, link)
         if group is None:
             return self._search(pool, scope, link)
@@ -185,13 +197,13 @@ class GroupSearch:
         bar = self.member_z + np.sqrt(2.0 * np.log(max(2, int(scope.sum()))))  # best of n by chance: ~√(2 ln n)
         groups: list[Group] = []
         tried = np.zeros(len(pool.ids), dtype=bool)  # in a group that failed: seeds no other
-        for a, b in self._pairs(pool.U, free, bar)[: self.max_attempts]:
+        for a, b in self._pairs(pool, free, bar)[: self.max_attempts]:
             if len(groups) >= self.max_groups:
                 break
             if not (free[a] and free[b]) or (tried[a] and tried[b]):
                 continue
-            grown = self._grow([a, b], pool.V, pool.n, pool.U, free, bar)
-            members = self._keep_agreeing(grown, pool.U, bar)
+            grown = self._grow([a, b], pool, free, bar)
+            members = self._keep_agreeing(grown, pool, bar)
             group = self._judge(members, pool, link)
             if group is None:
                 tried[grown] = True
@@ -200,15 +212,16 @@ class GroupSearch:
                 free[members] = pool.free[members] = False
         return groups
 
-    def _pairs(self, U: np.ndarray, free: np.ndarray, bar: float) -> list[tuple[int, int]]:
+    def _pairs(self, pool: _Pool, free: np.ndarray, bar: float) -> list[tuple[int, int]]:
         """Seeds: each free account with its most agreeing partner, where they
         agree beyond ``bar``, most agreeing first."""
         seeds: dict[tuple[int, int], float] = {}
         columns = np.flatnonzero(free)
-        scale = np.sqrt(U.shape[1])
         for start in range(0, len(columns), _BLOCK):
             rows = columns[start : start + _BLOCK]
-            agree = (U[rows] @ U[columns].T) * scale
+            W, e = pool.W, pool.e
+            given_b, given_a = e[rows] @ (W[columns] ** 2).T, (W[rows] ** 2) @ e[columns].T
+            agree = _standardised(W[rows] @ W[columns].T, np.maximum(given_a, given_b))
             agree[np.arange(len(rows)), start + np.arange(len(rows))] = -np.inf
             best = agree.argmax(axis=1)
             for i, j in enumerate(best):
@@ -217,14 +230,15 @@ class GroupSearch:
                     seeds[(a, b)] = float(agree[i, j])
         return sorted(seeds, key=lambda pair: -seeds[pair])
 
-    def _grow(self, members: list[int], V: np.ndarray, n: np.ndarray, U: np.ndarray, free: np.ndarray,
-              bar: float) -> list[int]:
+    def _grow(self, members: list[int], pool: _Pool, free: np.ndarray, bar: float) -> list[int]:
         """Add, one at a time, the free account agreeing most with the group,
         while it agrees beyond ``bar`` and raises the group's z."""
         members = list(members)
+        V, n = pool.V, pool.n
         total, inputs = V[members].sum(axis=0), n[members].sum(axis=0)
         while len(members) < self.max_size:
-            agree = _agreements(U, U[members].sum(axis=0))
+            direction = pool.W[members].sum(axis=0)
+            agree = _standardised(pool.W @ direction, pool.e @ direction**2)
             agree[~free] = -np.inf
             agree[members] = -np.inf
             best = int(agree.argmax())
@@ -234,11 +248,11 @@ class GroupSearch:
             total, inputs = total + V[best], inputs + n[best]
         return members
 
-    def _keep_agreeing(self, members: list[int], U: np.ndarray, bar: float) -> list[int]:
+    def _keep_agreeing(self, members: list[int], pool: _Pool, bar: float) -> list[int]:
         """Drop, weakest first, members that do not agree with the rest on their own."""
         members = list(members)
         while len(members) >= self.min_size:
-            agree = _each_with_the_rest(U[members])
+            agree = _each_with_the_rest(pool, members)
             weakest = int(agree.argmin())
             if agree[weakest] >= bar:
                 break
@@ -247,7 +261,7 @@ class GroupSearch:
 
     def _judge(self, members: list[int], pool: _Pool, link: str) -> Group | None:
         """The group, if its members together pass every bar."""
-        ids, states, reference, V, n, U = pool.ids, pool.states, pool.reference, pool.V, pool.n, pool.U
+        ids, states, reference, V, n = pool.ids, pool.states, pool.reference, pool.V, pool.n
         if len(members) < self.min_size or n[members].sum() < self.min_group_queries:
             return None
         z = _z(V[members].sum(axis=0), n[members].sum(axis=0))
@@ -257,7 +271,7 @@ class GroupSearch:
         score, limit = add_score(merged, reference), reference.threshold(merged.distinct)
         if score is None or not limit or score / limit < self.bar:
             return None
-        agreement = float(_each_with_the_rest(U[members]).min())
+        agreement = float(_each_with_the_rest(pool, members).min())
         queries = sum(states[ids[m]].queries for m in members)
         return Group([ids[m] for m in members], queries, merged.distinct, score / limit, z, agreement,
                      {"add": score, "add_threshold": limit}, link)
@@ -265,15 +279,23 @@ class GroupSearch:
 
 class _Pool:
     """The candidates of one search: their ids, states, deviation vectors
-    (``V``; ``U`` of unit length), inputs per class (``n``), and which may
-    still join a group (``free``)."""
+    (``V``), inputs per class (``n``), and which may still join a group
+    (``free``). ``W`` is ``V`` with each account shrunk to the size chance
+    gives it (``|W|² ≤ k·inputs``, ``k`` entries a class): an account that
+    deviates a lot, in any direction, gets no more say in agreements than
+    one that does not, so heavy-tailed honest accounts do not join groups."""
 
     def __init__(self, states: Mapping[AccountId, AccountState], reference: Reference, least: int,
                  most: int) -> None:
         self.ids, self.states, self.reference = list(states), states, reference
         self.V, self.n = deviations(states, reference)
-        self.U = self.V / np.maximum(np.linalg.norm(self.V, axis=1), 1e-12)[:, None]
+        k = self.V.shape[1] // max(1, self.n.shape[1])
+        #: Each entry's variance under chance: its class's inputs.
+        self.e = np.repeat(self.n, k, axis=1)
+        expected = np.maximum(self.e.sum(axis=1), 1.0)
+        self.W = self.V / np.sqrt(np.maximum(1.0, (self.V**2).sum(axis=1) / expected))[:, None]
         self.free = np.array([least <= states[a].distinct <= most for a in self.ids], dtype=bool)
+        self.free &= self.n.sum(axis=1) > 0
 
 
 def _sharing_a_client(pool: _Pool) -> list[np.ndarray]:
@@ -337,14 +359,17 @@ def _z(total: np.ndarray, inputs: np.ndarray) -> float:
     return float((total @ total / N - k) / np.sqrt(2.0 * k * max(float(share @ share), 1e-12)))
 
 
-def _agreements(U: np.ndarray, direction: np.ndarray) -> np.ndarray:
-    """Each account's agreement with a direction: the cosine of their angle
-    times √D (about N(0, 1) for an account independent of it)."""
-    return np.asarray(U @ direction / max(float(np.linalg.norm(direction)), 1e-12) * np.sqrt(U.shape[1]))
+def _standardised(inner: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """Inner products ``w·s`` of shrunk deviation vectors over their standard
+    error for an account independent of ``s``, given ``s`` (``Σ_j e_j·s_j²``,
+    ``e_j`` the entry's variance under chance): about N(0, 1) for an honest
+    account, however strong the group it is compared with; 0 where they share
+    no class."""
+    return np.asarray(np.where(variance > 0, inner / np.sqrt(np.maximum(variance, 1e-12)), 0.0))
 
 
-def _each_with_the_rest(U: np.ndarray) -> np.ndarray:
-    """Each row's agreement with the sum of the other rows (unit vectors)."""
-    rest = U.sum(axis=0)[None, :] - U
-    norms = np.maximum(np.linalg.norm(rest, axis=1), 1e-12)
-    return np.asarray((U * rest).sum(axis=1) / norms * np.sqrt(U.shape[1]))
+def _each_with_the_rest(pool: _Pool, members: list[int]) -> np.ndarray:
+    """Each member's agreement with the sum of the others."""
+    W, e = pool.W[members], pool.e[members]
+    rest = W.sum(axis=0)[None, :] - W
+    return _standardised((W * rest).sum(axis=1), (e * rest**2).sum(axis=1))

@@ -74,7 +74,7 @@ class EventRows(AccountRows):
                 scored[e["account_id"]] = float(value)
         before = dict(conn.execute(select(m.accounts.c.id, m.accounts.c.score)
                                    .where(m.accounts.c.id.in_(list(scored)))).all())
-        for account_id, value in scored.items():
+        for account_id, value in sorted(scored.items()):  # in id order, as every writer locks rows
             conn.execute(update(m.accounts).where(m.accounts.c.id == account_id).values(score=value))
         # Every process's cached score (it sets how hard deception bites) follows a move of SCORE_BAND.
         self.record_changes(conn, sorted(a for a, v in scored.items()

@@ -4,7 +4,8 @@ group's verdict written once (its members' evaluations, flags and one alert)."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -49,49 +50,64 @@ class GroupRows(EventRows):
 
     def record_group(self, group: Mapping[str, Any], evaluations: Mapping[int, dict[str, Any]],
                      policy: FlagPolicy, since: float = 0.0) -> tuple[list[Catch], int | None]:
-        """A group's verdict, in one transaction serialised with every other
-        process's: what ``policy`` decides of its members not in an earlier
-        group (``evaluations``: account id → evaluation row) and their
-        evaluation rows. When some members are in a group found since
-        ``since`` (a shadow-mode group found again, larger), the new ones join
-        it (the one sharing most), without another alert; else the group gets its row (``group``: queries, ratio, z,
-        reason) and one alert naming every member. Returns the catches and the
-        joined group's id, if any; no catches when no member is newly caught
-        (another process wrote the group first; a shadow-mode group found again)."""
-        with self.engine.begin() as conn:
-            if conn.dialect.name == "sqlite":
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            elif conn.dialect.name == "postgresql":
-                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({GROUP_LOCK})")
-            earlier = conn.execute(select(m.account_groups)).all()
-            known = {int(a) for row in earlier for a in row.members}
-            new = {a: e for a, e in evaluations.items() if a not in known}
+        """A group's verdict, serialised with every other process's (a
+        PostgreSQL session lock taken before the transaction's snapshot;
+        SQLite's ``BEGIN IMMEDIATE``): what ``policy`` decides of its members
+        (``evaluations``: account id → evaluation row; the facts decide:
+        flagged, allow-listed, reviewed), their evaluation rows, the group's
+        row of the members caught (``group``: queries, ratio, z, reason) and
+        one alert naming them. In shadow mode, members of a shadow-mode group
+        found since ``since`` are not caught again, and a group sharing most of
+        its members with such a group joins it without another alert. Returns
+        the catches and the joined group's id, if any; no catches when no
+        member is newly caught (another process wrote the group first)."""
+        with self._serialised() as conn:
+            earlier = conn.execute(select(m.account_groups).where(m.account_groups.c.ts >= since)).all()
+            seen = {int(a) for r in earlier if r.action == "observe" for a in r.members}
+            skip = seen if policy.action == "observe" else set()
+            new = {a: e for a, e in evaluations.items() if a not in skip}
             rows = [{"account_id": a, "canary": False, "evaluation": e} for a, e in new.items()]
             catches = policy.decide(rows, self._facts(conn, set(new))) if new else []
             if not catches:
                 return [], None
-            self._insert_scores(conn, [new[c.account_id] for c in catches])
-            shared = [(len(set(map(int, r.members)) & set(evaluations)), r) for r in earlier if r.ts >= since]
-            best = max(shared, key=lambda item: item[0], default=(0, None))
-            if best[1] is not None and best[0] > 0:
-                self._join(conn, best[1], [c.account_id for c in catches], group)
+            caught = sorted(c.account_id for c in catches)
+            self._insert_scores(conn, [new[a] for a in caught])
+            joined = _joins(earlier, set(evaluations)) if policy.action == "observe" else None
+            if joined is not None:
+                self._join(conn, joined, caught, sum(int(new[a]["queries"]) for a in caught))
                 self._apply(conn, catches, alerts=[])
-                return catches, int(best[1].id)
+                return catches, int(joined.id)
             conn.execute(insert(m.account_groups).values(
-                ts=self.clock(), members=sorted(evaluations), action=catches[0].action,
+                ts=self.clock(), members=caught, action=catches[0].action,
                 **{k: group[k] for k in ("queries", "ratio", "z", "reason")}))
             names = dict(conn.execute(select(m.accounts.c.id, m.accounts.c.name)
-                                      .where(m.accounts.c.id.in_(list(evaluations)))).all())
-            members = ", ".join(str(names.get(a, a)) for a in sorted(evaluations))
-            self._apply(conn, catches, alerts=[(catches[0].account_id, catches[0].action,
-                                                f"{group['reason']}: {members}")])
+                                      .where(m.accounts.c.id.in_(caught))).all())
+            members = ", ".join(str(names.get(a, a)) for a in caught)
+            self._apply(conn, catches, alerts=[(caught[0], catches[0].action, f"{group['reason']}: {members}")])
         return catches, None
 
-    def _join(self, conn: Any, earlier: Any, members: list[int], group: Mapping[str, Any]) -> None:
+    @contextmanager
+    def _serialised(self) -> Iterator[Any]:
+        """A transaction no other process records a group during."""
+        with self.engine.connect() as conn:
+            postgres = conn.dialect.name == "postgresql"
+            if postgres:
+                conn.exec_driver_sql(f"SELECT pg_advisory_lock({GROUP_LOCK})")
+                conn.commit()  # (a session lock: the transaction below takes its snapshot after it)
+            try:
+                with conn.begin():
+                    if conn.dialect.name == "sqlite":
+                        conn.exec_driver_sql("BEGIN IMMEDIATE")
+                    yield conn
+            finally:
+                if postgres:
+                    conn.exec_driver_sql(f"SELECT pg_advisory_unlock({GROUP_LOCK})")
+                    conn.commit()
+
+    def _join(self, conn: Any, earlier: Any, members: list[int], queries: int) -> None:
         """New members of an earlier group, in its row."""
         conn.execute(update(m.account_groups).where(m.account_groups.c.id == earlier.id).values(
-            members=sorted({*map(int, earlier.members), *members}), queries=earlier.queries + int(group["queries"]),
-            ratio=max(float(earlier.ratio), float(group["ratio"]))))
+            members=sorted({*map(int, earlier.members), *members}), queries=earlier.queries + queries))
 
     def list_groups(self, limit: int = 100) -> list[dict[str, Any]]:
         """The latest colluding groups found, newest first."""
@@ -99,3 +115,9 @@ class GroupRows(EventRows):
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
+
+def _joins(earlier: Sequence[Any], members: set[int]) -> Any:
+    """The shadow-mode group holding most of ``members``, if one holds at least half."""
+    shared = [(len(set(map(int, r.members)) & members), r) for r in earlier if r.action == "observe"]
+    count, found = max(shared, key=lambda item: item[0], default=(0, None))
+    return found if found is not None and 2 * count >= len(members) else None

@@ -1,4 +1,5 @@
-"""The colluding groups the group detector finds: one row (and one alert) a group.
+"""The colluding groups the group detector finds: one row (and one alert) a
+group; an index on the states' merge time, which the group search reads by.
 
 Revision ID: 0003
 Revises: 0002
@@ -27,7 +28,9 @@ def upgrade() -> None:
         sa.Column("action", sa.String(16), nullable=False),
         sa.Column("reason", sa.Text, nullable=False),
     )
+    op.create_index("ix_modelguard_account_states_updated", "modelguard_account_states", ["updated_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_modelguard_account_states_updated", table_name="modelguard_account_states")
     op.drop_table("modelguard_account_groups")
