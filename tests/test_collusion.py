@@ -238,3 +238,26 @@ def test_the_apps_client_id_reaches_the_state_hashed_and_a_failing_one_is_counte
     _, other = failing.account()
     assert failing.predict(other).status_code == 200
     assert state_of(failing.app).stats()["client_id_errors"] == 1
+
+
+def test_operators_list_groups_through_the_admin_api_and_the_cli(make_guarded: Any) -> None:
+    from flask_modelguard.cli import modelguard_cli
+    from flask_modelguard.runtime import state_of
+
+    g = make_guarded()
+    repository = state_of(g.app).repository
+    ids = [repository.create_account(f"part-{k}", "free")["id"] for k in range(3)]
+    evaluations = {a: {"account_id": a, "ts": NOW, "queries": 15, "scores": {"malicious": 0.9},
+                       "reasons": ["colluding group of 3 accounts: test"]} for a in ids}
+    record = {"queries": 45, "ratio": 1.8, "z": 40.0, "reason": "colluding group of 3 accounts: test"}
+    catches, joined = repository.record_group(record, evaluations, FlagPolicy())
+    assert len(catches) == 3 and joined is None
+    with g.app.app_context():
+        token = state_of(g.app).admin.create_token("ops")
+    response = g.client.get("/modelguard/api/groups", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200 and response.json["total"] == 1
+    item = response.json["items"][0]
+    assert item["accounts"] == ["part-0", "part-1", "part-2"] and item["members"] == ids and item["action"] == "degrade"
+    assert g.client.get("/modelguard/api/groups").status_code == 401
+    out = g.app.test_cli_runner().invoke(modelguard_cli, ["groups"])
+    assert out.exit_code == 0 and "3 accounts degrade" in out.stdout and "part-0, part-1, part-2" in out.stdout

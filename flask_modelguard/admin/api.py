@@ -253,6 +253,15 @@ def alerts() -> Any:
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
+@api.get("/groups")
+def groups() -> Any:
+    """Colluding groups the group detector found (docs/detection.md), newest first."""
+    repository = _state().repository
+    limit, offset = paging()
+    return {"items": repository.list_groups(limit, offset), "total": repository.count_groups(),
+            "limit": limit, "offset": offset}
+
+
 @api.post("/alerts/<alert_id>/ack")
 def acknowledge(alert_id: str) -> Any:
     if not (alert_id.isascii() and alert_id.isdigit()) or len(alert_id) > 18:

@@ -133,6 +133,16 @@ def alerts(show_all: bool) -> None:
     click.echo(f"{total} alert(s).", err=True)
 
 
+@_command("groups", click.option("--limit", type=int, default=100, show_default=True, help="How many."))
+def groups(limit: int) -> None:
+    """Colluding groups the group detector found, newest first."""
+    repository = _state().repository
+    for g in repository.list_groups(limit):
+        names = ", ".join(str(a) for a in g["accounts"])
+        click.echo(f"#{g['id']:<5} {len(g['members']):>3} accounts {g['action']:<8} {g['reason']}: {names}")
+    click.echo(f"{repository.count_groups()} group(s).", err=True)
+
+
 @_command("ack", click.argument("alert_id", type=int))
 def ack(alert_id: int) -> None:
     """Acknowledge alert ALERT_ID."""

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from .. import models as m
 from ..policy import Catch, FlagPolicy
@@ -109,11 +109,22 @@ class GroupRows(EventRows):
         conn.execute(update(m.account_groups).where(m.account_groups.c.id == earlier.id).values(
             members=sorted({*map(int, earlier.members), *members}), queries=earlier.queries + queries))
 
-    def list_groups(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The latest colluding groups found, newest first."""
-        query = select(m.account_groups).order_by(m.account_groups.c.id.desc()).limit(limit)
+    def list_groups(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        """Colluding groups found, newest first, each with its members' names (``accounts``)."""
+        g = m.account_groups.c
+        query = select(m.account_groups).order_by(g.id.desc()).limit(limit).offset(offset)
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(query)]
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+            ids = sorted({int(a) for r in rows for a in r["members"]})
+            names = dict(conn.execute(select(m.accounts.c.id, m.accounts.c.name).where(m.accounts.c.id.in_(ids)))
+                         .all()) if ids else {}
+        for row in rows:
+            row["accounts"] = [names.get(int(a)) for a in row["members"]]
+        return rows
+
+    def count_groups(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(m.account_groups)).scalar_one())
 
 
 def _joins(earlier: Sequence[Any], members: set[int]) -> Any:
