@@ -35,24 +35,18 @@ class Alerter:
         for catch in catches:
             self._announce(catch)
 
-    def announce_group(self, catches: Sequence[Catch], reason: str, members: Sequence[int],
-                       joined: int | None = None) -> None:
+    def announce_group(self, catches: Sequence[Catch], reason: str) -> None:
         """A colluding group's catches: one log line and one webhook for the
-        group (none for new members ``joined`` to an earlier group: its log
-        line says so), each member's metric, cache and signals."""
+        group, each member's metric, cache and signals."""
         if not catches:
             return
         action = catches[0].action
-        what = "found by the detectors (shadow mode, not acted on)" if action == "observe" else "flagged"
-        accounts = ", ".join(str(c.account_id) for c in catches)
-        if joined is not None:
-            log.warning("modelguard: accounts %s %s (%s): joined colluding group %d (%s)", accounts, what, action,
-                        joined, reason, extra={"modelguard_accounts": list(members), "modelguard_group": joined})
-        else:
-            log.warning("modelguard: accounts %s %s (%s): %s", accounts, what, action, reason,
-                        extra={"modelguard_accounts": list(members), "modelguard_action": action})
-        if self.webhook is not None and joined is None:
-            self.webhook.send({"event": "group_flagged", "account_ids": list(members),
+        what = "found as a colluding group (not acted on)" if action == "observe" else "flagged"
+        members = [c.account_id for c in catches]
+        log.warning("modelguard: accounts %s %s (%s): %s", ", ".join(map(str, members)), what, action, reason,
+                    extra={"modelguard_accounts": members, "modelguard_action": action})
+        if self.webhook is not None:
+            self.webhook.send({"event": "group_flagged", "account_ids": members,
                                "accounts": [self._name(a) for a in members], "action": action, "reason": reason,
                                "ts": self.clock()})
         for catch in catches:

@@ -94,10 +94,10 @@ class GroupWatch:
         evaluations = {a: {"account_id": a, "ts": now, "queries": states[a].queries, "scores": scores,
                            "reasons": [group.reason]} for a in members}
         record = {"queries": group.queries, "ratio": group.ratio, "z": group.z, "reason": group.reason}
-        catches, joined = self.repository.record_group(record, evaluations, self.policy, since=now - self.window)
+        catches = self.repository.record_group(record, evaluations, self.policy, since=now - self.window)
         self.flagged += sum(1 for c in catches if c.flag)
-        self.alerter.announce_group(catches, group.reason, sorted(members), joined=joined)
-        return bool(catches) and joined is None
+        self.alerter.announce_group(catches, group.reason)
+        return bool(catches)
 
     def stats(self) -> dict[str, Any]:
         return {"group_searches": self.searches, "groups_found": self.groups,

@@ -16,6 +16,7 @@ from .detectors.population import PopulationSample
 from .monitor import Monitor
 from .persistence import StateStore
 from .pipeline import Pipeline
+from .policy import FlagPolicy
 from .protection import OutputProtector
 from .quotas import QuotaEnforcer
 from .spill import SpillDirectory
@@ -71,6 +72,8 @@ def protector_of(settings: Settings, key: bytes) -> OutputProtector:
 
 
 def groups_of(settings: Settings, pipeline: Pipeline, states: StateStore) -> GroupWatch:
-    return GroupWatch(pipeline.monitor, states, pipeline.repository, pipeline.policy, pipeline.alerter,
+    """MODELGUARD_GROUPS: "observe" alerts on groups and flags nothing; "flag" applies MODELGUARD_ACTION."""
+    policy = pipeline.policy if settings.groups == "flag" else FlagPolicy("observe")
+    return GroupWatch(pipeline.monitor, states, pipeline.repository, policy, pipeline.alerter,
                       interval=settings.groups_interval, enabled=settings.enabled and settings.detection
                       and settings.groups)

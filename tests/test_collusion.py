@@ -194,7 +194,10 @@ def test_a_failing_search_is_counted_and_said(process: _Process, caplog: pytest.
     assert any("colluding" in r.getMessage() for r in caplog.records)
 
 
-def test_a_shadow_mode_group_found_again_larger_keeps_its_one_alert(db_url: str, reference: Reference) -> None:
+def test_in_shadow_mode_parts_found_later_make_a_group_of_their_own(db_url: str, reference: Reference) -> None:
+    """Members of a shadow-mode group stay unflagged but are no candidates again:
+    later parts make their own group (one alert each group, none repeated);
+    an enforcing action then catches the earlier members."""
     shadow = _Process(db_url, reference, action="observe")
     shadow.repository.create_all()
     try:
@@ -203,11 +206,17 @@ def test_a_shadow_mode_group_found_again_larger_keeps_its_one_alert(db_url: str,
         ids = _accounts(shadow, first)
         assert len(shadow.watch.scan(NOW)) == 1
         ids.update(_accounts(shadow, {n: s for n, s in population.items() if n not in first}))
-        assert shadow.watch.scan(NOW + 60) == []  # the earlier group grew
-        assert _count(shadow, models.alerts) == 1 and _count(shadow, models.account_groups) == 1
-        members = set(shadow.repository.list_groups()[0]["members"])
+        assert len(shadow.watch.scan(NOW + 60)) == 1
+        assert shadow.watch.scan(NOW + 120) == []  # nothing new: no alert repeated
+        assert _count(shadow, models.alerts) == 2 and _count(shadow, models.account_groups) == 2
+        members = {a for g in shadow.repository.list_groups() for a in g["members"]}
         assert members <= {ids[f"sybil#{k}"] for k in range(10)} and len(members) >= 9
-        assert len(shadow.webhooks) == 1 and shadow.watch.stats()["groups_found"] == 1
+        assert not any(a["flagged"] for a in shadow.repository.list_accounts())
+        evaluations = {a: {"account_id": a, "ts": NOW, "queries": 15, "scores": {"malicious": 0.9},
+                           "reasons": ["colluding group"]} for a in members}
+        record = {"queries": 150, "ratio": 2.0, "z": 50.0, "reason": "colluding group"}
+        caught = shadow.repository.record_group(record, evaluations, FlagPolicy(), since=NOW - 86_400)
+        assert {c.account_id for c in caught} == members  # enforcing now: the shadow-mode members are flagged
     finally:
         shadow.repository.engine.dispose()
 
@@ -250,8 +259,8 @@ def test_operators_list_groups_through_the_admin_api_and_the_cli(make_guarded: A
     evaluations = {a: {"account_id": a, "ts": NOW, "queries": 15, "scores": {"malicious": 0.9},
                        "reasons": ["colluding group of 3 accounts: test"]} for a in ids}
     record = {"queries": 45, "ratio": 1.8, "z": 40.0, "reason": "colluding group of 3 accounts: test"}
-    catches, joined = repository.record_group(record, evaluations, FlagPolicy())
-    assert len(catches) == 3 and joined is None
+    catches = repository.record_group(record, evaluations, FlagPolicy())
+    assert len(catches) == 3
     with g.app.app_context():
         token = state_of(g.app).admin.create_token("ops")
     response = g.client.get("/modelguard/api/groups", headers={"Authorization": f"Bearer {token}"})

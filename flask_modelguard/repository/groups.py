@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select
 
 from .. import models as m
 from ..policy import Catch, FlagPolicy
@@ -30,7 +30,9 @@ class GroupRows(EventRows):
                   .where(a.status == "active", a.flagged.is_(False), a.allowlisted.is_(False), s.updated_at >= cutoff)
                   .order_by(s.updated_at.desc(), s.account_id).limit(limit))
         with self.engine.connect() as conn:
-            ids = list(conn.execute(latest).scalars())
+            grouped = {int(a) for members in conn.execute(select(m.account_groups.c.members).where(
+                m.account_groups.c.ts >= since)).scalars() for a in members}
+            ids = [a for a in conn.execute(latest.limit(limit + len(grouped))).scalars() if a not in grouped][:limit]
             found: dict[int, dict[str, Any]] = {}
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
@@ -49,34 +51,27 @@ class GroupRows(EventRows):
         return found
 
     def record_group(self, group: Mapping[str, Any], evaluations: Mapping[int, dict[str, Any]],
-                     policy: FlagPolicy, since: float = 0.0) -> tuple[list[Catch], int | None]:
+                     policy: FlagPolicy, since: float = 0.0) -> list[Catch]:
         """A group's verdict, serialised with every other process's (a
         PostgreSQL session lock taken before the transaction's snapshot;
         SQLite's ``BEGIN IMMEDIATE``): what ``policy`` decides of its members
         (``evaluations``: account id → evaluation row; the facts decide:
-        flagged, allow-listed, reviewed), their evaluation rows, the group's
-        row of the members caught (``group``: queries, ratio, z, reason) and
-        one alert naming them. In shadow mode, members of a shadow-mode group
-        found since ``since`` are not caught again, and a group sharing most of
-        its members with such a group joins it without another alert. Returns
-        the catches and the joined group's id, if any; no catches when no
+        flagged, allow-listed, reviewed; in shadow mode, members of a group
+        found since ``since`` are not caught again), their evaluation rows,
+        the group's row of the members caught (``group``: queries, ratio, z,
+        reason) and one alert naming them. Returns the catches: none when no
         member is newly caught (another process wrote the group first)."""
         with self._serialised() as conn:
-            earlier = conn.execute(select(m.account_groups).where(m.account_groups.c.ts >= since)).all()
-            seen = {int(a) for r in earlier if r.action == "observe" for a in r.members}
-            skip = seen if policy.action == "observe" else set()
-            new = {a: e for a, e in evaluations.items() if a not in skip}
+            earlier = conn.execute(select(m.account_groups.c.members).where(m.account_groups.c.ts >= since,
+                                                                           m.account_groups.c.action == "observe"))
+            seen = {int(a) for members in earlier.scalars() for a in members} if policy.action == "observe" else set()
+            new = {a: e for a, e in evaluations.items() if a not in seen}
             rows = [{"account_id": a, "canary": False, "evaluation": e} for a, e in new.items()]
             catches = policy.decide(rows, self._facts(conn, set(new))) if new else []
             if not catches:
-                return [], None
+                return []
             caught = sorted(c.account_id for c in catches)
             self._insert_scores(conn, [new[a] for a in caught])
-            joined = _joins(earlier, set(evaluations)) if policy.action == "observe" else None
-            if joined is not None:
-                self._join(conn, joined, caught, sum(int(new[a]["queries"]) for a in caught))
-                self._apply(conn, catches, alerts=[])
-                return catches, int(joined.id)
             conn.execute(insert(m.account_groups).values(
                 ts=self.clock(), members=caught, action=catches[0].action,
                 **{k: group[k] for k in ("queries", "ratio", "z", "reason")}))
@@ -84,7 +79,7 @@ class GroupRows(EventRows):
                                       .where(m.accounts.c.id.in_(caught))).all())
             members = ", ".join(str(names.get(a, a)) for a in caught)
             self._apply(conn, catches, alerts=[(caught[0], catches[0].action, f"{group['reason']}: {members}")])
-        return catches, None
+        return catches
 
     @contextmanager
     def _serialised(self) -> Iterator[Any]:
@@ -104,11 +99,6 @@ class GroupRows(EventRows):
                     conn.exec_driver_sql(f"SELECT pg_advisory_unlock({GROUP_LOCK})")
                     conn.commit()
 
-    def _join(self, conn: Any, earlier: Any, members: list[int], queries: int) -> None:
-        """New members of an earlier group, in its row."""
-        conn.execute(update(m.account_groups).where(m.account_groups.c.id == earlier.id).values(
-            members=sorted({*map(int, earlier.members), *members}), queries=earlier.queries + queries))
-
     def list_groups(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         """Colluding groups found, newest first, each with its members' names (``accounts``)."""
         g = m.account_groups.c
@@ -126,9 +116,3 @@ class GroupRows(EventRows):
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(m.account_groups)).scalar_one())
 
-
-def _joins(earlier: Sequence[Any], members: set[int]) -> Any:
-    """The shadow-mode group holding most of ``members``, if one holds at least half."""
-    shared = [(len(set(map(int, r.members)) & members), r) for r in earlier if r.action == "observe"]
-    count, found = max(shared, key=lambda item: item[0], default=(0, None))
-    return found if found is not None and 2 * count >= len(members) else None
