@@ -60,7 +60,7 @@ def test_a_sybil_is_found_as_one_group_and_no_benign_account_joins(reference: Re
     groups = GroupSearch().find(states, reference)
     members = [m for g in groups for m in g.members]
     assert all(str(m).startswith("sybil#") for m in members), members
-    assert len(members) >= parts - 1, groups  # (one part may look like chance)
+    assert len(members) >= int(0.9 * parts), groups  # (a part or two may look like chance)
     group = groups[0]
     assert group.ratio >= 1.0 and group.z >= 6.0 and group.agreement >= 1.0 + np.sqrt(2 * np.log(len(states)))
     assert group.queries == sum(states[m].queries for m in group.members)

@@ -150,7 +150,7 @@ class GroupSearch:
     #: The merged state's ADD score over its threshold that makes a group.
     bar: float = 1.0
     #: Least deviation z of a group; least agreement of each member beyond the
-    #: best of the candidates by chance (about √(2 ln candidates)).
+    #: best of the candidates over the growth steps by chance (about √(2 ln n·max_size)).
     group_z: float = 6.0
     member_z: float = 1.0
     min_size: int = 2
@@ -194,7 +194,7 @@ class GroupSearch:
     def _search(self, pool: _Pool, scope: np.ndarray, link: str) -> list[Group]:
         """Groups among the free accounts of ``scope`` (its members then no longer free)."""
         free = pool.free & scope
-        bar = self.member_z + np.sqrt(2.0 * np.log(max(2, int(scope.sum()))))  # best of n by chance: ~√(2 ln n)
+        bar = self.member_z + np.sqrt(2.0 * np.log(max(2, int(scope.sum())) * self.max_size))  # best of n·steps: ~√(2 ln n·s)
         groups: list[Group] = []
         tried = np.zeros(len(pool.ids), dtype=bool)  # in a group that failed: seeds no other
         for a, b in self._pairs(pool, free, bar)[: self.max_attempts]:
