@@ -16,10 +16,11 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.pool import StaticPool
 
 log = logging.getLogger("flask_modelguard")
@@ -113,3 +114,30 @@ def make_engine(url: str, options: Mapping[str, Any]) -> Engine:
     engine = create_engine(url, **engine_options)
     _handles[engine] = _EngineHandle(engine)
     return engine
+
+
+@contextmanager
+def serialised(engine: Engine, lock: int) -> Iterator[Connection]:
+    """A transaction no other process holding ``lock`` runs alongside (schema
+    changes, group verdicts). On PostgreSQL the advisory lock ``lock`` is a
+    session lock taken before the transaction starts, so that its snapshot
+    (under REPEATABLE READ too) sees what the process that held it did; on
+    SQLite, ``BEGIN IMMEDIATE`` takes the write lock before any read."""
+    with engine.connect() as conn:
+        postgres = conn.dialect.name == "postgresql"
+        if postgres:
+            conn.exec_driver_sql(f"SELECT pg_advisory_lock({int(lock)})")
+            conn.commit()  # (the lock is the session's; the next statement begins a new transaction)
+        try:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+        finally:
+            if postgres:
+                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({int(lock)})")
+                conn.commit()

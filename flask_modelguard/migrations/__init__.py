@@ -16,14 +16,13 @@ timeout, 5 s, and try again at the next tick). Framework-free.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import inspect, select
 from sqlalchemy.engine import Connection, Engine
 
 from .. import models as m
+from ..lifecycle import serialised
 
 VERSION_TABLE = "modelguard_alembic_version"
 #: The schema as ``create_all`` made it before migrations existed.
@@ -56,7 +55,7 @@ def ensure(engine: Engine) -> str:
 
 def upgrade(engine: Engine, revision: str = "head") -> str:
     """``flask modelguard db upgrade``: see :func:`ensure`."""
-    with _serialised(engine) as conn:
+    with serialised(engine, _LOCK) as conn:
         found = _version(conn)
         if found is None and not inspect(conn).has_table(m.accounts.name):
             m.metadata.create_all(conn)
@@ -72,34 +71,8 @@ def upgrade(engine: Engine, revision: str = "head") -> str:
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Back to ``revision`` (to run an older release on this database)."""
-    with _serialised(engine) as conn:
+    with serialised(engine, _LOCK) as conn:
         _alembic(conn, "downgrade", revision)
-
-
-@contextmanager
-def _serialised(engine: Engine) -> Iterator[Connection]:
-    """A transaction no other process changes the schema during. On
-    PostgreSQL the advisory lock is taken before the transaction starts, so
-    that its snapshot (under REPEATABLE READ too) sees what the process that
-    held the lock did."""
-    with engine.connect() as conn:
-        postgres = conn.dialect.name == "postgresql"
-        if postgres:
-            conn.exec_driver_sql(f"SELECT pg_advisory_lock({_LOCK})")
-            conn.commit()  # (the lock is the session's; the next statement begins a new transaction)
-        try:
-            if conn.dialect.name == "sqlite":
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.rollback()
-                raise
-            conn.commit()
-        finally:
-            if postgres:
-                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_LOCK})")
-                conn.commit()
 
 
 def _alembic(conn: Connection, command: str, revision: str) -> None:

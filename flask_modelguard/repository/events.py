@@ -103,8 +103,6 @@ class EventRows(AccountRows):
         self.record_changes(conn, sorted({c.account_id for c in catches if c.flag}))
         if alerts is None:
             alerts = [(c.account_id, c.action, c.reason) for c in catches]
-        if not alerts:
-            return
         conn.execute(insert(m.alerts), [
             {"account_id": account_id, "ts": self.clock(), "action": action, "reason": reason,
              "acknowledged_at": None, "acknowledged_by": None} for account_id, action, reason in alerts])

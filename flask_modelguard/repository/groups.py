@@ -4,13 +4,13 @@ group's verdict written once (its members' evaluations, flags and one alert)."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import func, insert, select
 
 from .. import models as m
+from ..lifecycle import serialised
 from ..policy import Catch, FlagPolicy
 from .events import EventRows
 
@@ -61,7 +61,7 @@ class GroupRows(EventRows):
         the group's row of the members caught (``group``: queries, ratio, z,
         reason) and one alert naming them. Returns the catches: none when no
         member is newly caught (another process wrote the group first)."""
-        with self._serialised() as conn:
+        with serialised(self.engine, GROUP_LOCK) as conn:
             earlier = conn.execute(select(m.account_groups.c.members).where(m.account_groups.c.ts >= since,
                                                                            m.account_groups.c.action == "observe"))
             seen = {int(a) for members in earlier.scalars() for a in members} if policy.action == "observe" else set()
@@ -80,24 +80,6 @@ class GroupRows(EventRows):
             members = ", ".join(str(names.get(a, a)) for a in caught)
             self._apply(conn, catches, alerts=[(caught[0], catches[0].action, f"{group['reason']}: {members}")])
         return catches
-
-    @contextmanager
-    def _serialised(self) -> Iterator[Any]:
-        """A transaction no other process records a group during."""
-        with self.engine.connect() as conn:
-            postgres = conn.dialect.name == "postgresql"
-            if postgres:
-                conn.exec_driver_sql(f"SELECT pg_advisory_lock({GROUP_LOCK})")
-                conn.commit()  # (a session lock: the transaction below takes its snapshot after it)
-            try:
-                with conn.begin():
-                    if conn.dialect.name == "sqlite":
-                        conn.exec_driver_sql("BEGIN IMMEDIATE")
-                    yield conn
-            finally:
-                if postgres:
-                    conn.exec_driver_sql(f"SELECT pg_advisory_unlock({GROUP_LOCK})")
-                    conn.commit()
 
     def list_groups(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         """Colluding groups found, newest first, each with its members' names (``accounts``)."""
