@@ -33,9 +33,9 @@ def csrf_of(page: Any) -> str:
 
 
 def rows_of(page: Any) -> list[str]:
-    """The account names of the index page's table, in order."""
+    """The account names of the accounts page's table, in order."""
     body = page.get_data(as_text=True).split('id="accounts"', 1)[1].split("</table>", 1)[0]
-    return [html.unescape(n) for n in re.findall(r'<td class="name"><a href="[^"]*">([^<]*)</a>', body)]
+    return [html.unescape(n) for n in re.findall(r'<td [^>]*class="name"><a href="[^"]*">([^<]*)</a>', body)]
 
 
 def sign_in(client: Any, token: str) -> Any:
@@ -181,15 +181,19 @@ def test_user_controlled_text_is_escaped(signed_in):
     text = index.get_data(as_text=True)
     assert XSS not in text and html.escape(XSS, quote=False) in text
     assert "<img src=x" not in text  # the alert's reason
-    href = re.search(r'<td class="name"><a href="([^"]+)">', text)[1]
+    href = re.search(r'<td [^>]*class="name"><a href="([^"]+)">', text)[1]  # the flagged accounts' table
     page = client.get(html.unescape(href))
     assert page.status_code == 200
     text = page.get_data(as_text=True)
     assert XSS not in text and "<img src=x" not in text and "&lt;img src=x" in text
-    assert '<svg class="chart timeline"' in text and '<svg class="chart breakdown"' in text
+    assert 'id="chart-score"><svg class="chart overtime"' in text and '<svg class="chart breakdown"' in text
+    for path in ("/accounts", "/alerts", f"/alerts/{state.admin.alerts()[0][0]['id']}"):
+        text = client.get(f"{UI}{path}").get_data(as_text=True)
+        assert XSS not in text and "<img src=x" not in text, path
     # names that are not URL-safe reach their page, and their actions, through the links
     _, odd_key = g.account("team a b?c#%d")
-    href = re.search(r'<td class="name"><a href="([^"]*team[^"]*)">', client.get(f"{UI}/").get_data(as_text=True))[1]
+    listing = client.get(f"{UI}/accounts").get_data(as_text=True)
+    href = re.search(r'<td [^>]*class="name"><a href="([^"]*team[^"]*)">', listing)[1]
     page = client.get(html.unescape(href))
     assert page.status_code == 200 and 'id="account-name">team a b?c#%d<' in page.get_data(as_text=True)
     action = html.unescape(re.search(r'<form method="post" action="([^"]+/status)"', page.get_data(as_text=True))[1])
@@ -207,11 +211,23 @@ def test_charts_draw_evidence_and_timeline():
     bars = str(charts.breakdown([("ADD", 25.0), ("PRADA", None), ("<b>", 0.5)]))
     assert bars.count('class="bar over"') == 1 and bars.count('class="bar"') == 1
     assert "no verdict yet" in bars and "25.00×+" in bars and "&lt;b&gt;" in bars and "<b>" not in bars
-    points = [charts.Point(q, q / 1000, q >= 500, "ADD <x>") for q in range(10, 1010, 1)]
-    line = str(charts.timeline(points))
+    start = 1_764_547_200.0  # 2025-12-01 00:00 UTC
+    points = [(start + 60 * q, q / 1000, ["ADD <x>"] if q >= 500 else []) for q in range(10, 1010, 1)]
+    line = str(charts.scores_over_time(points, start, start + 86400))
     assert line.count("<circle") <= charts.MAX_POINTS + 2 and 'class="flag" cx' in line
-    assert "500 queries: 0.50" in line  # where the flag starts is kept
+    assert "2025-12-01 08:20:00: 0.50" in line  # where the flag starts (query 500, at 500 minutes) is kept
     assert 'class="threshold"' in line and "ADD &lt;x&gt;" in line and "style=" not in line
+    assert ">00:00<" in line and ">12:00<" in line  # the x axis is time
+
+
+def test_time_charts_stack_series_and_leave_gaps():
+    starts = [0.0, 60.0, 120.0]
+    bars = str(charts.stacked_bars(starts, 60, 180, [charts.Series("answered", [3, 0, 5], "s0"),
+                                                     charts.Series("limit <q>", [1, 0, 0], "s1")], "Requests"))
+    assert bars.count('<rect class="s0" x=') == 2 + 1 and bars.count('<rect class="s1" x=') == 1 + 1  # bars + swatch
+    assert "answered 3, limit &lt;q&gt; 1" in bars and ">5<" in bars and ">2.5<" in bars  # axis top: 1-2-5 steps
+    lines = str(charts.lines_over_time(starts, 60, 180, [charts.Series("mean", [2.0, None, 4.0])], "Latency", "ms"))
+    assert "<polyline" not in lines and lines.count("<circle") == 2  # a gap, not a line through the missing step
 
 
 def test_own_auth_hook_needs_no_sign_in_but_still_csrf(make_guarded):
@@ -242,10 +258,12 @@ def test_accounts_ranked_by_score_with_quota_use_and_alerts(signed_in):
     g.predict(key, {"features": [9.0, 9.0]})
     g.predict(key, {"instances": [[1.0], [2.0]]})
     g.guard.flush(g.app)
-    index = client.get(f"{UI}/")
-    assert rows_of(index)[:4] == ["high", "mid", "low", "canary-sender"]  # flagged wins a tie at 0.0
-    text = index.get_data(as_text=True)
+    listing = client.get(f"{UI}/accounts")
+    assert rows_of(listing)[:4] == ["high", "mid", "low", "canary-sender"]  # flagged wins a tie at 0.0
+    text = listing.get_data(as_text=True)
     assert "3 / 10 <span class=\"muted\">per minute</span>" in text and "0 / 100 <span class=\"muted\">per day</span>" in text
+    index = client.get(f"{UI}/")
+    text = index.get_data(as_text=True)
     assert "sent a canary input" in text
     alert_id = re.search(r'/alerts/(\d+)/ack', text)[1]
     done = client.post(f"{UI}/alerts/{alert_id}/ack", data={"csrf_token": csrf_of(index), "next": f"{UI}/"})

@@ -1,7 +1,7 @@
 """The admin dashboard: server-rendered pages under ``MODELGUARD_ADMIN_PREFIX``
-(default ``/modelguard/``): accounts ranked by malicious score, an account's
-score timeline and detector evidence, alerts, and buttons to block, unblock,
-rotate keys and acknowledge alerts.
+(default ``/modelguard/``). This module holds the blueprint, the sign-in,
+the CSRF check and the response headers; the pages are :mod:`.pages`, the
+actions (each a POST, audited) :mod:`.actions`.
 
 Signing in takes an admin token (``flask modelguard create-admin-token``) or
 the app's own hook (``MODELGUARD_ADMIN_AUTH``); the admin's name, a random
@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import logging
-import math
 import secrets
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +27,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..exc import InvalidValue, NotFound
 from ..runtime import state_of
-from . import charts
 from .api import hooked_admin
 from .service import AdminService
 
@@ -39,8 +37,6 @@ dashboard = Blueprint("modelguard_dashboard", __name__, template_folder="templat
 
 #: Session keys (namespaced: the session is the app's).
 ADMIN_KEY, SESSION_KEY, CSRF_KEY = "modelguard_admin", "modelguard_session", "modelguard_csrf"
-#: Accounts listed on the index page, highest scores first.
-INDEX_ROWS = 100
 _STATIC = "modelguard_dashboard.static"
 _HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
@@ -59,12 +55,13 @@ class PageError(Exception):
         self.status, self.title, self.detail = status, title, detail
 
 
-def _state() -> Any:
+def guard_state() -> Any:
+    """The guard's state of the current app."""
     return state_of(current_app)
 
 
-def _service() -> AdminService:
-    return AdminService.of(_state())
+def admin_service() -> AdminService:
+    return AdminService.of(guard_state())
 
 
 # -- sign-in and CSRF ---------------------------------------------------------------------
@@ -89,7 +86,7 @@ def _check_csrf() -> None:
 
 def _current_admin() -> str | None:
     """The admin behind this request: the app's hook, else a live signed-in session."""
-    state = _state()
+    state = guard_state()
     hooked = hooked_admin(state)
     if hooked:
         return hooked
@@ -107,7 +104,7 @@ def _forget() -> None:
         session.pop(key, None)
 
 
-def _safe_next(value: str | None) -> str:
+def safe_next(value: str | None) -> str:
     """``value`` if it is a path of this dashboard (no open redirect), else the index."""
     home = url_for(".index")
     if not value or "\\" in value:
@@ -146,7 +143,7 @@ def _headers(response: Any) -> Any:
 @dashboard.context_processor
 def _context() -> dict[str, Any]:
     return {"csrf_field": _csrf_field, "admin": g.get("modelguard_admin"), "signed_in": bool(session.get(ADMIN_KEY)),
-            "when": _when}
+            "when": when}
 
 
 @dashboard.errorhandler(PageError)
@@ -171,18 +168,18 @@ def _database(exc: SQLAlchemyError) -> Any:
 
 @dashboard.route("/login", methods=["GET", "POST"])
 def login() -> Any:
-    target = _safe_next(request.values.get("next"))
+    target = safe_next(request.values.get("next"))
     if request.method == "GET":
         return redirect(target) if _current_admin() else render_template("modelguard/login.html", next=target)
     token = request.form.get("token", "").strip()
-    who = _state().admin.verify_token(token) if token.startswith("mga_") else None
+    who = guard_state().admin.verify_token(token) if token.startswith("mga_") else None
     if who is None:
         log.warning("modelguard: dashboard sign-in refused from %s", request.remote_addr)
         error = ("A customer API key is not an admin credential." if token.startswith("mg_")
                  else "Unknown or revoked admin token.")
         return render_template("modelguard/login.html", next=target, error=error), 401
     _forget()  # nothing of ours from before sign-in carries over (the rest of the session is the app's)
-    session[ADMIN_KEY], session[SESSION_KEY] = who, _service().sign_in(who, token.split("_")[1])
+    session[ADMIN_KEY], session[SESSION_KEY] = who, admin_service().sign_in(who, token.split("_")[1])
     session[CSRF_KEY] = secrets.token_urlsafe(32)  # a fresh token for the signed-in session
     return redirect(target)
 
@@ -191,15 +188,13 @@ def login() -> Any:
 def logout() -> Any:
     sid = session.get(SESSION_KEY)
     if sid:
-        _service().sign_out(str(sid))  # a copy of the cookie no longer signs anyone in
+        admin_service().sign_out(str(sid))  # a copy of the cookie no longer signs anyone in
     _forget()
     flash("Signed out.")
     return redirect(url_for(".login"))
 
 
-# -- pages --------------------------------------------------------------------------------
-
-def _when(value: Any) -> str:
+def when(value: Any) -> str:
     """A datetime or epoch seconds as UTC text ('' for None)."""
     if value is None:
         return ""
@@ -210,83 +205,5 @@ def _when(value: Any) -> str:
     return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _quota(state: Any, account: dict[str, Any]) -> list[dict[str, Any]]:
-    """An account's use of each of its limits in the current window."""
-    limits = state.enforcer.limits_for(account["tier"], account["limits"])
-    out = []
-    for item, used in state.enforcer.usage(account["id"], limits):
-        unit = item.GRANULARITY.name
-        window = unit if item.multiples == 1 else f"{item.multiples} {unit}s"
-        out.append({"used": used, "amount": item.amount, "window": window, "full": used >= item.amount})
-    return out
-
-
-def _key_view(key: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
-    expires = key["expires_at"]
-    if expires is not None and expires.tzinfo is None:
-        expires = expires.replace(tzinfo=dt.timezone.utc)
-    state = "revoked" if key["revoked_at"] else "expired" if expires and expires <= now else \
-        "expiring" if expires else "live"
-    return {**key, "state": state}
-
-
-@dashboard.get("/")
-def index() -> Any:
-    state = _state()
-    page = _service().accounts(sort="rank", limit=INDEX_ROWS)
-    shown = [{**a, "quota": _quota(state, a)} for a in page.items]
-    alerts, open_total = state.admin.alerts(open_only=True, limit=20)
-    return render_template("modelguard/index.html", accounts=shown, total=page.total, alerts=alerts,
-                           open_total=open_total, storage_down=state.enforcer.storage_down,
-                           detection=state.detection_status())
-
-
-@dashboard.get("/accounts/<path:name>")
-def account(name: str) -> Any:
-    state = _state()
-    account = state.repository.get_account(name)
-    history = state.guard.score_history(name)
-    points = [charts.Point(int(h["queries"]), float(s), bool(h["reasons"]), "; ".join(h["reasons"]))
-              for h in history
-              if isinstance(s := (h["scores"] or {}).get("malicious"), (int, float)) and math.isfinite(s)]
-    latest = history[-1] if history else None
-    evidence = charts.evidence(latest["scores"] or {}, state.settings.prada_threshold) if latest else []
-    alerts, alert_total = state.admin.alerts(account_id=account["id"], limit=20)
-    now = state.admin.now()
-    return render_template(
-        "modelguard/account.html", account=account, quota=_quota(state, account),
-        keys=[_key_view(k, now) for k in state.repository.list_keys(name)],
-        timeline=charts.timeline(points) if points else None,
-        breakdown=charts.breakdown(evidence) if evidence else None,
-        latest=latest, evaluations=len(history), first_flag=next((h for h in history if h["reasons"]), None),
-        alerts=alerts, alert_total=alert_total, grace=state.settings.rotation_grace,
-    )
-
-
-# -- actions (POST, CSRF-checked in _before, audited) ----------------------------------------
-
-@dashboard.post("/accounts/<path:name>/status")
-def set_status(name: str) -> Any:
-    change = _service().update_account(g.modelguard_admin, name, status=request.form.get("status", ""))
-    flash(f"{name}: {change.before['status']} → {change.after['status']}.")
-    return redirect(url_for(".account", name=name))
-
-
-@dashboard.post("/keys/<prefix>/rotate")
-def rotate(prefix: str) -> Any:
-    raw = request.form.get("grace", "").strip()
-    try:
-        grace = float(raw) if raw else None
-    except ValueError:
-        raise PageError(400, "Not possible", "The grace period must be a number of seconds.") from None
-    issued = _service().rotate_key(g.modelguard_admin, prefix, grace)
-    # Shown in this response only (never stored, never in a URL; Cache-Control: no-store).
-    return render_template("modelguard/new_key.html", key=issued.token, account=issued.account,
-                           replaces=issued.replaces, grace=issued.grace)
-
-
-@dashboard.post("/alerts/<int(max=999999999999999999):alert_id>/ack")
-def acknowledge(alert_id: int) -> Any:
-    row = _service().acknowledge_alert(g.modelguard_admin, alert_id)
-    flash(f"Alert #{alert_id} acknowledged." if row["changed"] else f"Alert #{alert_id} was already acknowledged.")
-    return redirect(_safe_next(request.form.get("next")))
+# The pages and the actions register their routes on the blueprint.
+from . import actions, pages  # noqa: E402,F401

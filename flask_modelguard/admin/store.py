@@ -158,6 +158,28 @@ class AdminStore:
         with self.engine.connect() as conn:
             return [_jsonable(dict(r._mapping)) for r in conn.execute(query)], int(conn.execute(count).scalar() or 0)
 
+    def alert(self, alert_id: int) -> dict[str, Any]:
+        """One alert with its account's name; NotFound if there is none."""
+        query = (select(m.alerts, m.accounts.c.name.label("account"))
+                 .join(m.accounts, m.accounts.c.id == m.alerts.c.account_id).where(m.alerts.c.id == alert_id))
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            raise NotFound(f"No alert {alert_id}.")
+        return _jsonable(dict(row._mapping))
+
+    def evaluation_at(self, account_id: int, ts: float) -> dict[str, Any] | None:
+        """The account's latest evaluation at or before ``ts`` that found
+        something (what an alert raised at ``ts`` was for), else its latest then."""
+        s = m.scores
+        base = select(s).where(s.c.account_id == account_id, s.c.ts <= ts + 1.0).order_by(s.c.ts.desc(), s.c.id.desc())
+        with self.engine.connect() as conn:
+            for row in conn.execute(base.limit(20)):
+                if row.reasons:
+                    return dict(row._mapping)
+            latest = conn.execute(base.limit(1)).first()
+        return dict(latest._mapping) if latest is not None else None
+
     def acknowledge(self, alert_id: int, by: str) -> dict[str, Any]:
         with self.engine.begin() as conn:
             done = conn.execute(update(m.alerts).where(m.alerts.c.id == alert_id, m.alerts.c.acknowledged_at.is_(None))
