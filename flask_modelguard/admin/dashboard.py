@@ -195,9 +195,11 @@ def logout() -> Any:
 
 
 def when(value: Any) -> str:
-    """A datetime or epoch seconds as UTC text ('' for None)."""
+    """A datetime (or its ISO text) or epoch seconds as UTC text ('' for None)."""
     if value is None:
         return ""
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
     if isinstance(value, (int, float)):
         value = dt.datetime.fromtimestamp(value, dt.timezone.utc)
     if value.tzinfo is None:

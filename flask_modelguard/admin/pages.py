@@ -20,7 +20,7 @@ from .traffic import REFUSAL_ORDER, TimeRange
 #: Accounts a page of the accounts list, alerts a page of the alerts list.
 ACCOUNTS_PAGE, ALERTS_PAGE = 25, 50
 #: Series classes (colours in dashboard.css): answered first, then each refusal reason.
-_REFUSAL_CLASSES = {reason: f"s{n + 1}" for n, reason in enumerate(REFUSAL_ORDER)}
+_REFUSAL_CLASSES = {reason: f"s{min(n + 1, 6)}" for n, reason in enumerate(REFUSAL_ORDER)}
 _ALERT_CLASSES = {"observe": "s0", "degrade": "s4", "poison": "s5", "throttle": "s1", "block": "s2",
                   "canary": "s3"}
 #: What the accounts list sorts by (labels of Repository.ACCOUNT_SORTS).
@@ -30,7 +30,7 @@ SORTS = {"rank": "malicious score, flagged first", "score": "malicious score", "
 
 def _range() -> TimeRange:
     args = request.args
-    return traffic.resolve_range(args.get("range"), guard_state().admin.clock(), args.get("from"), args.get("to"))
+    return traffic.resolve_range(args.get("range"), guard_state().repository.clock(), args.get("from"), args.get("to"))
 
 
 def _page_number() -> int:

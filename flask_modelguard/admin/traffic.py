@@ -23,13 +23,15 @@ BUCKET_SIZES = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 
 MAX_BUCKETS = 72
 #: The longest custom range (a year).
 MAX_RANGE = 366 * 86400.0
-#: Why a known account's request was refused, by its HTTP status.
+#: Why a known account's request was refused, by its HTTP status (the query
+#: log keeps the status, so a revoked key and a blocked account share 403).
 REFUSALS: Mapping[int, str] = {
-    400: "invalid request", 413: "invalid request", 415: "invalid request", 422: "invalid request",
-    401: "key expired or revoked", 403: "blocked or suspended", 429: "limit or quota",
+    400: "invalid or too large", 413: "invalid or too large", 415: "invalid or too large",
+    422: "invalid or too large", 401: "key expired", 403: "blocked, suspended or key revoked",
+    429: "limit or quota", 503: "storage unavailable",
 }
-REFUSAL_ORDER = ("limit or quota", "blocked or suspended", "key expired or revoked", "invalid request",
-                 "view error", "other")
+REFUSAL_ORDER = ("limit or quota", "blocked, suspended or key revoked", "key expired", "invalid or too large",
+                 "storage unavailable", "view error", "other")
 
 
 def refusal_reason(status: int) -> str | None:
@@ -43,7 +45,8 @@ def refusal_reason(status: int) -> str | None:
 
 @dataclass(frozen=True)
 class TimeRange:
-    """``[since, until)`` in epoch seconds, cut into buckets of ``bucket`` seconds."""
+    """``[since, until]`` in epoch seconds, cut into buckets of ``bucket`` seconds
+    (the last one holds ``until`` too: a range ending now shows this second)."""
 
     since: float
     until: float
@@ -119,12 +122,12 @@ def traffic(engine: Engine, rng: TimeRange, account_id: int | None = None) -> Tr
     alerts by action, per bucket of ``rng`` (one account's, or everyone's)."""
     e, n = m.query_events, rng.buckets
     bucket = _bucket_of(engine, e.c.ts, rng).label("b")
-    where = [e.c.ts >= rng.since, e.c.ts < rng.until] + ([e.c.account_id == account_id] if account_id else [])
+    where = [e.c.ts >= rng.since, e.c.ts <= rng.until] + ([e.c.account_id == account_id] if account_id else [])
     query = (select(bucket, e.c.status, func.count(), func.sum(e.c.latency_ms), func.max(e.c.latency_ms))
              .where(*where).group_by(bucket, e.c.status))
     a = m.alerts
     alert_bucket = _bucket_of(engine, a.c.ts, rng).label("b")
-    alert_where = [a.c.ts >= rng.since, a.c.ts < rng.until] + ([a.c.account_id == account_id] if account_id else [])
+    alert_where = [a.c.ts >= rng.since, a.c.ts <= rng.until] + ([a.c.account_id == account_id] if account_id else [])
     alert_query = select(alert_bucket, a.c.action, func.count()).where(*alert_where).group_by(alert_bucket, a.c.action)
     answered, refused = [0] * n, {reason: [0] * n for reason in REFUSAL_ORDER}
     total_ms, count = [0.0] * n, [0] * n
@@ -132,8 +135,7 @@ def traffic(engine: Engine, rng: TimeRange, account_id: int | None = None) -> Tr
     alerts: dict[str, list[int]] = {}
     with engine.connect() as conn:
         for b, status, requests, ms, most in conn.execute(query):
-            if not 0 <= b < n:
-                continue
+            b = min(b, n - 1)  # ts == until: the last bucket
             reason = refusal_reason(int(status))
             if reason is None:
                 answered[b] += requests
@@ -143,8 +145,7 @@ def traffic(engine: Engine, rng: TimeRange, account_id: int | None = None) -> Tr
             count[b] += requests
             top[b] = max(float(most), top[b] or 0.0)
         for b, action, found in conn.execute(alert_query):
-            if 0 <= b < n:
-                alerts.setdefault(str(action), [0] * n)[b] += found
+            alerts.setdefault(str(action), [0] * n)[min(b, n - 1)] += found
     mean = [total_ms[b] / count[b] if count[b] else None for b in range(n)]
     return Traffic(rng, answered, {k: v for k, v in refused.items() if any(v)}, mean, top, alerts)
 
@@ -153,7 +154,7 @@ def score_series(engine: Engine, account_id: int, rng: TimeRange) -> list[tuple[
     """An account's evaluations in ``rng``: (ts, malicious score, reasons), oldest first."""
     s = m.scores
     query = (select(s.c.ts, s.c.scores, s.c.reasons)
-             .where(s.c.account_id == account_id, s.c.ts >= rng.since, s.c.ts < rng.until)
+             .where(s.c.account_id == account_id, s.c.ts >= rng.since, s.c.ts <= rng.until)
              .order_by(s.c.ts, s.c.id))
     out = []
     with engine.connect() as conn:
