@@ -9,7 +9,7 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: run test lint bench evaluate
+.PHONY: run test lint bench evaluate screenshots
 run: $(BIN)/.installed
 	$(BIN)/python -m example_app
 
@@ -30,3 +30,8 @@ bench: $(BIN)/.installed
 # The default evaluation scenario with the leave-one-family-out measurement; writes docs/evaluation/.
 evaluate: $(BIN)/.installed
 	$(BIN)/flask --app example_app modelguard evaluate --scenario default --seed 0 --lofo --out docs/evaluation
+
+# The dashboard's screenshots in docs/img/ (docs/dashboard.md shows them): the example app after a
+# simulated day, in headless Chromium (apt-get install chromium chromium-driver), desktop and 400 px.
+screenshots: $(BIN)/.installed
+	$(BIN)/python -m example_app.screenshots docs/img

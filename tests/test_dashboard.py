@@ -1,18 +1,11 @@
 """The admin dashboard: sign-in, CSRF, actions and their audit, escaping,
-ranking (Flask's test client); and the whole story in headless Chromium
-against a small simulation of the example app: sign in, see the flagged
-thief on top, block it, and its next request is refused."""
+ranking, charts (Flask's test client). The console's other pages and actions:
+test_dashboard_console.py; in a real browser: test_dashboard_browser.py."""
 
 from __future__ import annotations
 
 import html
-import json
-import os
 import re
-import shutil
-import threading
-import urllib.error
-import urllib.request
 from typing import Any
 
 import pytest
@@ -296,108 +289,6 @@ def test_quota_usage_counts_the_current_window():
     pytest.importorskip("redis")
     down = QuotaEnforcer("redis://127.0.0.1:1", storage_options={"socket_connect_timeout": 0.2})
     assert [n for _, n in down.usage(1, limits)] == [0, 0]
-
-
-# -- in a real browser ---------------------------------------------------------------------
-
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", \
-    shutil.which("chromedriver") or "/usr/bin/chromedriver"
-
-
-def _browser_missing() -> str | None:
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "selenium is not installed (pip install selenium)"
-    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        if not os.access(path, os.X_OK):
-            return f"{path} is missing (apt-get install {package})"
-    return None
-
-
-@pytest.fixture
-def simulated(tmp_path, model_cache):
-    """The example app after a small simulation: a uniform-noise thief and three benign users."""
-    from example_app import create_app, guard
-    from example_app.model import split
-    from example_app.simulation import world
-    from flask_modelguard.simulate import Simulation, WSGITransport
-    from flask_modelguard.simulate.attackers import make_actor
-
-    app = create_app({"MODEL_CACHE_DIR": model_cache, "SECRET_KEY": "dashboard-test",
-                      "MODELGUARD_DATABASE_URL": f"sqlite:///{tmp_path}/dashboard.db"})
-    X_train, *_ = split()
-    with app.app_context():  # a quicker calibration than world()'s own (20 accounts a size, not 200)
-        guard.fit_reference(X_train.tolist(), app.extensions["digits_model"].predict_proba(X_train).argmax(axis=1),
-                            accounts=20)
-    actors = [make_actor({"kind": "random-uniform", "name": "thief", "budget": 60})] + \
-        [make_actor({"kind": "benign", "name": f"user{i}", "budget": 40}) for i in range(3)]
-    keys = {}
-    with app.app_context():
-        for actor in actors:
-            guard.create_account(actor.name, limits="1000/minute;100000/day")
-            keys[(actor.name, 0)] = guard.issue_key(actor.name)
-        token = guard.state(app).admin.create_token("ops")
-    Simulation(WSGITransport(app.test_client()), world(app), actors, keys, seed=0).run()
-    guard.flush(app)
-    yield app, token, keys[("thief", 0)]
-    guard.close(app)
-
-
-@pytest.mark.skipif(_browser_missing() is not None, reason=_browser_missing() or "")
-def test_in_a_browser_the_flagged_thief_is_on_top_and_blocked(simulated, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import WebDriverWait
-    from werkzeug.serving import make_server
-
-    app, token, thief_key = simulated
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_port}"
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,1000"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    wait = WebDriverWait(driver, 15)
-    try:
-        driver.set_page_load_timeout(20)
-        driver.get(f"{base}{UI}/")
-        wait.until(EC.url_contains("/login"))
-        driver.find_element(By.ID, "token").send_keys(token)
-        driver.find_element(By.ID, "sign-in").click()
-        first = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#accounts tbody tr")))
-        assert first.find_element(By.CSS_SELECTOR, "td.name").text == "thief"
-        assert first.find_element(By.CSS_SELECTOR, "td.flag").text == "flagged"
-        assert first.find_element(By.CSS_SELECTOR, "td.status").text == "active"
-        assert len(driver.find_elements(By.CSS_SELECTOR, "#accounts tbody tr")) == 4
-        assert "ADD" in driver.find_element(By.ID, "alerts").text  # the flag's alert
-        driver.save_screenshot(str(tmp_path / "dashboard-index.png"))
-        first.find_element(By.CSS_SELECTOR, "td.name a").click()
-        wait.until(EC.text_to_be_present_in_element((By.ID, "account-name"), "thief"))
-        assert driver.find_elements(By.CSS_SELECTOR, "svg.timeline circle.flag")
-        assert "ADD" in driver.find_element(By.ID, "reasons").text
-        driver.find_element(By.ID, "block").click()
-        wait.until(EC.text_to_be_present_in_element((By.ID, "status"), "blocked"))
-        assert driver.find_element(By.ID, "status").text == "blocked"
-        assert driver.find_elements(By.ID, "unblock") and not driver.find_elements(By.ID, "block")
-        driver.save_screenshot(str(tmp_path / "dashboard-account.png"))
-        request = urllib.request.Request(f"{base}/predict", data=json.dumps({"features": [0.0] * 64}).encode(),
-                                         headers={"Content-Type": "application/json", "X-API-Key": thief_key})
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(request, timeout=10)
-        assert refused.value.code == 403
-        assert json.loads(refused.value.read())["status"] == 403
-    finally:
-        driver.quit()
-        server.shutdown()
-    with app.app_context():
-        entry = app.extensions["modelguard"].admin.audit_entries()[0][0]
-    assert (entry["actor"], entry["action"], entry["target"]) == ("ops", "update-account", "thief")
 
 
 def test_failed_detection_shows_on_the_account_page(make_guarded, monkeypatch):

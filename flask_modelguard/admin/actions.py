@@ -10,7 +10,7 @@ from typing import Any
 from flask import flash, g, redirect, render_template, request, url_for
 
 from ..exc import InvalidValue
-from .dashboard import PageError, admin_service, dashboard, safe_next
+from .session import PageError, admin_service, dashboard, safe_next
 
 #: Bytes of predictions an uploaded file may hold.
 MAX_UPLOAD = 4 * 1024 * 1024

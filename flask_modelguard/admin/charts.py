@@ -146,7 +146,7 @@ def _frame_svg(frame: _Frame, top: float, label: str, unit: str, legend: Sequenc
     x = frame.width - frame.right
     for series in reversed(legend):  # right-aligned legend, first series leftmost
         parts.append(_text(x, 14, series.name, "legend", "end"))
-        x -= 7 * len(series.name) + 6
+        x -= 8 * len(series.name) + 6
         parts.append(f'<rect class="{series.cls}" x="{x - 10:.1f}" y="6" width="10" height="10"/>')
         x -= 22
     return parts
@@ -155,12 +155,12 @@ def _frame_svg(frame: _Frame, top: float, label: str, unit: str, legend: Sequenc
 def stacked_bars(starts: Sequence[float], bucket: float, until: float, series: Sequence[Series],
                  label: str, unit: str = "requests") -> Markup:
     """Bars over time, one per bucket, the series stacked; each bar titled with its values."""
-    frame = _Frame(starts[0] if starts else until - bucket, until)
+    frame = _Frame(starts[0] if starts else until - bucket, starts[-1] + bucket if starts else until)
     totals = [sum(float(s.values[n] or 0) for s in series) for n in range(len(starts))]
     top = _nice_top(max(totals + [0.0]))
     parts = _frame_svg(frame, top, label, unit, series)
     for n, start in enumerate(starts):
-        x0, x1 = frame.x(start), frame.x(min(start + bucket, until))
+        x0, x1 = frame.x(start), frame.x(start + bucket)  # the last, partial bucket drawn whole
         base = 0.0
         details = []
         for s in series:
@@ -183,7 +183,7 @@ def lines_over_time(starts: Sequence[float], bucket: float, until: float, series
                     label: str, unit: str, fixed_top: float | None = None,
                     threshold: float | None = None) -> Markup:
     """Lines over time through each bucket's middle (gaps where a value is None)."""
-    frame = _Frame(starts[0] if starts else until - bucket, until)
+    frame = _Frame(starts[0] if starts else until - bucket, starts[-1] + bucket if starts else until)
     values = [float(v) for s in series for v in s.values if v is not None]
     top = fixed_top if fixed_top is not None else _nice_top(max(values + [0.0]))
     parts = _frame_svg(frame, top, label, unit, series)
@@ -193,7 +193,7 @@ def lines_over_time(starts: Sequence[float], bucket: float, until: float, series
                      f'y1="{y:.1f}" y2="{y:.1f}"><title>threshold {threshold:g}</title></line>')
     for s in series:
         run: list[str] = []
-        for start, value in [*zip(starts, s.values), (until, None)]:
+        for start, value in [*zip(starts, s.values), (frame.until, None)]:
             if value is None:
                 if len(run) > 1:
                     parts.append(f'<polyline class="line {s.cls}" points="{" ".join(run)}"/>')
@@ -202,7 +202,7 @@ def lines_over_time(starts: Sequence[float], bucket: float, until: float, series
                     parts.append(f'<circle class="{s.cls}" cx="{cx}" cy="{cy}" r="2"/>')
                 run = []
                 continue
-            mid = start + min(bucket, until - start) / 2
+            mid = start + bucket / 2
             run.append(f"{frame.x(mid):.1f},{frame.y(float(value), top):.1f}")
     parts.append("</svg>")
     return Markup("".join(parts))

@@ -13,7 +13,7 @@ from flask import Response, g, render_template, request, stream_with_context, ur
 
 from ..exc import InvalidValue
 from . import charts, traffic
-from .dashboard import PageError, admin_service, dashboard, guard_state
+from .session import PageError, admin_service, dashboard, guard_state
 from .store import attachment, export_columns, export_csv, export_jsonl
 from .traffic import REFUSAL_ORDER, TimeRange
 
