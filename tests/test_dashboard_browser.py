@@ -135,6 +135,23 @@ _UNLABELLED = """return [...document.querySelectorAll('input, select, textarea')
   .map(e => e.outerHTML);"""
 
 
+_LOW_CONTRAST = """
+const lum = c => { const [r, g, b] = c.match(/[\\d.]+/g).slice(0, 3).map(v => {
+  v = v / 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+const opaque = c => !/rgba\\(.*, 0\\)$/.test(c) && c !== 'transparent';
+const out = [];
+for (const e of document.querySelectorAll('body *')) {
+  if (e.closest('svg') || ![...e.childNodes].some(n => n.nodeType === 3 && n.textContent.trim())) continue;
+  let p = e, bg = 'rgb(255, 255, 255)';
+  while (p) { const c = getComputedStyle(p).backgroundColor; if (opaque(c)) { bg = c; break; } p = p.parentElement; }
+  const [a, b] = [lum(getComputedStyle(e).color), lum(bg)].sort((x, y) => y - x);
+  const ratio = (a + 0.05) / (b + 0.05);
+  if (ratio < 4.5 && e.offsetParent !== null) out.push(e.tagName + ' ' + e.textContent.trim().slice(0, 30) + ' ' + ratio.toFixed(2));
+}
+return out;"""
+
+
 def test_readable_at_400px_and_usable_from_the_keyboard(example, tmp_path):
     app, token, _ = example
     with served(app) as base, chrome(400, 900) as driver:
@@ -145,6 +162,7 @@ def test_readable_at_400px_and_usable_from_the_keyboard(example, tmp_path):
             wide = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
             assert wide[0] <= wide[1], (path, wide)  # nothing scrolls sideways
             assert driver.execute_script(_UNLABELLED) == [], path  # every field has a label
+            assert driver.execute_script(_LOW_CONTRAST) == [], path  # WCAG AA: text at least 4.5:1
         driver.save_screenshot(str(tmp_path / "narrow.png"))
         from selenium.webdriver.common.keys import Keys
 

@@ -208,3 +208,25 @@ def test_verify_a_suspect_from_uploaded_predictions(make_guarded):
     neither = client.post(f"{UI}/accounts/{name}/verify", data={"csrf_token": csrf_of(page)})
     assert neither.status_code == 400 and "one of the two" in neither.get_data(as_text=True)
     assert audit(g)[0]["action"] == "verify-watermark"
+
+
+def test_an_alerts_evidence_is_the_evaluation_that_raised_it(console):
+    g, client = console
+    name, _ = g.account("judged")
+    state = g.guard.state(g.app)
+    account_id = state.repository.get_account(name)["id"]
+    base = {c: None for c in ("key_id", "route", "status", "latency_ms", "n_instances", "fingerprint", "labels",
+                              "top_confidences", "input")}
+    base.update(key_id=1, route="r", status=200, latency_ms=1.0, n_instances=1, canary=False, watermarks=[])
+    for ts, queries, reasons in ((10.0, 20, ["ADD 40.0 > 30.0 at 20 distinct queries"]),
+                                 (20.0, 110, ["ADD 38.0 > 9.5 at 110 distinct queries"])):
+        evaluation = {"account_id": account_id, "ts": ts, "queries": queries, "reasons": reasons,
+                      "scores": {"malicious": 1.0, "add_ratio": 4.0}}
+        state.pipeline.write([{**base, "ts": ts, "account_id": account_id, "evaluation": evaluation}])
+    alert = state.admin.alerts(account_id=account_id)[0][-1]  # the first, raised by the evaluation at 20 queries
+    assert alert["reason"] == "ADD 40.0 > 30.0 at 20 distinct queries"
+    assert state.admin.evaluation_for(account_id, alert["ts"], alert["reason"])["queries"] == 20  # not the later one
+    assert state.admin.evaluation_for(account_id, alert["ts"], "sent a canary input")["queries"] == 110
+    assert state.admin.evaluation_for(account_id, 5.0, "anything") is None
+    page = client.get(f"{UI}/alerts/{alert['id']}").get_data(as_text=True)
+    assert "after 20 queries" in page and 'id="evidence"' in page

@@ -175,7 +175,7 @@ def alert(alert_id: int) -> Any:
     found = state.admin.alert(alert_id)
     engine = state.repository.engine
     account = state.repository.get_account(found["account"])
-    evaluation = state.admin.evaluation_at(account["id"], found["ts"])
+    evaluation = state.admin.evaluation_for(account["id"], found["ts"], found["reason"])
     around = TimeRange(found["ts"] - 43200.0, found["ts"] + 43200.0, 1800)
     points = traffic.score_series(engine, account["id"], around)
     return render_template("modelguard/alert.html", alert=found, account=account, evaluation=evaluation,

@@ -168,17 +168,20 @@ class AdminStore:
             raise NotFound(f"No alert {alert_id}.")
         return _jsonable(dict(row._mapping))
 
-    def evaluation_at(self, account_id: int, ts: float) -> dict[str, Any] | None:
-        """The account's latest evaluation at or before ``ts`` that found
-        something (what an alert raised at ``ts`` was for), else its latest then."""
+    def evaluation_for(self, account_id: int, ts: float, reason: str, scan: int = 200) -> dict[str, Any] | None:
+        """The evaluation an alert raised at ``ts`` for ``reason`` came from:
+        among the account's latest ``scan`` at or before ``ts``, the one whose
+        reasons hold it, else the latest that found something, else the latest."""
         s = m.scores
-        base = select(s).where(s.c.account_id == account_id, s.c.ts <= ts + 1.0).order_by(s.c.ts.desc(), s.c.id.desc())
+        query = (select(s).where(s.c.account_id == account_id, s.c.ts <= ts + 1.0)
+                 .order_by(s.c.ts.desc(), s.c.id.desc()).limit(scan))
         with self.engine.connect() as conn:
-            for row in conn.execute(base.limit(20)):
-                if row.reasons:
-                    return dict(row._mapping)
-            latest = conn.execute(base.limit(1)).first()
-        return dict(latest._mapping) if latest is not None else None
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+        for found in (lambda r: reason in (r["reasons"] or []), lambda r: bool(r["reasons"]), lambda r: True):
+            match = next((r for r in rows if found(r)), None)
+            if match is not None:
+                return match
+        return None
 
     def acknowledge(self, alert_id: int, by: str) -> dict[str, Any]:
         with self.engine.begin() as conn:
