@@ -28,15 +28,19 @@ def example(tmp_path, model_cache):
     guard.close(app)
 
 
-def predict(base: str, key: str, features: list[float]) -> int:
-    """The status of one prediction request over HTTP."""
+def answer(base: str, key: str, features: list[float]) -> tuple[int, Any]:
+    """The status and headers of one prediction request over HTTP."""
     request = urllib.request.Request(f"{base}/predict", data=json.dumps({"features": features}).encode(),
                                      headers={"Content-Type": "application/json", "X-API-Key": key})
     try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return int(answer.status)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status), response.headers
     except urllib.error.HTTPError as refused:
-        return int(refused.code)
+        return int(refused.code), refused.headers
+
+
+def predict(base: str, key: str, features: list[float]) -> int:
+    return answer(base, key, features)[0]
 
 
 def _by(kind: str) -> Any:
@@ -181,3 +185,55 @@ def test_readable_at_400px_and_usable_from_the_keyboard(example, tmp_path):
         wait_url(driver, "q=user1")
         rows = driver.find_elements(_by("CSS_SELECTOR"), "#accounts tbody tr td.name")
         assert [r.text for r in rows] == ["user1"]
+
+
+def test_every_other_action_from_the_browser(example, tmp_path):
+    """Create an account with its key, change its limits, issue and revoke
+    keys, block it, verify a suspect from uploaded labels: each over HTTP."""
+    app, token, keys = example
+    css, by_id = _by("CSS_SELECTOR"), _by("ID")
+    x = [1.0] * 64
+    with served(app) as base, chrome() as driver:
+        sign_in(driver, base, token)
+        driver.get(f"{base}{PREFIX}/accounts")
+        driver.find_element(by_id, "new-name").send_keys("partner")
+        driver.find_element(by_id, "new-limits").send_keys("5/minute")
+        driver.find_element(by_id, "create").click()
+        wait_text(driver, "content", "Account partner created.")
+        first = driver.find_element(by_id, "new-key").text
+        status, headers = answer(base, first, x)
+        assert status == 200 and headers["X-RateLimit-Limit"] == "5"
+        driver.find_element(by_id, "back-to-account").click()
+        wait_text(driver, "account-name", "partner")
+        limits = driver.find_element(by_id, "plan-limits")
+        limits.clear()
+        limits.send_keys("9/minute")
+        driver.find_element(by_id, "save-plan").click()
+        wait_text(driver, "content", "own limits 9/minute")
+        assert answer(base, first, x)[1]["X-RateLimit-Limit"] == "9"
+        driver.find_element(by_id, "issue-key").click()
+        wait_text(driver, "content", "shown only once")
+        second = driver.find_element(by_id, "new-key").text
+        driver.find_element(by_id, "back-to-account").click()
+        wait_text(driver, "account-name", "partner")
+        driver.find_elements(css, "#keys button.revoke")[0].click()  # the first key
+        wait_text(driver, "content", "revoked")
+        assert predict(base, first, x) == 403 and predict(base, second, x) == 200
+        driver.find_element(by_id, "block").click()
+        wait_text(driver, "status", "blocked")
+        assert predict(base, second, x) == 403
+        # the thief's watermark inputs, answered by a "suspect" that copies what the thief was served
+        with app.app_context():
+            records = app.extensions["modelguard"].repository.watermark_records("thief")
+        labels = tmp_path / "suspect.json"
+        labels.write_text(json.dumps([r["served_label"] for r in records]))
+        driver.get(f"{base}{PREFIX}/accounts/thief")
+        driver.find_element(by_id, "suspect-predictions").send_keys(str(labels))
+        driver.find_element(by_id, "verify").click()
+        wait_text(driver, "content", "wrong answers reproduced")
+        assert int(driver.find_element(by_id, "matches").text) == len(records)
+        assert int(driver.find_element(by_id, "probes").text) == len(records)
+    with app.app_context():
+        actions = [e["action"] for e in app.extensions["modelguard"].admin.audit_entries()[0][:7]][::-1]
+    assert actions == ["create-account", "issue-key", "update-account", "issue-key", "revoke-key",
+                       "update-account", "verify-watermark"]

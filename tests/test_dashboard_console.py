@@ -230,3 +230,23 @@ def test_an_alerts_evidence_is_the_evaluation_that_raised_it(console):
     assert state.admin.evaluation_for(account_id, 5.0, "anything") is None
     page = client.get(f"{UI}/alerts/{alert['id']}").get_data(as_text=True)
     assert "after 20 queries" in page and 'id="evidence"' in page
+
+
+def test_every_action_needs_the_csrf_token_and_changes_nothing_without(console):
+    g, client = console
+    name, key = g.account("target", limits="5/minute")
+    with g.app.app_context():
+        g.guard.update_account(name, flagged=True)
+    prefix = key.split("_")[1]
+    before = g.guard.state(g.app).repository.get_account(name)
+    for path, data in ((f"/accounts/{name}/unflag", {}), (f"/accounts/{name}/allowlist", {"on": "1"}),
+                       (f"/accounts/{name}/plan", {"tier": "pro", "limits": ""}), (f"/accounts/{name}/keys", {}),
+                       (f"/keys/{prefix}/revoke", {}), ("/accounts", {"name": "sneaky"}),
+                       (f"/accounts/{name}/verify", {"url": "http://127.0.0.1:9/"})):
+        for token in (None, "forged"):
+            sent = {**data, **({"csrf_token": token} if token else {})}
+            refused = client.post(f"{UI}{path}", data=sent)
+            assert refused.status_code == 400 and "CSRF" in refused.get_data(as_text=True), path
+    assert g.guard.state(g.app).repository.get_account(name) == before
+    assert g.predict(key).status_code == 200 and len(g.guard.list_keys(name, app=g.app)) == 1
+    assert [e["action"] for e in audit(g)] == ["dashboard-login"]
