@@ -104,6 +104,8 @@ watermarks = Table(
     Column("served_label", JSON, nullable=False),  # class index or name, deliberately wrong
     Column("model_label", JSON, nullable=False),  # what the model answered
     Column("n_classes", Integer, nullable=False),
+    # SHA-256 of the account's previous link and this record (evidence.py; migration 0004).
+    Column("chain", String(64), nullable=True),
 )
 
 #: Honey-trap inputs registered by the owner: any account sending one is flagged.

@@ -14,9 +14,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy import column, create_engine, inspect, select, text
+from sqlalchemy import table as sa_table
 
-from flask_modelguard import ModelGuard, migrations, models
+from flask_modelguard import ModelGuard, evidence, migrations, models
 from flask_modelguard.cli import modelguard_cli
 from tests.conftest import model_app
 
@@ -33,9 +34,15 @@ def _previous_release(url: str) -> None:
         conn.execute(text(f"DROP TABLE {NEW_TABLE}"))
         conn.execute(text("DROP INDEX ix_modelguard_account_states_updated"))
         conn.execute(text(f"DROP TABLE {migrations.VERSION_TABLE}"))
+        conn.execute(text(f"ALTER TABLE {models.watermarks.name} DROP COLUMN chain"))
         conn.execute(models.accounts.insert().values(
             name="old", tier="free", status="active", flagged=False, score=0.0, allowlisted=False,
             reviewed_queries=0, created_at=_now(), updated_at=_now()))
+        old_marks = sa_table(models.watermarks.name, *[column(c.name, c.type) for c in models.watermarks.c
+                                                       if c.name not in ("id", "chain")])
+        conn.execute(old_marks.insert(), [
+            {"account_id": 1, "route": "predict", "ts": 100.0 + n, "fingerprint": f"fp{n}", "input": [n, 0.5],
+             "served_label": n % 3, "model_label": 9, "n_classes": 10} for n in range(3)])
     engine.dispose()
 
 
@@ -106,6 +113,8 @@ def test_db_upgrade_migrates_a_database_of_the_previous_release_and_keeps_its_da
         assert NEW_INDEX in _indexes(state.repository.engine)
         assert inspect(state.repository.engine).has_table(NEW_TABLE)
         assert state.repository.get_account("old")["tier"] == "free"
+        old = evidence.bundle("old", state.repository.evidence_records("old"), "now")
+        assert evidence.check(old).valid and len(old["records"]) == 3  # the records there before are chained
         with app.app_context():  # the app works on the migrated tables
             key = guard.issue_key("old")
         response = app.test_client().post("/predict", json={"features": [1, 2, 3]},

@@ -130,7 +130,7 @@ def account(name: str) -> Any:
     latest = history[-1] if history else None
     points = traffic.score_series(engine, account["id"], rng)
     alerts, alert_total = state.admin.alerts(account_id=account["id"], limit=20)
-    marks = state.repository.watermark_records(name)
+    marks = state.repository.evidence_records(name)
     return render_template(
         "modelguard/account.html", account=account, quota=quota_use(state, account), rng=rng,
         keys=[_key_view(k, state.admin.now()) for k in state.repository.list_keys(name)],
@@ -139,7 +139,7 @@ def account(name: str) -> Any:
         breakdown=_evidence(state, latest), latest=latest, evaluations=len(history),
         first_flag=next((h for h in history if h["reasons"]), None), alerts=alerts, alert_total=alert_total,
         grace=state.settings.rotation_grace, tiers=sorted(state.settings.tiers), marks=marks[-20:][::-1],
-        mark_total=len(marks), events=traffic.recent_events(engine, account["id"]),
+        mark_total=len(marks), head=marks[-1]["chain"] if marks else None, events=traffic.recent_events(engine, account["id"]),
     )
 
 
@@ -183,6 +183,15 @@ def alert(alert_id: int) -> Any:
                            scores=charts.scores_over_time(points, around.since, around.until),
                            charts=traffic_charts(traffic.traffic(engine, around, account["id"])),
                            back=url_for(".alert", alert_id=alert_id))
+
+
+@dashboard.get("/accounts/<path:name>/evidence.json")
+def evidence(name: str) -> Any:
+    """The account's hash-chained evidence bundle (audited): check it offline with
+    ``python -m flask_modelguard.evidence``."""
+    found = admin_service().export_evidence(g.modelguard_admin, name)
+    return Response(json.dumps(found, indent=1), mimetype="application/json",
+                    headers={"Content-Disposition": attachment(f"{name}-evidence.json")})
 
 
 @dashboard.get("/accounts/<path:name>/watermark-inputs.json")

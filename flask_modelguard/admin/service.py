@@ -201,6 +201,15 @@ class AdminService:
         self._audit(actor, "export-events", account, None, {"format": fmt, "since": since, "until": until})
         return rows
 
+    def export_evidence(self, actor: str, account: str) -> dict[str, Any]:
+        """The account's hash-chained evidence bundle (:mod:`~flask_modelguard.evidence`), audited with its head."""
+        from ..evidence import bundle
+
+        records = self.repository.evidence_records(account)
+        found = bundle(account, records, self.store.now().isoformat())
+        self._audit(actor, "export-evidence", account, None, {"records": len(records), "head": found["head"]})
+        return found
+
     def verify_watermark(self, actor: str, account: str, *, url: str | None = None, suspect: Suspect | None = None,
                          predictions: Any = None, max_probes: Any = 250, **options: Any) -> Verification:
         """Test a suspect model for ``account``'s watermarks, from at most

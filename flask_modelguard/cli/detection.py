@@ -44,6 +44,20 @@ def export_watermarks(account: str, out: Any, max_probes: int) -> None:
     click.echo(f"{len(records)} watermark input(s) written.", err=True)
 
 
+@modelguard_cli.command("export-evidence")
+@click.argument("account")
+@click.argument("out", type=click.File("w"))
+@with_appcontext
+@_friendly
+def export_evidence(account: str, out: Any) -> None:
+    """Write ACCOUNT's hash-chained watermark evidence to OUT (JSON); check it
+    offline with ``python -m flask_modelguard.evidence OUT``."""
+    found = _service().export_evidence(_actor(), account)
+    json.dump(found, out, indent=1)
+    out.write("\n")
+    click.echo(f"{len(found['records'])} records of {account!r}; chain head {found['head']}")
+
+
 @modelguard_cli.command("verify-watermark")
 @click.argument("account", required=False)
 @click.option("--url", help="Prediction API of the suspect model (takes {\"instances\": [...]}).")

@@ -10,12 +10,15 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 
 from .. import models as m
+from ..evidence import GENESIS, link
 from ..policy import AccountFacts, Catch, FlagPolicy
 from .accounts import AccountRows
 from .base import _EVENT_COLUMNS, _EVENT_JSON_AT
 
 #: A move of an account's malicious score this large reaches every process's key cache (a change row).
 SCORE_BAND = 0.1
+#: The first key of the PostgreSQL advisory locks that serialise an account's evidence chain.
+EVIDENCE_LOCK = 730518
 
 
 class EventRows(AccountRows):
@@ -59,8 +62,28 @@ class EventRows(AccountRows):
             conn.exec_driver_sql(self._raw_insert, params)
         marks = [mark for row in rows for mark in row.get("watermarks") or ()]
         if marks:
-            conn.execute(insert(m.watermarks), marks)
+            conn.execute(insert(m.watermarks), self._chained(conn, marks))
         self._insert_scores(conn, [row["evaluation"] for row in rows if row.get("evaluation")])
+
+    def _chained(self, conn: Any, marks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``marks`` with their evidence links, each account's chain carried on
+        from its latest record. Writers of one account's chain take turns: on
+        PostgreSQL a transaction-scoped advisory lock per account (in id order,
+        before this transaction locks any row); on SQLite the write lock this
+        transaction holds since its first insert."""
+        accounts = sorted({mark["account_id"] for mark in marks})
+        w = m.watermarks
+        heads = {}
+        for account_id in accounts:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({EVIDENCE_LOCK}, {int(account_id)})")
+            heads[account_id] = conn.execute(select(w.c.chain).where(w.c.account_id == account_id)
+                                             .order_by(w.c.id.desc()).limit(1)).scalar() or GENESIS
+        out = []
+        for mark in marks:
+            heads[mark["account_id"]] = link(heads[mark["account_id"]], mark)
+            out.append({**mark, "chain": heads[mark["account_id"]]})
+        return out
 
     def _insert_scores(self, conn: Any, evaluations: Sequence[dict[str, Any]]) -> None:
         """Evaluation rows; the latest of each account sets its score."""
@@ -108,6 +131,13 @@ class EventRows(AccountRows):
              "acknowledged_at": None, "acknowledged_by": None} for account_id, action, reason in alerts])
 
     # -- watermarks and canaries --------------------------------------------------
+
+    def evidence_records(self, account: str) -> list[dict[str, Any]]:
+        """Every watermark record of an account in chain (id) order, with its link."""
+        account_id = self.get_account(account)["id"]
+        query = select(m.watermarks).where(m.watermarks.c.account_id == account_id).order_by(m.watermarks.c.id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
 
     def watermark_records(self, account: str, limit: int | None = None) -> list[dict[str, Any]]:
         """An account's watermark records, one per distinct input, oldest first."""
