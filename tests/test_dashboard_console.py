@@ -10,6 +10,7 @@ import html
 import io
 import json
 import re
+import threading
 from typing import Any
 
 import pytest
@@ -250,3 +251,41 @@ def test_every_action_needs_the_csrf_token_and_changes_nothing_without(console):
     assert g.guard.state(g.app).repository.get_account(name) == before
     assert g.predict(key).status_code == 200 and len(g.guard.list_keys(name, app=g.app)) == 1
     assert [e["action"] for e in audit(g)] == ["dashboard-login"]
+
+
+def test_verify_a_suspect_at_its_url(make_guarded):
+    """The suspect is a prediction API over real HTTP: it is sent the watermark inputs."""
+    from flask import Flask, request
+    from werkzeug.serving import make_server
+
+    g = make_guarded(MODELGUARD_WATERMARK=1.0)
+    with g.app.app_context():
+        token = g.guard.state(g.app).admin.create_token("ops")
+    client = g.app.test_client()
+    sign_in(client, token)
+    name, key = g.account(limits="1000/second")
+    served = {json.dumps([float(i), 2.0]): g.predict(key, {"features": [float(i), 2.0]}).get_json()["label"]
+              for i in range(25)}
+    g.guard.flush(g.app)
+    suspect = Flask("suspect")
+    asked: list[Any] = []
+
+    @suspect.post("/predict")
+    def predict() -> Any:  # a clone that learned every watermark answer
+        inputs = request.get_json()["instances"]
+        asked.extend(inputs)
+        return {"predictions": [{"label": served[json.dumps(x)]} for x in inputs]}
+
+    server = make_server("127.0.0.1", 0, suspect, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        page = client.get(f"{UI}/accounts/{name}")
+        url = f"http://127.0.0.1:{server.server_port}/predict"
+        shown = post(client, f"/accounts/{name}/verify", page, url=url).get_data(as_text=True)
+        assert 'id="verdict">claimed' in shown and 'id="matches">25<' in shown and len(asked) == 25
+        refused = post(client, f"/accounts/{name}/verify", page, url="http://127.0.0.1:9/predict")
+        assert refused.status_code == 400 and "Could not query the suspect" in refused.get_data(as_text=True)
+        assert post(client, f"/accounts/{name}/verify", page, url="file:///etc/passwd").status_code == 400
+    finally:
+        server.shutdown()
