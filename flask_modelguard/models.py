@@ -88,8 +88,9 @@ query_events = Table(
     Column("canary", Boolean, nullable=False, default=False),  # the request held a honey-trap input
 )
 Index("ix_modelguard_query_events_account_ts", query_events.c.account_id, query_events.c.ts)
-#: Time ranges over every account: retention's purge, the overview's charts (migration 0002).
-Index("ix_modelguard_query_events_ts", query_events.c.ts)
+# Time ranges over everyone (retention's purge, the dashboard's charts), covering
+# what the charts aggregate so SQLite reads no table row (migration 0005).
+Index("ix_modelguard_query_events_ts_status", query_events.c.ts, query_events.c.status, query_events.c.latency_ms)
 
 #: Watermark answers served (DAWN): the input is kept, since verification needs it.
 watermarks = Table(

@@ -21,7 +21,7 @@ from flask_modelguard import ModelGuard, evidence, migrations, models
 from flask_modelguard.cli import modelguard_cli
 from tests.conftest import model_app
 
-NEW_INDEX = "ix_modelguard_query_events_ts"
+NEW_INDEX = "ix_modelguard_query_events_ts_status"  # (0002 made one on ts alone, 0005 this one)
 NEW_TABLE = models.account_groups.name
 
 
