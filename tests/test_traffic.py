@@ -22,7 +22,8 @@ def test_ranges_and_their_buckets():
     assert (custom.since, custom.until - custom.since, custom.bucket) == (1798761600.0, 2 * 86400, 3600)
     assert traffic.resolve_range("custom", NOW, "2027-01-15T07:30").until == NOW  # "to" empty: now
     for name, since, until in (("year", None, None), ("custom", "soon", None), ("custom", "2027-01-03", "2027-01-01"),
-                               ("custom", "2020-01-01", "2027-01-01")):
+                               ("custom", "2020-01-01", "2027-01-01"), ("custom", "0001-01-01", "0001-01-08"),
+                               ("custom", "9999-12-30", "9999-12-31T23:59"), ("custom", "nan", None)):
         with pytest.raises(InvalidValue):
             traffic.resolve_range(name, NOW, since, until)
 

@@ -21,8 +21,9 @@ RANGES: Mapping[str, float] = {"hour": 3600.0, "day": 86400.0, "week": 7 * 86400
 #: Bucket widths to choose from (seconds): the smallest that gives at most MAX_BUCKETS.
 BUCKET_SIZES = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
 MAX_BUCKETS = 72
-#: The longest custom range (a year).
+#: The longest custom range (a year), and the times a range may span (1970 to 9999).
 MAX_RANGE = 366 * 86400.0
+EARLIEST, LATEST = 0.0, 253402214400.0  # 9999-12-31T00:00Z
 #: Why a known account's request was refused, by its HTTP status (the query
 #: log keeps the status, so a revoked key and a blocked account share 403).
 REFUSALS: Mapping[int, str] = {
@@ -81,6 +82,8 @@ def resolve_range(name: str | None, now: float, since: str | None = None, until:
         end = _parse_time(until, "to") if until else now
         if not 0 < end - start <= MAX_RANGE:
             raise InvalidValue("The range must end after it starts and last at most a year.")
+        if not (EARLIEST <= start and end <= LATEST):
+            raise InvalidValue("The range must lie between 1970 and 9999.")
     elif name in RANGES:
         start, end = now - RANGES[name], now
     else:
