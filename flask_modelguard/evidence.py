@@ -35,8 +35,9 @@ FIELDS = ("account_id", "route", "ts", "fingerprint", "input", "served_label", "
 
 def canonical(record: dict[str, Any]) -> bytes:
     """The bytes of a record a link hashes: its :data:`FIELDS` as compact, sorted JSON."""
-    return json.dumps({f: record[f] for f in FIELDS}, sort_keys=True, separators=(",", ":"),
-                      allow_nan=False).encode()
+    fields = {f: record[f] for f in FIELDS}
+    fields["ts"] = float(fields["ts"])  # as the Float column gives it back, whatever clock wrote it
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
 def link(prev: str, record: dict[str, Any]) -> str:

@@ -107,6 +107,8 @@ watermarks = Table(
     Column("n_classes", Integer, nullable=False),
     # SHA-256 of the account's previous link and this record (evidence.py; migration 0004).
     Column("chain", String(64), nullable=True),
+    # An account's latest link, read by every writer of its chain (migration 0005).
+    Index("ix_modelguard_watermarks_account_order", "account_id", "id"),
 )
 
 #: Honey-trap inputs registered by the owner: any account sending one is flagged.

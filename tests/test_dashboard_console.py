@@ -287,5 +287,26 @@ def test_verify_a_suspect_at_its_url(make_guarded):
         refused = post(client, f"/accounts/{name}/verify", page, url="http://127.0.0.1:9/predict")
         assert refused.status_code == 400 and "Could not query the suspect" in refused.get_data(as_text=True)
         assert post(client, f"/accounts/{name}/verify", page, url="file:///etc/passwd").status_code == 400
+        bad_port = post(client, f"/accounts/{name}/verify", page, url="http://x:abc/")  # http.client.InvalidURL
+        assert bad_port.status_code == 400 and "Could not query the suspect" in bad_port.get_data(as_text=True)
     finally:
         server.shutdown()
+
+
+def test_hostile_requests_get_a_clear_refusal_not_a_500(console):
+    from flask_modelguard.admin.session import MAX_BODY
+
+    g, client = console
+    name, _ = g.account("target")
+    anonymous = g.app.test_client()
+    huge = anonymous.post(f"{UI}/login", data=b"x" * (MAX_BODY + 10),
+                          content_type="multipart/form-data; boundary=b")
+    assert huge.status_code == 413  # refused before the form is parsed: nothing spooled to disk
+    assert client.get(f"{UI}/accounts?page=²").status_code == 400
+    assert client.get(f"{UI}/?range=custom&from=0001-01-01&to=0001-12-31").status_code == 400
+    page = client.get(f"{UI}/accounts/{name}")
+    done = post(client, "/alerts/1/ack", page, next=f"{UI}/%0d%0aX-Evil: 1")
+    assert done.status_code in (302, 404) and "X-Evil" not in done.headers
+    deep = {"csrf_token": csrf_of(page), "predictions": (io.BytesIO(b"[" * 200_000), "p.json")}
+    nested = client.post(f"{UI}/accounts/{name}/verify", data=deep, content_type="multipart/form-data")
+    assert nested.status_code == 400 and "not JSON" in nested.get_data(as_text=True)

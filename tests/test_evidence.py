@@ -121,3 +121,9 @@ def test_export_evidence_and_check_it_offline(make_guarded, tmp_path):
     assert tampered.returncode == 1 and "BROKEN at record 0" in tampered.stdout
     entry = g.guard.state(g.app).admin.audit_entries()[0][0]
     assert entry["action"] == "export-evidence" and entry["after"] == {"records": 25, "head": head}
+
+
+def test_a_clock_giving_whole_seconds_links_what_the_database_gives_back():
+    written = {**_record(0), "ts": 1_700_000_000}  # an int, as a custom clock may give
+    read_back = {**written, "ts": 1_700_000_000.0}  # the Float column's answer
+    assert evidence.link(evidence.GENESIS, written) == evidence.link(evidence.GENESIS, read_back)

@@ -34,6 +34,7 @@ def _previous_release(url: str) -> None:
         conn.execute(text(f"DROP TABLE {NEW_TABLE}"))
         conn.execute(text("DROP INDEX ix_modelguard_account_states_updated"))
         conn.execute(text(f"DROP TABLE {migrations.VERSION_TABLE}"))
+        conn.execute(text("DROP INDEX ix_modelguard_watermarks_account_order"))
         conn.execute(text(f"ALTER TABLE {models.watermarks.name} DROP COLUMN chain"))
         conn.execute(models.accounts.insert().values(
             name="old", tier="free", status="active", flagged=False, score=0.0, allowlisted=False,

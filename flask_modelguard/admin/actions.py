@@ -12,7 +12,7 @@ from flask import flash, g, redirect, render_template, request, url_for
 from ..exc import InvalidValue
 from .session import PageError, admin_service, dashboard, safe_next
 
-#: Bytes of predictions an uploaded file may hold.
+#: Bytes of predictions an uploaded file may hold (the request as a whole: session.MAX_BODY).
 MAX_UPLOAD = 4 * 1024 * 1024
 
 
@@ -118,8 +118,8 @@ def _uploaded_predictions() -> Any:
         raise InvalidValue(f"The predictions file is larger than {MAX_UPLOAD // 1024 // 1024} MiB.")
     try:
         found = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidValue("The predictions file is not JSON.") from None
+    except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
+        raise InvalidValue("The predictions file is not JSON (or nests too deep).") from None
     return found.get("predictions") if isinstance(found, dict) else found
 
 

@@ -35,7 +35,7 @@ def _range() -> TimeRange:
 
 def _page_number() -> int:
     raw = request.args.get("page", "1")
-    if not raw.isdigit() or not 1 <= int(raw) <= 10**6:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 10**6:
         raise InvalidValue("page must be a whole number from 1.")
     return int(raw)
 
@@ -130,7 +130,7 @@ def account(name: str) -> Any:
     latest = history[-1] if history else None
     points = traffic.score_series(engine, account["id"], rng)
     alerts, alert_total = state.admin.alerts(account_id=account["id"], limit=20)
-    marks = state.repository.evidence_records(name)
+    mark_total, marks, head = state.repository.evidence_summary(name)
     return render_template(
         "modelguard/account.html", account=account, quota=quota_use(state, account), rng=rng,
         keys=[_key_view(k, state.admin.now()) for k in state.repository.list_keys(name)],
@@ -138,8 +138,8 @@ def account(name: str) -> Any:
         scores=charts.scores_over_time(points, rng.since, rng.until), points=len(points),
         breakdown=_evidence(state, latest), latest=latest, evaluations=len(history),
         first_flag=next((h for h in history if h["reasons"]), None), alerts=alerts, alert_total=alert_total,
-        grace=state.settings.rotation_grace, tiers=sorted(state.settings.tiers), marks=marks[-20:][::-1],
-        mark_total=len(marks), head=marks[-1]["chain"] if marks else None, events=traffic.recent_events(engine, account["id"]),
+        grace=state.settings.rotation_grace, tiers=sorted(state.settings.tiers), marks=marks,
+        mark_total=mark_total, head=head, events=traffic.recent_events(engine, account["id"]),
     )
 
 

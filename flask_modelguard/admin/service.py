@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.client import HTTPException
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..exc import InvalidValue, MalformedKey, NotFound
@@ -233,9 +234,10 @@ class AdminService:
             try:
                 result = self.guard.verify_watermark(account, suspect or http_suspect(str(url)), max_probes=max_probes,
                                                      app=self.app, **options)
-            except (OSError, ValueError) as exc:  # unreachable, or an answer that is not one
+            except (OSError, ValueError, HTTPException) as exc:  # unreachable, or an answer that is not one
                 raise InvalidValue(f"Could not query the suspect ({exc.__class__.__name__}).") from None
-        self._audit(actor, "verify-watermark", account, None, {"claimed": result.claimed, "log2_p": result.log2_p})
+        self._audit(actor, "verify-watermark", account, None,
+                    {"claimed": result.claimed, "log2_p": result.log2_p, "url": url})
         return result
 
     # -- admin tokens and dashboard sessions ---------------------------------------------

@@ -33,6 +33,8 @@ log = logging.getLogger("flask_modelguard")
 dashboard = Blueprint("modelguard_dashboard", __name__, template_folder="templates",
                       static_folder="static", static_url_path="/static")
 
+#: Bytes a dashboard form may post (the largest: a suspect's predictions file).
+MAX_BODY = 4 * 1024 * 1024 + 64 * 1024
 #: Session keys (namespaced: the session is the app's).
 ADMIN_KEY, SESSION_KEY, CSRF_KEY = "modelguard_admin", "modelguard_session", "modelguard_csrf"
 _STATIC = "modelguard_dashboard.static"
@@ -105,7 +107,7 @@ def _forget() -> None:
 def safe_next(value: str | None) -> str:
     """``value`` if it is a path of this dashboard (no open redirect), else the index."""
     home = url_for(".index")
-    if not value or "\\" in value:
+    if not value or "\\" in value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         return home
     parts = urlsplit(value)
     return value if not parts.scheme and not parts.netloc and value.startswith(home) else home
@@ -120,6 +122,7 @@ def _before() -> Any:
                         "The dashboard keeps its sign-in and CSRF token in Flask's signed session: set the app's "
                         "SECRET_KEY (the same in every worker process) to use it.")
     if request.method == "POST":
+        request.max_content_length = MAX_BODY  # before the form is parsed: even a sign-in's
         _check_csrf()
     if request.endpoint == "modelguard_dashboard.login":
         return None

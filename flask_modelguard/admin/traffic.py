@@ -23,7 +23,7 @@ BUCKET_SIZES = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 
 MAX_BUCKETS = 72
 #: The longest custom range (a year), and the times a range may span (1970 to 9999).
 MAX_RANGE = 366 * 86400.0
-EARLIEST, LATEST = 0.0, 253402214400.0  # 9999-12-31T00:00Z
+EARLIEST, LATEST = 0.0, 253370764800.0  # 9999-01-01T00:00Z
 #: Why a known account's request was refused, by its HTTP status (the query
 #: log keeps the status, so a revoked key and a blocked account share 403).
 REFUSALS: Mapping[int, str] = {
@@ -89,7 +89,8 @@ def resolve_range(name: str | None, now: float, since: str | None = None, until:
     else:
         raise InvalidValue(f"range must be one of {', '.join([*RANGES, 'custom'])}.")
     bucket = next((b for b in BUCKET_SIZES if (end - start) / b <= MAX_BUCKETS), BUCKET_SIZES[-1])
-    start = math.floor(start / bucket) * bucket  # buckets on round times
+    if name != "custom":
+        start = math.floor(start / bucket) * bucket  # buckets on round times (a custom range starts where asked)
     return TimeRange(float(start), float(end), bucket, name)
 
 

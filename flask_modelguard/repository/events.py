@@ -77,7 +77,8 @@ class EventRows(AccountRows):
         for account_id in accounts:
             if conn.dialect.name == "postgresql":
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({EVIDENCE_LOCK}, {int(account_id)})")
-            heads[account_id] = conn.execute(select(w.c.chain).where(w.c.account_id == account_id)
+            heads[account_id] = conn.execute(select(w.c.chain).where(w.c.account_id == account_id,
+                                                                     w.c.chain.is_not(None))
                                              .order_by(w.c.id.desc()).limit(1)).scalar() or GENESIS
         out = []
         for mark in marks:
@@ -131,6 +132,19 @@ class EventRows(AccountRows):
              "acknowledged_at": None, "acknowledged_by": None} for account_id, action, reason in alerts])
 
     # -- watermarks and canaries --------------------------------------------------
+
+    def evidence_summary(self, account: str, latest: int = 20) -> tuple[int, list[dict[str, Any]], str | None]:
+        """How many watermark records an account has, its latest ``latest``
+        (newest first, without their inputs) and its chain head."""
+        account_id = self.get_account(account)["id"]
+        w = m.watermarks
+        columns = [c for c in w.c if c.name != "input"]
+        with self.engine.connect() as conn:
+            total = int(conn.execute(select(func.count()).where(w.c.account_id == account_id)).scalar_one())
+            rows = [dict(r._mapping) for r in conn.execute(
+                select(*columns).where(w.c.account_id == account_id).order_by(w.c.id.desc()).limit(latest))]
+        head = next((r["chain"] for r in rows if r["chain"]), None)
+        return total, rows, head
 
     def evidence_records(self, account: str) -> list[dict[str, Any]]:
         """Every watermark record of an account in chain (id) order, with its link."""
