@@ -188,6 +188,23 @@ def empirical_null_rate(records: Sequence[dict[str, Any]], independent: Iterable
     return (agree + 1) / (total + 2)
 
 
+def _read_bounded(response: Any, max_bytes: int, give_up: float, url: str, deadline: float) -> bytes:
+    """An answer's body, at most ``max_bytes``, read a chunk at a time until
+    ``give_up`` (a suspect that trickles a byte now and then is cut off too)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        if time.monotonic() > give_up:
+            raise ValueError(f"{url} took more than {deadline:.0f} s to answer the watermark inputs")
+        chunk = response.read1(65536)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > max_bytes:
+            raise ValueError(f"{url} answered more than {max_bytes} bytes")
+        chunks.append(chunk)
+
+
 def http_suspect(url: str, headers: dict[str, str] | None = None, batch_size: int = 64, timeout: float = 30.0,
                  max_bytes: int = 8 << 20, deadline: float = 120.0) -> Suspect:
     """A suspect model behind a prediction API that takes ``{"instances": [...]}``
@@ -210,10 +227,9 @@ def http_suspect(url: str, headers: dict[str, str] | None = None, batch_size: in
                 url, data=json.dumps({"instances": chunk}).encode(), method="POST",
                 headers={"Content-Type": "application/json", **(headers or {})},
             )
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                body = response.read(max_bytes + 1)
-            if len(body) > max_bytes:
-                raise ValueError(f"{url} answered more than {max_bytes} bytes")
+            left = max(0.1, give_up - time.monotonic())
+            with urllib.request.urlopen(request, timeout=min(timeout, left)) as response:
+                body = _read_bounded(response, max_bytes, give_up, url, deadline)
             found = read_predictions(json.loads(body))
             if len(found) != len(chunk):
                 raise ValueError(f"{url} answered {len(found)} predictions for {len(chunk)} inputs")

@@ -213,3 +213,41 @@ def test_http_suspect_bounds_what_a_suspect_can_send(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_http_suspect_that_trickles_its_answer_is_cut_off_at_the_deadline():
+    """A byte now and then, each within the socket timeout, must not hold the verifier past the deadline."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from flask_modelguard.ownership import http_suspect
+
+    class Trickle(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = b'{"predictions": [{"label": 1}]}' + b" " * 200
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for byte in body:
+                try:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.2)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(ValueError, match="took more than 2 s"):
+            http_suspect(f"http://127.0.0.1:{server.server_port}/predict", timeout=1.0, deadline=2.0)([[1.0]])
+        assert time.monotonic() - started < 4.0  # the deadline, plus at most one read's timeout
+    finally:
+        server.shutdown()
+        server.server_close()
