@@ -187,14 +187,7 @@ class AdminStore:
         with self.engine.begin() as conn:
             done = conn.execute(update(m.alerts).where(m.alerts.c.id == alert_id, m.alerts.c.acknowledged_at.is_(None))
                                 .values(acknowledged_at=self.now(), acknowledged_by=by)).rowcount
-            row = conn.execute(select(m.alerts, m.accounts.c.name.label("account"))
-                               .join(m.accounts, m.accounts.c.id == m.alerts.c.account_id)
-                               .where(m.alerts.c.id == alert_id)).first()
-        if row is None:
-            raise NotFound(f"No alert {alert_id}.")
-        out = _jsonable(dict(row._mapping))
-        out["changed"] = bool(done)
-        return out
+        return {**self.alert(alert_id), "changed": bool(done)}
 
     # -- audit log --------------------------------------------------------------------
 
