@@ -174,6 +174,10 @@ class Settings:
     #: Fraction of inputs per account answered with a watermark (deliberately wrong) label.
     watermark: float = field(
         default=0.005, metadata=_strict(lambda value: 0 <= value <= 1, "{key} must be a fraction in [0, 1], not {value!r}"))
+    #: Poison and misinformation answers recorded as ownership evidence per
+    #: account (one per input; watermark answers are all recorded); 0: none.
+    evidence_limit: int = field(
+        default=1000, metadata=_strict(lambda value: value >= 0, "{key} must be an integer >= 0, not {value!r}"))
     #: Run the detectors in the worker and flag the accounts they find.
     detection: bool = True
     #: Function of one model input returning its feature vector; default its numbers, flattened.

@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 from array import array
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,8 +109,10 @@ class QueryEvent:
     request_json: Any = None
     #: The view's JSON answer: a decoded object, or the raw bytes of a JSON response.
     response_json: Any = None
-    #: Watermark answers served: (fingerprint, input, served label, model label, classes).
-    marks: list[tuple[str, Any, Any, Any, int]] | None = None
+    #: Keyed wrong answers served, the ownership evidence: (fingerprint, input,
+    #: served label, model label, classes, kind, null rate); an older serving
+    #: process sends the first five (a watermark, null rate ``1/(classes - 1)``).
+    marks: list[tuple[Any, ...]] | None = None
     #: The request held a registered honey-trap input.
     canary: bool = False
     #: The model's own answer when output protection changed it (the detectors
@@ -153,12 +155,14 @@ class QueryEvent:
             "top_confidences": [_finite(p.confidence) for p in found] or None,
             "input": _finite(self.request_json) if store_inputs else None,
             "canary": self.canary,
-            "watermarks": [
-                {
-                    "account_id": self.account_id, "route": self.route, "ts": self.ts,
-                    "fingerprint": fp, "input": _finite(x), "served_label": served,
-                    "model_label": model, "n_classes": n_classes,
-                }
-                for fp, x, served, model, n_classes in self.marks or ()
-            ],
+            "watermarks": [_evidence(self, mark) for mark in self.marks or ()],
         }
+
+
+def _evidence(event: QueryEvent, mark: Sequence[Any]) -> dict[str, Any]:
+    """The evidence record of one keyed wrong answer of ``event``."""
+    fp, x, served, model, n_classes = mark[:5]
+    kind, rate = (mark[5], mark[6]) if len(mark) >= 7 else ("watermark", None)
+    return {"account_id": event.account_id, "route": event.route, "ts": event.ts, "fingerprint": fp,
+            "input": _finite(x), "served_label": served, "model_label": model, "n_classes": n_classes,
+            "kind": str(kind), "null_rate": None if rate is None else float(rate)}

@@ -1,5 +1,5 @@
-"""Evidence that holds in a dispute: each account's watermark records form a
-hash chain (each record commits to the one before), exported as a bundle a
+"""Evidence that holds in a dispute: each account's evidence records (its
+watermark, poison and misinformation answers) form a hash chain (each record commits to the one before), exported as a bundle a
 third party can check offline, with nothing of the server but this file.
 
 A record's link is ``SHA-256(prev || canonical(record))`` in hex, ``prev``
@@ -25,18 +25,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .ownership import DEFAULT_THRESHOLD_LOG2, Verification, verify
+from .ownership import DEFAULT_THRESHOLD_LOG2, Verification, select_probes, verify
 
 FORMAT = "modelguard-evidence/1"
 GENESIS = "0" * 64
 #: The fields of a record the chain commits to.
 FIELDS = ("account_id", "route", "ts", "fingerprint", "input", "served_label", "model_label", "n_classes")
+#: And those of records with a null rate (poison, misinformation, and watermarks written since 0006).
+RATED_FIELDS = ("kind", "null_rate")
 
 
 def canonical(record: dict[str, Any]) -> bytes:
-    """The bytes of a record a link hashes: its :data:`FIELDS` as compact, sorted JSON."""
+    """The bytes of a record a link hashes: its :data:`FIELDS` (and
+    :data:`RATED_FIELDS` when it has a null rate) as compact, sorted JSON."""
     fields = {f: record[f] for f in FIELDS}
     fields["ts"] = float(fields["ts"])  # as the Float column gives it back, whatever clock wrote it
+    if record.get("null_rate") is not None:
+        fields["kind"] = str(record["kind"])
+        fields["null_rate"] = float(record["null_rate"])
     return json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
@@ -56,11 +62,12 @@ def chain(records: Sequence[dict[str, Any]], prev: str = GENESIS) -> list[str]:
 
 def bundle(account: str, records: Sequence[dict[str, Any]], exported_at: str) -> dict[str, Any]:
     """An account's evidence for export: its records in order with their links, and the head."""
-    kept = [{"id": r["id"], **{f: r[f] for f in FIELDS}, "chain": r["chain"]} for r in records]
+    kept = [{"id": r["id"], **{f: r[f] for f in FIELDS}, "kind": r.get("kind") or "watermark",
+             "null_rate": r.get("null_rate"), "chain": r["chain"]} for r in records]
     return {"format": FORMAT, "account": account, "exported_at": exported_at, "records": kept,
             "head": kept[-1]["chain"] if kept else GENESIS,
             "hash": "sha256(prev_link_hex || json(record fields, sorted keys, compact)); first prev = 64 zeros",
-            "fields": list(FIELDS)}
+            "fields": list(FIELDS), "rated_fields": list(RATED_FIELDS)}
 
 
 @dataclass(frozen=True)
@@ -105,15 +112,9 @@ def check(evidence: dict[str, Any], head: str | None = None) -> ChainCheck:
                       None if head is None else head in links)
 
 
-def probes(evidence: dict[str, Any]) -> list[dict[str, Any]]:
-    """The records the ownership test asks a suspect about: the first of each input."""
-    seen: set[str] = set()
-    out = []
-    for record in evidence["records"]:
-        if record["fingerprint"] not in seen:
-            seen.add(record["fingerprint"])
-            out.append(record)
-    return out
+def probes(evidence: dict[str, Any], limit: int | None = None) -> list[dict[str, Any]]:
+    """The records the ownership test asks a suspect about (:func:`~.ownership.select_probes`)."""
+    return select_probes(evidence["records"], limit)
 
 
 def ownership_test(evidence: dict[str, Any], suspect_labels: Sequence[Any],

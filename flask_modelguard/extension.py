@@ -22,7 +22,7 @@ from .detectors.add import Reference
 from .events import fingerprint
 from .exc import HTTPProblem, InvalidValue, Problem
 from .keys import KEY_SCHEME, parse_key
-from .ownership import DEFAULT_THRESHOLD_LOG2, Suspect, Verification, http_suspect, verify
+from .ownership import DEFAULT_PROBES, DEFAULT_THRESHOLD_LOG2, Suspect, Verification, http_suspect, verify
 from .protection import RouteOptions
 from .responses import PROBLEM_MIMETYPE, problem_response
 from .runtime import EXTENSION_KEY, GuardState, state_of
@@ -241,7 +241,7 @@ class ModelGuard:
         state.protector.add_canaries(fingerprints)
         return added
 
-    def watermark_records(self, account: str, limit: int | None = 250, app: Flask | None = None) -> list[dict[str, Any]]:
+    def watermark_records(self, account: str, limit: int | None = DEFAULT_PROBES, app: Flask | None = None) -> list[dict[str, Any]]:
         """The watermark answers ``account`` received (one per distinct input, oldest first)."""
         return self.state(app).repository.watermark_records(account, limit)
 
@@ -250,7 +250,7 @@ class ModelGuard:
         account: str,
         suspect: Suspect | str,
         *,
-        max_probes: int = 250,
+        max_probes: int = DEFAULT_PROBES,
         null_rate: float | None = None,
         threshold_log2: float = DEFAULT_THRESHOLD_LOG2,
         app: Flask | None = None,
@@ -264,7 +264,7 @@ class ModelGuard:
         return verify(account, records, labels, null_rate=null_rate, threshold_log2=threshold_log2)
 
     def attribute(
-        self, suspect: Suspect | str, *, max_probes: int = 250, app: Flask | None = None, **kwargs: Any
+        self, suspect: Suspect | str, *, max_probes: int = DEFAULT_PROBES, app: Flask | None = None, **kwargs: Any
     ) -> list[Verification]:
         """Verify ``suspect`` against every account that received watermarks;
         most significant first. Claimed entries name the accounts it came from."""

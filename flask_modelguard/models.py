@@ -92,7 +92,9 @@ Index("ix_modelguard_query_events_account_ts", query_events.c.account_id, query_
 # what the charts aggregate so SQLite reads no table row (migration 0005).
 Index("ix_modelguard_query_events_ts_status", query_events.c.ts, query_events.c.status, query_events.c.latency_ms)
 
-#: Watermark answers served (DAWN): the input is kept, since verification needs it.
+#: Keyed wrong answers served, the ownership evidence: watermark answers (DAWN)
+#: and the poison and misinformation answers of flagged accounts. The input is
+#: kept, since verification needs it.
 watermarks = Table(
     "modelguard_watermarks",
     metadata,
@@ -107,8 +109,14 @@ watermarks = Table(
     Column("n_classes", Integer, nullable=False),
     # SHA-256 of the account's previous link and this record (evidence.py; migration 0004).
     Column("chain", String(64), nullable=True),
+    # Which keyed choice served it (watermark, poison, misinformation) and the
+    # chance an independent model agrees with it (NULL: 1/(classes - 1)); migration 0006.
+    Column("kind", String(16), nullable=False, server_default="watermark"),
+    Column("null_rate", Float, nullable=True),
     # An account's latest link, read by every writer of its chain (migration 0005).
     Index("ix_modelguard_watermarks_account_order", "account_id", "id"),
+    # Whether an input already has evidence: deception evidence is one record an input (migration 0006).
+    Index("ix_modelguard_watermarks_account_input", "account_id", "fingerprint"),
 )
 
 #: Honey-trap inputs registered by the owner: any account sending one is flagged.

@@ -1,7 +1,9 @@
-"""Ownership verification from watermark answers (DAWN). Framework-free.
+"""Ownership verification from keyed wrong answers (DAWN). Framework-free.
 
 Every watermark answer an account received is a deliberately wrong label for
-one of its inputs. A model trained on that account's answers tends to learn
+one of its inputs, and so is every poison or misinformation answer a flagged
+account received (each records the chance, under its keyed draw, that a model
+independent of the key gives the same wrong label: its null rate). A model trained on that account's answers tends to learn
 those labels; an independent model agrees with them only by chance (at most
 about ``1/(classes - 1)`` per input, less for an accurate model, which gives
 the true label instead). Querying a suspect model on the watermark inputs and
@@ -25,10 +27,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .payload import read_predictions
 
 #: Default claim threshold: p < 2^-64.
 DEFAULT_THRESHOLD_LOG2 = -64.0
+#: How many evidence inputs a suspect is asked about by default.
+DEFAULT_PROBES = 1000
 
 Suspect = Callable[[list[Any]], Sequence[Any]]
 
@@ -63,38 +69,52 @@ def binomial_tail_log2(k: int, n: int, p: float) -> float:
 
 def poisson_binomial_tail_log2(k: int, rates: Sequence[float]) -> float:
     """log2 ``P[X >= k]`` for ``X`` the number of successes of independent
-    trials with success ``rates`` (probes whose chance agreement differs, e.g.
-    routes with different numbers of classes). Exact dynamic programming in
-    log space; O(n²) for n probes, fine for hundreds."""
+    trials with success ``rates`` (probes whose chance agreement differs:
+    misinformation answers, routes with different numbers of classes). Exact
+    dynamic programming in log space; O(n²) for n probes, in numpy (a few ms
+    for a thousand)."""
     if k <= 0:
         return 0.0
     n = len(rates)
     if k > n:
         return -math.inf
-    neg = -math.inf
-    log_dist = [0.0] + [neg] * n  # log2 P[successes = j] after the trials so far
-    for r in rates:
-        lp = math.log2(r) if r > 0 else neg
-        lq = math.log2(1.0 - r) if r < 1 else neg
-        new = [neg] * (n + 1)
-        for j, value in enumerate(log_dist):
-            if value == neg:
-                continue
-            if lq != neg:
-                new[j] = _log2_add(new[j], value + lq)
-            if lp != neg and j + 1 <= n:
-                new[j + 1] = _log2_add(new[j + 1], value + lp)
+    with np.errstate(divide="ignore"):
+        lp = np.log2(np.asarray(rates, dtype=np.float64))
+        lq = np.log2(1.0 - np.asarray(rates, dtype=np.float64))
+    log_dist = np.full(n + 1, -math.inf)  # log2 P[successes = j] after the trials so far
+    log_dist[0] = 0.0
+    for j in range(n):
+        new = log_dist + lq[j]
+        new[1 : j + 2] = np.logaddexp2(new[1 : j + 2], log_dist[: j + 1] + lp[j])
         log_dist = new
-    return min(0.0, _log2_sum(log_dist[k:]))
+    return min(0.0, _log2_sum(log_dist[k:].tolist()))
 
 
-def _log2_add(a: float, b: float) -> float:
-    if a == -math.inf:
-        return b
-    if b == -math.inf:
-        return a
-    top = max(a, b)
-    return top + math.log2(2.0 ** (a - top) + 2.0 ** (b - top))
+def record_null_rate(record: dict[str, Any]) -> float:
+    """The chance that a model independent of the key agrees with a record's
+    served label: the keyed draw's highest chance for any class but the
+    model's (recorded with it), or a watermark's ``1/(classes - 1)``."""
+    rate = record.get("null_rate")
+    if rate is not None:
+        return float(rate)
+    return 1.0 / max(1, int(record["n_classes"]) - 1)
+
+
+def select_probes(records: Iterable[dict[str, Any]], limit: int | None = None) -> list[dict[str, Any]]:
+    """The records the ownership test asks a suspect about, from an account's
+    records in chain order: the first of each input, then, when there are more
+    than ``limit``, the ``limit`` with the lowest null rates (the rates come
+    from the key, not from any suspect, so choosing by them biases nothing)."""
+    seen: set[str] = set()
+    first = []
+    for record in records:
+        if record["fingerprint"] not in seen:
+            seen.add(record["fingerprint"])
+            first.append(record)
+    if limit is None or len(first) <= limit:
+        return first
+    chosen = sorted(range(len(first)), key=lambda i: (record_null_rate(first[i]), i))[:limit]
+    return [first[i] for i in sorted(chosen)]
 
 
 def probes_needed(agreement: float, null_rate: float, threshold_log2: float = DEFAULT_THRESHOLD_LOG2,
@@ -130,8 +150,8 @@ class Verification:
     def summary(self) -> str:
         verdict = "CLAIMED: trained on this account's answers" if self.claimed else "not claimed"
         return (
-            f"account {self.account!r}: {self.matches}/{self.probes} watermark labels reproduced; "
-            f"null rate {self.null_rate:.4f}; p = 2^{self.log2_p:.1f} "
+            f"account {self.account!r}: {self.matches}/{self.probes} keyed wrong labels reproduced; "
+            f"mean null rate {self.null_rate:.4f}; p = 2^{self.log2_p:.1f} "
             f"(threshold 2^{self.threshold_log2:.0f}): {verdict}"
         )
 
@@ -153,26 +173,27 @@ def verify(
     null_rate: float | None = None,
     threshold_log2: float = DEFAULT_THRESHOLD_LOG2,
 ) -> Verification:
-    """Count the suspect's agreements with the served watermark labels.
+    """Count the suspect's agreements with the served keyed wrong labels.
 
-    ``records`` are watermark records (``served_label``, ``n_classes``),
-    ``suspect_labels`` the suspect's labels for their inputs, in order. The
-    null rate defaults to ``1/(classes - 1)``: the chance that a model that
-    errs on an input errs to the watermark's class.
+    ``records`` are evidence records (``served_label``, ``n_classes``, and
+    ``null_rate`` where recorded), ``suspect_labels`` the suspect's labels
+    for their inputs, in order. Each record's null rate is its own
+    (:func:`record_null_rate`: the keyed draw's chance of the class a model
+    independent of the key would give), so the test is Poisson-binomial;
+    ``null_rate`` overrides them all.
     """
     if len(records) != len(suspect_labels):
-        raise ValueError(f"{len(records)} watermark inputs but {len(suspect_labels)} suspect labels")
+        raise ValueError(f"{len(records)} evidence inputs but {len(suspect_labels)} suspect labels")
     matches = sum(_same(label, r["served_label"]) for r, label in zip(records, suspect_labels))
     if null_rate is not None:
-        return Verification(account, len(records), matches, null_rate,
-                            binomial_tail_log2(matches, len(records), null_rate), threshold_log2)
-    # Each probe's own chance rate: records of routes with different class counts may mix.
-    rates = [1.0 / max(1, int(r["n_classes"]) - 1) for r in records]
+        rates = [null_rate] * len(records)
+    else:  # each probe's own chance rate: watermark, poison and misinformation records mix
+        rates = [record_null_rate(r) for r in records]
+    mean = sum(rates) / len(rates) if rates else 1.0
     if len(set(rates)) <= 1:
-        rate = rates[0] if rates else 1.0
-        return Verification(account, len(records), matches, rate,
-                            binomial_tail_log2(matches, len(records), rate), threshold_log2)
-    return Verification(account, len(records), matches, sum(rates) / len(rates),
+        return Verification(account, len(records), matches, mean,
+                            binomial_tail_log2(matches, len(records), mean), threshold_log2)
+    return Verification(account, len(records), matches, mean,
                         poisson_binomial_tail_log2(matches, rates), threshold_log2)
 
 

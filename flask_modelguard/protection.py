@@ -20,12 +20,12 @@ import numpy as np
 from .events import fingerprint
 from .exc import AnswerWithheld
 from .payload import Reading, describe, instances, make_adapter
-from .transforms import Answer, KeyedRandom, LabelOnly, OutputPolicy, Transform, apply, parse_all
+from .transforms import MARK_KINDS, Answer, KeyedRandom, LabelOnly, OutputPolicy, Transform, apply, parse_all
 
 log = logging.getLogger("flask_modelguard")
 
 #: A watermark answer to record: (fingerprint, input, served label, model label, number of classes).
-Mark = tuple[str, Any, Any, Any, int]
+Mark = tuple[str, Any, Any, Any, int, str, float]
 
 
 @dataclass(frozen=True, eq=False)
@@ -246,14 +246,22 @@ class OutputProtector:
 
     @staticmethod
     def _marks(reading: Reading, answer: Answer, fingerprints: list[str], inputs: list[Any]) -> list[Mark]:
-        """Watermark answers to record: served as the watermark chose (a later
-        transform, such as poisoning, may have replaced it) and unlike the model."""
-        if answer.mark_labels is None:
+        """The keyed wrong answers to record as evidence (watermark, poison,
+        misinformation): served as the keyed choice made them (a later step
+        may have moved a label) and unlike the model. Each carries its kind and
+        its null rate: the highest chance, under the keyed draw, of any class
+        but the model's, given that the answer differs from the model."""
+        if answer.mark_labels is None or answer.mark_dist is None or answer.mark_kinds is None:
             return []
         k = reading.answer.probs.shape[1]
         model = reading.answer.labels
         keep = (answer.mark_labels >= 0) & (answer.labels == answer.mark_labels) & (answer.labels != model)
-        return [
-            (fingerprints[i], inputs[i], reading.label_value(int(answer.labels[i])), reading.label_value(int(model[i])), k)
-            for i in np.flatnonzero(keep)
-        ]
+        marks = []
+        for i in np.flatnonzero(keep):
+            dist = answer.mark_dist[i].copy()
+            dist[model[i]] = 0.0
+            total = dist.sum()
+            rate = float(dist.max() / total) if total > 0 else 1.0
+            marks.append((fingerprints[i], inputs[i], reading.label_value(int(answer.labels[i])),
+                          reading.label_value(int(model[i])), k, MARK_KINDS[answer.mark_kinds[i]], rate))
+        return marks

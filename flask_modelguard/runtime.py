@@ -68,6 +68,13 @@ def state_of(app: Flask | None = None) -> GuardState:
         ) from None
 
 
+def _repository_of(settings: Settings, instance_path: str, clock: Any) -> Repository:
+    """The repository of ``MODELGUARD_DATABASE_URL`` (default a SQLite file in the instance folder)."""
+    url = settings.database_url or "sqlite:///" + os.path.join(instance_path, "modelguard.db")
+    return Repository(lifecycle.make_engine(url, settings.engine_options), clock=clock,
+                      evidence_limit=settings.evidence_limit)
+
+
 class GuardState:
     """Everything the guard keeps for one application."""
 
@@ -76,8 +83,7 @@ class GuardState:
         self._app = weakref.ref(app)  # signals name their app; the state does not keep it alive
         self.settings = settings
         self.clock = settings.clock or guard.clock
-        url = settings.database_url or "sqlite:///" + os.path.join(app.instance_path, "modelguard.db")
-        self.repository = Repository(lifecycle.make_engine(url, settings.engine_options), clock=self.clock)
+        self.repository = _repository_of(settings, app.instance_path, self.clock)
         self.enforcer = enforcer_of(settings)
         self.auth = Authenticator(
             self.repository, auth_header=settings.auth_header, api_key_header=settings.api_key_header,
@@ -360,6 +366,7 @@ class GuardState:
             "answers_unprotected": self.protector.unrecognised,
             "answers_unprotected_by_route": dict(self.protector.unrecognised_routes),
             "protection_errors": self.protector.errors,
+            "evidence_capped": self.repository.evidence_capped,
             "states_lost": self.states.lost,
             "change_feed_running": self.changes.running,
             "detection_errors": self.pipeline.errors,

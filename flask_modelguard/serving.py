@@ -297,7 +297,7 @@ class RequestPath:
         )
         if self.telemetry is not None:  # poisoned: answered under the suspicious-account policy
             view = view_seconds if view_seconds is not None else (answer.view_seconds if answer else 0.0)
-            self.telemetry.request(status, elapsed - view, bool(marks),
+            self.telemetry.request(status, elapsed - view, any(mark[5] == "watermark" for mark in marks),
                                    canary or self.protector.treats_as_flagged(principal.account_id, principal.flagged))
 
     def _client(self) -> str | None:

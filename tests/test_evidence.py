@@ -113,7 +113,7 @@ def test_export_evidence_and_check_it_offline(make_guarded, tmp_path):
                               "--head", bundle["records"][9]["chain"]], capture_output=True, text=True, timeout=60)
     assert offline.returncode == 0, offline.stderr
     assert "chain of 25 records valid" in offline.stdout and "passes through the published head" in offline.stdout
-    assert "25/25 watermark labels reproduced" in offline.stdout and "CLAIMED" in offline.stdout
+    assert "25/25 keyed wrong labels reproduced" in offline.stdout and "CLAIMED" in offline.stdout
     bundle["records"][0]["served_label"] = (bundle["records"][0]["served_label"] + 1) % 10
     out.write_text(json.dumps(bundle))
     tampered = subprocess.run([sys.executable, "-m", "flask_modelguard.evidence", str(out)],

@@ -36,11 +36,14 @@ def _previous_release(url: str) -> None:
         conn.execute(text(f"DROP TABLE {migrations.VERSION_TABLE}"))
         conn.execute(text("DROP INDEX ix_modelguard_watermarks_account_order"))
         conn.execute(text(f"ALTER TABLE {models.watermarks.name} DROP COLUMN chain"))
+        conn.execute(text("DROP INDEX ix_modelguard_watermarks_account_input"))
+        conn.execute(text(f"ALTER TABLE {models.watermarks.name} DROP COLUMN kind"))
+        conn.execute(text(f"ALTER TABLE {models.watermarks.name} DROP COLUMN null_rate"))
         conn.execute(models.accounts.insert().values(
             name="old", tier="free", status="active", flagged=False, score=0.0, allowlisted=False,
             reviewed_queries=0, created_at=_now(), updated_at=_now()))
         old_marks = sa_table(models.watermarks.name, *[column(c.name, c.type) for c in models.watermarks.c
-                                                       if c.name not in ("id", "chain")])
+                                                       if c.name not in ("id", "chain", "kind", "null_rate")])
         conn.execute(old_marks.insert(), [
             {"account_id": 1, "route": "predict", "ts": 100.0 + n, "fingerprint": f"fp{n}", "input": [n, 0.5],
              "served_label": n % 3, "model_label": 9, "n_classes": 10} for n in range(3)])

@@ -26,6 +26,7 @@ from ..exc import (
     Problem,
     ResourceNotFound,
 )
+from ..ownership import DEFAULT_PROBES
 from ..reference_data import MIN_INPUTS
 from ..repository import STATUSES
 from ..responses import problem_response
@@ -308,7 +309,7 @@ def verify_watermark(name: str) -> Any:
 
 @api.get("/accounts/<path:name>/watermark-inputs")
 def watermark_inputs(name: str) -> Any:
-    limit = number("limit", int, 250, 1, 10_000)
+    limit = number("limit", int, DEFAULT_PROBES, 1, 10_000)
     records = _state().repository.watermark_records(name, limit)
     return {"items": [r["input"] for r in records], "total": len(records)}
 

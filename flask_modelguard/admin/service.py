@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..exc import InvalidValue, MalformedKey, NotFound
 from ..keys import KEY_SCHEME, parse_key
+from ..ownership import DEFAULT_PROBES
 from ..repository import STATUSES
 
 if TYPE_CHECKING:
@@ -212,7 +213,7 @@ class AdminService:
         return found
 
     def verify_watermark(self, actor: str, account: str, *, url: str | None = None, suspect: Suspect | None = None,
-                         predictions: Any = None, max_probes: Any = 250, **options: Any) -> Verification:
+                         predictions: Any = None, max_probes: Any = DEFAULT_PROBES, **options: Any) -> Verification:
         """Test a suspect model for ``account``'s watermarks, from at most
         ``max_probes`` of them: ask it at ``url`` (its prediction API) or as
         ``suspect`` (a function of inputs), or check ``predictions``, its

@@ -12,7 +12,7 @@ import click
 from flask.cli import with_appcontext
 
 from ..exc import InvalidValue
-from ..ownership import DEFAULT_THRESHOLD_LOG2, file_suspect, http_suspect, verify
+from ..ownership import DEFAULT_PROBES, DEFAULT_THRESHOLD_LOG2, file_suspect, http_suspect, verify
 from .base import _actor, _friendly, _guard, _guard_settings, _service, modelguard_cli
 
 
@@ -33,7 +33,7 @@ def add_canaries(file: Any, note: str | None) -> None:
 @modelguard_cli.command("export-watermarks")
 @click.argument("account")
 @click.argument("out", type=click.File("w"))
-@click.option("--max-probes", default=250, show_default=True)
+@click.option("--max-probes", default=DEFAULT_PROBES, show_default=True)
 @with_appcontext
 @_friendly
 def export_watermarks(account: str, out: Any, max_probes: int) -> None:
@@ -65,7 +65,7 @@ def export_evidence(account: str, out: Any) -> None:
 @click.option("--predictions", type=click.Path(exists=True, dir_okay=False),
               help="The suspect's labels for the exported inputs (JSON list, or fingerprint → label).")
 @click.option("--all", "all_accounts", is_flag=True, help="Test every account with watermarks (attribution; needs --url).")
-@click.option("--max-probes", default=250, show_default=True)
+@click.option("--max-probes", default=DEFAULT_PROBES, show_default=True)
 @click.option("--null-rate", type=float, help="Chance agreement per probe (default 1/(classes-1)).")
 @click.option("--threshold-log2", default=DEFAULT_THRESHOLD_LOG2, show_default=True, help="Claim when log2(p) is below.")
 @with_appcontext

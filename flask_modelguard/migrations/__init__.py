@@ -28,7 +28,7 @@ VERSION_TABLE = "modelguard_alembic_version"
 #: The schema as ``create_all`` made it before migrations existed.
 BASELINE = "0001"
 #: The newest migration (``tests/test_migrations.py`` checks it is Alembic's head).
-HEAD = "0005"
+HEAD = "0006"
 #: ``pg_advisory_xact_lock`` key of the guard's schema changes.
 _LOCK = 0x6D67_5343  # "mgSC"
 

@@ -45,9 +45,13 @@ def _enable_sqlite_concurrency(engine: Engine) -> None:
 class Base:
     """The engine and clock every part of the repository works with."""
 
-    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time, evidence_limit: int = 1000) -> None:
         self.engine = engine
         self.clock = clock
+        #: Poison and misinformation answers kept as evidence per account (MODELGUARD_EVIDENCE_LIMIT).
+        self.evidence_limit = evidence_limit
+        #: Those not kept because their account had as many (this process).
+        self.evidence_capped = 0
         if engine.dialect.name == "sqlite":
             _enable_sqlite_concurrency(engine)
         self._file_identity: tuple[int, int] | None = None

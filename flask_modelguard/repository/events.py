@@ -11,6 +11,7 @@ from sqlalchemy import delete, func, insert, select, update
 
 from .. import models as m
 from ..evidence import GENESIS, link
+from ..ownership import select_probes
 from ..policy import AccountFacts, Catch, FlagPolicy
 from .accounts import AccountRows
 from .base import _EVENT_COLUMNS, _EVENT_JSON_AT
@@ -22,7 +23,7 @@ EVIDENCE_LOCK = 730518
 
 
 class EventRows(AccountRows):
-    """Query events, scores and watermark records."""
+    """Query events, scores and evidence records."""
 
     # -- query events -----------------------------------------------------------
 
@@ -61,16 +62,18 @@ class EventRows(AccountRows):
                 params.append(tuple(values))
             conn.exec_driver_sql(self._raw_insert, params)
         marks = [mark for row in rows for mark in row.get("watermarks") or ()]
-        if marks:
-            conn.execute(insert(m.watermarks), self._chained(conn, marks))
+        chained = self._chained(conn, marks) if marks else []
+        if chained:
+            conn.execute(insert(m.watermarks), chained)
         self._insert_scores(conn, [row["evaluation"] for row in rows if row.get("evaluation")])
 
     def _chained(self, conn: Any, marks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """``marks`` with their evidence links, each account's chain carried on
-        from its latest record. Writers of one account's chain take turns: on
-        PostgreSQL a transaction-scoped advisory lock per account (in id order,
-        before this transaction locks any row); on SQLite the write lock this
-        transaction holds since its first insert."""
+        from its latest record, poison and misinformation answers kept once an
+        input and at most :attr:`evidence_limit` an account. Writers of one
+        account's chain take turns: on PostgreSQL a transaction-scoped advisory
+        lock per account (in id order, before this transaction locks any row);
+        on SQLite the write lock this transaction holds since its first insert."""
         accounts = sorted({mark["account_id"] for mark in marks})
         w = m.watermarks
         heads = {}
@@ -81,10 +84,41 @@ class EventRows(AccountRows):
                                                                      w.c.chain.is_not(None))
                                              .order_by(w.c.id.desc()).limit(1)).scalar() or GENESIS
         out = []
-        for mark in marks:
+        for mark in self._bounded(conn, marks):
             heads[mark["account_id"]] = link(heads[mark["account_id"]], mark)
             out.append({**mark, "chain": heads[mark["account_id"]]})
         return out
+
+    def _bounded(self, conn: Any, marks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``marks`` but the deception answers of inputs with evidence already,
+        and those beyond an account's :attr:`evidence_limit` (counted in
+        :attr:`evidence_capped`)."""
+        w = m.watermarks
+        room: dict[int, int] = {}
+        seen: dict[int, set[str]] = {}
+        kept = []
+        for mark in marks:
+            if mark.get("kind", "watermark") == "watermark":
+                kept.append(mark)
+                continue
+            account_id = mark["account_id"]
+            if account_id not in room:
+                fingerprints = [x["fingerprint"] for x in marks if x["account_id"] == account_id]
+                seen[account_id] = set(conn.execute(select(w.c.fingerprint).where(
+                    w.c.account_id == account_id, w.c.fingerprint.in_(fingerprints))).scalars())
+                recorded = select(w.c.id).where(w.c.account_id == account_id, w.c.kind != "watermark") \
+                    .limit(self.evidence_limit).subquery()
+                room[account_id] = self.evidence_limit - int(conn.execute(
+                    select(func.count()).select_from(recorded)).scalar_one())
+            if mark["fingerprint"] in seen[account_id]:
+                continue
+            seen[account_id].add(mark["fingerprint"])
+            if room[account_id] <= 0:
+                self.evidence_capped += 1
+                continue
+            room[account_id] -= 1
+            kept.append(mark)
+        return kept
 
     def _insert_scores(self, conn: Any, evaluations: Sequence[dict[str, Any]]) -> None:
         """Evaluation rows; the latest of each account sets its score."""
@@ -154,23 +188,8 @@ class EventRows(AccountRows):
             return [dict(r._mapping) for r in conn.execute(query)]
 
     def watermark_records(self, account: str, limit: int | None = None) -> list[dict[str, Any]]:
-        """An account's watermark records, one per distinct input, oldest first."""
-        account_id = self.get_account(account)["id"]
-        query = (
-            select(m.watermarks)
-            .where(m.watermarks.c.account_id == account_id)
-            .order_by(m.watermarks.c.ts, m.watermarks.c.id)
-        )
-        seen: set[str] = set()
-        records = []
-        with self.engine.connect() as conn:
-            for row in conn.execute(query):
-                if row.fingerprint not in seen:
-                    seen.add(row.fingerprint)
-                    records.append(dict(row._mapping))
-                    if limit is not None and len(records) >= limit:
-                        break
-        return records
+        """The evidence records the ownership test asks about (:func:`~..ownership.select_probes`)."""
+        return select_probes(self.evidence_records(account), limit)
 
     def accounts_with_watermarks(self) -> list[str]:
         query = (

@@ -16,13 +16,13 @@ Transforms are also written as short strings, parsed by :func:`parse`:
 
 from __future__ import annotations
 
-from .base import Answer, KeyedRandom, Transform, renormalise
+from .base import MARK_KINDS, Answer, KeyedRandom, Transform, renormalise
 from .deception import Misinformation, RandomPoison, Watermark
 from .policy import REGISTRY, OutputPolicy, apply, parse, parse_all
 from .shaping import GaussianNoise, HighConfidence, LabelOnly, LaplaceNoise, Renormalise, ReverseSigmoid, Round, TopK
 
 __all__ = [
-    "REGISTRY", "Answer", "GaussianNoise", "HighConfidence", "KeyedRandom", "LabelOnly", "LaplaceNoise",
+    "MARK_KINDS", "REGISTRY", "Answer", "GaussianNoise", "HighConfidence", "KeyedRandom", "LabelOnly", "LaplaceNoise",
     "Misinformation", "OutputPolicy", "RandomPoison", "Renormalise", "ReverseSigmoid", "Round", "TopK",
     "Transform", "Watermark", "apply", "parse", "parse_all", "renormalise",
 ]

@@ -12,6 +12,8 @@ import numpy as np
 from ..exc import InvalidValue
 
 _EPS = 1e-12
+#: The transforms whose keyed wrong labels are evidence of ownership.
+MARK_KINDS = ("watermark", "poison", "misinformation")
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,12 @@ class Answer:
     label_only: bool = False
     #: (n,) instances whose answer is a watermark (deliberately wrong).
     watermarked: np.ndarray | None = None
-    #: (n,) the watermark label chosen for each marked instance (-1 elsewhere).
+    #: (n,) the deliberately wrong label a keyed choice gave each instance (-1 elsewhere).
     mark_labels: np.ndarray | None = None
+    #: (n, k) the distribution that keyed choice was drawn from (the null of the ownership test).
+    mark_dist: np.ndarray | None = None
+    #: (n,) which transform chose it: an index into :data:`MARK_KINDS`.
+    mark_kinds: np.ndarray | None = None
 
     def but(self, **changes: Any) -> Answer:
         """A copy with some fields changed (``dataclasses.replace`` costs
@@ -37,10 +43,30 @@ class Answer:
         values: dict[str, Any] = {
             "probs": self.probs, "labels": self.labels, "keep": self.keep,
             "label_only": self.label_only, "watermarked": self.watermarked,
-            "mark_labels": self.mark_labels,
+            "mark_labels": self.mark_labels, "mark_dist": self.mark_dist, "mark_kinds": self.mark_kinds,
         }
         values.update(changes)
         return Answer(**values)
+
+    def marked(self, rows: np.ndarray, labels: np.ndarray, dist: np.ndarray, kind: str) -> Answer:
+        """Record that ``rows`` now carry ``labels``, drawn (keyed) from ``dist``
+        by the transform ``kind``; other rows keep the marks they had."""
+        n, k = self.probs.shape
+        mark = np.full(n, -1, dtype=np.int64) if self.mark_labels is None else self.mark_labels.copy()
+        where = np.zeros((n, k)) if self.mark_dist is None else self.mark_dist.copy()
+        kinds = np.zeros(n, dtype=np.int8) if self.mark_kinds is None else self.mark_kinds.copy()
+        mark[rows] = labels[rows]
+        where[rows] = dist[rows]
+        kinds[rows] = MARK_KINDS.index(kind)
+        return self.but(mark_labels=mark, mark_dist=where, mark_kinds=kinds)
+
+    def unmarked(self, rows: np.ndarray) -> Answer:
+        """``rows`` no longer carry a keyed wrong label (a later step moved their label)."""
+        if self.mark_labels is None or not rows.any():
+            return self
+        mark = self.mark_labels.copy()
+        mark[rows] = -1
+        return self.but(mark_labels=mark)
 
     @classmethod
     def of(cls, probs: Any) -> Answer:

@@ -12,19 +12,29 @@ import numpy as np
 from .base import Answer, KeyedRandom, Transform, _number, _restore_argmax
 
 
-def _redeal(p: np.ndarray, wrong: np.ndarray, rng: KeyedRandom, purpose: str) -> np.ndarray:
+def _redeal(p: np.ndarray, wrong: np.ndarray, order: np.ndarray) -> np.ndarray:
     """Each row's own values re-dealt: the top one to class ``wrong[i]``, the
-    rest to the remaining classes in a keyed random order (so the true class
-    sits at a random rank, not at a tell-tale second place)."""
+    rest to the remaining classes in the row's keyed ``order`` (so the true
+    class sits at a random rank, not at a tell-tale second place)."""
     n, k = p.shape
     values = -np.sort(-p, axis=1)
-    order = np.argsort(rng.uniform(purpose, k), axis=1)
+    others = order[order != wrong[:, None]].reshape(n, k - 1)
     q = np.empty_like(p)
-    for i in range(n):
-        others = [c for c in order[i] if c != wrong[i]]
-        q[i, wrong[i]] = values[i, 0]
-        q[i, others] = values[i, 1:]
+    rows = np.arange(n)
+    q[rows, wrong] = values[:, 0]
+    q[rows[:, None], others] = values[:, 1:]
     return q
+
+
+def _keyed_order(rng: KeyedRandom, purpose: str, k: int) -> np.ndarray:
+    return np.argsort(rng.uniform(purpose, k), axis=1)
+
+
+def _others(labels: np.ndarray, k: int) -> np.ndarray:
+    """(n, k) the uniform distribution over the classes other than ``labels``."""
+    dist = np.ones((len(labels), k))
+    dist[np.arange(len(labels)), labels] = 0.0
+    return dist / (k - 1)
 
 
 @dataclass(frozen=True)
@@ -56,10 +66,10 @@ class RandomPoison(Transform):
         # A class other than the model's, uniformly, takes the top value.
         wrong = (answer.labels + 1 + np.minimum((rng.uniform("poison/vector", 1)[:, 0] * (k - 1)).astype(np.int64),
                                                 k - 2)) % k
-        redealt = _redeal(answer.probs, wrong, rng, "poison/order")
+        redealt = _redeal(answer.probs, wrong, _keyed_order(rng, "poison/order", k))
         probs = np.where(hit[:, None], redealt, answer.probs)
         labels = np.where(hit, wrong, answer.labels)
-        return answer.but(probs=probs, labels=labels)
+        return answer.but(probs=probs, labels=labels).marked(hit, labels, _others(answer.labels, k), "poison")
 
 
 @dataclass(frozen=True)
@@ -93,19 +103,34 @@ class Misinformation(Transform):
         n, k = p.shape
         if k < 2:
             return answer
-        rows = np.arange(n)
         # The wrong class: a keyed draw among the others, weighted by the model
         # (a small floor keeps classes with zero mass possible).
         weights = (np.clip(p, 0.0, None) + 1e-3) ** self.plausibility
-        weights[rows, answer.labels] = 0.0
-        cumulative = np.cumsum(weights / weights.sum(axis=1, keepdims=True), axis=1)
-        wrong = np.minimum((cumulative < rng.uniform("misinformation/class", 1)).sum(axis=1), k - 1)
-        q = _redeal(p, wrong, rng, "misinformation/order")
+        weights[np.arange(n), answer.labels] = 0.0
+        dist = weights / weights.sum(axis=1, keepdims=True)
+        wrong = np.minimum((np.cumsum(dist, axis=1) < rng.uniform("misinformation/class", 1)).sum(axis=1), k - 1)
+        order = _keyed_order(rng, "misinformation/order", k)
         a = self.strength
         if self.adaptive:
             a = a + (1.0 - a) * rng.score
-        out = (1.0 - a) * p + a * q
-        return answer.but(probs=out, labels=out.argmax(axis=1))
+        out = (1.0 - a) * p + a * _redeal(p, wrong, order)
+        labels = out.argmax(axis=1)
+        # Evidence: the rows served the drawn class, with the chance of each
+        # class among those that would have been served had it been drawn.
+        dist = dist * _served_if_drawn(p, order, a)
+        moved = labels != answer.labels
+        return (answer.but(probs=out, labels=labels).unmarked(moved & (labels != wrong))
+                .marked(moved & (labels == wrong), wrong, dist, "misinformation"))
+
+
+def _served_if_drawn(p: np.ndarray, order: np.ndarray, a: float) -> np.ndarray:
+    """(n, k): whether class c would be the served label had it been drawn."""
+    n, k = p.shape
+    wins = np.empty((n, k), dtype=bool)
+    for c in range(k):
+        drawn = np.full(n, c)
+        wins[:, c] = ((1.0 - a) * p + a * _redeal(p, drawn, order)).argmax(axis=1) == c
+    return wins
 
 
 @dataclass(frozen=True)
@@ -136,5 +161,5 @@ class Watermark(Transform):
         # A keyed offset in 1..k-1: any class but the model's own, uniformly.
         offset = 1 + np.minimum((rng.uniform("watermark/label", 1)[:, 0] * (k - 1)).astype(np.int64), k - 2)
         labels = np.where(marked, (answer.labels + offset) % k, answer.labels)
-        return answer.but(probs=_restore_argmax(answer.probs, labels), labels=labels, watermarked=marked,
-                          mark_labels=np.where(marked, labels, -1))
+        return (answer.but(probs=_restore_argmax(answer.probs, labels), labels=labels, watermarked=marked)
+                .marked(marked, labels, _others(answer.labels, k), "watermark"))
