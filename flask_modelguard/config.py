@@ -140,9 +140,8 @@ class Settings:
     max_body: int = field(default=2**20, metadata=_COUNT)
     #: Bytes of request bodies the event queue holds at most (beyond, events are dropped and counted).
     queue_bytes: int = field(default=64 * 2**20, metadata=_COUNT)
-    #: Where events that storage refused at shutdown are kept, for the next
-    #: process to write: a directory; None: ``<instance folder>/modelguard-spill``;
-    #: False: nowhere (they are counted in ``dropped``).
+    #: Where events that storage refused at shutdown are kept for the next process: a
+    #: directory; None: ``<instance folder>/modelguard-spill``; False: nowhere (counted in ``dropped``).
     spill: Any = field(default=None, metadata=_rule(
         lambda value: value is None or value is False or isinstance(value, (str, os.PathLike)),
         "{key} must be a directory, None or False, not {value!r}"))
@@ -160,24 +159,26 @@ class Settings:
     tier_output: Mapping[str, Any] = field(default_factory=dict)
     #: Output transforms for flagged accounts (instead of the others).
     suspicious_output: Any = field(default_factory=lambda: ["misinformation"])
-    #: When a request's cost is kept: "success" (a request the view answers
-    #: with a 4xx, a malformed body say, gives it back; the fixed window only)
-    #: or "always" (Flask-Limiter's ``deduct_when`` default).
+    #: When a request's cost is kept: "success" (a 4xx answer of the view gives it
+    #: back; fixed window only) or "always" (Flask-Limiter's ``deduct_when`` default).
     deduct_when: str = field(
         default="success", metadata=_choices("success", "always", error="{key} must be 'success' or 'always', not {value!r}"))
-    #: An answer of a protected route that cannot be protected (a shape no
-    #: adapter knows, labels the adapter cannot rewrite): "pass" (sent as the
-    #: model gave it) or "withhold" (a 502 problem). The same for every account;
-    #: counted and logged once per route either way.
+    #: An answer of a protected route that cannot be protected (shape unknown, labels not
+    #: rewritable): "pass" (sent as the model gave it) or "withhold" (502), for every
+    #: account alike; counted and logged once per route either way.
     unrecognised: str = field(
         default="pass", metadata=_choices("pass", "withhold", error="{key} must be 'pass' or 'withhold', not {value!r}"))
     #: Fraction of inputs per account answered with a watermark (deliberately wrong) label.
     watermark: float = field(
-        default=0.005, metadata=_strict(lambda value: 0 <= value <= 1, "{key} must be a fraction in [0, 1], not {value!r}"))
-    #: Poison and misinformation answers recorded as ownership evidence per
-    #: account (one per input; watermark answers are all recorded); 0: none.
-    evidence_limit: int = field(
-        default=1000, metadata=_strict(lambda value: value >= 0, "{key} must be an integer >= 0, not {value!r}"))
+        default=0.0025, metadata=_strict(lambda value: 0 <= value <= 1, "{key} must be a fraction in [0, 1], not {value!r}"))
+    #: The watermark fraction at a malicious score of 0.5 (the flag threshold), risen
+    #: linearly from ``watermark`` at score ``watermark_from``; None: no rise.
+    watermark_raised: float | None = field(default=0.1, metadata=_strict(
+        lambda value: value is None or 0 <= value <= 1, "{key} must be a fraction in [0, 1] or None, not {value!r}"))
+    watermark_from: float = field(
+        default=0.35, metadata=_strict(lambda value: 0 <= value <= 0.5, "{key} must be a score in [0, 0.5], not {value!r}"))
+    #: Poison and misinformation answers kept as ownership evidence per account (one an input); 0: none.
+    evidence_limit: int = field(default=1000, metadata=_SECONDS)
     #: Run the detectors in the worker and flag the accounts they find.
     detection: bool = True
     #: Function of one model input returning its feature vector; default its numbers, flattened.

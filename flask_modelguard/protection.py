@@ -90,7 +90,9 @@ class OutputProtector:
         output: Any = (),
         tier_output: Mapping[str, Any] | None = None,
         suspicious_output: Any = ("misinformation",),
-        watermark: float = 0.005,
+        watermark: float = 0.0025,
+        watermark_raised: float | None = None,
+        watermark_from: float = 0.35,
         unrecognised: str = "pass",
     ) -> None:
         self.key = key
@@ -98,6 +100,8 @@ class OutputProtector:
         self.tier_output = {tier: parse_all(spec) for tier, spec in (tier_output or {}).items()}
         self.suspicious: tuple[Transform, ...] = parse_all(suspicious_output)
         self.watermark = watermark
+        #: The watermark rate of accounts at the flag threshold, and the score it starts rising at.
+        self.watermark_raised, self.watermark_from = watermark_raised, watermark_from
         self.canaries: frozenset[str] = frozenset()
         #: Accounts caught by a canary in this process, treated as flagged at once.
         self.caught: set[int] = set()
@@ -120,6 +124,7 @@ class OutputProtector:
                 transforms=options.output if options.output is not None else self.tier_output.get(tier, self.output),
                 suspicious=options.suspicious_output if options.suspicious_output is not None else self.suspicious,
                 watermark=options.watermark if options.watermark is not None else self.watermark,
+                watermark_raised=self.watermark_raised, watermark_from=self.watermark_from,
             )
             with self._lock:
                 if len(self._policies) > 10_000:

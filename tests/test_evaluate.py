@@ -56,17 +56,30 @@ def test_default_policy_catches_the_random_thief_and_no_benign_user(report):
         actors = {a["actor"]: a for a in detection["actors"]}
         assert actors["uniform"]["caught"] and actors["uniform"]["queries_to_detection"] <= 100
         assert detection["benign_flagged"] == 0
-    # shadow mode only watches: the clones are as good as with the guard off
-    assert _fidelity(data, "shadow", "knockoff") > _fidelity(data, "off", "knockoff") - 0.05
+    # shadow mode only watches and marks: a suspicious account's watermark rate rises to 10%,
+    # which costs its clone about as much, no more
+    assert _fidelity(data, "shadow", "knockoff") > _fidelity(data, "off", "knockoff") - 0.12
     # the default policy poisons flagged accounts: the Knockoff clone collapses
     assert _fidelity(data, "default", "knockoff") < _fidelity(data, "off", "knockoff") - 0.3
+
+
+def test_every_default_mode_clone_is_proven_ours_and_attributed_and_the_control_is_not(report):
+    """Flagged thieves are misinformed: every one of those answers is evidence."""
+    _, data = report
+    run = data["runs"]["default"]
+    for clone in run["clones"]:
+        test = clone["watermark"]
+        assert test is not None and test["claimed"] and test["log2_p"] < -64, (clone["actor"], test)
+        assert test["attributed_to"] is not None and test["attributed_to"].split("#")[0] == clone["actor"], test
+    control = run["independent"]["watermark"]
+    assert control is not None and not control["claimed"] and control["log2_p"] > -10, control
 
 
 def test_benign_users_keep_their_accuracy(report):
     _, data = report
     benign = data["runs"]["default"]["benign"]
     assert benign["queries"] > 2000
-    assert benign["accuracy_loss"] < 0.015  # the 0.5% watermark, measured on ~3,000 answers
+    assert benign["accuracy_loss"] < 0.012  # the 0.25% watermark, measured on ~3,000 answers
     assert data["runs"]["off"]["benign"]["accuracy_loss"] == 0.0
 
 

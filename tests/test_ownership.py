@@ -98,8 +98,8 @@ def _query(client, key, X, batch=100):
 
 @pytest.fixture(scope="module")
 def stolen(tmp_path_factory, model_cache):
-    """A thief and an honest user query the example server (default 0.5%
-    watermark); the thief trains an MLP on its answers."""
+    """A thief and an honest user query the example server (0.5% watermark,
+    twice the default); the thief trains an MLP on its answers."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
@@ -109,7 +109,8 @@ def stolen(tmp_path_factory, model_cache):
     tmp = tmp_path_factory.mktemp("ownership")
     app = create_app({"MODEL_CACHE_DIR": model_cache, "SECRET_KEY": "ownership-test",
                       "MODELGUARD_DATABASE_URL": f"sqlite:///{tmp}/o.db",
-                      "MODELGUARD_DETECTION": False})  # flagging the thief mid-way would change its answers
+                      "MODELGUARD_DETECTION": False,  # flagging the thief mid-way would change its answers
+                      "MODELGUARD_WATERMARK": 0.005})
     X_train, X_test, y_train, _ = split()
     rng = np.random.default_rng(7)
     with app.app_context():

@@ -32,6 +32,7 @@ from threadpoolctl import threadpool_limits
 from example_app.simulation import digits_world
 from flask_modelguard.simulate import Actor
 from flask_modelguard.simulate.attackers import ACTORS, make_actor
+from flask_modelguard.simulate.surrogate import fidelity
 
 from .served import (
     Sent,
@@ -109,18 +110,39 @@ def first_start(served: ServedExample) -> str:
     return f"calibrated at start-up in {found.group(1)} s" if found else "no calibration in its log"
 
 
-def clone_fidelity(actor: Actor, world: Any) -> str:
-    """Agreement with the model, on held-out digits, of a clone trained to the end
-    on every label the thief was served (the evaluation's determined thief)."""
+def clone_of(actor: Actor, world: Any) -> Any:
+    """A clone trained to the end on every label the thief was served (the
+    evaluation's determined thief); None with too few answers."""
     from flask_modelguard.evaluate.scenario import DEFAULT_SURROGATE
-    from flask_modelguard.simulate.surrogate import fidelity, train_clone
+    from flask_modelguard.simulate.surrogate import train_clone
 
     if len(actor.y) < 50 or len(set(np.asarray(actor.y).tolist())) < 2:
-        return "-"
+        return None
     options = {k: v for k, v in DEFAULT_SURROGATE.items() if k not in ("answers",)}
-    clone = train_clone(np.asarray(actor.X), np.asarray(actor.y), answers="labels", seed=0,
-                        low=world.low, high=world.high, **options)
-    return f"{fidelity(clone, world):.2f}"
+    return train_clone(np.asarray(actor.X), np.asarray(actor.y), answers="labels", seed=0,
+                       low=world.low, high=world.high, **options)
+
+
+def ownership(served: ServedExample, actor: Actor, clone: Any) -> tuple[str, bool]:
+    """The ownership test of ``clone`` with the server's evidence: the best of
+    the thief's accounts, and whether the most significant account of all
+    that have evidence is one of the thief's (attribution)."""
+    if clone is None:
+        return "-", False
+
+    def suspect(xs: list[Any]) -> list[Any]:
+        return list(clone.predict(np.asarray(xs, dtype=float)))
+
+    from example_app import guard
+
+    with served.reader.app_context():
+        ranked = guard.attribute(suspect)
+    mine = [r for r in ranked if r.account in account_names(actor)]
+    if not mine:
+        return "no evidence", False
+    best = mine[0]
+    attributed = best.claimed and ranked[0].account == best.account
+    return f"{best.matches}/{best.probes}, 2^{best.log2_p:.0f}" + (" ✓" if attributed else ""), attributed
 
 
 def family(actor: Actor) -> str:
@@ -219,8 +241,13 @@ def _thief_figures(served: ServedExample, actor: Actor, record: Sent, flagged_no
     else:
         when, reason = "-", "-"
     score_now = max((checkpoint_rows[n]["score"] for n in account_names(actor)), default=0.0)
-    line = [family(actor), actor.accounts, actor.sent, "yes" if flagged_now else "no", when,
-            f"{score_now:.3g}", clone_fidelity(actor, world), summary(best["scores"] if best else None), reason]
+    clone = clone_of(actor, world)
+    proof, attributed = ownership(served, actor, clone)
+    line = [family(actor), actor.accounts, actor.sent, "yes" if flagged_now else "no", when, f"{score_now:.3g}",
+            "-" if clone is None else f"{fidelity(clone, world):.2f}", proof,
+            summary(best["scores"] if best else None), reason]
+    if flagged_now and clone is not None and not attributed:
+        return line, f"{family(actor)}: its clone is not proven ours and attributed ({proof})"
     if actor.name == COPYCAT or (flagged_now and flags and min(f[0] for f in flags) <= WITHIN):
         return line, None
     first_at = f"first flagged at {min(f[0] for f in flags)} queries" if flags else "never flagged"
@@ -287,7 +314,8 @@ def _run(served: ServedExample, plan: Plan, capsys: pytest.CaptureFixture[str]) 
         f"{len(thieves)} thieves, {sum(a.sent for a in thieves)} queries "
         f"(checkpoint at {WITHIN} queries each, flags read within {FLAG_WAIT:.0f} s):",
         table(lines, ["family", "accts", "queries", f"flagged@{WITHIN}", "first flag at (queries)",
-                      f"score@{WITHIN}", "clone fidelity", f"best evaluation <= {WITHIN}", "reason"]),
+                      f"score@{WITHIN}", "clone fidelity", "ownership (matches, p, ✓ attributed)",
+                      f"best evaluation <= {WITHIN}", "reason"]),
         f"server up in {served.started_in:.1f} s ({first_start(served)}); then {wall:.1f} s: reader app + accounts {setup:.1f} s, traffic {phase1:.1f} + {phase2:.1f} s, "
         f"{sum(statuses.values())} requests",
         "",

@@ -466,6 +466,21 @@ def test_watermark_edge_fractions() -> None:
             Watermark(bad)
 
 
+def test_watermark_rate_rises_with_the_accounts_score_and_keeps_its_marks() -> None:
+    w = Watermark(0.0025, raised=0.1, rise_from=0.35, rise_to=0.5)
+    assert w.rate(0.0) == w.rate(0.35) == 0.0025 and w.rate(0.5) == w.rate(1.0) == 0.1
+    assert w.rate(0.425) == pytest.approx((0.0025 + 0.1) / 2)
+    fps = [f"input-{i}" for i in range(4000)]
+    probs = np.tile(MARK_PROBS, (4000, 1))
+    by_score = {score: w(Answer.of(probs), KeyedRandom.for_inputs(KEY, 5, fps, score)).watermarked
+                for score in (0.1, 0.45, 0.9)}
+    counts = {score: int(marked.sum()) for score, marked in by_score.items()}
+    assert counts[0.1] < 25 and 220 < counts[0.45] < 330 and 340 < counts[0.9] < 460, counts
+    assert (by_score[0.1] <= by_score[0.45]).all() and (by_score[0.45] <= by_score[0.9]).all()
+    with pytest.raises(InvalidValue):
+        Watermark(0.1, raised=0.05)  # a raised rate below the base
+
+
 def test_watermark_then_other_transforms_keep_the_mark() -> None:
     probs = np.tile(MARK_PROBS, (200, 1))
     out = apply(parse_all(["watermark(0.5)", "round(2)", "top_k(2)", "gaussian(0.01)"]), Answer.of(probs), rng_for(200))

@@ -12,6 +12,7 @@ from typing import Any
 from flask import Response, g, render_template, request, stream_with_context, url_for
 
 from ..exc import InvalidValue
+from ..ownership import DEFAULT_PROBES
 from . import charts, traffic
 from .session import PageError, admin_service, dashboard, guard_state
 from .store import attachment, export_columns, export_csv, export_jsonl
@@ -197,7 +198,7 @@ def evidence(name: str) -> Any:
 @dashboard.get("/accounts/<path:name>/watermark-inputs.json")
 def watermark_inputs(name: str) -> Any:
     """The account's watermark inputs in order: run the suspect on them, upload its labels."""
-    records = guard_state().repository.watermark_records(name, 250)
+    records = guard_state().repository.watermark_records(name, DEFAULT_PROBES)
     body = json.dumps({"account": name, "inputs": [r["input"] for r in records]})
     return Response(body, mimetype="application/json",
                     headers={"Content-Disposition": attachment(f"{name}-watermark-inputs.json")})

@@ -139,21 +139,42 @@ class Watermark(Transform):
     account and input selects about ``fraction`` of the inputs; for them the
     served label is a keyed choice among the other classes, and its probability
     swaps places with the top one (a matching, confident-looking vector). The
-    same input from the same account is always marked, or never."""
+    same input from the same account is always marked, or never, at a given rate.
 
-    fraction: float = 0.005
+    With ``raised``, the rate rises with the account's malicious score: from
+    ``fraction`` at ``rise_from`` to ``raised`` at ``rise_to`` (the flag
+    threshold), linearly. The inputs marked at a lower rate stay marked at a
+    higher one (the same keyed draw, a higher bar)."""
+
+    fraction: float = 0.0025
+    raised: float | None = None
+    rise_from: float = 0.2
+    rise_to: float = 0.5
     name: ClassVar[str] = "watermark"
     keeps_argmax: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         _number(self.fraction, "watermark fraction", 0.0, 1.0)
+        if self.raised is not None:
+            _number(self.raised, "raised watermark fraction", self.fraction, 1.0)
+        _number(self.rise_from, "watermark rise_from", 0.0, 1.0)
+        _number(self.rise_to, "watermark rise_to", self.rise_from, 1.0)
+
+    def rate(self, score: float) -> float:
+        """The fraction of an account's inputs marked at malicious ``score``."""
+        if self.raised is None or score <= self.rise_from:
+            return self.fraction
+        if score >= self.rise_to:
+            return self.raised
+        return self.fraction + (self.raised - self.fraction) * (score - self.rise_from) / (self.rise_to - self.rise_from)
 
     def skips(self, rng: KeyedRandom) -> bool:
-        return all(u >= self.fraction for u in rng.first("watermark/select"))
+        rate = self.rate(rng.score)
+        return all(u >= rate for u in rng.first("watermark/select"))
 
     def __call__(self, answer: Answer, rng: KeyedRandom) -> Answer:
         n, k = answer.probs.shape
-        marked = (rng.uniform("watermark/select", 1)[:, 0] < self.fraction) & (k > 1)
+        marked = (rng.uniform("watermark/select", 1)[:, 0] < self.rate(rng.score)) & (k > 1)
         if answer.watermarked is not None:
             marked |= answer.watermarked
         if not marked.any():

@@ -69,6 +69,10 @@ class OutputPolicy:
     transforms: tuple[Transform, ...] = ()
     suspicious: tuple[Transform, ...] = ()
     watermark: float = 0.0
+    #: The watermark fraction of accounts whose malicious score reached the flag
+    #: threshold (0.5), risen linearly from ``watermark`` at ``watermark_from``; None: no rise.
+    watermark_raised: float | None = None
+    watermark_from: float = 0.35
     _cache: dict[bool, tuple[Transform, ...]] = field(default_factory=dict, compare=False, repr=False)
 
     def pipeline(self, flagged: bool) -> tuple[Transform, ...]:
@@ -78,9 +82,13 @@ class OutputPolicy:
         account's answer has the form (rounding, top-k, label-only) of any."""
         cached = self._cache.get(flagged)
         if cached is None:
-            marks: tuple[Transform, ...] = (Watermark(self.watermark),) if self.watermark > 0 else ()
+            marks: tuple[Transform, ...] = (self._watermark(),) if self.watermark > 0 else ()
             cached = self._cache[flagged] = marks + (self.suspicious if flagged else ()) + self.transforms
         return cached
+
+    def _watermark(self) -> Watermark:
+        raised = None if self.watermark_raised is None else max(self.watermark, self.watermark_raised)
+        return Watermark(self.watermark, raised=raised, rise_from=min(self.watermark_from, 0.5))
 
     @property
     def active(self) -> bool:
