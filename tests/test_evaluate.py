@@ -73,6 +73,8 @@ def test_every_default_mode_clone_is_proven_ours_and_attributed_and_the_control_
         assert test["attributed_to"] is not None and test["attributed_to"].split("#")[0] == clone["actor"], test
     control = run["independent"]["watermark"]
     assert control is not None and not control["claimed"] and control["log2_p"] > -10, control
+    models = data["metrics"]["default"]["theft"]["independent_models"]
+    assert models["models"] == 5 and models["accounts"] >= 4 and models["false_claims"] == 0, models
 
 
 def test_benign_users_keep_their_accuracy(report):

@@ -84,7 +84,7 @@ def test_markdown_has_every_attacker_and_marks_the_uncaught(tmp_path, runs):
     assert "0.950" in rows["jbda"] and "0.350 (@2,500)" in rows["jbda"] and "log2 p = -74.7" in rows["jbda"]
     for section in ("## Benign users", "## Detectors", "## Alerts", "## Latency", "TPR@1%FPR"):
         assert section in md
-    assert "independently trained model, tested against the thieves' watermarks: 0/26" in md
+    assert "independently trained model, tested against the thieves' evidence: 0/26" in md
     assert "plots were not requested" in md
 
 

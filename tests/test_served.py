@@ -123,12 +123,16 @@ def clone_of(actor: Actor, world: Any) -> Any:
                        low=world.low, high=world.high, **options)
 
 
-def ownership(served: ServedExample, actor: Actor, clone: Any) -> tuple[str, bool]:
-    """The ownership test of ``clone`` with the server's evidence: the best of
-    the thief's accounts, and whether the most significant account of all
-    that have evidence is one of the thief's (attribution)."""
+#: Stolen answers from which every flagged thief's clone must be proven ours (issue 17's goal).
+PROVEN_FROM = 1000
+
+
+def ownership(served: ServedExample, actor: Actor, clone: Any) -> tuple[str, str | None]:
+    """The ownership test of ``clone`` with the server's evidence (the best of
+    the thief's accounts), and what is wrong with it: a claim for another
+    account (a false claim), or none for the thief where one is due."""
     if clone is None:
-        return "-", False
+        return "-", None
 
     def suspect(xs: list[Any]) -> list[Any]:
         return list(clone.predict(np.asarray(xs, dtype=float)))
@@ -137,12 +141,20 @@ def ownership(served: ServedExample, actor: Actor, clone: Any) -> tuple[str, boo
 
     with served.reader.app_context():
         ranked = guard.attribute(suspect)
-    mine = [r for r in ranked if r.account in account_names(actor)]
-    if not mine:
-        return "no evidence", False
-    best = mine[0]
-    attributed = best.claimed and ranked[0].account == best.account
-    return f"{best.matches}/{best.probes}, 2^{best.log2_p:.0f}" + (" ✓" if attributed else ""), attributed
+    names = account_names(actor)
+    wrong = [r.account for r in ranked if r.claimed and r.account not in names]
+    mine = [r for r in ranked if r.account in names]
+    best = mine[0] if mine else None
+    attributed = best is not None and best.claimed and ranked[0].account == best.account
+    text = "no evidence" if best is None else f"{best.matches}/{best.probes}, 2^{best.log2_p:.0f}" + \
+        (" ✓" if attributed else "")
+    if wrong:
+        return text, f"its clone is claimed for other accounts: {wrong}"
+    # The copycat is unsuspected: at the base watermark rate 1,000 answers hold
+    # about 2.5 marks, too few (issue 17, points 2 and 3, are open).
+    if actor.sent >= PROVEN_FROM and actor.name != COPYCAT and not attributed:
+        return text, f"its clone, from {actor.sent} answers, is not proven ours and attributed ({text})"
+    return text, None
 
 
 def family(actor: Actor) -> str:
@@ -242,12 +254,12 @@ def _thief_figures(served: ServedExample, actor: Actor, record: Sent, flagged_no
         when, reason = "-", "-"
     score_now = max((checkpoint_rows[n]["score"] for n in account_names(actor)), default=0.0)
     clone = clone_of(actor, world)
-    proof, attributed = ownership(served, actor, clone)
+    proof, wrong = ownership(served, actor, clone)
     line = [family(actor), actor.accounts, actor.sent, "yes" if flagged_now else "no", when, f"{score_now:.3g}",
             "-" if clone is None else f"{fidelity(clone, world):.2f}", proof,
             summary(best["scores"] if best else None), reason]
-    if flagged_now and clone is not None and not attributed:
-        return line, f"{family(actor)}: its clone is not proven ours and attributed ({proof})"
+    if wrong and (flagged_now or "other accounts" in wrong):
+        return line, f"{family(actor)}: {wrong}"
     if actor.name == COPYCAT or (flagged_now and flags and min(f[0] for f in flags) <= WITHIN):
         return line, None
     first_at = f"first flagged at {min(f[0] for f in flags)} queries" if flags else "never flagged"

@@ -127,8 +127,8 @@ class FixedWindow:
 
 def test_registry_covers_every_kind() -> None:
     assert {"benign", "benign-power", "random", "random-uniform", "random-gaussian", "random-exhaustive",
-            "random-systematic", "random-adversarial", "jacobian", "knockoff", "active", "adaptive", "sybil",
-            "low-and-slow", "natural-patches", "mixed", "data-free"} == set(ACTORS)
+            "random-systematic", "random-adversarial", "jacobian", "knockoff", "active", "adaptive", "copycat",
+            "sybil", "low-and-slow", "natural-patches", "mixed", "data-free"} == set(ACTORS)
     for kind, cls in ACTORS.items():
         actor = make_actor({"kind": kind, "name": f"a-{kind}", "budget": 10})
         assert isinstance(actor, cls) and actor.kind == kind and actor.name == f"a-{kind}"
@@ -459,6 +459,16 @@ def test_adaptive_mixes_in_natural_inputs(world: World) -> None:
     assert 0.07 < natural.mean() < 0.13
     assert np.array_equal(natural, np.array(thief.cover))
     assert np.mean([natural[i:i + 20].any() for i in range(0, 2000, 20)]) > 0.6  # mixed into the batches
+
+
+def test_copycat_sends_only_the_benign_pool_and_paces_under_the_quota(world: World) -> None:
+    quota = FixedWindow(world, limit=100, window=60.0)
+    thief = make_actor({"kind": "copycat", "name": "cc", "budget": 600, "batch": 10})
+    X = sent_inputs(drive(thief, world, quota))
+    pool, seeds = rows(world.pool), rows(world.seeds)
+    assert len(X) == 600 and quota.refused == 0 and all(x.tobytes() in pool for x in X)
+    assert not any(x.tobytes() in seeds for x in X)  # the pool benign users draw from, not a thief's seeds
+    assert len({x.tobytes() for x in X}) >= 0.9 * min(600, len(pool))  # the whole pool, as a heavy user
 
 
 def test_adaptive_assumes_a_rate_without_headers(world: World) -> None:

@@ -267,6 +267,8 @@ def theft_metrics(run: Run) -> dict[str, Any]:
         "benign": {"model_accuracy": _nan_if_missing(model), "served_accuracy": _nan_if_missing(served),
                    "accuracy_loss": _nan_if_missing(loss), "queries": benign.get("queries")},
         "independent_watermark": dict(independent["watermark"]) if independent.get("watermark") else None,
+        "independent_models": {k: independent[k] for k in ("models", "accounts", "false_claims", "lowest_log2_p")
+                               if k in independent} or None,
         "benign_unflagged": _benign_summary(run.get("benign_unflagged") or {}),
     }
 

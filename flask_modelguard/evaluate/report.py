@@ -1,8 +1,5 @@
-"""Write an evaluation report: report.json, report.md and PNG plots.
-
-matplotlib is imported only when plots are drawn (figures are rendered with the
-Agg canvas directly, so no global backend is switched).
-"""
+"""Write an evaluation report: report.json, report.md and PNG plots. matplotlib is imported
+only when plots are drawn (rendered with the Agg canvas: no global backend is switched)."""
 
 from __future__ import annotations
 
@@ -16,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics as M
+from .controls import false_claims_line
 
 THRESHOLD = 0.5  # flag threshold drawn on the timelines
 MAX_BENIGN_TIMELINES = 20
@@ -268,10 +266,13 @@ def _attacker_section(report: Mapping[str, Any]) -> list[str]:
                  "and the ownership test's log2 p-value (claimed below log2 p = -64).")
     lines.append("")
     for m in guarded:
-        independent = report["metrics"][m]["theft"]["independent_watermark"]
+        theft = report["metrics"][m]["theft"]
+        independent, models = theft["independent_watermark"], theft.get("independent_models")
         if independent:
             lines += [f"Control ({m}) — an independently trained model, tested against the thieves' "
-                      f"watermarks: {_watermark(independent)}.", ""]
+                      f"evidence: {_watermark(independent)}.", ""]
+        if models:
+            lines += [false_claims_line(m, models), ""]
     return lines
 
 

@@ -20,8 +20,10 @@ from ..runtime import state_of
 from ..simulate.actor import Actor, World
 from ..simulate.clock import SimulatedClock
 from ..simulate.runner import Simulation, WSGITransport
+from .controls import independent
+from .latency import latency as measure_latency
 from .scenario import ACCOUNT_KEYS, MODES, Scenario, import_string, load_scenario
-from .theft import account_names, clones, independent
+from .theft import account_names, clones
 
 Progress = Callable[[str, int, int], None]
 
@@ -249,7 +251,7 @@ def run(
             runs[mode], measured = _measure(scenario, mode, where, progress, training, practice,
                                             lofo=mode == lofo_mode)
             lofo_result = measured or lofo_result
-        latency = _latency(scenario, where) if scenario.latency_requests else None
+        latency = measure_latency(scenario, where) if scenario.latency_requests else None
     return _finish(scenario, runs, latency, training, lofo_result, out=out, plots=plots)
 
 
@@ -271,7 +273,9 @@ def _practice(scenario: Scenario, workdir: str,
     """The practice run the supervised detectors learn from: another simulation
     (other users, other seeds) of the same scenario, in shadow mode; its
     labelled evaluations and its accounts."""
-    practice = Scenario.from_dict({**scenario.to_dict(), "seed": scenario.train_seed})
+    # The copycat is not a lesson: it is a heavy benign user by construction, no detector's to learn.
+    actors = [a for a in scenario.actors if a.get("kind") != "copycat"]
+    practice = Scenario.from_dict({**scenario.to_dict(), "seed": scenario.train_seed, "actors": actors})
     result, _, _, app = run_mode(practice, "shadow", workdir, progress=_named(progress, "training"), name="training")
     state_of(app).close()
     return result["training"], result["accounts"]
@@ -343,45 +347,6 @@ def _lofo(training: dict[str, Any] | None, practice: list[dict[str, Any]] | None
     test = {**evaluations, "queries": [next(timelines[g])[1] for g in evaluations["groups"]]}
     return leave_one_family_out(training, test, families, anomaly_kinds=list(settings.anomaly_models),
                                 fpr=settings.ensemble_fpr, prada_threshold=settings.prada_threshold)
-
-
-def _latency(scenario: Scenario, workdir: str) -> dict[str, Any]:
-    """The guard's cost per request: the same single-input request to the
-    scenario's app with the guard off (``MODELGUARD_ENABLED=False``: bare) and
-    with its default policy, interleaved in rounds; medians in ms. The
-    test client's times (no network); see benchmarks/overhead.py for more."""
-    bodies: dict[str, Any] = {}
-    clients = {}
-    apps = []
-    for mode in ("off", "default"):
-        config = {**scenario.config, **MODES[mode], "MODELGUARD_CREATE_TABLES": True,
-                  "MODELGUARD_DATABASE_URL": f"sqlite:///{os.path.join(workdir, 'latency-' + mode)}.db"}
-        app = import_string(scenario.app)(config)
-        apps.append(app)
-        world: World = import_string(scenario.world)(app)
-        key = "none"
-        if mode != "off":
-            with app.app_context():
-                guard = state_of(app).guard
-                guard.create_account("latency", limits="100000000/day")
-                key = guard.issue_key("latency")
-        bodies[mode] = ({"instances": world.pool[:1].tolist()}, {"X-API-Key": key})
-        clients[mode] = app.test_client()
-    times: dict[str, list[float]] = {"off": [], "default": []}
-    rounds, per_round = 10, max(1, scenario.latency_requests // 10)
-    for r in range(rounds + 1):
-        for mode in (("off", "default") if r % 2 else ("default", "off")):
-            body, headers = bodies[mode]
-            for _ in range(per_round):
-                started = time.perf_counter()
-                response = clients[mode].post(scenario.path, json=body, headers=headers)
-                elapsed = time.perf_counter() - started
-                if r and response.status_code == 200:  # round 0 warms up
-                    times[mode].append(elapsed)
-    for app in apps:
-        state_of(app).close()
-    bare, guarded = float(np.median(times["off"])) * 1e3, float(np.median(times["default"])) * 1e3
-    return {"bare_ms": bare, "guarded_ms": guarded, "ratio": guarded / bare, "requests": len(times["default"])}
 
 
 def _named(progress: Progress | None, name: str) -> Progress | None:

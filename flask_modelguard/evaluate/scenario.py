@@ -79,6 +79,8 @@ class Scenario:
     train_seed: int | None = None
     #: Requests per mode of the latency measurement (guard off vs default; 0: none).
     latency_requests: int = 1000
+    #: Independently trained models tested against every account's evidence (false claims).
+    controls: int = 1
     #: Measure the supervised detectors leave-one-family-out (see
     #: :func:`~.metrics.leave_one_family_out`; needs ``train_seed``, else ``seed + 1000``).
     lofo: bool = False

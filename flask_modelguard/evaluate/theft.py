@@ -1,6 +1,6 @@
 """What the thieves of a run got: each one's clone, its fidelity and the
-ownership test of the guard's watermarks on it; and a control, a model trained
-independently, tested against the same watermarks."""
+ownership test of the guard's evidence on it (the controls, models trained
+independently, are in :mod:`.controls`)."""
 
 from __future__ import annotations
 
@@ -67,19 +67,3 @@ def _watermark(state: Any, names: list[str], clone: Any) -> dict[str, Any] | Non
     return {"account": best.account, "probes": best.probes, "matched": best.matches,
             "log2_p": best.log2_p, "claimed": best.claimed,
             "attributed_to": None if top is None else top.account}
-
-
-def independent(scenario: Scenario, actors: list[Actor], world: World, app: Any) -> dict[str, Any] | None:
-    """An independently trained model (on the owner's own labelled data, not
-    on stolen answers), tested against every thief's watermarks: a control."""
-    from ..simulate.surrogate import train_clone
-
-    state = state_of(app)
-    if not state.settings.enabled:
-        return None
-    labels = world.victim(world.pool).argmax(axis=1)
-    options = {k: v for k, v in scenario.surrogate.items() if k != "answers"}
-    clone = train_clone(world.pool, labels, answers="labels", seed=scenario.seed + 1,
-                        low=world.low, high=world.high, **options)
-    names = [n for a in actors if a.malicious for n in account_names(a)]
-    return {"watermark": _watermark(state, names, clone)}

@@ -18,6 +18,8 @@ knockoff                    :class:`KnockoffThief` (Orekondy et al. 2019)
 active                      :class:`ActiveLearningThief` (Chandrasekaran et
                             al. 2020; Pal et al. 2020)
 adaptive                    :class:`AdaptiveThief`
+copycat                     :class:`~.learning.CopycatThief` (natural
+                            inputs only: a heavy benign user's)
 sybil                       :class:`SybilThief`
 low-and-slow                :class:`LowAndSlowThief`
 natural-patches             :class:`~.natural.NaturalPatchThief` (Knockoff
@@ -44,7 +46,7 @@ import numpy as np
 from .actor import Actor
 from .datafree import DataFreeThief
 from .gradients import _class_gradient
-from .learning import ActiveLearningThief, AdaptiveThief
+from .learning import ActiveLearningThief, AdaptiveThief, CopycatThief
 from .natural import MixedThief, NaturalPatchThief
 from .surrogate import Clone, train_clone
 from .synthetic import (
@@ -219,7 +221,8 @@ class LowAndSlowThief(_Thief):
 ACTORS: dict[str, type[Actor]] = {
     cls.kind: cls
     for cls in (BenignUser, PowerUser, RandomThief, UniformThief, GaussianThief, ExhaustiveThief, SystematicThief,
-                AdversarialThief, JacobianThief, KnockoffThief, ActiveLearningThief, AdaptiveThief, SybilThief,
+                AdversarialThief, JacobianThief, KnockoffThief, ActiveLearningThief, AdaptiveThief, CopycatThief,
+                SybilThief,
                 LowAndSlowThief, NaturalPatchThief, MixedThief, DataFreeThief)
 }
 

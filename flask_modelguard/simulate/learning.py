@@ -10,7 +10,7 @@ import numpy as np
 
 from .actor import Answer, Request
 from .surrogate import Clone, train_clone
-from .thief import _check, _natural_rows, _source, _Thief, _transformed
+from .thief import _check, _Cycle, _natural_rows, _source, _Thief, _transformed
 
 
 class ActiveLearningThief(_Thief):
@@ -175,3 +175,20 @@ class AdaptiveThief(_Thief):
         if self.rate is not None:
             return n / self.rate * slack
         return self.jitter(self.interval)
+
+
+class CopycatThief(AdaptiveThief):
+    """The pure in-distribution thief: only natural inputs of the pool benign
+    users draw from (``world.pool``, not a thief's few seeds), paced like
+    :class:`AdaptiveThief`. No detector can tell it from a heavy benign user;
+    what the guard has against it is the watermark."""
+
+    kind = "copycat"
+
+    def __init__(self, name: str, budget: int, *, rate: float | None = None, accounts: int = 1, batch: int = 10,
+                 interval: float = 1.0) -> None:
+        super().__init__(name, budget, natural=1.0, rate=rate, accounts=accounts, batch=batch, interval=interval)
+
+    def start(self) -> None:
+        super().start()
+        self._cover = _Cycle(self.world.pool, self.rng)
