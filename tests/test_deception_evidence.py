@@ -6,7 +6,9 @@ independent of the key is not, whatever it answers."""
 
 from __future__ import annotations
 
+import threading
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -195,3 +197,43 @@ def test_the_exported_bundle_checks_and_tests_offline(misinformed, tmp_path):
     assert evidence.ownership_test(bundle, labels).claimed
     bundle["records"][3]["null_rate"] = 0.01  # a rate made smaller after the fact breaks the chain
     assert evidence.check(bundle).broken_at == 3
+
+
+def _deception_rows(account_id: int, fingerprints: list[str], kind: str = "misinformation") -> list[dict[str, Any]]:
+    base = {"key_id": 1, "route": "predict", "status": 200, "latency_ms": 1.0, "n_instances": 1, "fingerprint": None,
+            "labels": None, "top_confidences": None, "input": None, "canary": False}
+    return [{**base, "account_id": account_id, "ts": 1000.0 + i, "watermarks": [
+        {"account_id": account_id, "route": "predict", "ts": 1000.0 + i, "fingerprint": fp, "input": [float(i)],
+         "served_label": 4, "model_label": 3, "n_classes": 10, "kind": kind, "null_rate": 0.25}]}
+        for i, fp in enumerate(fingerprints)]
+
+
+def test_deception_evidence_is_kept_once_an_input_up_to_the_limit_from_writers_at_once(make_guarded):
+    g = make_guarded(MODELGUARD_EVIDENCE_LIMIT=30)
+    name, _ = g.account("flagged")
+    repository = g.guard.state(g.app).repository
+    account_id = repository.get_account(name)["id"]
+    errors: list[BaseException] = []
+
+    def write(worker: int) -> None:
+        try:
+            for batch in range(6):  # inputs 0..19 from every writer (repeats), and 10 of its own a batch
+                repository.insert_events(_deception_rows(account_id, [f"in{n}" for n in range(20)]))
+                repository.insert_events(_deception_rows(account_id, [f"w{worker}-{batch}-{n}" for n in range(10)]))
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    repository.insert_events(_deception_rows(account_id, ["late-watermark"], kind="watermark"))
+    assert errors == []
+    records = repository.evidence_records(name)
+    deception = [r for r in records if r["kind"] == "misinformation"]
+    assert len(deception) == 30 and len({r["fingerprint"] for r in deception}) == 30
+    assert [r["fingerprint"] for r in records if r["kind"] == "watermark"] == ["late-watermark"]  # not bounded
+    assert repository.evidence_capped > 0
+    found = evidence.check(evidence.bundle(name, records, "now"))
+    assert found.valid, found.summary()

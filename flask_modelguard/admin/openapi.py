@@ -218,14 +218,15 @@ def _evidence_paths() -> dict[str, Any]:
         },
         "/accounts/{name}/watermark-inputs": {
             "parameters": [_NAME],
-            "get": {"summary": "The inputs the account got watermark answers for", "operationId": "watermarkInputs",
+            "get": {"summary": "The inputs of the account's evidence (watermark, poison, misinformation answers)",
+                    "operationId": "watermarkInputs",
                     "parameters": [_query("limit", {"type": "integer", "minimum": 1, "maximum": 10000})],
                     "responses": {"200": _json({"type": "object", "required": ["items", "total"], "properties": {
                         "items": {"type": "array"}, "total": {"type": "integer"}}}), **_WITH_404}},
         },
         "/accounts/{name}/verify-watermark": {
             "parameters": [_NAME],
-            "post": {"summary": "Test a suspect model for the account's watermarks", "operationId": "verifyWatermark",
+            "post": {"summary": "Test a suspect model against the account's evidence", "operationId": "verifyWatermark",
                      "requestBody": _body(suspect), "responses": {"200": _json(_ref("Verification")), **_WITH_404}},
         },
     }

@@ -50,8 +50,9 @@ class Base:
         self.clock = clock
         #: Poison and misinformation answers kept as evidence per account (MODELGUARD_EVIDENCE_LIMIT).
         self.evidence_limit = evidence_limit
-        #: Those not kept because their account had as many (this process).
+        #: Those not kept because their account had as many (this process), and those accounts.
         self.evidence_capped = 0
+        self._evidence_full: set[int] = set()
         if engine.dialect.name == "sqlite":
             _enable_sqlite_concurrency(engine)
         self._file_identity: tuple[int, int] | None = None

@@ -102,6 +102,9 @@ class EventRows(AccountRows):
                 kept.append(mark)
                 continue
             account_id = mark["account_id"]
+            if account_id in self._evidence_full:  # no more reads for an account at its limit
+                self.evidence_capped += 1
+                continue
             if account_id not in room:
                 fingerprints = [x["fingerprint"] for x in marks if x["account_id"] == account_id]
                 seen[account_id] = set(conn.execute(select(w.c.fingerprint).where(
@@ -115,6 +118,7 @@ class EventRows(AccountRows):
             seen[account_id].add(mark["fingerprint"])
             if room[account_id] <= 0:
                 self.evidence_capped += 1
+                self._evidence_full.add(account_id)
                 continue
             room[account_id] -= 1
             kept.append(mark)
