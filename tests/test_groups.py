@@ -170,3 +170,19 @@ def test_a_drift_shared_by_accounts_of_every_size_and_class_mix_makes_no_group(r
         state.update(Observation(0.0, [f"{rng.integers(2**62):016x}" for _ in range(8)], X, [0] * 8, [0.9] * 8))
         states[f"small-{i}"] = state.flush()
     assert GroupSearch().find(states, reference) == []
+
+
+def test_a_member_that_only_dilutes_the_evidence_is_dropped(reference: Reference) -> None:
+    """An honest account among a thief's parts lowers the merged state's ADD
+    ratio (its inputs are the reference's): it leaves, the parts stay."""
+    from flask_modelguard.detectors.groups import _Pool
+
+    rng = np.random.default_rng(12)
+    states = {**_sybil(rng, "sybil", 3, _shift(0)), "honest": _state(rng, 150)}
+    search = GroupSearch()
+    pool = _Pool(states, reference, search.min_member_queries, search.max_member_queries)
+    everyone = list(range(len(pool.ids)))
+    kept = [pool.ids[m] for m in search._undiluted(everyone, pool)]
+    assert sorted(kept) == ["sybil#0", "sybil#1", "sybil#2"]
+    assert search._ratio(everyone, pool) < search._ratio([pool.ids.index(k) for k in kept], pool)
+    assert [pool.ids[m] for m in GroupSearch(undilute=False)._keep_agreeing(everyone, pool, -np.inf)] == list(states)

@@ -164,6 +164,8 @@ class GroupSearch:
     min_group_queries: int = CALIBRATION_SIZES[0]
     #: Seed pairs grown per search at most (strongest first; each costs about 2 ms).
     max_attempts: int = 256
+    #: Drop members whose leaving raises the merged state's ADD ratio (:meth:`_undiluted`).
+    undilute: bool = True
 
     def find(self, states: Mapping[AccountId, AccountState], reference: Reference) -> list[Group]:
         """The groups among ``states``, strongest first (each account in one at
@@ -249,8 +251,9 @@ class GroupSearch:
         return members
 
     def _keep_agreeing(self, members: list[int], pool: _Pool, bar: float) -> list[int]:
-        """Drop, weakest first, members that do not agree with the rest on their own."""
-        members = list(members)
+        """Drop, weakest first, members that do not agree with the rest on their own
+        (after those that dilute the group's evidence, with :attr:`undilute`)."""
+        members = self._undiluted(members, pool) if self.undilute else list(members)
         while len(members) >= self.min_size:
             agree = _each_with_the_rest(pool, members)
             weakest = int(agree.argmin())
@@ -258,6 +261,27 @@ class GroupSearch:
                 break
             members.pop(weakest)
         return members
+
+    def _undiluted(self, members: list[int], pool: _Pool) -> list[int]:
+        """Drop, one at a time, the member whose leaving raises the merged
+        state's ADD ratio most, while one does: an account that only dilutes
+        the group's evidence (or only brings it to a group's size) is not a
+        part of the one thief the group is judged as."""
+        members = list(members)
+        while len(members) > self.min_size:
+            ratios = [self._ratio([m for m in members if m != out], pool) for out in members]
+            best = int(np.argmax(ratios))
+            if ratios[best] <= self._ratio(members, pool):
+                break
+            members.pop(best)
+        return members
+
+    def _ratio(self, members: list[int], pool: _Pool) -> float:
+        """The members' merged state's ADD score over its threshold (0: none); below
+        the least calibrated size over the threshold there (interpolation holds it)."""
+        merged = _merged_classes([pool.states[pool.ids[m]] for m in members])
+        score, limit = add_score(merged, pool.reference), pool.reference.threshold(merged.distinct)
+        return 0.0 if score is None or not limit else float(score / limit)
 
     def _judge(self, members: list[int], pool: _Pool, link: str) -> Group | None:
         """The group, if its members together pass every bar."""
