@@ -249,7 +249,7 @@ class Settings:
     ensemble_fpr: float = field(default=0.005, metadata=_RATE)
     #: Look for colluding accounts (docs/detection.md) every ``groups_interval`` seconds:
     #: "observe" (one alert per group, nothing flagged), "flag" (``action`` applies) or False.
-    groups: Any = field(default="observe", metadata=_choices(
+    groups: Any = field(default="flag", metadata=_choices(
         "observe", "flag", False, error="{key} must be 'observe', 'flag' or false, not {value!r}"))
     groups_interval: float = field(default=60.0, metadata=_SECONDS)
     #: Function of the request naming the client behind it (an address, a device

@@ -5,10 +5,10 @@ TTL, set to a second too), attacked by sybil thieves of 5, 10 and 20 accounts
 (Knockoff-style natural images of another domain) and of 10 accounts (uniform
 noise), 15 queries per account: below the detectors' first evaluation of an
 account (20 queries), so no per-account detector can flag a part. Benign users
-send 40 queries each. With the default ``MODELGUARD_GROUPS="observe"`` the
+send 40 queries each. With the default ``MODELGUARD_GROUPS="flag"`` the
 sybils must be found as groups (80 % of each one's accounts at least, each
 with an evaluation giving the group's reason), one alert per group, no benign
-user in any group, and nobody flagged (observe flags nothing)."""
+user in any group, and the grouped accounts flagged, nobody else."""
 
 from __future__ import annotations
 
@@ -85,9 +85,11 @@ def test_served_example_flags_sybils_as_groups_and_no_benign_user(served: Served
     wrongly = [n for a in benign for n in account_names(a) if n in found]
     if wrongly:
         problems.append(f"benign accounts grouped: {wrongly}")
-    flagged = [n for n, row in everyone.items() if row["flagged"]]
-    if flagged:
-        problems.append(f"accounts flagged though MODELGUARD_GROUPS is 'observe': {flagged}")
+    flagged = {n for n, row in everyone.items() if row["flagged"]}
+    grouped_parts = {n for n in parts if n in found}
+    if flagged != grouped_parts:
+        problems.append(f"flagged {sorted(flagged - grouped_parts)} though not grouped; grouped but not flagged "
+                        f"{sorted(grouped_parts - flagged)} (MODELGUARD_GROUPS is 'flag')")
     repository = state_of(served.reader).repository
     groups = repository.list_groups()
     with served.reader.app_context():
