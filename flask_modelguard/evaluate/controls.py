@@ -63,7 +63,8 @@ def _best(tests: list[Any]) -> dict[str, Any] | None:
 
 def false_claims_line(mode: str, models: Mapping[str, Any]) -> str:
     """The report's line on the independent models' tests."""
-    return (f"False claims ({mode}) — {models['models']} independently trained models (MLPs of 32–256 units and "
+    many = f"{models['models']} independently trained model" + ("s" if models["models"] != 1 else "")
+    return (f"False claims ({mode}) — {many} (MLPs of 32–256 units and "
             f"logistic regressions, other seeds, random halves or more of the owner's data), each tested against "
             f"the evidence of all {models['accounts']} accounts that have some: **{models['false_claims']} "
             f"claimed**; the most significant test at log2 p = {float(models['lowest_log2_p'] or 0.0):.1f}.")
