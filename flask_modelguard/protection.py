@@ -24,7 +24,7 @@ from .transforms import MARK_KINDS, Answer, KeyedRandom, LabelOnly, OutputPolicy
 
 log = logging.getLogger("flask_modelguard")
 
-#: A watermark answer to record: (fingerprint, input, served label, model label, number of classes).
+#: A keyed wrong answer to record: (fingerprint, input, served label, model label, classes, kind, null rate).
 Mark = tuple[str, Any, Any, Any, int, str, float]
 
 

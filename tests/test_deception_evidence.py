@@ -6,8 +6,6 @@ independent of the key is not, whatever it answers."""
 
 from __future__ import annotations
 
-import threading
-import warnings
 from typing import Any
 
 import numpy as np
@@ -17,7 +15,8 @@ from flask_modelguard import evidence
 from flask_modelguard.ownership import poisson_binomial_tail_log2, select_probes, verify
 from flask_modelguard.transforms import Answer, KeyedRandom, Misinformation, RandomPoison, Watermark, apply
 
-from .test_ownership import _query, _serve
+from .test_evidence import at_once
+from .test_ownership import _query, _serve, clone_and_independent, noisy_digits
 
 
 def _answers(n: int = 400, k: int = 10, seed: int = 0) -> tuple[Answer, KeyedRandom]:
@@ -138,9 +137,6 @@ def test_probes_are_one_an_input_and_the_lowest_null_rates_first():
 def misinformed(tmp_path_factory, model_cache):
     """A flagged thief queries the example app with its defaults (misinformation
     for flagged accounts) and trains an MLP on what it was served."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.neural_network import MLPClassifier
-
     from example_app import create_app, guard
     from example_app.model import split
 
@@ -155,15 +151,11 @@ def misinformed(tmp_path_factory, model_cache):
         keys = {name: guard.issue_key(name) for name in ("thief", "honest")}
         guard.update_account("thief", flagged=True)
     client = app.test_client()
-    idx = rng.integers(0, len(X_test), 1500)
-    X_thief = np.clip(X_test[idx] + rng.normal(0, 1.5, (1500, 64)), 0, 16).round(2)
+    X_thief = noisy_digits(rng, X_test, 1500)
     y_served = _query(client, keys["thief"], np.vstack([X_thief, X_thief[:300]]))[:1500]  # repeats: one record
     _query(client, keys["honest"], X_test[:500])
     guard.state(app).worker.flush()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        clone = MLPClassifier(hidden_layer_sizes=(128,), max_iter=400, random_state=0).fit(X_thief / 16, y_served)
-        independent = MLPClassifier(hidden_layer_sizes=(128,), max_iter=400, random_state=1).fit(X_train / 16, y_train)
+    clone, independent = clone_and_independent(X_thief, y_served, X_train, y_train)
     yield app, guard, clone, independent
     guard.close(app)
 
@@ -213,23 +205,14 @@ def test_deception_evidence_is_kept_once_an_input_up_to_the_limit_from_writers_a
     name, _ = g.account("flagged")
     repository = g.guard.state(g.app).repository
     account_id = repository.get_account(name)["id"]
-    errors: list[BaseException] = []
 
     def write(worker: int) -> None:
-        try:
-            for batch in range(6):  # inputs 0..19 from every writer (repeats), and 10 of its own a batch
-                repository.insert_events(_deception_rows(account_id, [f"in{n}" for n in range(20)]))
-                repository.insert_events(_deception_rows(account_id, [f"w{worker}-{batch}-{n}" for n in range(10)]))
-        except BaseException as exc:  # noqa: BLE001  (reported below)
-            errors.append(exc)
+        for batch in range(6):  # inputs 0..19 from every writer (repeats), and 10 of its own a batch
+            repository.insert_events(_deception_rows(account_id, [f"in{n}" for n in range(20)]))
+            repository.insert_events(_deception_rows(account_id, [f"w{worker}-{batch}-{n}" for n in range(10)]))
 
-    threads = [threading.Thread(target=write, args=(w,)) for w in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    assert at_once(write, 3) == []
     repository.insert_events(_deception_rows(account_id, ["late-watermark"], kind="watermark"))
-    assert errors == []
     records = repository.evidence_records(name)
     deception = [r for r in records if r["kind"] == "misinformation"]
     assert len(deception) == 30 and len({r["fingerprint"] for r in deception}) == 30

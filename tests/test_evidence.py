@@ -69,26 +69,35 @@ def _rows(account_id: int, start: int, n: int) -> list[dict[str, Any]]:
              "watermarks": [{**marks[i], "fingerprint": f"w{start + i}"}]} for i in range(n)]
 
 
+def at_once(write: Any, workers: int) -> list[BaseException]:
+    """``write(worker)`` in ``workers`` threads at once; what they raised."""
+    errors: list[BaseException] = []
+
+    def run(worker: int) -> None:
+        try:
+            write(worker)
+        except BaseException as exc:  # noqa: BLE001  (returned)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
 def test_writers_at_once_make_one_chain(make_guarded):
     g = make_guarded()
     name, _ = g.account("contested")
     repository = g.guard.state(g.app).repository
     account_id = repository.get_account(name)["id"]
-    errors: list[BaseException] = []
 
     def write(worker: int) -> None:
-        try:
-            for batch in range(10):
-                repository.insert_events(_rows(account_id, 1000 * worker + 10 * batch, 3))
-        except BaseException as exc:  # noqa: BLE001  (reported below)
-            errors.append(exc)
+        for batch in range(10):
+            repository.insert_events(_rows(account_id, 1000 * worker + 10 * batch, 3))
 
-    threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert at_once(write, 4) == []
     records = repository.evidence_records(name)
     assert len(records) == 4 * 10 * 3
     found = evidence.check(evidence.bundle(name, records, "now"))

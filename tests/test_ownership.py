@@ -96,13 +96,27 @@ def _query(client, key, X, batch=100):
     return np.array(labels)
 
 
+def noisy_digits(rng: np.random.Generator, X: np.ndarray, n: int) -> np.ndarray:
+    """Knockoff-style queries: ``n`` held-out digits with pixel noise."""
+    return np.clip(X[rng.integers(0, len(X), n)] + rng.normal(0, 1.5, (n, 64)), 0, 16).round(2)
+
+
+def clone_and_independent(X_thief, y_served, X_train, y_train):
+    """An MLP trained on what the thief was served, and one on the owner's own labelled digits."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clone = MLPClassifier(hidden_layer_sizes=(128,), max_iter=400, random_state=0).fit(X_thief / 16, y_served)
+        independent = MLPClassifier(hidden_layer_sizes=(128,), max_iter=400, random_state=1).fit(X_train / 16, y_train)
+    return clone, independent
+
+
 @pytest.fixture(scope="module")
 def stolen(tmp_path_factory, model_cache):
     """A thief and an honest user query the example server (0.5% watermark,
     twice the default); the thief trains an MLP on its answers."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.neural_network import MLPClassifier
-
     from example_app import create_app, guard
     from example_app.model import split
 
@@ -118,16 +132,10 @@ def stolen(tmp_path_factory, model_cache):
             guard.create_account(name, limits="1000000/second")
         keys = {name: guard.issue_key(name) for name in ("thief", "honest")}
     client = app.test_client()
-    # Knockoff-style queries: held-out digits with pixel noise, 6000 of them.
-    idx = rng.integers(0, len(X_test), 6000)
-    X_thief = np.clip(X_test[idx] + rng.normal(0, 1.5, (6000, 64)), 0, 16).round(2)
+    X_thief = noisy_digits(rng, X_test, 6000)
     y_served = _query(client, keys["thief"], X_thief)
-    X_honest = np.clip(X_test[rng.integers(0, len(X_test), 3000)] + rng.normal(0, 1.5, (3000, 64)), 0, 16).round(2)
-    _query(client, keys["honest"], X_honest)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        clone = MLPClassifier(hidden_layer_sizes=(128,), max_iter=400, random_state=0).fit(X_thief / 16, y_served)
-        independent = MLPClassifier(hidden_layer_sizes=(128,), max_iter=400, random_state=1).fit(X_train / 16, y_train)
+    _query(client, keys["honest"], noisy_digits(rng, X_test, 3000))
+    clone, independent = clone_and_independent(X_thief, y_served, X_train, y_train)
     yield app, guard, clone, independent
     guard.close(app)
 
