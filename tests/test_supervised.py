@@ -12,6 +12,7 @@ from flask_modelguard.detectors.supervised import (
     SupervisedModel,
     _folds,
     per_account_threshold,
+    tail_threshold,
     train,
 )
 
@@ -45,6 +46,30 @@ def test_per_account_threshold_counts_accounts_not_evaluations():
     assert per_account_threshold(scores, labels, groups, 0.01) == pytest.approx(0.9)
     with pytest.raises(ValueError):
         per_account_threshold(scores[5:], labels[5:], groups[5:], 0.1)
+
+
+def test_tail_threshold_extrapolates_what_few_benign_accounts_cannot_resolve():
+    """40 benign accounts cannot resolve 0.5 %: the empirical quantile is their
+    largest score and flags about 1/41 of new ones; the logit-normal fit of the
+    tail flags about the rate asked for."""
+    from scipy.special import expit
+
+    rng = np.random.default_rng(3)
+    fresh = expit(rng.normal(-2.0, 0.8, 200_000))  # new benign accounts' largest probabilities
+    empirical, fitted = [], []
+    for _ in range(50):
+        scores = expit(rng.normal(-2.0, 0.8, 40))
+        labels, groups = np.zeros(40, dtype=bool), np.arange(40)
+        t = tail_threshold(scores, labels, groups, 0.005)
+        assert t >= per_account_threshold(scores, labels, groups, 0.005)  # never below the empirical one
+        empirical.append((fresh >= per_account_threshold(scores, labels, groups, 0.005)).mean())
+        fitted.append((fresh >= t).mean())
+    assert np.median(empirical) > 0.01  # about 1/41 on average, 0.012 as the median
+    assert np.median(fitted) < 0.008
+    # a handful of accounts scoring 0 does not widen the fit (it is one-sided)
+    scores = np.concatenate([expit(rng.normal(-2.0, 0.8, 40)), np.zeros(5)])
+    labels, groups = np.zeros(45, dtype=bool), np.arange(45)
+    assert tail_threshold(scores, labels, groups, 0.005) < 0.5
 
 
 def test_folds_keep_each_account_on_one_side():

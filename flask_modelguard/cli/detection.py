@@ -178,7 +178,7 @@ def fit_detectors(file: str) -> None:
               help="Known-good inputs and labels (.npz or .json) the simulated benign users draw from "
                    "(default: MODELGUARD_REFERENCE).")
 @click.option("--route", help="The protected route to attack (default: the app's only one).")
-@click.option("--benign", type=int, default=40, show_default=True, help="Simulated benign users per simulation.")
+@click.option("--benign", type=int, default=40, show_default=True, help="Simulated benign users per simulation (plus twice as many short \"unseen\" ones).")
 @click.option("--budget", type=int, default=300, show_default=True, help="Queries per simulated thief.")
 @click.option("--families", help="Comma-separated thief families to simulate (default: every one).")
 @click.option("--seed", type=int, default=0, show_default=True)

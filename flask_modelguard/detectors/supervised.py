@@ -55,6 +55,27 @@ def per_account_threshold(scores: np.ndarray, labels: np.ndarray, groups: np.nda
     return float(np.quantile(benign, 1.0 - fpr, method="higher"))
 
 
+def tail_threshold(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, fpr: float) -> float:
+    """:func:`per_account_threshold`, or higher where a logit-normal fit of the
+    benign accounts' largest probabilities puts the ``1 - fpr`` quantile
+    higher. With fewer than ``1 / fpr`` benign accounts the empirical quantile
+    is their maximum, which flags about ``1 / (n + 1)`` of new benign accounts,
+    not ``fpr``; the fit extrapolates the tail instead. The fit is robust and
+    one-sided: the median and the upper half's spread (the 84th percentile's
+    distance from the median), so accounts scoring near 0 do not widen it."""
+    from scipy.special import expit, logit
+    from scipy.stats import norm
+
+    empirical = per_account_threshold(scores, labels, groups, fpr)
+    benign = np.array([scores[(groups == g) & ~labels].max() for g in np.unique(groups[~labels])])
+    if len(benign) < 3:
+        return empirical
+    lifted = logit(np.clip(benign, 1e-6, 1.0 - 1e-6))
+    middle, upper = np.quantile(lifted, [0.5, norm.cdf(1.0)])
+    fitted = float(expit(middle + norm.ppf(1.0 - fpr) * (upper - middle)))
+    return max(empirical, fitted)
+
+
 def _folds(groups: np.ndarray, labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
     """Group k-fold, benign and malicious accounts dealt separately (stratified by account)."""
     rng = np.random.default_rng(seed)
@@ -119,7 +140,7 @@ class SupervisedModel:
             out_of_fold[test] = model.predict_proba(X[test])[:, 1]
         # Never below an even chance: a forest that separates its training
         # accounts perfectly would otherwise flag any score above zero.
-        self.threshold = max(0.5, per_account_threshold(out_of_fold, y, g, self.fpr))
+        self.threshold = max(0.5, tail_threshold(out_of_fold, y, g, self.fpr))
         self._model = self._make().fit(X, y)
         return out_of_fold
 
