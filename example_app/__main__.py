@@ -3,7 +3,9 @@
 Each start revokes the previous demo keys and issues a new one, so no key is
 ever stored in clear; the new key is printed with a ready-to-run curl command.
 The first start also calibrates the guard's detectors on the model (the
-trained set is stored with the guard's tables; later starts reuse it).
+trained set is stored with the guard's tables; later starts reuse it);
+``EXAMPLE_CALIBRATE=0`` skips that (a smoke test of something else, where
+detection may run degraded).
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ def calibrated(app) -> None:
 
     state = ModelGuard.state(app)
     if state.monitor.ensemble is not None or not state.settings.detection:
+        return
+    if os.environ.get("EXAMPLE_CALIBRATE", "1") == "0":
+        print("EXAMPLE_CALIBRATE=0: not calibrating; detection runs without the trained ensemble "
+              "(degraded: see /modelguard/api/health)", flush=True)
         return
     print("First start: calibrating the guard's detectors on this model (once; about a minute)...", flush=True)
     progress, finish = progress_bars("calibration")

@@ -21,7 +21,8 @@ from .conftest import sql
 from .served import ServedExample, listening_socket
 
 #: The guard's tick (where a serving process asks whether a worker reads) runs every key-cache TTL.
-TICK = {"MODELGUARD_KEY_CACHE_TTL": "1"}
+#: A fast key cache, and no first-start calibration: this file tests events, not detection.
+TICK = {"MODELGUARD_KEY_CACHE_TTL": "1", "EXAMPLE_CALIBRATE": "0"}
 
 
 def _send(server: ServedExample, key: str, n: int) -> list[int]:
