@@ -11,6 +11,8 @@ import threading
 import time
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from .alerting import Alerter
 from .detectors.groups import Group, GroupSearch
 from .monitor import Monitor
@@ -61,9 +63,10 @@ class GroupWatch:
             failing = self.why.startswith("the last search failed")
             self.failed += 1
             self.why = f"the last search failed ({exc.__class__.__name__})"
+            outage = isinstance(exc, SQLAlchemyError)  # the database away: expected, no traceback
             (log.debug if failing else log.warning)(
                 "modelguard: the search for colluding accounts failed (%s); retrying every %.0f s",
-                exc.__class__.__name__, self.interval, exc_info=exc)
+                exc.__class__.__name__, self.interval, exc_info=None if outage else exc)
             return []
         finally:
             self._searching.release()
