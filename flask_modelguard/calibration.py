@@ -186,8 +186,8 @@ def _unseen(world: World, X: np.ndarray, seed: int) -> World:
     training data, on which it is more confident than on real users' inputs (on
     the example, 99.5 % of answers above 0.9 against 92.8 % on held-out digits;
     93.9 % with this noise); without these users the forest learnt that any
-    unsure answer means a thief and flagged 1-2 % of the served example's real
-    users at their first evaluation."""
+    unsure answer means a thief and flagged 1 to 4 of 200 of the served
+    example's real users at their first evaluation."""
     noise = np.random.default_rng(seed).normal(size=world.pool.shape) * X.std(axis=0) * UNSEEN_NOISE
     pool = np.clip(world.pool + noise, X.min(axis=0), X.max(axis=0))
     return replace(world, pool=np.rint(pool) if world.integer else pool)

@@ -49,10 +49,15 @@ def _matrix(vectors: Sequence[Mapping[str, float | None]], features: Sequence[st
 def per_account_threshold(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, fpr: float) -> float:
     """The threshold that flags about ``fpr`` of benign accounts: the ``1 - fpr``
     quantile of each benign account's largest score (higher: never fewer)."""
-    benign = [scores[(groups == g) & ~labels].max() for g in np.unique(groups[~labels])]
-    if not benign:
+    benign = _benign_maxima(scores, labels, groups)
+    if not len(benign):
         raise ValueError("no benign accounts to calibrate on")
     return float(np.quantile(benign, 1.0 - fpr, method="higher"))
+
+
+def _benign_maxima(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Each benign account's largest score."""
+    return np.array([scores[(groups == g) & ~labels].max() for g in np.unique(groups[~labels])])
 
 
 def tail_threshold(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, fpr: float) -> float:
@@ -67,7 +72,7 @@ def tail_threshold(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, f
     from scipy.stats import norm
 
     empirical = per_account_threshold(scores, labels, groups, fpr)
-    benign = np.array([scores[(groups == g) & ~labels].max() for g in np.unique(groups[~labels])])
+    benign = _benign_maxima(scores, labels, groups)
     if len(benign) < 3:
         return empirical
     lifted = logit(np.clip(benign, 1e-6, 1.0 - 1e-6))
