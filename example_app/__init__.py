@@ -137,6 +137,8 @@ def create_app(config: dict[str, Any] | None = None, *, guarded: bool = True) ->
     app.extensions["digits_model"] = model
     app.config.setdefault("MODELGUARD_FEATURES", model.features)  # detectors compare hidden activations
     app.config.setdefault("MODELGUARD_REFERENCE", functools.partial(reference, model))  # ADD from the first request
+    # Every answer carries its account's probability mark (labels kept): clones of the probabilities are provable.
+    app.config.setdefault("MODELGUARD_PROBABILITY_MARK", 0.15)
     view = predict_view(model)
     if guarded:
         guard.init_app(app)

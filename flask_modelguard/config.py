@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from .detectors.window import resolve_rules
 from .exc import InvalidValue
 from .limitset import DEFAULT_TIERS, FAIL_MODES
 
@@ -63,6 +64,7 @@ def _function(error: str) -> dict[str, Any]:
 _SECONDS = _strict(lambda value: value >= 0, "{key} must be a number >= 0, not {value!r}")
 _COUNT = _strict(lambda value: value >= 1, "{key} must be an integer >= 1, not {value!r}")
 _RATE = _strict(lambda value: 0 < value < 1, "{key} must be a fraction in (0, 1)")
+_FRACTION = _strict(lambda value: 0 <= value <= 1, "{key} must be a fraction in [0, 1], not {value!r}")
 
 
 # Checks that raise InvalidValue with a message of their own (a rule of just ``{"check": ...}``).
@@ -75,8 +77,6 @@ def _anomaly_models(value: Any) -> bool:
 
 
 def _rules(value: Any) -> bool:
-    from .detectors.window import resolve_rules
-
     resolve_rules(value, PREFIX)  # raises
     return True
 
@@ -169,14 +169,15 @@ class Settings:
     unrecognised: str = field(
         default="pass", metadata=_choices("pass", "withhold", error="{key} must be 'pass' or 'withhold', not {value!r}"))
     #: Fraction of inputs per account answered with a watermark (deliberately wrong) label.
-    watermark: float = field(
-        default=0.0025, metadata=_strict(lambda value: 0 <= value <= 1, "{key} must be a fraction in [0, 1], not {value!r}"))
+    watermark: float = field(default=0.0025, metadata=_FRACTION)
     #: The watermark fraction at a malicious score of 0.5 (the flag threshold), risen
     #: linearly from ``watermark`` at score ``watermark_from``; None: no rise.
     watermark_raised: float | None = field(default=0.1, metadata=_strict(
         lambda value: value is None or 0 <= value <= 1, "{key} must be a fraction in [0, 1] or None, not {value!r}"))
     watermark_from: float = field(
         default=0.35, metadata=_strict(lambda value: 0 <= value <= 0.5, "{key} must be a score in [0, 0.5], not {value!r}"))
+    #: Strength in [0, 0.5] of the probability mark, for every account (docs/output-protection.md); 0: off.
+    probability_mark: float = field(default=0.0, metadata=_strict(lambda value: 0 <= value <= 0.5, WRONG_TYPE))
     #: Poison and misinformation answers kept as ownership evidence per account (one an input); 0: none.
     evidence_limit: int = field(default=1000, metadata=_SECONDS)
     #: Run the detectors in the worker and flag the accounts they find.
@@ -329,8 +330,6 @@ class Settings:
 
     def resolved_rules(self) -> dict[str, dict[str, float]]:
         """``rules`` as name → parameters, the defaults filled in."""
-        from .detectors.window import resolve_rules
-
         return resolve_rules(self.rules, PREFIX)
 
     def fingerprint_key(self, app_secret_key: Any, required: bool = False) -> bytes:

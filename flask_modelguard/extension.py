@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from . import probmark
 from .config import Settings
 from .detectors.add import Reference
 from .events import fingerprint
@@ -271,6 +272,21 @@ class ModelGuard:
         accounts = self.state(app).repository.accounts_with_watermarks()
         results = [self.verify_watermark(a, suspect, max_probes=max_probes, app=app, **kwargs) for a in accounts]
         return sorted(results, key=lambda v: v.log2_p)
+
+    def verify_probability_mark(
+        self, owner: Any, suspect: Any, account: str | None = None, *,
+        threshold_log2: float = probmark.DEFAULT_THRESHOLD_LOG2, app: Flask | None = None,
+    ) -> list[probmark.MarkTest]:
+        """Test a suspect's probabilities for ``account``'s probability mark, or
+        every account's (most significant first; each p-value is multiplied by
+        the number of accounts tested). ``suspect`` and ``owner`` are ``(n, k)``
+        probabilities of the same probe inputs (any inputs: the owner's data):
+        the suspect's, and the owner's model's own, unmarked."""
+        state = self.state(app)
+        accounts = [state.repository.get_account(account)] if account else state.repository.list_accounts()
+        tests = [probmark.test(probmark.account_key(state.fingerprint_key, a["id"]), owner, suspect,
+                               account=a["name"], threshold_log2=threshold_log2) for a in accounts]
+        return probmark.ranked(tests, len(tests))
 
 
 def _check_name(name: str) -> None:

@@ -68,7 +68,7 @@ def protector_of(settings: Settings, key: bytes) -> OutputProtector:
         key, output=settings.output, tier_output=settings.tier_output,
         suspicious_output=settings.suspicious_output, watermark=settings.watermark,
         watermark_raised=settings.watermark_raised, watermark_from=settings.watermark_from,
-        unrecognised=settings.unrecognised,
+        probability_mark=settings.probability_mark, unrecognised=settings.unrecognised,
     )
 
 

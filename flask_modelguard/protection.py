@@ -49,6 +49,8 @@ class RouteOptions:
     suspicious_output: Any = None
     #: Watermark fraction; default ``MODELGUARD_WATERMARK`` (0 turns it off).
     watermark: float | None = None
+    #: Probability mark strength; default ``MODELGUARD_PROBABILITY_MARK`` (0 turns it off).
+    probability_mark: float | None = None
     #: Where the probabilities are: None (common shapes), a dotted path, a
     #: ``(read, write)`` pair of functions, or an adapter object.
     adapter: Any = None
@@ -93,6 +95,7 @@ class OutputProtector:
         watermark: float = 0.0025,
         watermark_raised: float | None = None,
         watermark_from: float = 0.35,
+        probability_mark: float = 0.0,
         unrecognised: str = "pass",
     ) -> None:
         self.key = key
@@ -102,6 +105,7 @@ class OutputProtector:
         self.watermark = watermark
         #: The watermark rate of accounts at the flag threshold, and the score it starts rising at.
         self.watermark_raised, self.watermark_from = watermark_raised, watermark_from
+        self.probability_mark = probability_mark
         self.canaries: frozenset[str] = frozenset()
         #: Accounts caught by a canary in this process, treated as flagged at once.
         self.caught: set[int] = set()
@@ -125,6 +129,7 @@ class OutputProtector:
                 suspicious=options.suspicious_output if options.suspicious_output is not None else self.suspicious,
                 watermark=options.watermark if options.watermark is not None else self.watermark,
                 watermark_raised=self.watermark_raised, watermark_from=self.watermark_from,
+                probability_mark=self.probability_mark if options.probability_mark is None else options.probability_mark,
             )
             with self._lock:
                 if len(self._policies) > 10_000:

@@ -27,6 +27,7 @@ EXPECTED = {
     # output protection: transforms, the answer they rewrite, payload adapters
     "Transform", "Answer", "Round", "TopK", "LabelOnly", "HighConfidence", "GaussianNoise", "LaplaceNoise",
     "ReverseSigmoid", "Renormalise", "RandomPoison", "Misinformation", "Watermark",
+    "ProbabilityMark",
     "PayloadAdapter", "Reading",
 }
 

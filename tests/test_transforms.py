@@ -18,6 +18,7 @@ from flask_modelguard.transforms import (
     LabelOnly,
     LaplaceNoise,
     Misinformation,
+    ProbabilityMark,
     RandomPoison,
     Renormalise,
     ReverseSigmoid,
@@ -83,11 +84,14 @@ CASES: list[tuple[str, T.Transform]] = [
     ("misinformation_adaptive", Misinformation(0.2, adaptive=True)),
     ("watermark_half", Watermark(0.5)),
     ("watermark_all", Watermark(1.0)),
+    ("probability_mark", ProbabilityMark(0.1)),
+    ("probability_mark_max", ProbabilityMark(0.5)),
 ]
 IDS = [c[0] for c in CASES]
 TRANSFORMS = [c[1] for c in CASES]
 
-DISTRIBUTION = (GaussianNoise, LaplaceNoise, ReverseSigmoid, Renormalise, RandomPoison, Misinformation, Watermark)
+DISTRIBUTION = (GaussianNoise, LaplaceNoise, ReverseSigmoid, Renormalise, RandomPoison, Misinformation, Watermark,
+                ProbabilityMark)
 
 
 def test_cases_cover_the_whole_registry() -> None:

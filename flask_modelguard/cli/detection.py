@@ -1,4 +1,4 @@
-"""``flask modelguard``: canaries, watermarks, the reference, evaluation, the
+"""``flask modelguard``: canaries, watermarks and marks, the reference, evaluation, the
 detectors' training and calibration."""
 
 from __future__ import annotations
@@ -100,6 +100,29 @@ def verify_watermark(account: str | None, url: str | None, headers: tuple[str, .
         click.echo(result.summary())
     if not any(r.probes for r in results):
         raise click.ClickException("No watermark answers recorded for this account yet.")
+
+
+@modelguard_cli.command("verify-mark")
+@click.argument("owner", type=click.File())
+@click.argument("suspect", type=click.File())
+@click.option("--account", help="Test this account only (default: every account, p-values multiplied by their number).")
+@click.option("--top", default=5, show_default=True, help="Print the most significant accounts only.")
+@click.option("--threshold-log2", default=DEFAULT_THRESHOLD_LOG2, show_default=True, help="Claim when log2(p) is below.")
+@with_appcontext
+@_friendly
+def verify_mark(owner: Any, suspect: Any, account: str | None, top: int, threshold_log2: float) -> None:
+    """Test a suspect model's probabilities for an account's probability mark.
+    OWNER and SUSPECT are JSON lists of probability vectors for the same probe
+    inputs, in the same order: your model's own (unmarked) and the suspect's."""
+    try:
+        results = _guard().verify_probability_mark(json.load(owner), json.load(suspect), account,
+                                                   threshold_log2=threshold_log2)
+    except ValueError as exc:  # not JSON, ragged, or shapes that differ
+        raise click.ClickException(f"Cannot test these answers: {exc}") from None
+    for result in results[:top]:
+        click.echo(result.summary())
+    if not results:
+        raise click.ClickException("No accounts to test.")
 
 
 @modelguard_cli.command("fit-reference")

@@ -11,18 +11,20 @@ queries does not remove the noise, and two accounts get different noise.
 
 Transforms are also written as short strings, parsed by :func:`parse`:
 ``"round(2)"``, ``"top_k(3, mode='drop')"``, ``"label_only"``,
-``"gaussian(0.05)"``, ``"reverse_sigmoid(beta=0.7, gamma=0.2)"``, ...
+``"gaussian(0.05)"``, ``"reverse_sigmoid(beta=0.7, gamma=0.2)"``,
+``"probability_mark(0.1)"``, ...
 """
 
 from __future__ import annotations
 
 from .base import MARK_KINDS, Answer, KeyedRandom, Transform, renormalise
 from .deception import Misinformation, RandomPoison, Watermark
+from .marking import ProbabilityMark
 from .policy import REGISTRY, OutputPolicy, apply, parse, parse_all
 from .shaping import GaussianNoise, HighConfidence, LabelOnly, LaplaceNoise, Renormalise, ReverseSigmoid, Round, TopK
 
 __all__ = [
     "MARK_KINDS", "REGISTRY", "Answer", "GaussianNoise", "HighConfidence", "KeyedRandom", "LabelOnly", "LaplaceNoise",
-    "Misinformation", "OutputPolicy", "RandomPoison", "Renormalise", "ReverseSigmoid", "Round", "TopK",
+    "Misinformation", "OutputPolicy", "ProbabilityMark", "RandomPoison", "Renormalise", "ReverseSigmoid", "Round", "TopK",
     "Transform", "Watermark", "apply", "parse", "parse_all", "renormalise",
 ]

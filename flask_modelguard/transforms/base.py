@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..exc import InvalidValue
+from ..probmark import account_key
 
 _EPS = 1e-12
 #: The transforms whose keyed wrong labels are evidence of ownership.
@@ -82,17 +83,19 @@ class KeyedRandom:
     the seed, the purpose and k, so answers are reproducible.
     """
 
-    def __init__(self, seeds: Sequence[bytes], score: float = 0.0) -> None:
+    def __init__(self, seeds: Sequence[bytes], score: float = 0.0, account_key: bytes | None = None) -> None:
         self.seeds = list(seeds)
         #: The account's malicious score in [0, 1] (poisoning may grow with it).
         self.score = score
+        #: The account's own key (the probability mark's), or None when not known.
+        self.account_key = account_key
 
     @classmethod
     def for_inputs(cls, key: bytes, account: int | str, fingerprints: Sequence[str], score: float = 0.0) -> KeyedRandom:
         prefix = f"{account}:".encode()
         return cls(
             [hashlib.blake2b(prefix + fp.encode(), key=key[:64], digest_size=32).digest() for fp in fingerprints],
-            score,
+            score, account_key(key, account),
         )
 
     def uniform(self, purpose: str, k: int) -> np.ndarray:

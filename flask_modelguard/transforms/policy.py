@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from ..exc import InvalidValue
 from .base import Answer, KeyedRandom, Transform
 from .deception import Misinformation, RandomPoison, Watermark
+from .marking import ProbabilityMark
 from .shaping import GaussianNoise, HighConfidence, LabelOnly, LaplaceNoise, Renormalise, ReverseSigmoid, Round, TopK
 
 #: Transforms by name, for strings and configuration.
 REGISTRY: dict[str, type[Transform]] = {
     cls.name: cls
     for cls in (Round, TopK, LabelOnly, HighConfidence, GaussianNoise, LaplaceNoise,
-                ReverseSigmoid, Renormalise, RandomPoison, Misinformation, Watermark)
+                ReverseSigmoid, Renormalise, RandomPoison, Misinformation, Watermark, ProbabilityMark)
 }
 REGISTRY["renormalize"] = Renormalise
 
@@ -73,16 +74,20 @@ class OutputPolicy:
     #: threshold (0.5), risen linearly from ``watermark`` at ``watermark_from``; None: no rise.
     watermark_raised: float | None = None
     watermark_from: float = 0.35
+    #: The probability mark's strength (0: none), for every account.
+    probability_mark: float = 0.0
     _cache: dict[bool, tuple[Transform, ...]] = field(default_factory=dict, compare=False, repr=False)
 
     def pipeline(self, flagged: bool) -> tuple[Transform, ...]:
-        """The transforms of one answer: watermark first (so later steps treat
-        the mark like any answer), for a flagged account the suspicious
+        """The transforms of one answer: the probability mark (on the model's
+        own answer) and the watermark first (so later steps treat the marks
+        like any answer), for a flagged account the suspicious
         transforms next, then the route's own, for everyone: a flagged
         account's answer has the form (rounding, top-k, label-only) of any."""
         cached = self._cache.get(flagged)
         if cached is None:
-            marks: tuple[Transform, ...] = (self._watermark(),) if self.watermark > 0 else ()
+            marks: tuple[Transform, ...] = (ProbabilityMark(self.probability_mark),) if self.probability_mark else ()
+            marks += (self._watermark(),) if self.watermark > 0 else ()
             cached = self._cache[flagged] = marks + (self.suspicious if flagged else ()) + self.transforms
         return cached
 
@@ -92,5 +97,5 @@ class OutputPolicy:
 
     @property
     def active(self) -> bool:
-        return bool(self.transforms or self.suspicious or self.watermark > 0)
+        return bool(self.transforms or self.suspicious or self.watermark > 0 or self.probability_mark)
 

@@ -1,0 +1,215 @@
+"""A keyed mark in the probabilities that keeps every top-1 answer, and its
+exact ownership test (issue #17, point 2). Framework-free (numpy, scipy).
+
+Each account has a key of its own (:func:`account_key`, from the app's
+secret), and for each top class a keyed ordered choice of three other
+classes. An answer ``p`` whose top class is ``t`` gives ``strength`` of its
+mass to ``t``'s three classes, in the proportions 3 : 2 : 1:
+``q = (1 - e) p + e·w``, with ``e = strength`` or less (at most half what
+would tie a lifted class with the top one), so the served label is always
+the model's. A clone trained on an account's probability vectors learns the
+lifted classes; a model that does not know the key cannot.
+
+The test (:func:`test`) needs no recorded inputs: any probe inputs will do
+(the owner's data). The owner's model answers them, which groups them by top
+class; the suspect answers them too, and for each group the statistic
+weighs the suspect's log-residual (against the owner's answer) on the
+group's keyed classes. For a model that does not know the key, each group's
+keyed choice is a uniform draw among the ordered choices of three of the
+``k - 1`` other classes, independent from group to group, so given the
+suspect's answers the statistic's distribution is known exactly; :func:`test`
+computes its tail (by convolution, each value rounded up, so from above; a
+Chernoff bound where there are too many groups for it): an upper bound on
+the p-value that assumes nothing about the suspect. The most it can reach
+is ``k · log2((k-1)(k-2)(k-3))`` bits (89.8 for 10 classes). With more than
+32 classes, one class is lifted (``log2(k - 1)`` bits a group).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: The mark's definition; a change makes earlier clones untestable, so it is versioned.
+VERSION = 1
+#: Added before the logarithm of the test's residuals (small probabilities count, not without limit).
+_DELTA = 1e-3
+#: Value steps of a group's draw in the exact tail (finer: tighter, slower).
+_BINS = 2048
+#: Claim below this log2 p (as :data:`flask_modelguard.ownership.DEFAULT_THRESHOLD_LOG2`).
+DEFAULT_THRESHOLD_LOG2 = -64.0
+
+
+def account_key(secret: bytes, account: int | str) -> bytes:
+    """The mark key of one account (a keyed hash of the app's secret and the account id)."""
+    return hashlib.blake2b(f"probability-mark:v{VERSION}:{account}".encode(), key=secret[:64], digest_size=32).digest()
+
+
+def profile(k: int) -> np.ndarray:
+    """The shares of the lifted classes, for ``k`` classes (empty below 3)."""
+    if k < 3:
+        return np.zeros(0)
+    weights = np.array([3.0, 2.0, 1.0][: min(3, k - 1)]) if k <= 32 else np.ones(1)
+    return weights / weights.sum()
+
+
+def _uniforms(key: bytes, purpose: bytes, n: int) -> np.ndarray:
+    """``n`` uniforms in (0, 1), a pure function of the key and purpose (keyed hashes, no PRNG)."""
+    blocks = b"".join(hashlib.blake2b(purpose + b.to_bytes(4, "little"), key=key, digest_size=64).digest()
+                      for b in range(-(-n // 16)))
+    return (np.frombuffer(blocks, dtype="<u4")[:n].astype(np.float64) + 0.5) / 4294967296.0
+
+
+@functools.lru_cache(maxsize=4096)
+def _lifted(key: bytes, k: int) -> np.ndarray:
+    """``(k, L)``: for each top class, the account's keyed ordered choice of other classes."""
+    if len(profile(k)) == 1:  # many classes: one, uniformly among the others
+        offset = 1 + np.minimum((_uniforms(key, b"lifted", k) * (k - 1)).astype(np.int64), k - 2)
+        table = ((np.arange(k) + offset) % k)[:, None]
+    else:  # a keyed permutation of the others per top class, its first few
+        order = _uniforms(key, b"lifted", k * k).reshape(k, k).argsort(axis=1, kind="stable")
+        table = order[order != np.arange(k)[:, None]].reshape(k, k - 1)[:, : len(profile(k))].copy()
+    table.setflags(write=False)
+    return table
+
+
+def lift(probs: np.ndarray, key: bytes, strength: float) -> np.ndarray:
+    """``probs`` (rows that are distributions over ≥ 3 classes) with the mark of ``key``."""
+    n, k = probs.shape
+    if k < 3 or strength <= 0:
+        return probs
+    valid = (probs >= 0).all(axis=1) & (np.abs(probs.sum(axis=1) - 1.0) < 1e-3)
+    if not valid.any():
+        return probs
+    rows, top = np.arange(n), probs.argmax(axis=1)
+    lifted, shares = _lifted(key, k)[top], profile(k)
+    gap = probs[rows, top][:, None] - probs[rows[:, None], lifted]
+    # (1 - e) p_top > (1 - e) p_c + e w_c  <=>  e < gap / (gap + w_c): half of that, at most.
+    e = np.where(valid, np.minimum(strength, 0.5 * (gap / (gap + shares)).min(axis=1)), 0.0)
+    out = (1.0 - e)[:, None] * probs
+    out[rows[:, None], lifted] += e[:, None] * shares
+    return out
+
+
+@dataclass(frozen=True)
+class MarkTest:
+    """The outcome of testing a suspect for one account's probability mark."""
+
+    account: str
+    probes: int
+    groups: int
+    #: The statistic: the suspect's residual on the keyed classes, summed over groups (0 expected by chance).
+    statistic: float
+    log2_p: float
+    threshold_log2: float = DEFAULT_THRESHOLD_LOG2
+
+    @property
+    def claimed(self) -> bool:
+        return self.probes > 0 and self.log2_p < self.threshold_log2
+
+    def summary(self) -> str:
+        verdict = "CLAIMED: trained on this account's answers" if self.claimed else "not claimed"
+        return (f"account {self.account!r}: probability mark over {self.probes} probes in {self.groups} groups, "
+                f"statistic {self.statistic:.2f}; p <= 2^{self.log2_p:.1f} (threshold 2^{self.threshold_log2:.0f}): "
+                f"{verdict}")
+
+
+def test(key: bytes, owner: Any, suspect: Any, *, account: str = "",
+         threshold_log2: float = DEFAULT_THRESHOLD_LOG2) -> MarkTest:
+    """Whether ``suspect``'s probabilities carry the mark of ``key``.
+
+    ``owner`` and ``suspect`` are ``(n, k)`` probabilities of the same probe
+    inputs, in the same class order: the owner's model unmarked, and the
+    suspect as it answers."""
+    P, S = _pair(owner, suspect)
+    n, k = P.shape
+    if n == 0 or k < 3:
+        return MarkTest(account, n, 0, 0.0, 0.0, threshold_log2)
+    top = P.argmax(axis=1)
+    residual = np.log(S + _DELTA) - np.log(P + _DELTA)
+    tops = np.unique(top)
+    sums = np.stack([residual[top == t].sum(axis=0) for t in tops])
+    others = np.stack([np.delete(np.arange(k), t) for t in tops])
+    values = np.take_along_axis(sums, others, axis=1)
+    values -= values.mean(axis=1, keepdims=True)  # each group's draw has mean 0
+    shares = profile(k)
+    choices = _choices(k - 1, len(shares))
+    candidates = (values[:, choices] * shares).sum(axis=2)  # every ordered choice of each group
+    # The keyed choice of each group, as positions among its other classes (sorted, so a search finds them).
+    keyed = np.stack([np.searchsorted(others[g], row) for g, row in enumerate(_lifted(key, k)[tops])])
+    observed = float((np.take_along_axis(values, keyed, axis=1) * shares).sum())
+    bound = min(_chernoff_log2(candidates, observed), _tail_log2(candidates, observed))
+    return MarkTest(account, n, len(tops), observed, bound, threshold_log2)
+
+
+@functools.lru_cache(maxsize=64)
+def _choices(m: int, length: int) -> np.ndarray:
+    """Every ordered choice of ``length`` distinct positions among ``m``: ``(count, length)``."""
+    return np.array(list(itertools.permutations(range(m), length)), dtype=np.int64).reshape(-1, length)
+
+
+def _pair(owner: Any, suspect: Any) -> tuple[np.ndarray, np.ndarray]:
+    P = np.atleast_2d(np.asarray(owner, dtype=np.float64))
+    S = np.atleast_2d(np.asarray(suspect, dtype=np.float64))
+    if P.shape != S.shape:
+        raise ValueError(f"owner and suspect answers differ in shape: {P.shape} and {S.shape}")
+    if not (np.isfinite(P).all() and np.isfinite(S).all()):
+        raise ValueError("probabilities must be finite numbers")
+    return np.clip(P, 0.0, 1.0), np.clip(S, 0.0, 1.0)
+
+
+def _tail_log2(candidates: np.ndarray, observed: float, max_groups: int = 64) -> float:
+    """log2 of ``P(statistic >= observed)``, the statistic being a sum of one
+    uniform draw from each row, computed by convolution; each value is first
+    rounded up to a step of ``_BINS`` in the widest row, so the result bounds
+    the exact tail from above. 0.0 (no bound) beyond ``max_groups`` rows."""
+    if observed <= 0 or not len(candidates) or len(candidates) > max_groups:
+        return 0.0
+    step = float((candidates.max(axis=1) - candidates.min(axis=1)).max()) / _BINS
+    if step <= 0:
+        return 0.0
+    dist, offset = np.ones(1), 0
+    for row in candidates:
+        steps = np.ceil(row / step).astype(np.int64)
+        dist = np.convolve(dist, np.bincount(steps - steps.min()) / len(row))
+        offset += int(steps.min())
+    need = math.ceil(observed / step) - offset
+    if need <= 0:
+        return 0.0
+    tail = float(dist[need:].sum()) if need < len(dist) else 0.0
+    return math.log2(tail) if tail > 0 else 0.0  # (rounding: no bound rather than a wrong one)
+
+
+def _chernoff_log2(candidates: np.ndarray, observed: float) -> float:
+    """log2 of ``min over λ ≥ 0 of exp(-λ·observed) · Π_g mean_c exp(λ·candidates[g, c])``:
+    a bound on P(statistic ≥ observed) when each group's value is a uniform
+    draw of its row, independently (the rows have mean 0)."""
+    if observed <= 0 or not len(candidates):
+        return 0.0
+    from scipy.optimize import minimize_scalar
+    from scipy.special import logsumexp
+
+    width = math.log(candidates.shape[1])
+
+    def log_bound(lam: float) -> float:
+        return float(-lam * observed + (logsumexp(lam * candidates, axis=1) - width).sum())
+
+    scale = float(np.abs(candidates).max()) or 1.0
+    best = minimize_scalar(log_bound, bounds=(0.0, 200.0 / scale), method="bounded", options={"xatol": 1e-6 / scale})
+    return min(0.0, float(best.fun) / math.log(2.0))
+
+
+def ranked(tests: Sequence[MarkTest], accounts: int) -> list[MarkTest]:
+    """Tests of several accounts, most significant first, each p-value
+    multiplied by ``accounts`` (the number tested: Bonferroni)."""
+    extra = math.log2(max(1, accounts))
+    out = [MarkTest(t.account, t.probes, t.groups, t.statistic, min(0.0, t.log2_p + extra), t.threshold_log2)
+           for t in tests]
+    return sorted(out, key=lambda t: t.log2_p)
