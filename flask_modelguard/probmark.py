@@ -52,12 +52,13 @@ def account_key(secret: bytes, account: int | str) -> bytes:
     return hashlib.blake2b(f"probability-mark:v{VERSION}:{account}".encode(), key=secret[:64], digest_size=32).digest()
 
 
+@functools.lru_cache(maxsize=None)
 def profile(k: int) -> np.ndarray:
     """The shares of the lifted classes, for ``k`` classes (empty below 3)."""
-    if k < 3:
-        return np.zeros(0)
-    weights = np.array([3.0, 2.0, 1.0][: min(3, k - 1)]) if k <= 32 else np.ones(1)
-    return weights / weights.sum()
+    weights = np.zeros(0) if k < 3 else np.array([3.0, 2.0, 1.0][: min(3, k - 1)]) if k <= 32 else np.ones(1)
+    shares = weights / weights.sum() if len(weights) else weights
+    shares.setflags(write=False)
+    return shares
 
 
 def _uniforms(key: bytes, purpose: bytes, n: int) -> np.ndarray:
@@ -85,6 +86,8 @@ def lift(probs: np.ndarray, key: bytes, strength: float) -> np.ndarray:
     n, k = probs.shape
     if k < 3 or strength <= 0:
         return probs
+    if n == 1:  # one answer a request, the common case: plain floats are 4x faster than numpy here
+        return _lift_one(probs, key, strength)
     valid = (probs >= 0).all(axis=1) & (np.abs(probs.sum(axis=1) - 1.0) < 1e-3)
     if not valid.any():
         return probs
@@ -96,6 +99,22 @@ def lift(probs: np.ndarray, key: bytes, strength: float) -> np.ndarray:
     out = (1.0 - e)[:, None] * probs
     out[rows[:, None], lifted] += e[:, None] * shares
     return out
+
+
+def _lift_one(probs: np.ndarray, key: bytes, strength: float) -> np.ndarray:
+    """:func:`lift` of a single answer, in Python floats (the same arithmetic)."""
+    row = probs[0].tolist()
+    if min(row) < 0 or abs(sum(row) - 1.0) >= 1e-3:
+        return probs
+    k = len(row)
+    top = row.index(max(row))
+    lifted, shares = _lifted(key, k)[top].tolist(), profile(k).tolist()
+    gaps = [row[top] - row[c] for c in lifted]
+    e = min(strength, 0.5 * min(g / (g + w) for g, w in zip(gaps, shares)))
+    out = [(1.0 - e) * v for v in row]
+    for c, w in zip(lifted, shares):
+        out[c] += e * w
+    return np.array([out])
 
 
 @dataclass(frozen=True)
