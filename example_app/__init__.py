@@ -9,6 +9,8 @@ variables configure the guard (values are parsed as JSON when they can be);
 ``SECRET_KEY`` and ``MODEL_CACHE_DIR`` are read from the environment too, and
 ``EXAMPLE_INSTANCE_PATH`` (an absolute path) replaces the instance folder
 (``instance/`` beside the package: the guard's SQLite file, the secret, the model).
+Every answer carries its account's probability mark (``MODELGUARD_PROBABILITY_MARK``
+0.15: labels kept, probabilities less sharp; 0 turns it off).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def account_key(secret: bytes, account: int | str) -> bytes:
     return hashlib.blake2b(f"probability-mark:v{VERSION}:{account}".encode(), key=secret[:64], digest_size=32).digest()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def profile(k: int) -> np.ndarray:
     """The shares of the lifted classes, for ``k`` classes (empty below 3)."""
     weights = np.zeros(0) if k < 3 else np.array([3.0, 2.0, 1.0][: min(3, k - 1)]) if k <= 32 else np.ones(1)

@@ -77,6 +77,18 @@ def test_every_default_mode_clone_is_proven_ours_and_attributed_and_the_control_
     assert models["models"] == 5 and models["accounts"] >= 4 and models["false_claims"] == 0, models
 
 
+def test_probability_clones_are_tested_for_the_mark_and_never_attributed_elsewhere(report):
+    """The example marks its probabilities: every thief's clone of the vectors is tested
+    (claims at this scale are tests/test_served_marks.py's); none is claimed for another account."""
+    out, data = report
+    for mode in ("shadow", "default"):
+        for clone in data["runs"][mode]["clones"]:
+            mark = clone["mark"]
+            assert mark is not None and mark["account"].split("#")[0] == clone["actor"], (mode, clone["actor"], mark)
+            assert mark["log2_p"] <= 0 and mark["attributed_to"] in (None, mark["account"]), mark
+    assert "; mark log2 p = " in (out / "report.md").read_text()
+
+
 def test_benign_users_keep_their_accuracy(report):
     _, data = report
     benign = data["runs"]["default"]["benign"]

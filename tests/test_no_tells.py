@@ -123,3 +123,43 @@ def test_poisoned_answers_match_honest_ones_in_entropy_and_top_confidence():
         assert np.allclose(honest, served, atol=1e-12)
         changed = np.mean([c["label"] != f["label"] for c, f in zip(clean, flagged)])
         assert changed > 0.95, (suspicious, changed)
+
+
+def _runner_up_rule(answers: list[dict[str, Any]]) -> dict[int, int]:
+    """Each served label's commonest runner-up class."""
+    seconds: dict[int, list[int]] = {}
+    for a in answers:
+        seconds.setdefault(a["label"], []).append(int(np.argsort(a["probabilities"])[-2]))
+    return {label: max(set(v), key=v.count) for label, v in seconds.items()}
+
+
+def _follows(rule: dict[int, int], answers: list[dict[str, Any]]) -> float:
+    return float(np.mean([rule.get(a["label"]) == int(np.argsort(a["probabilities"])[-2]) for a in answers]))
+
+
+def test_the_probability_mark_looks_the_same_on_marked_misinformed_and_honest_answers():
+    """The mark gives a served label's keyed classes a share of the mass, so an
+    answer's runner-up follows from its label: a rule a thief can learn from
+    its own answers. Watermark answers and a flagged account's misinformation
+    follow the same rule (the mark is keyed by the served label, after every
+    step that changes it), so the rule does not pick them out."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 1, (3000, 10))
+    logits[np.arange(3000), rng.integers(0, 10, 3000)] += 8.0  # a confident model
+    P = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    protector = OutputProtector(b"k" * 32, output=["round(4)"], watermark=0.05, probability_mark=0.15)
+    options = RouteOptions()
+    policy = protector.policy(options, "free")
+    body = {"instances": [[i] for i in range(len(P))]}
+    payload = {"predictions": [{"label": int(p.argmax()), "probabilities": p.tolist()} for p in P]}
+    clean, marks, _, fingerprints = protector.protect(payload, body, 1, False, 0.0, policy, options, "r")
+    flagged = protector.protect(payload, body, 1, True, 1.0, policy, options, "r")[0]["predictions"]
+    marked = {m[0] for m in marks}
+    answers = clean["predictions"]
+    honest = [a for a, fp in zip(answers, fingerprints) if fp not in marked]
+    watermarked = [a for a, fp in zip(answers, fingerprints) if fp in marked]
+    assert len(watermarked) > 100 and np.mean([a["label"] != p.argmax() for a, p in zip(flagged, P)]) > 0.95
+    rule = _runner_up_rule(honest)
+    assert _follows(rule, honest) > 0.95
+    assert _follows(rule, watermarked) > 0.95
+    assert _follows(rule, flagged) > 0.95

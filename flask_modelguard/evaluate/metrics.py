@@ -1,8 +1,7 @@
 """Metrics of an evaluation run: detection (ROC, flags, per attacker) and theft.
 
-Pure functions over the plain run dicts the runner produces (see the runner for
-the format). Scores are per *account*; "caught" is per *actor* (a sybil actor
-is caught as soon as any of its accounts is flagged).
+Pure functions over the plain run dicts the runner produces (see the runner for the format).
+Scores are per *account*; "caught" is per *actor* (a sybil is caught when any of its accounts is).
 """
 
 from __future__ import annotations
@@ -238,6 +237,7 @@ def _thief_row(clone: Mapping[str, Any]) -> dict[str, Any]:
                          "accuracy": p.get("accuracy", math.nan)} for p in curve],
         "watermark": dict(wm) if wm else None,
         "watermark_log2_p": wm.get("log2_p", math.nan) if wm else math.nan,
+        "mark": dict(clone["mark"]) if clone.get("mark") else None,
     }
 
 

@@ -225,12 +225,12 @@ def _fidelity(report: Mapping[str, Any], actor: str) -> list[str]:
     return cells
 
 
-def _watermark(wm: Mapping[str, Any] | None) -> str:
-    if not wm:
-        return "—"
-    text = f"{wm.get('matched', '?')}/{wm.get('probes', '?')}, log2 p = {_fmt(wm.get('log2_p'), 1)}"
-    if wm.get("attributed_to"):
+def _watermark(wm: Mapping[str, Any] | None, mark: Mapping[str, Any] | None = None) -> str:
+    text = f"{wm.get('matched', '?')}/{wm.get('probes', '?')}, log2 p = {_fmt(wm.get('log2_p'), 1)}" if wm else "—"
+    if wm and wm.get("attributed_to"):
         text += f", attributed to {_cell(str(wm['attributed_to']))}"
+    if mark:  # the probability mark, on a clone of the probabilities
+        text += f"; mark log2 p = {_fmt(mark.get('log2_p'), 1)}" + (" ✓" if mark.get("attributed_to") == mark.get("account") else "")
     return text
 
 
@@ -254,7 +254,8 @@ def _attacker_section(report: Mapping[str, Any]) -> list[str]:
                      "✅ caught" if caught else "🔴 not caught", qtd,
                      _cell("; ".join(r["reasons"])) if r and r["reasons"] else "—",
                      *_fidelity(report, actor),
-                     *[_watermark((marks[m].get(actor) or {}).get("watermark")) for m in guarded]])
+                     *[_watermark((t := marks[m].get(actor) or {}).get("watermark"), t.get("mark"))
+                       for m in guarded]])
     lines = ["## Attackers", ""]
     if not rows:
         return lines + ["No malicious actors in this scenario.", ""]
@@ -263,7 +264,8 @@ def _attacker_section(report: Mapping[str, Any]) -> list[str]:
                  "(\"one account\": only the flagged account's count was known). Fidelity is the clone's "
                  "agreement with the victim at its largest checkpoint (@N when it got fewer queries). "
                  "Watermark: labels of the account's watermark answers the final clone reproduces, "
-                 "and the ownership test's log2 p-value (claimed below log2 p = -64).")
+                 "and the ownership test's log2 p-value (claimed below log2 p = -64); mark: the probability "
+                 "mark's test of a clone distilled on the served vectors (✓ claimed and attributed).")
     lines.append("")
     for m in guarded:
         theft = report["metrics"][m]["theft"]

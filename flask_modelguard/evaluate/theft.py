@@ -39,12 +39,41 @@ def clones(scenario: Scenario, actors: list[Actor], world: World, app: Any) -> l
 
         curve = learning_curve(actor, world, checkpoints=scenario.checkpoints, kind=kind, answers=served,
                                seed=scenario.seed, on_clone=keep, **options)
-        watermark = None
+        watermark = mark = None
         if state.settings.enabled and "clone" in last:
             watermark = _watermark(state, account_names(actor), last["clone"])
+        if state.settings.enabled and state.settings.probability_mark and actor.P is not None and len(actor.X):
+            mark = _probability_mark(state, account_names(actor), actor, world, scenario.seed, options)
         out.append({"actor": actor.name, "kind": actor.kind, "surrogate": kind,
-                    "answers": served, "curve": curve, "watermark": watermark})
+                    "answers": served, "curve": curve, "watermark": watermark, "mark": mark})
     return out
+
+
+def _probability_mark(state: Any, names: list[str], actor: Actor, world: World, seed: int,
+                      options: dict[str, Any]) -> dict[str, Any] | None:
+    """A clone distilled on the probabilities ``actor`` was served (an MLP
+    regressing the vectors), tested for every account's probability mark on
+    the world's held-out inputs and two noisy copies of each."""
+    from ..simulate.surrogate import fidelity, train_clone
+
+    if len(np.unique(actor.y)) < 2:
+        return None
+    clone = train_clone(actor.X, actor.y, actor.P, answers="probabilities", seed=seed, low=world.low,
+                        high=world.high, **{k: v for k, v in options.items() if k in ("hidden", "max_iter")})
+    test = np.asarray(world.test, dtype=float)
+    noise = np.random.default_rng(seed).normal(0.0, (world.high - world.low) / 16.0, (2, *test.shape))
+    probes = np.vstack([test, *np.clip(test + noise, world.low, world.high)])
+    owner = np.asarray(world.victim(probes), dtype=float)
+    suspect = np.zeros_like(owner)
+    suspect[:, clone.classes_] = clone.predict_proba(probes)
+    with state._app().app_context():
+        ranked = state.guard.verify_probability_mark(owner, suspect)
+    mine = next((r for r in ranked if r.account in names), None)
+    if mine is None:
+        return None
+    top = ranked[0] if ranked[0].claimed else None
+    return {"account": mine.account, "log2_p": mine.log2_p, "claimed": mine.claimed, "fidelity": fidelity(clone, world),
+            "attributed_to": None if top is None else top.account}
 
 
 def _watermark(state: Any, names: list[str], clone: Any) -> dict[str, Any] | None:

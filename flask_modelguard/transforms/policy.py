@@ -79,16 +79,17 @@ class OutputPolicy:
     _cache: dict[bool, tuple[Transform, ...]] = field(default_factory=dict, compare=False, repr=False)
 
     def pipeline(self, flagged: bool) -> tuple[Transform, ...]:
-        """The transforms of one answer: the probability mark (on the model's
-        own answer) and the watermark first (so later steps treat the marks
-        like any answer), for a flagged account the suspicious
+        """The transforms of one answer: watermark first (so later steps treat
+        the mark like any answer), for a flagged account the suspicious
         transforms next, then the route's own, for everyone: a flagged
         account's answer has the form (rounding, top-k, label-only) of any."""
         cached = self._cache.get(flagged)
         if cached is None:
-            marks: tuple[Transform, ...] = (ProbabilityMark(self.probability_mark),) if self.probability_mark else ()
-            marks += (self._watermark(),) if self.watermark > 0 else ()
-            cached = self._cache[flagged] = marks + (self.suspicious if flagged else ()) + self.transforms
+            marks: tuple[Transform, ...] = (self._watermark(),) if self.watermark > 0 else ()
+            # The probability mark is keyed by the served label, so it comes after every step that
+            # may change it: watermark and misinformation answers show the same pattern as any answer.
+            lift: tuple[Transform, ...] = (ProbabilityMark(self.probability_mark),) if self.probability_mark else ()
+            cached = self._cache[flagged] = marks + (self.suspicious if flagged else ()) + lift + self.transforms
         return cached
 
     def _watermark(self) -> Watermark:
