@@ -10,7 +10,7 @@ variables configure the guard (values are parsed as JSON when they can be);
 ``EXAMPLE_INSTANCE_PATH`` (an absolute path) replaces the instance folder
 (``instance/`` beside the package: the guard's SQLite file, the secret, the model).
 Every answer carries its account's probability mark (``MODELGUARD_PROBABILITY_MARK``
-0.15: labels kept, probabilities less sharp; 0 turns it off).
+0.2: labels kept, probabilities less sharp; 0 turns it off).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def create_app(config: dict[str, Any] | None = None, *, guarded: bool = True) ->
     app.config.setdefault("MODELGUARD_FEATURES", model.features)  # detectors compare hidden activations
     app.config.setdefault("MODELGUARD_REFERENCE", functools.partial(reference, model))  # ADD from the first request
     # Every answer carries its account's probability mark (labels kept): clones of the probabilities are provable.
-    app.config.setdefault("MODELGUARD_PROBABILITY_MARK", 0.15)
+    app.config.setdefault("MODELGUARD_PROBABILITY_MARK", 0.2)
     view = predict_view(model)
     if guarded:
         guard.init_app(app)

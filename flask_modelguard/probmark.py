@@ -40,7 +40,7 @@ import numpy as np
 #: The mark's definition; a change makes earlier clones untestable, so it is versioned.
 VERSION = 1
 #: Added before the logarithm of the test's residuals (small probabilities count, not without limit).
-_DELTA = 1e-3
+_DELTA = 2e-3
 #: Value steps of a group's draw in the exact tail (finer: tighter, slower).
 _BINS = 2048
 #: Claim below this log2 p (as :data:`flask_modelguard.ownership.DEFAULT_THRESHOLD_LOG2`).
