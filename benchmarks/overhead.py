@@ -1,10 +1,11 @@
 """What the guard costs on the request path, measured in one run.
 
 Times the example ``POST /predict`` through Flask's test client in several
-apps: bare (no guard); guarded (ModelGuard with its defaults: key auth, three
-limits, rate-limit headers, 0.5% watermark answers, event enqueue and the
-worker writing to SQLite in the same process); guarded-1 (the same with one
-limit); guarded without output protection; guarded with two output transforms;
+apps: bare (no guard); guarded (ModelGuard with the example's defaults: key
+auth, three limits, rate-limit headers, 0.25% watermark answers, the
+probability mark, event enqueue and the worker writing to SQLite in the same
+process); guarded-1 (the same with one limit); guarded without output
+protection; guarded without the probability mark; guarded with two output transforms;
 Flask-Limiter alone (memory storage, one limit). The
 apps receive identical requests (the key header too) and are timed in interleaved rounds so drift on a shared machine hits all
 three alike; the figures to read are the ratios, not the absolute times.
@@ -53,7 +54,8 @@ def build(tmp: str) -> dict[str, tuple]:
         guard.create_account("bench", limits=ONE_LIMIT)
         key_one = guard.issue_key("bench")
     variants = {
-        "no-output": {"MODELGUARD_WATERMARK": 0.0},
+        "no-output": {"MODELGUARD_WATERMARK": 0.0, "MODELGUARD_PROBABILITY_MARK": 0.0},
+        "no-mark": {"MODELGUARD_PROBABILITY_MARK": 0.0},
         "+transforms": {"MODELGUARD_OUTPUT": ["round(2)", "gaussian(0.02)"]},
     }
     extra = {}
@@ -125,8 +127,9 @@ def main() -> None:
         print(f"  {name:<20} {value * 1e6:9.1f} {value / bare:7.3f} {mean[name] * 1e6:8.1f} "
               f"{mean[name] / mean['bare']:7.3f} {cpu[name] * 1e6:15.1f} {others * 1e6:9.1f} "
               f"{cpu_all[name] * 1e6:7.1f} {cpu_all[name] / cpu_all['bare']:7.3f}")
-    print("guarded: defaults (three limits like the default tiers, 0.5% watermark answers);"
-          " guarded-1: one limit, like Flask-Limiter here; guardedno-output: no watermark, no transforms;"
+    print("guarded: the example's defaults (three limits like the default tiers, 0.25% watermark answers, the"
+          " probability mark at 0.2); guarded-1: one limit, like Flask-Limiter here; guardedno-output: no"
+          " watermark, no mark, no transforms; guardedno-mark: the defaults without the probability mark;"
           " guarded+transforms: round(2) and gaussian(0.02) on every answer")
     for name in [n for n in m if n.startswith("guarded")]:
         guarded = m[name]
