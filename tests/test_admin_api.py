@@ -8,6 +8,7 @@ import csv
 import io
 import json
 
+import numpy as np
 import pytest
 
 from tests.conftest import problem_of
@@ -173,6 +174,39 @@ def test_watermark_verification_with_uploaded_predictions(make_guarded):
     assert not honest.get_json()["claimed"]
     wrong = g.client.post(f"{API}/accounts/{name}/verify-watermark", json={"predictions": [1]}, headers=auth)
     assert problem_of(wrong)["status"] == 400
+
+
+def test_probability_mark_verification_names_the_account_and_is_audited(make_guarded):
+    """A copy of the marked answers one account received is claimed for it, by
+    name, among every account; an unmarked copy is not; bad matrices are a 400."""
+    from flask_modelguard import probmark
+
+    g = make_guarded(MODELGUARD_PROBABILITY_MARK=0.2)
+    with g.app.app_context():
+        token = g.guard.state(g.app).admin.create_token("ops")
+        key = g.guard.state(g.app).protector.key
+    auth = {"Authorization": f"Bearer {token}"}
+    names = [g.account()[0] for _ in range(3)]
+    with g.app.app_context():
+        account_id = g.guard.state(g.app).repository.get_account(names[1])["id"]
+    rng = np.random.default_rng(0)
+    owner = rng.dirichlet(np.full(10, 0.05), 2000)
+    copy = probmark.lift(owner, probmark.account_key(key, account_id), 0.2)
+    found = g.client.post(f"{API}/verify-mark", json={"owner": owner.tolist(), "suspect": copy.tolist()}, headers=auth)
+    items = found.get_json()["items"]
+    assert found.status_code == 200 and items[0]["account"] == names[1] and items[0]["claimed"], items[0]
+    assert not any(i["claimed"] for i in items[1:]) and found.get_json()["accounts"] >= 3
+    honest = g.client.post(f"{API}/verify-mark", headers=auth,
+                           json={"owner": owner.tolist(), "suspect": owner.tolist(), "account": names[1]})
+    assert [i["claimed"] for i in honest.get_json()["items"]] == [False]
+    for bad in ({"owner": [[0.5, 0.5, 0.0]], "suspect": [[0.5, 0.5]]}, {"owner": "x", "suspect": "y"},
+                {"owner": [[0.2, 0.8, 0.0]]}, {"owner": [[1, 0, 0]], "suspect": [[1, 0, 0]], "account": 3}):
+        assert problem_of(g.client.post(f"{API}/verify-mark", json=bad, headers=auth))["status"] == 400, bad
+    missing = g.client.post(f"{API}/verify-mark", json={"owner": [[1, 0, 0]], "suspect": [[1, 0, 0]], "account": "nobody"},
+                            headers=auth)
+    assert problem_of(missing)["status"] == 404
+    audit = g.client.get(f"{API}/audit", headers=auth).get_json()["items"]
+    assert [a["action"] for a in audit[:2]] == ["verify-mark", "verify-mark"]
 
 
 def test_health_and_own_auth_hook_and_disabling(make_guarded):

@@ -307,6 +307,23 @@ def verify_watermark(name: str) -> Any:
             "summary": result.summary()}
 
 
+@api.post("/verify-mark")
+def verify_mark() -> Any:
+    """Test a suspect's probabilities for an account's probability mark:
+    ``{"owner": [[...]], "suspect": [[...]], "account": optional}`` (the
+    owner's model's own answers and the suspect's, for the same probe inputs)."""
+    data = body("owner", "suspect", "account")
+    if "owner" not in data or "suspect" not in data:
+        raise BadRequest("Give owner and suspect: lists of probability vectors for the same inputs.")
+    account = data.get("account")
+    if account is not None and not isinstance(account, str):
+        raise BadRequest("account must be an account's name.")
+    results = _service().verify_probability_mark(_actor(), data["owner"], data["suspect"], account)
+    return {"items": [{"account": r.account, "probes": r.probes, "groups": r.groups, "statistic": r.statistic,
+                       "log2_p": r.log2_p, "claimed": r.claimed, "summary": r.summary()} for r in results[:10]],
+            "accounts": len(results)}
+
+
 @api.get("/accounts/<path:name>/watermark-inputs")
 def watermark_inputs(name: str) -> Any:
     limit = number("limit", int, DEFAULT_PROBES, 1, 10_000)

@@ -194,6 +194,14 @@ def _key_paths() -> dict[str, Any]:
 def _evidence_paths() -> dict[str, Any]:
     """An account's evidence: scores, query log, watermarks."""
     probes = {"type": "integer", "minimum": 1, "maximum": 10000}
+    matrix = {"type": "array", "minItems": 1, "items": {"type": "array", "minItems": 3, "items": {"type": "number"}}}
+    vectors = {"type": "object", "required": ["owner", "suspect"], "additionalProperties": False,
+               "properties": {"owner": matrix, "suspect": matrix, "account": {"type": "string"}}}
+    mark = {"type": "object", "properties": {k: {"type": t} for k, t in (
+        ("account", "string"), ("probes", "integer"), ("groups", "integer"), ("statistic", "number"),
+        ("log2_p", "number"), ("claimed", "boolean"), ("summary", "string"))}}
+    marks = {"type": "object", "required": ["items", "accounts"],
+             "properties": {"items": {"type": "array", "items": mark}, "accounts": {"type": "integer"}}}
     suspect = {"oneOf": [
         {"type": "object", "additionalProperties": False, "required": ["url"],
          "properties": {"url": {"type": "string", "format": "uri"}, "max_probes": probes}},
@@ -228,6 +236,11 @@ def _evidence_paths() -> dict[str, Any]:
             "parameters": [_NAME],
             "post": {"summary": "Test a suspect model against the account's evidence", "operationId": "verifyWatermark",
                      "requestBody": _body(suspect), "responses": {"200": _json(_ref("Verification")), **_WITH_404}},
+        },
+        "/verify-mark": {
+            "post": {"summary": "Test a suspect's probabilities for an account's probability mark (every account's "
+                                "by default, most significant first)", "operationId": "verifyMark",
+                     "requestBody": _body(vectors), "responses": {"200": _json(marks), **_WITH_404}},
         },
     }
 

@@ -241,6 +241,19 @@ class AdminService:
                     {"claimed": result.claimed, "log2_p": result.log2_p, "url": url})
         return result
 
+    def verify_probability_mark(self, actor: str, owner: Any, suspect: Any, account: str | None = None) -> list[Any]:
+        """Test a suspect's probabilities (``suspect``, with the owner's model's own,
+        ``owner``, for the same probe inputs) for ``account``'s probability
+        mark, or every account's; most significant first. Audited."""
+        try:
+            results = self.guard.verify_probability_mark(owner, suspect, account, app=self.app)
+        except (TypeError, ValueError) as exc:  # ragged, not numbers, or shapes that differ
+            raise InvalidValue(f"owner and suspect must be equal-sized lists of probability vectors ({exc}).") from None
+        claimed = [r.account for r in results if r.claimed]
+        self._audit(actor, "verify-mark", account, None,
+                    {"claimed": claimed, "log2_p": results[0].log2_p if results else 0.0, "probes": len(owner)})
+        return results
+
     # -- admin tokens and dashboard sessions ---------------------------------------------
 
     def create_admin_token(self, actor: str, name: str) -> str:
