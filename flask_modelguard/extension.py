@@ -283,9 +283,10 @@ class ModelGuard:
         probabilities of the same probe inputs (any inputs: the owner's data):
         the suspect's, and the owner's model's own, unmarked."""
         state = self.state(app)
-        accounts = [state.repository.get_account(account)] if account else state.repository.list_accounts()
-        tests = [probmark.test(probmark.account_key(state.fingerprint_key, a["id"]), owner, suspect,
-                               account=a["name"], threshold_log2=threshold_log2) for a in accounts]
+        answers = probmark.SuspectAnswers(owner, suspect)  # ValueError when they do not pair up
+        accounts = [state.repository.get_account(account)] if account is not None else state.repository.list_accounts()
+        tests = [answers.test(probmark.account_key(state.fingerprint_key, a["id"]), account=a["name"],
+                              threshold_log2=threshold_log2) for a in accounts]
         return probmark.ranked(tests, len(tests))
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .events import fingerprint
-from .exc import AnswerWithheld
+from .exc import AnswerWithheld, InvalidValue
 from .payload import Reading, describe, instances, make_adapter
 from .transforms import MARK_KINDS, Answer, KeyedRandom, LabelOnly, OutputPolicy, Transform, apply, parse_all
 
@@ -68,6 +68,12 @@ class RouteOptions:
         if self.suspicious_output is not None:
             object.__setattr__(self, "suspicious_output", parse_all(self.suspicious_output))
         object.__setattr__(self, "adapter", make_adapter(self.adapter))
+        # Checked here, so that a bad value fails at import, not on every request.
+        for name, high in (("watermark", 1.0), ("probability_mark", 0.5)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0 <= value <= high):
+                raise InvalidValue(f"@protect({name}=...) must be a number in [0, {high}], not {value!r}")
         if self.limits is not None:
             from .limitset import parse_limits
 

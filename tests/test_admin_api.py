@@ -200,6 +200,7 @@ def test_probability_mark_verification_names_the_account_and_is_audited(make_gua
                            json={"owner": owner.tolist(), "suspect": owner.tolist(), "account": names[1]})
     assert [i["claimed"] for i in honest.get_json()["items"]] == [False]
     for bad in ({"owner": [[0.5, 0.5, 0.0]], "suspect": [[0.5, 0.5]]}, {"owner": "x", "suspect": "y"},
+                {"owner": 0.5, "suspect": 0.5}, {"owner": True, "suspect": True}, {"owner": [], "suspect": []},
                 {"owner": [[0.2, 0.8, 0.0]]}, {"owner": [[1, 0, 0]], "suspect": [[1, 0, 0]], "account": 3}):
         assert problem_of(g.client.post(f"{API}/verify-mark", json=bad, headers=auth))["status"] == 400, bad
     missing = g.client.post(f"{API}/verify-mark", json={"owner": [[1, 0, 0]], "suspect": [[1, 0, 0]], "account": "nobody"},

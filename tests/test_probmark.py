@@ -41,14 +41,44 @@ def test_the_mark_keeps_every_label_and_moves_at_most_its_strength() -> None:
 
 def test_near_ties_keep_their_label_and_other_shapes_pass_untouched() -> None:
     key = probmark.account_key(SECRET, 1)
-    tie = np.array([[0.45, 0.44, 0.11], [0.5, 0.5, 0.0], [0.34, 0.33, 0.33]])
-    out = probmark.lift(tie, key, 0.5)
-    np.testing.assert_array_equal(out.argmax(axis=1), tie.argmax(axis=1))
-    assert out[1, 0] == out[1, 1] or out[1].argmax() == 0
-    scores = np.array([[2.0, -1.0, 0.5]])  # not a distribution: left alone
+    rng = np.random.default_rng(7)
+    # The top and a lower-indexed class one ulp below it: scaling may round them equal.
+    near = rng.dirichlet(np.ones(10), 4000) * 0.3
+    top = rng.integers(1, 10, 4000)
+    near[np.arange(4000), top] = 0.4
+    near[np.arange(4000), top - 1] = np.nextafter(0.4, 0.0)
+    near /= near.sum(axis=1, keepdims=True)
+    for strength in (0.1, 0.2, 0.3155, 0.5):
+        batch = probmark.lift(near, key, strength)
+        np.testing.assert_array_equal(batch.argmax(axis=1), near.argmax(axis=1))
+        single = np.vstack([probmark.lift(near[i:i + 1], key, strength) for i in range(0, 4000, 40)])
+        np.testing.assert_array_equal(single, batch[::40])
+    P32 = _answers(50).astype(np.float32)  # computed in float64 whatever comes in, row by row or in a batch
+    np.testing.assert_array_equal(probmark.lift(P32, key, 0.2), probmark.lift(P32.astype(np.float64), key, 0.2))
+    np.testing.assert_array_equal(probmark.lift(P32[:1], key, 0.2), probmark.lift(P32, key, 0.2)[:1])
+    scores = np.array([[2.0, -1.0, 0.5] + [0.0] * 7])  # not a distribution: left alone
     np.testing.assert_array_equal(probmark.lift(scores, key, 0.1), scores)
-    two = np.array([[0.9, 0.1]])  # two classes carry no keyed choice
-    np.testing.assert_array_equal(probmark.lift(two, key, 0.1), two)
+    nan = np.array([[np.nan] + [1.0 / 9] * 9])
+    np.testing.assert_array_equal(probmark.lift(nan, key, 0.1), nan)
+    eight = _answers(20, k=8)  # too few classes for any test to reach 2^-64: nothing is lifted
+    np.testing.assert_array_equal(probmark.lift(eight, key, 0.1), eight)
+
+
+def test_many_classes_lift_one_class_and_a_copy_is_still_claimed() -> None:
+    P = _answers(4000, k=200)
+    key = probmark.account_key(SECRET, 5)
+    Q = probmark.lift(P, key, 0.2)
+    np.testing.assert_array_equal(Q.argmax(axis=1), P.argmax(axis=1))
+    assert probmark.test(key, P, Q).claimed
+    assert probmark.test(probmark.account_key(SECRET, 6), P, Q).log2_p > -12
+
+
+def test_the_tail_counts_the_observed_outcome_itself() -> None:
+    """The observed sum, added in another order than the rows, may be a few ulps
+    above its own grid value: the tail must still include it (review repro)."""
+    candidates = np.array([[0.1, -102.4, 102.4, -0.1], [0.2, -0.2, 0.0, 0.0]])
+    exact = np.mean([(a + b) >= 0.3 - 1e-12 for a in candidates[0] for b in candidates[1]])  # 5/16
+    assert 2 ** probmark._Tail(candidates).log2(0.1 + 0.2) >= exact
 
 
 def test_a_copy_of_an_accounts_answers_is_claimed_for_that_account_only() -> None:
@@ -114,5 +144,6 @@ def test_answers_that_do_not_pair_up_are_refused() -> None:
         probmark.test(key, _answers(5), _answers(6))
     with pytest.raises(ValueError, match="finite"):
         probmark.test(key, _answers(2), np.full((2, 10), np.nan))
-    empty = probmark.test(key, np.zeros((0, 10)), np.zeros((0, 10)))
-    assert not empty.claimed and empty.log2_p == 0.0
+    for empty in ([], [[]], 0.5, True):
+        with pytest.raises(ValueError, match="non-empty"):
+            probmark.test(key, empty, empty)

@@ -401,3 +401,15 @@ def test_a_mixed_app_every_answer_protected_or_handled_by_mode(make_guarded, mod
         expected = ("passed" if mode == "pass" else "withheld") if name == "unknown" else "protected"
         assert outcome[name] == {expected: 20}, (name, outcome)
     assert g.guard.stats(g.app)["answers_unprotected_by_route"] == {"unknown": 20}
+
+
+def test_protect_refuses_a_bad_watermark_or_mark_strength_when_the_route_is_declared():
+    """Checked at decoration, not on every request (a 500 each time before)."""
+    from flask_modelguard.exc import InvalidValue
+    from flask_modelguard.protection import RouteOptions
+
+    for options in ({"probability_mark": 0.7}, {"probability_mark": True}, {"probability_mark": float("nan")},
+                    {"probability_mark": -0.1}, {"watermark": 1.5}, {"watermark": "0.1"}):
+        with pytest.raises(InvalidValue, match="must be a number"):
+            RouteOptions(**options)
+    assert RouteOptions(probability_mark=0.2, watermark=0.0).probability_mark == 0.2

@@ -250,8 +250,8 @@ class AdminService:
         except (TypeError, ValueError) as exc:  # ragged, not numbers, or shapes that differ
             raise InvalidValue(f"owner and suspect must be equal-sized lists of probability vectors ({exc}).") from None
         claimed = [r.account for r in results if r.claimed]
-        self._audit(actor, "verify-mark", account, None,
-                    {"claimed": claimed, "log2_p": results[0].log2_p if results else 0.0, "probes": len(owner)})
+        self._audit(actor, "verify-mark", account, None, {"claimed": claimed, "log2_p": results[0].log2_p if results
+                                                           else 0.0, "probes": results[0].probes if results else 0})
         return results
 
     # -- admin tokens and dashboard sessions ---------------------------------------------

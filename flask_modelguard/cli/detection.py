@@ -117,7 +117,7 @@ def verify_mark(owner: Any, suspect: Any, account: str | None, top: int, thresho
     try:
         results = _guard().verify_probability_mark(json.load(owner), json.load(suspect), account,
                                                    threshold_log2=threshold_log2)
-    except ValueError as exc:  # not JSON, ragged, or shapes that differ
+    except (TypeError, ValueError) as exc:  # not JSON, not numbers, ragged, or shapes that differ
         raise click.ClickException(f"Cannot test these answers: {exc}") from None
     for result in results[:top]:
         click.echo(result.summary())

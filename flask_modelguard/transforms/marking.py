@@ -1,5 +1,5 @@
 """The probability mark as a transform (:mod:`flask_modelguard.probmark`):
-a keyed, per-account lift of one non-top class that keeps every served label."""
+a keyed, per-account lift of three non-top classes that keeps every served label."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ from .base import Answer, KeyedRandom, Transform, _number
 
 @dataclass(frozen=True)
 class ProbabilityMark(Transform):
-    """Each answer gives up to ``strength`` of its mass to a class keyed by the
-    account and the answer's group (its top class and a keyed cell of the
-    others); the top class stays on top. For everyone, so a clone trained on
-    an account's probabilities carries that account's mark
-    (:func:`flask_modelguard.probmark.test`)."""
+    """Each answer gives up to ``strength`` of its mass to three classes keyed
+    by the account and the answer's top class (3 : 2 : 1); the top class stays
+    on top. For everyone, so a clone trained on an account's probabilities
+    carries that account's mark (:func:`flask_modelguard.probmark.test`)."""
 
     strength: float = 0.1
     name: ClassVar[str] = "probability_mark"
