@@ -177,7 +177,7 @@ class Settings:
     watermark_from: float = field(
         default=0.35, metadata=_strict(lambda value: 0 <= value <= 0.5, "{key} must be a score in [0, 0.5], not {value!r}"))
     #: Strength in [0, 0.5] of the probability mark, for every account (docs/output-protection.md); 0: off.
-    probability_mark: float = field(default=0.0, metadata=_strict(lambda value: 0 <= value <= 0.5, WRONG_TYPE))
+    probability_mark: float = field(default=0.0, metadata=_strict(lambda v: 0 <= v <= 0.5, "{key} must be in [0, 0.5]"))
     #: Poison and misinformation answers kept as ownership evidence per account (one an input); 0: none.
     evidence_limit: int = field(default=1000, metadata=_SECONDS)
     #: Run the detectors in the worker and flag the accounts they find.

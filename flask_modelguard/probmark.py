@@ -36,7 +36,7 @@ import hashlib
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -170,13 +170,13 @@ class SuspectAnswers:
     def __init__(self, owner: Any, suspect: Any) -> None:
         P, S = _pair(owner, suspect)
         self.probes, self.k = P.shape
-        self.tops = np.unique(P.argmax(axis=1)) if self.k >= 3 else np.zeros(0, dtype=np.int64)
+        top = P.argmax(axis=1)
+        self.tops = np.unique(top) if self.k >= 3 else np.zeros(0, dtype=np.int64)
         if len(self.tops) * self.k > _MAX_CELLS:
             raise ValueError(f"{len(self.tops)} groups of {self.k} classes: more than this test handles")
         self.shares = profile(self.k)
         if not len(self.tops):
             return
-        top = P.argmax(axis=1)
         residual = np.log(S + _DELTA) - np.log(P + _DELTA)
         sums = np.stack([residual[top == t].sum(axis=0) for t in self.tops])
         #: Each group's other classes, in order, and the suspect's centred residual on each.
@@ -280,6 +280,4 @@ def ranked(tests: Sequence[MarkTest], accounts: int) -> list[MarkTest]:
     """Tests of several accounts, most significant first, each p-value
     multiplied by ``accounts`` (the number tested: Bonferroni)."""
     extra = math.log2(max(1, accounts))
-    out = [MarkTest(t.account, t.probes, t.groups, t.statistic, min(0.0, t.log2_p + extra), t.threshold_log2)
-           for t in tests]
-    return sorted(out, key=lambda t: t.log2_p)
+    return sorted((replace(t, log2_p=min(0.0, t.log2_p + extra)) for t in tests), key=lambda t: t.log2_p)

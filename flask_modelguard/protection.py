@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from .events import fingerprint
-from .exc import AnswerWithheld, InvalidValue
+from .exc import AnswerWithheld
 from .payload import Reading, describe, instances, make_adapter
 from .transforms import MARK_KINDS, Answer, KeyedRandom, LabelOnly, OutputPolicy, Transform, apply, parse_all
+from .transforms.base import _number
 
 log = logging.getLogger("flask_modelguard")
 
@@ -70,10 +71,8 @@ class RouteOptions:
         object.__setattr__(self, "adapter", make_adapter(self.adapter))
         # Checked here, so that a bad value fails at import, not on every request.
         for name, high in (("watermark", 1.0), ("probability_mark", 0.5)):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not 0 <= value <= high):
-                raise InvalidValue(f"@protect({name}=...) must be a number in [0, {high}], not {value!r}")
+            if getattr(self, name) is not None:
+                _number(getattr(self, name), f"@protect({name}=...)", 0.0, high)
         if self.limits is not None:
             from .limitset import parse_limits
 
@@ -206,7 +205,8 @@ class OutputProtector:
                    fingerprints: list[str]) -> tuple[Any, list[Mark]]:
         """Read the answer with the route's adapter, run ``pipeline``, write it back."""
         rng = KeyedRandom.for_inputs(self.key, account_id, fingerprints, score)
-        if all(t.skips(rng) for t in pipeline):  # e.g. no input of this request carries a watermark
+        active = tuple(t for t in pipeline if not t.skips(rng))  # e.g. a watermark no input of this request draws
+        if not active:
             return payload, []
         reading = options.adapter.read(payload)
         if reading is None:
@@ -215,13 +215,14 @@ class OutputProtector:
             # Labels outside the adapter's reach stay the model's, for every
             # account alike: only the transforms that keep them run.
             self._unprotected(payload, route, reading, policy)
-            pipeline = tuple(t for t in pipeline if t.keeps_argmax)
+            active = tuple(t for t in active if t.keeps_argmax)
         n = len(reading.answer.labels)
         if len(fingerprints) != n:  # inputs and answers do not pair up: key on the body and position
             fingerprints = [fingerprint([body, i], self.key) for i in range(n)]
             inputs = [body] * n
             rng = KeyedRandom.for_inputs(self.key, account_id, fingerprints, score)
-        answer = apply(tuple(t for t in pipeline if not t.skips(rng)), reading.answer, rng)  # (the skips cost nothing)
+            active = tuple(t for t in pipeline if not t.skips(rng) and (reading.writes_labels or t.keeps_argmax))
+        answer = apply(active, reading.answer, rng)
         return reading.write(answer), self._marks(reading, answer, fingerprints, inputs)
 
     def _failed(self, payload: Any, route: str, policy: OutputPolicy) -> Any:

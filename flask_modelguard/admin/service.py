@@ -249,9 +249,10 @@ class AdminService:
             results = self.guard.verify_probability_mark(owner, suspect, account, app=self.app)
         except (TypeError, ValueError) as exc:  # ragged, not numbers, or shapes that differ
             raise InvalidValue(f"owner and suspect must be equal-sized lists of probability vectors ({exc}).") from None
-        claimed = [r.account for r in results if r.claimed]
-        self._audit(actor, "verify-mark", account, None, {"claimed": claimed, "log2_p": results[0].log2_p if results
-                                                           else 0.0, "probes": results[0].probes if results else 0})
+        best = results[0] if results else None
+        self._audit(actor, "verify-mark", account, None, {"claimed": [r.account for r in results if r.claimed],
+                                                           "log2_p": best.log2_p if best else 0.0,
+                                                           "probes": best.probes if best else 0})
         return results
 
     # -- admin tokens and dashboard sessions ---------------------------------------------

@@ -87,16 +87,26 @@ class KeyedRandom:
         self.seeds = list(seeds)
         #: The account's malicious score in [0, 1] (poisoning may grow with it).
         self.score = score
-        #: The account's own key (the probability mark's), or None when not known.
-        self.account_key = account_key
+        self._account_key = account_key
+        self._account: tuple[bytes, int | str] | None = None
+
+    @property
+    def account_key(self) -> bytes | None:
+        """The account's own key (the probability mark's), or None when not known;
+        derived on first use (most requests never need it)."""
+        if self._account_key is None and self._account is not None:
+            self._account_key = account_key(*self._account)
+        return self._account_key
 
     @classmethod
     def for_inputs(cls, key: bytes, account: int | str, fingerprints: Sequence[str], score: float = 0.0) -> KeyedRandom:
         prefix = f"{account}:".encode()
-        return cls(
+        rng = cls(
             [hashlib.blake2b(prefix + fp.encode(), key=key[:64], digest_size=32).digest() for fp in fingerprints],
-            score, account_key(key, account),
+            score,
         )
+        rng._account = (key, account)
+        return rng
 
     def uniform(self, purpose: str, k: int) -> np.ndarray:
         """(n, k) uniforms in (0, 1), a pure function of (seed, purpose, k)."""
