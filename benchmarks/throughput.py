@@ -17,6 +17,12 @@ Serves, each under ``gunicorn -w 2`` on its own loopback port and all at once:
 - **guarded-nodetect** (with ``--apps``): guarded-memory with detection off
   (what serving costs when the detectors run elsewhere).
 
+The guarded apps serve what ``make run`` serves: the detectors calibrated on
+the example model (once per run, ``--no-calibrate`` skips it) and the
+probability mark. Each request is a random held-out digit (``--inputs``) from
+a random account (``--accounts``), so the detectors see new inputs as they
+would from real users, not one input repeated.
+
 Then drives them in alternating rounds (``--rounds``, the order rotated each
 round so drift on a shared machine hits all alike) with ``wrk`` for
 ``--seconds`` each, and prints, against bare: requests per second (median of
@@ -90,18 +96,36 @@ def serve(kind: str) -> Any:
     return app
 
 
-def _key(kind: str, tmp: str) -> str:
-    """An account with limits that never refuse, and its key (made before serving)."""
+def _calibrated(tmp: str) -> str:
+    """A guard database with the detectors calibrated on the example model, as
+    ``make run`` leaves it (made once per run, copied for every guarded app)."""
+    path = os.path.join(tmp, "calibrated.db")
+    if not os.path.exists(path):
+        from example_app import create_app, guard
+
+        app = create_app({**_config("guarded-memory", tmp), "MODELGUARD_DATABASE_URL": f"sqlite:///{path}"})
+        with app.app_context():
+            guard.calibrate(app)
+        guard.close(app)
+    return path
+
+
+def _keys(kind: str, tmp: str, accounts: int, calibrate: bool) -> list[str]:
+    """``accounts`` accounts with limits that never refuse, and a key of each (made before serving)."""
     if not kind.startswith("guarded"):
-        return "none"
+        return ["none"]
     from example_app import create_app, guard
 
+    if calibrate:
+        shutil.copyfile(_calibrated(tmp), os.path.join(tmp, f"{kind}.db"))
     app = create_app(_config(kind, tmp))
+    keys = []
     with app.app_context():
-        guard.create_account("bench", limits=THREE_LIMITS)
-        key = guard.issue_key("bench")
+        for n in range(accounts):
+            guard.create_account(f"bench-{n}", limits=THREE_LIMITS)
+            keys.append(guard.issue_key(f"bench-{n}"))
     guard.close(app)
-    return key
+    return keys
 
 
 # -- serving and driving -----------------------------------------------------------------
@@ -130,14 +154,18 @@ class Server:
             return []
 
 
-def _start(kind: str, tmp: str, key: str, body: str, worker_class: str, env: dict[str, str]) -> Server:
+def _start(kind: str, tmp: str, keys: list[str], bodies: list[str], worker_class: str, env: dict[str, str]) -> Server:
     port = _free_port()
     script = os.path.join(tmp, f"{kind}.lua")
-    with open(script, "w") as fh:
-        fh.write('wrk.method = "POST"\n'
-                 f"wrk.body = {json.dumps(body)}\n"
-                 'wrk.headers["Content-Type"] = "application/json"\n'
-                 f'wrk.headers["Authorization"] = "Bearer {key}"\n')
+    with open(script, "w") as fh:  # each request: a random input from a random account
+        fh.write(f"local bodies = {{{','.join(json.dumps(b) for b in bodies)}}}\n"
+                 f"local keys = {{{','.join(json.dumps(k) for k in keys)}}}\n"
+                 "math.randomseed(os.time())\n"
+                 "request = function()\n"
+                 '  local headers = {["Content-Type"] = "application/json",\n'
+                 '                   ["Authorization"] = "Bearer " .. keys[math.random(#keys)]}\n'
+                 '  return wrk.format("POST", "/predict", headers, bodies[math.random(#bodies)])\n'
+                 "end\n")
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-w", "2", "-k", worker_class, "--bind", f"127.0.0.1:{port}",
          "--preload", "--log-level", "warning", f"benchmarks.throughput:serve('{kind}')"],
@@ -298,6 +326,10 @@ def main() -> None:
     parser.add_argument("--worker-class", default="sync")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--apps", default=",".join(APPS))
+    parser.add_argument("--accounts", type=int, default=50, help="accounts the requests are spread over")
+    parser.add_argument("--inputs", type=int, default=400, help="distinct inputs (held-out digits) sent")
+    parser.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                        help="serve without the calibrated ensemble (detection degraded, as EXAMPLE_CALIBRATE=0)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
@@ -306,11 +338,12 @@ def main() -> None:
         kinds.insert(0, "bare")
     from example_app.model import split
 
-    body = json.dumps({"features": split()[1][0].tolist()})
+    bodies = [json.dumps({"features": [int(v) for v in x]}) for x in split()[1][: args.inputs]]
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
         env = {**os.environ, "THROUGHPUT_TMP": tmp, "THROUGHPUT_REDIS": args.redis, "PYTHONPATH": ROOT}
         os.environ.update(THROUGHPUT_TMP=tmp, THROUGHPUT_REDIS=args.redis)
-        servers = [_start(k, tmp, _key(k, tmp), body, args.worker_class, env) for k in kinds]
+        servers = [_start(k, tmp, _keys(k, tmp, args.accounts, args.calibrate), bodies, args.worker_class, env)
+                   for k in kinds]
         try:
             for server in servers:  # warm-up: caches, the workers' threads, the reference
                 _drive(server, 2.0, args.connections)

@@ -131,8 +131,10 @@ class QuotaEnforcer:
         self._script: Any = None  # the Redis scripts of the exact fixed window (_HIT_ALL, _REFUND)
         self._refund_script: Any = None
         if self._fixed_window and isinstance(storage, RedisStorage) and not isinstance(storage, RedisClusterStorage):
-            self._script = storage.get_connection().register_script(_HIT_ALL.encode())
-            self._refund_script = storage.get_connection().register_script(_REFUND.encode())
+            from .redis_script import LeanScript  # (redis is an extra: imported only when used)
+
+            self._script = LeanScript(storage.get_connection(), _HIT_ALL.encode())
+            self._refund_script = LeanScript(storage.get_connection(), _REFUND.encode())
         #: In-process storages: a refused request's count is taken back under
         #: the lock of its account's stripe, before another request can see it.
         local = isinstance(storage, MemoryStorage) or getattr(storage, "STORAGE_SCHEME", None) == ["simulated"]
@@ -142,6 +144,7 @@ class QuotaEnforcer:
         if self._windows is not None:
             lifecycle.after_fork(self._windows.reset_in_child)
         self._key_cache: dict[tuple[int | str, LimitSet], tuple[str, ...]] = {}
+        self._prefixed: dict[tuple[int | str, LimitSet], tuple[str, ...]] = {}
         self.namespace = namespace
         self.fail_mode = fail_mode
         self.retry_interval = retry_interval
@@ -223,14 +226,24 @@ class QuotaEnforcer:
             keys = self._key_cache[(account_id, limits)] = tuple(i.key_for(*ident) for i in limits.items)
         return keys
 
+    def _script_keys(self, account_id: int | str, limits: LimitSet) -> tuple[str, ...]:
+        """The keys as the Redis scripts take them: prefixed as the storage prefixes its own, cached."""
+        found = self._prefixed.get((account_id, limits))
+        if found is None:
+            if len(self._prefixed) > 100_000:
+                self._prefixed.clear()
+            prefixed = self.storage.prefixed_key  # type: ignore[attr-defined]
+            found = self._prefixed[(account_id, limits)] = tuple(prefixed(k) for k in self._keys(account_id, limits))
+        return found
+
     def _hit_fixed_window(self, account_id: int | str, limits: LimitSet, cost: int) -> Verdict:
         # The fixed-window strategy's own hit() is ``storage.incr(key) <= amount``
         # per limit; calling the storage directly also yields the count, so the
         # headers need one expiry read for the binding limit, not a get and a
         # get_expiry per limit.
-        keys = self._keys(account_id, limits)
         if self._script is not None:
-            return self._hit_redis(limits.items, keys, cost)
+            return self._hit_redis(limits.items, self._script_keys(account_id, limits), cost)
+        keys = self._keys(account_id, limits)
         if self._windows is not None:
             return self._windows.hit(limits.items, keys, cost)
         return self._hit_counting(limits.items, keys, cost)
@@ -262,7 +275,7 @@ class QuotaEnforcer:
         assert isinstance(storage, RedisStorage)
         args = [cost, *(i.amount for i in items), *(i.get_expiry() for i in items)]
         try:
-            out = self._script(keys=[storage.prefixed_key(k) for k in keys], args=args)
+            out = self._script(keys=keys, args=args)
         except storage.base_exceptions as exc:
             raise StorageError(exc) from exc
         now = int(out[1]) / 1000.0  # Redis's clock: resets are where Redis will expire the windows
@@ -283,14 +296,14 @@ class QuotaEnforcer:
         Only the fixed window can; False where nothing was given back."""
         if not (self._fixed_window and verdict.allowed and limits.items) or verdict.failed_open or self.storage_down:
             return False
-        keys = self._keys(account_id, limits)
+        keys = self._script_keys(account_id, limits) if self._script is not None else self._keys(account_id, limits)
         try:
             if self._script is not None:
                 storage = self.storage
                 assert isinstance(storage, RedisStorage)
                 args = [cost, int(verdict.at * 1000), *(i.get_expiry() for i in limits.items)]
                 try:
-                    self._refund_script(keys=[storage.prefixed_key(k) for k in keys], args=args)
+                    self._refund_script(keys=keys, args=args)
                 except storage.base_exceptions as exc:
                     raise StorageError(exc) from exc
                 return True

@@ -13,6 +13,7 @@ processes on many hosts keep partial account state and combine it.
 from __future__ import annotations
 
 import base64
+from bisect import bisect_right
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -151,8 +152,8 @@ class Histogram:
             for value in values:
                 counts[value] = counts.get(value, 0) + 1
         else:
-            bins = np.searchsorted(np.asarray(self.edges), np.asarray(list(values), dtype=float), side="right")
-            for b in bins.tolist():
+            edges = self.edges  # bisect_right is np.searchsorted(side="right"), NaN last: µs less per call
+            for b in [bisect_right(edges, float(value)) for value in values]:
                 counts[b] = counts.get(b, 0) + 1
         return self
 

@@ -101,3 +101,13 @@ def test_packed_arrays_round_trip_and_states_stored_as_lists_still_read() -> Non
     assert np.array_equal(Moments.from_dict(old).mean, Moments.from_dict(m.to_dict()).mean)
     with pytest.raises(ValueError):
         Moments.from_dict({**m.to_dict(), "mean": pack(np.zeros(2))})
+
+
+def test_binned_histogram_counts_as_searchsorted_does_with_edges_and_nan():
+    edges = (0.5, 0.9, 0.99)
+    values = [0.1, 0.5, np.nextafter(0.5, 1.0), 0.9, 0.95, 0.99, 1.0, float("nan"), float("inf"), -float("inf"), "0.95"]
+    expected: dict[int, int] = {}
+    for b in np.searchsorted(np.asarray(edges), np.asarray(values, dtype=float), side="right").tolist():
+        expected[b] = expected.get(b, 0) + 1
+    assert Histogram(edges=edges).update(values).counts == expected
+    assert expected[3] == 4  # an edge value goes right; NaN and +inf go to the open last bin
