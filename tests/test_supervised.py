@@ -120,6 +120,10 @@ def test_stacked_ensemble_is_half_at_its_threshold_and_weighs_informative_detect
     t = ensemble.threshold
     np.testing.assert_allclose(scores, np.where(probs <= t, 0.5 * probs / t, 0.5 + 0.5 * (probs - t) / (1 - t)))
     assert np.mean(scores[labels] >= 0.5) > 0.9
+    # Its probabilities are scikit-learn's, bit for bit (computed without its checks).
+    matrix = ensemble._matrix(evidences)
+    assert np.array_equal(ensemble._probabilities(matrix), ensemble._model.predict_proba(matrix)[:, 1])
+    assert probs.tolist() == [ensemble._model.predict_proba(matrix[i : i + 1])[0, 1] for i in range(len(matrix))]
 
 
 def test_train_fits_every_detector_and_the_stack_uses_out_of_fold_forest_scores():
