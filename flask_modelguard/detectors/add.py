@@ -26,7 +26,7 @@ import numpy as np
 
 from ..state import AccountState, class_features, label_key
 from ..stats import Moments
-from .frechet import frechet_distance, sqrtm_psd
+from .frechet import sqrtm_psd
 
 #: Account sizes at which benign thresholds are calibrated (log-interpolated between).
 CALIBRATION_SIZES = (20, 50, 100, 200, 500, 1000, 5000)
@@ -35,23 +35,25 @@ CALIBRATION_SIZES = (20, 50, 100, 200, 500, 1000, 5000)
 def add_score(state: AccountState, reference: Reference, min_class_queries: int = 2) -> float | None:
     """Σ_c share_c · d²_Fréchet(account_c, reference_c) over the account's classes
     with at least ``min_class_queries`` queries (None when there are none). A
-    class missing from the reference counts with the largest distance seen."""
-    parts: list[tuple[int, float | None]] = []
+    class missing from the reference counts with the largest distance seen.
+    The distances are computed as the thresholds were calibrated: every class
+    at once, the cross term's trace from batched eigenvalues."""
     state.flush()
+    known: list[tuple[str, Moments]] = []
+    missing = 0
     for label, moments in state.by_class.items():
         if moments.n < min_class_queries:
             continue
-        ref = reference.classes.get(label)
-        if ref is None:
-            parts.append((moments.n, None))
-            continue
-        parts.append((moments.n, frechet_distance(moments.mean, moments.cov(), ref.mean, ref.cov(),
-                                                  root2=reference.root(label))))
-    if not parts or all(d is None for _, d in parts):
+        if label in reference.classes:
+            known.append((label, moments))
+        else:
+            missing += moments.n
+    if not known:
         return None  # no class in common with the reference: no evidence (check the labels)
-    worst = max(d for _, d in parts if d is not None)
-    total = sum(n for n, _ in parts)
-    return float(sum(n * (worst if d is None else d) for n, d in parts) / total)
+    counts = np.array([m.n for _, m in known], dtype=np.float64)
+    d2 = reference.distances([label for label, _ in known], np.array([m.mean for _, m in known]),
+                             np.array([m.cov() for _, m in known]))
+    return float((counts @ d2 + missing * d2.max()) / (counts.sum() + missing))
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Reference:
     low: np.ndarray | None = None
     high: np.ndarray | None = None
     _roots: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    _traces: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
     _range: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def root(self, label: str) -> np.ndarray:
@@ -158,6 +161,25 @@ class Reference:
         scores = (weighted + missing * np.where(np.isfinite(worst), worst, 0.0)) / np.where(total > 0, total, 1.0)
         return np.where(np.isfinite(worst), scores, np.nan)
 
+    def distances(self, labels: Sequence[str], means: np.ndarray, covs: np.ndarray) -> np.ndarray:
+        """Squared Fréchet distances of Gaussians ``(means[i], covs[i])`` to the
+        reference classes ``labels[i]``, all at once."""
+        roots = np.array([self.root(label) for label in labels])
+        ref_means = np.array([self.classes[label].mean for label in labels])
+        ref_traces = np.array([self.trace(label) for label in labels])
+        cross = roots @ covs @ roots
+        values = np.linalg.eigvalsh((cross + cross.transpose(0, 2, 1)) / 2.0)
+        d2 = (((means - ref_means) ** 2).sum(axis=1) + np.trace(covs, axis1=1, axis2=2) + ref_traces
+              - 2.0 * np.sqrt(np.clip(values, 0.0, None)).sum(axis=1))
+        return np.asarray(np.maximum(0.0, d2))
+
+    def trace(self, label: str) -> float:
+        """The trace of a class covariance (computed once)."""
+        found = self._traces.get(label)
+        if found is None:
+            found = self._traces[label] = float(np.trace(self.classes[label].cov()))
+        return found
+
     def _class_distances(self, sums: np.ndarray, outer_sums: np.ndarray, n: np.ndarray, label: str) -> np.ndarray:
         """Squared Fréchet distances to a reference class of accounts given by
         their class sums, sums of outer products and counts."""
@@ -165,12 +187,7 @@ class Reference:
         mean = sums / n[:, None]
         cov = (outer_sums.reshape(-1, d, d) - n[:, None, None] * mean[:, :, None] * mean[:, None, :]) \
             / (n - 1)[:, None, None]
-        ref, root = self.classes[label], self.root(label)
-        cross = root @ cov @ root
-        values = np.linalg.eigvalsh((cross + cross.transpose(0, 2, 1)) / 2.0)
-        d2 = (((mean - ref.mean) ** 2).sum(axis=1) + np.trace(cov, axis1=1, axis2=2) + np.trace(ref.cov())
-              - 2.0 * np.sqrt(np.clip(values, 0.0, None)).sum(axis=1))
-        return np.asarray(np.maximum(0.0, d2))
+        return self.distances([label] * len(n), mean, cov)
 
     def input_range(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Where features may lie before they count as hostile: the fitted
