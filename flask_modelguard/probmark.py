@@ -121,20 +121,44 @@ def lift(probs: np.ndarray, key: bytes, strength: float) -> np.ndarray:
 
 def _lift_one(probs: np.ndarray, key: bytes, strength: float) -> np.ndarray:
     """:func:`lift` of a single answer, in Python floats (the same arithmetic)."""
-    row = [float(v) for v in probs[0].tolist()]
-    if not all(math.isfinite(v) and v >= 0 for v in row) or abs(sum(row) - 1.0) >= 1e-3:
-        return probs
+    return np.array([lift_row([float(v) for v in probs[0].tolist()], key, strength)])
+
+
+@functools.cache
+def _shares(k: int) -> list[float]:
+    return [float(w) for w in profile(k)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _table_lists(key: bytes, k: int) -> list[list[int]]:
+    """:func:`_table` as lists (a single answer reads one row of it)."""
+    return [[int(c) for c in row] for row in _table(key, k)]
+
+
+def _choice(key: bytes, k: int, top: int) -> list[int]:
+    """The lifted classes of an answer whose top class is ``top``."""
+    if len(profile(k)) > 1:
+        return _table_lists(key, k)[top]
+    return [int(c) for c in _lifted(key, k, np.array([top]))[0]]
+
+
+def lift_row(row: list[float], key: bytes, strength: float) -> list[float]:
+    """:func:`lift` of one answer given as a list of floats (``row`` itself when it is left alone)."""
     k = len(row)
+    if k < MIN_CLASSES or strength <= 0:
+        return row
+    if not all(math.isfinite(v) and v >= 0 for v in row) or abs(sum(row) - 1.0) >= 1e-3:
+        return row
     top = row.index(max(row))
-    lifted, shares = _lifted(key, k, np.array([top]))[0].tolist(), profile(k).tolist()
+    lifted, shares = _choice(key, k, top), _shares(k)
     gaps = [row[top] - row[c] for c in lifted]
     e = min(strength, 0.5 * min(g / (g + w) for g, w in zip(gaps, shares)))
     out = [(1.0 - e) * v for v in row]
     for c, w in zip(lifted, shares):
         out[c] += e * w
     if out.index(max(out)) != top:  # a near tie that rounding resolved the other way
-        return np.array([row])
-    return np.array([out])
+        return row
+    return out
 
 
 @dataclass(frozen=True)

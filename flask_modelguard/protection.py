@@ -11,16 +11,28 @@ from __future__ import annotations
 
 import logging
 import threading
+from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from . import probmark
 from .events import fingerprint
 from .exc import AnswerWithheld
-from .payload import Reading, describe, instances, make_adapter
-from .transforms import MARK_KINDS, Answer, KeyedRandom, LabelOnly, OutputPolicy, Transform, apply, parse_all
+from .payload import LIST_KEYS, AutoAdapter, Reading, describe, instances, make_adapter
+from .transforms import (
+    MARK_KINDS,
+    Answer,
+    KeyedRandom,
+    LabelOnly,
+    OutputPolicy,
+    ProbabilityMark,
+    Transform,
+    apply,
+    parse_all,
+)
 from .transforms.base import _number
 
 log = logging.getLogger("flask_modelguard")
@@ -87,6 +99,25 @@ class RouteOptions:
         return max(1, int(cost))
 
 
+def _marked_answer(payload: Any, rng: KeyedRandom, mark: ProbabilityMark) -> Any:
+    """``{"probabilities": [...], ...}`` with the mark, as the general path
+    (:class:`~.payload.AutoAdapter`, :func:`~.transforms.apply`) writes it:
+    the floats lifted, every other key as it was; None for any other shape."""
+    if type(payload) is not dict or any(isinstance(payload.get(key), list) for key in LIST_KEYS):
+        return None
+    vector = payload.get("probabilities")
+    if type(vector) is not list or not vector:
+        return None
+    try:
+        row = array("d", vector).tolist()  # the floats np.asarray(vector, float64) holds
+    except (TypeError, OverflowError):
+        return None
+    key = rng.account_key
+    if key is None:
+        return None
+    return {**payload, "probabilities": probmark.lift_row(row, key, mark.strength)}
+
+
 class OutputProtector:
     """Applies output policies to answers; keeps the canary set of this process."""
 
@@ -125,6 +156,9 @@ class OutputProtector:
         self.on_unprotected: Callable[[str], None] | None = None
         #: Answers a transform failed on (passed through untouched, logged).
         self.errors = 0
+        #: Whether a single answer that only the probability mark changes skips
+        #: the general path (the same answer, a fifth of the time; tests compare the two).
+        self.fast_path = True
 
     def policy(self, options: RouteOptions, tier: str) -> OutputPolicy:
         found = self._policies.get((options, tier))
@@ -208,6 +242,11 @@ class OutputProtector:
         active = tuple(t for t in pipeline if not t.skips(rng))  # e.g. a watermark no input of this request draws
         if not active:
             return payload, []
+        if self.fast_path and len(active) == 1 and len(fingerprints) == 1 and type(active[0]) is ProbabilityMark \
+                and type(options.adapter) is AutoAdapter:
+            marked = _marked_answer(payload, rng, active[0])
+            if marked is not None:
+                return marked, []
         reading = options.adapter.read(payload)
         if reading is None:
             return self._unprotected(payload, route, None, policy), []
