@@ -6,7 +6,7 @@ the SQLite batch insert) and times each, with detection off and on (PRADA on
 the inputs, ADD on the example model's hidden layer, evaluations every 10
 queries). Also reports the memory of one account's state.
 
-    python benchmarks/worker.py [--events 5000] [--accounts 50]
+    python benchmarks/worker.py [--events 5000] [--accounts 50] [--calibrate]
 """
 
 from __future__ import annotations
@@ -23,13 +23,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from example_app import create_app, guard  # noqa: E402
 from example_app.model import split  # noqa: E402
-from flask_modelguard.events import QueryEvent  # noqa: E402
+from flask_modelguard.events import QueryEvent, fingerprint  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--accounts", type=int, default=50)
+    parser.add_argument("--calibrate", action="store_true",
+                        help="calibrate the detectors first, as `make run` does (the forest and the ensemble score)")
     args = parser.parse_args()
     X_train, X_test, _, _ = split()
     rng = np.random.default_rng(0)
@@ -42,12 +44,16 @@ def main() -> None:
             if detection:
                 with app.app_context():
                     guard.fit_reference(X_train.tolist(), model.predict_proba(X_train).argmax(axis=1))
+                    if args.calibrate:
+                        guard.calibrate(app)
             events = []
             for i in range(args.events):
                 x = X_test[rng.integers(0, len(X_test))]
                 p = model.predict_proba(x[None])[0]
+                inputs = [int(v) for v in x]  # the request path hands the worker each input's fingerprint
                 events.append(QueryEvent(1 + i % args.accounts, 1, "predict", 1.8e9 + i, 200, 1.0, 1,
-                                         {"features": x.tolist()}, {"label": int(p.argmax()), "probabilities": p.tolist()}))
+                                         {"features": inputs}, {"label": int(p.argmax()), "probabilities": p.tolist()},
+                                         fingerprints=[fingerprint(inputs, state.fingerprint_key)]))
             t0 = time.perf_counter()
             rows = [state.pipeline.prepare(e) for e in events]
             t1 = time.perf_counter()
