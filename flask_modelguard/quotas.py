@@ -90,6 +90,15 @@ return 1
 """
 
 
+def _script(client: Any, source: bytes) -> Any:
+    """A Lua script of ``client``: redis-py's, called lean (:mod:`.redis_script`); valkey's, as it comes."""
+    try:
+        from .redis_script import LeanScript  # (redis is an extra: imported only when used)
+    except ImportError:  # valkey:// without redis-py installed
+        return client.register_script(source)
+    return LeanScript(client, source)
+
+
 class QuotaEnforcer:
     """Hits an account's limits in a ``limits`` storage and reports the result."""
 
@@ -131,10 +140,8 @@ class QuotaEnforcer:
         self._script: Any = None  # the Redis scripts of the exact fixed window (_HIT_ALL, _REFUND)
         self._refund_script: Any = None
         if self._fixed_window and isinstance(storage, RedisStorage) and not isinstance(storage, RedisClusterStorage):
-            from .redis_script import LeanScript  # (redis is an extra: imported only when used)
-
-            self._script = LeanScript(storage.get_connection(), _HIT_ALL.encode())
-            self._refund_script = LeanScript(storage.get_connection(), _REFUND.encode())
+            self._script, self._refund_script = (_script(storage.get_connection(), source.encode())
+                                                 for source in (_HIT_ALL, _REFUND))
         #: In-process storages: a refused request's count is taken back under
         #: the lock of its account's stripe, before another request can see it.
         local = isinstance(storage, MemoryStorage) or getattr(storage, "STORAGE_SCHEME", None) == ["simulated"]

@@ -60,13 +60,29 @@ def test_a_script_error_is_redis_pys_error_and_the_connection_stays_usable(clien
     assert script(keys=[key], args=[1, "a"]) == [1, b"a"]
 
 
-def test_a_killed_connection_fails_once_then_reconnects(client, key):
+def test_an_idle_connection_the_server_closed_is_replaced_before_use(client, key):
     script = LeanScript(client, _COUNT)
     script(keys=[key], args=[1, "a"])
-    client.client_kill_filter(_id=_client_id(client, script._idle[0]))
+    killed = script._idle[0]
+    client.client_kill_filter(_id=_client_id(client, killed))
+    assert script(keys=[key], args=[1, "a"]) == [2, b"a"]  # no error: the poll saw it closed
+    assert script._idle[0] is not killed and int(client.get(key)) == 2
+
+
+def test_a_dropped_connection_the_poll_missed_is_tried_once_more_on_a_new_one(client, key, monkeypatch):
+    script = LeanScript(client, _COUNT)
+    script(keys=[key], args=[1, "a"])
+    killed = script._idle[0]
+    client.client_kill_filter(_id=_client_id(client, killed))
+    monkeypatch.setattr(type(killed), "can_read", lambda self, timeout=0: False)  # it looks alive
+    assert script(keys=[key], args=[1, "a"]) == [2, b"a"]
+    assert int(client.get(key)) == 2  # counted once
+
+
+def test_a_new_connection_that_fails_raises_redis_pys_error(redis_uri, key):
+    unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
     with pytest.raises(redis.exceptions.ConnectionError):
-        script(keys=[key], args=[1, "a"])
-    assert script(keys=[key], args=[1, "a"]) == [2, b"a"]  # the failed call counted nothing
+        LeanScript(unreachable, _COUNT)(keys=[key], args=[1, "a"])
 
 
 def _client_id(client, connection) -> int:
